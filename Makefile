@@ -1,0 +1,26 @@
+# The two commands a fresh machine needs are `make lab` and `make test`; each installs what is missing.
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: deps test lab lab-down bench lint proto
+
+deps:
+	deps/install.sh all
+
+proto: deps
+	$(PY) -m backend.proto.build
+
+test: deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: deps
+	$(PY) -m ruff check backend tests bench
+
+lab: deps
+	$(PY) -m backend.cli lab up
+
+lab-down:
+	$(PY) -m backend.cli lab down
+
+bench: deps
+	$(PY) -m bench

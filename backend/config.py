@@ -1,0 +1,129 @@
+"""Every setting in one place: command-line flags, each with an environment fallback.
+
+Names follow k8gb's Helm values where they exist (dnsZone, edgeDNSZone, edgeDNSServers, clusterGeoTag,
+extGslbClustersGeoTags) and k8gb's operator environment (DNS_ZONE, EDGE_DNS_ZONE, ...), so a values file
+translates one to one. Several load-balanced zones are given as matching comma-separated lists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from backend.model import normalize_name
+
+
+@dataclass(frozen=True, slots=True)
+class GslbZone:
+    """A load-balanced zone (dnsZone) and the edge zone that delegates it (edgeDNSZone)."""
+
+    dns_zone: str  # gb.foowidgets.k8s
+    edge_zone: str  # foowidgets.k8s
+
+    def ns_name(self, geotag: str) -> str:
+        """k8gb's name for a cluster's nameserver: gslb-ns-<geotag>-<zone minus edge zone>.<edge zone>."""
+        label = self.dns_zone.removesuffix("." + self.edge_zone).replace(".", "-")
+        return f"gslb-ns-{geotag}-{label}.{self.edge_zone}"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    zones: tuple[str, ...] = ()  # ExternalDNS-style zones served from Kubernetes names
+    gslb_zones: tuple[GslbZone, ...] = ()
+    edge_dns_servers: tuple[str, ...] = ()  # host or host:port
+    cluster_geotag: str = ""
+    ext_gslb_clusters_geotags: tuple[str, ...] = ()
+    nameserver_address: str = ""  # this cluster's CoreDNS address, published as glue
+    grpc_listen: str = "127.0.0.1:8053"
+    http_listen: str = "127.0.0.1:8080"
+    kubeconfig: str | None = None  # None: in-cluster
+    namespace: str = "default"  # where Leases and created objects live
+    identity: str = field(default_factory=lambda: os.environ.get("POD_NAME") or os.uname().nodename)
+    default_ttl: int = 300
+    dns_ttl_seconds: int = 30  # k8gb's default for GSLB names
+    negative_ttl: int = 5  # SOA minimum for GSLB zones: NODATA on failover must not linger
+    edns_payload: int = 1232
+    geoip_db: str | None = None
+    geoip_field: str = "datacenter"
+    peer_poll_seconds: float = 1.0
+    peer_grace_seconds: float = 10.0
+    tsig_key_file: str | None = None
+    tsig_secret: str | None = None  # namespace/name of a Secret holding the TSIG key
+
+    @property
+    def all_zones(self) -> tuple[str, ...]:
+        return self.zones + tuple(z.dns_zone for z in self.gslb_zones)
+
+
+def _split(value: str | None) -> tuple[str, ...]:
+    return tuple(part.strip() for part in (value or "").split(",") if part.strip())
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name, default)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="coredns-gslb serve", description="Serve DNS answers to CoreDNS's grpc plugin.")
+    p.add_argument("--zones", default=_env("ZONES", ""), help="ExternalDNS-style zones, comma-separated")
+    p.add_argument("--dns-zone", default=_env("DNS_ZONE", ""), help="k8gb dnsZone(s), comma-separated")
+    p.add_argument("--edge-dns-zone", default=_env("EDGE_DNS_ZONE", ""), help="k8gb edgeDNSZone(s), one per dnsZone")
+    p.add_argument("--edge-dns-servers", default=_env("EDGE_DNS_SERVERS", ""), help="host[:port],...")
+    p.add_argument("--cluster-geo-tag", default=_env("CLUSTER_GEO_TAG", ""))
+    p.add_argument("--ext-gslb-clusters-geo-tags", default=_env("EXT_GSLB_CLUSTERS_GEO_TAGS", ""))
+    p.add_argument("--nameserver-address", default=_env("NAMESERVER_ADDRESS", ""),
+                   help="this cluster's CoreDNS IP, published as glue for its gslb-ns name")
+    p.add_argument("--grpc-listen", default=_env("GRPC_LISTEN", "127.0.0.1:8053"))
+    p.add_argument("--http-listen", default=_env("HTTP_LISTEN", "127.0.0.1:8080"))
+    p.add_argument("--kubeconfig", default=_env("KUBECONFIG"))
+    p.add_argument("--namespace", default=_env("POD_NAMESPACE", "default"))
+    p.add_argument("--default-ttl", type=int, default=int(_env("DEFAULT_TTL", "300") or 300))
+    p.add_argument("--dns-ttl-seconds", type=int, default=int(_env("DNS_TTL_SECONDS", "30") or 30))
+    p.add_argument("--negative-ttl", type=int, default=int(_env("NEGATIVE_TTL", "5") or 5))
+    p.add_argument("--geoip-db", default=_env("GEOIP_DB"))
+    p.add_argument("--geoip-field", default=_env("GEOIP_FIELD", "datacenter"))
+    p.add_argument("--peer-poll-seconds", type=float, default=float(_env("PEER_POLL_SECONDS", "1") or 1))
+    p.add_argument("--peer-grace-seconds", type=float, default=float(_env("PEER_GRACE_SECONDS", "10") or 10))
+    p.add_argument("--tsig-key-file", default=_env("TSIG_KEY_FILE"), help="BIND key file; never a flag value")
+    p.add_argument("--tsig-secret", default=_env("TSIG_SECRET"), help="namespace/name of a Secret with the key")
+    return p
+
+
+def from_args(argv: Sequence[str] | None = None) -> Settings:
+    """Resolve flags and environment into Settings; a mismatch is a usage error, not a later surprise."""
+    p = parser()
+    a = p.parse_args(argv)
+    dns_zones = [normalize_name(z) for z in _split(a.dns_zone)]
+    edge_zones = [normalize_name(z) for z in _split(a.edge_dns_zone)]
+    if len(edge_zones) == 1 and len(dns_zones) > 1:
+        edge_zones *= len(dns_zones)
+    if len(dns_zones) != len(edge_zones):
+        p.error("--dns-zone and --edge-dns-zone need one edge zone per dns zone")
+    for dz, ez in zip(dns_zones, edge_zones, strict=True):
+        if not dz.endswith("." + ez):
+            p.error(f"dnsZone {dz} is not inside edgeDNSZone {ez}")
+    if dns_zones and not a.cluster_geo_tag:
+        p.error("--cluster-geo-tag (clusterGeoTag) is required with --dns-zone")
+    return Settings(
+        zones=tuple(normalize_name(z) for z in _split(a.zones)),
+        gslb_zones=tuple(GslbZone(dz, ez) for dz, ez in zip(dns_zones, edge_zones, strict=True)),
+        edge_dns_servers=_split(a.edge_dns_servers),
+        cluster_geotag=a.cluster_geo_tag,
+        ext_gslb_clusters_geotags=_split(a.ext_gslb_clusters_geo_tags),
+        nameserver_address=a.nameserver_address,
+        grpc_listen=a.grpc_listen,
+        http_listen=a.http_listen,
+        kubeconfig=a.kubeconfig,
+        namespace=a.namespace,
+        default_ttl=a.default_ttl,
+        dns_ttl_seconds=a.dns_ttl_seconds,
+        negative_ttl=a.negative_ttl,
+        geoip_db=a.geoip_db,
+        geoip_field=a.geoip_field,
+        peer_poll_seconds=a.peer_poll_seconds,
+        peer_grace_seconds=a.peer_grace_seconds,
+        tsig_key_file=a.tsig_key_file,
+        tsig_secret=a.tsig_secret,
+    )

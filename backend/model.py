@@ -1,0 +1,133 @@
+"""The one record type every producer emits and the zone layer consumes, and the store that holds them.
+
+Like ExternalDNS's Endpoint: sources (Kubernetes objects), the GSLB engine and peers only ever produce
+`Endpoint`s; nothing downstream reads Kubernetes objects. Each producer owns a key in the `Store` and
+replaces its whole list at once, so a deleted object is one `Store.replace(key, ())`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRef:
+    """The Kubernetes object a record came from: for Events, conflicts and `explain`."""
+
+    kind: str
+    namespace: str
+    name: str
+    uid: str = ""
+    api_version: str = "v1"
+
+    def __str__(self) -> str:
+        return f"{self.kind.lower()}/{self.namespace}/{self.name}" if self.namespace else self.kind.lower() + "/" + self.name
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One rdata value in presentation format ("10.2.1.167", "host.example.", "10 5 80 srv.example.").
+
+    `geotag` is the cluster a GSLB target lives in; plain ExternalDNS records leave it empty.
+    """
+
+    value: str
+    geotag: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Strategy:
+    """k8gb's spec.strategy, carried on GSLB names so the answer is picked per query."""
+
+    type: str  # "roundRobin" | "failover" | "geoip"
+    primary_geotag: str = ""
+    weights: tuple[tuple[str, int], ...] = ()  # (geotag, weight), roundRobin only
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A name, a record type and its targets.
+
+    `name` is a lowercase FQDN without the trailing dot (it may start with "*." for a wildcard).
+    Empty `targets` means the name exists but has no data of this type (a GSLB host with nothing
+    healthy): the zone answers NODATA instead of NXDOMAIN.
+    """
+
+    name: str
+    rtype: str  # A AAAA CNAME TXT SRV MX NS
+    targets: tuple[Target, ...]
+    ttl: int | None = None  # None: the zone's default
+    source: ObjectRef | None = None
+    strategy: Strategy | None = None
+
+
+def normalize_name(name: str) -> str:
+    """The form every Endpoint name takes: lowercase, no trailing dot, no surrounding space."""
+    return name.strip().rstrip(".").lower()
+
+
+Listener = Callable[[int], None]
+
+
+class Store:
+    """Endpoints by producer key, with a version that grows on every real change.
+
+    Writers are watch threads and asyncio tasks; readers take `snapshot()` and never see a half
+    update. Listeners are called after the lock is released, with the new version, and must be
+    cheap (the zone compiler only schedules a recompile).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_key: dict[str, tuple[Endpoint, ...]] = {}
+        self._version = 0
+        self._listeners: list[Listener] = []
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def replace(self, key: str, endpoints: Iterable[Endpoint]) -> bool:
+        """Set everything `key` produces; an empty list removes the key. True if anything changed."""
+        new = tuple(endpoints)
+        with self._lock:
+            if self._by_key.get(key, ()) == new:
+                return False
+            if new:
+                self._by_key[key] = new
+            else:
+                del self._by_key[key]
+            self._version += 1
+            version = self._version
+        for listener in self._listeners:
+            listener(version)
+        return True
+
+    def replace_prefix(self, prefix: str, by_key: dict[str, Sequence[Endpoint]]) -> bool:
+        """Set every key under `prefix` at once (a relist): keys not in `by_key` are removed."""
+        with self._lock:
+            old = {k: v for k, v in self._by_key.items() if k.startswith(prefix)}
+            new = {k: tuple(v) for k, v in by_key.items() if v}
+            if old == new:
+                return False
+            for key in old:
+                del self._by_key[key]
+            self._by_key.update(new)
+            self._version += 1
+            version = self._version
+        for listener in self._listeners:
+            listener(version)
+        return True
+
+    def snapshot(self) -> tuple[int, dict[str, tuple[Endpoint, ...]]]:
+        with self._lock:
+            return self._version, dict(self._by_key)
+
+    def endpoints(self) -> list[Endpoint]:
+        _, by_key = self.snapshot()
+        return [ep for eps in by_key.values() for ep in eps]
