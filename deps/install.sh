@@ -114,7 +114,8 @@ venv() {
 what=${1:-all}
 case $what in
   all) apt_packages; venv; coredns; kwok; etcd; kube ;;
-  apt | venv | coredns | kwok | etcd | kube) $what ;;
+  apt) apt_packages ;;
+  venv | coredns | kwok | etcd | kube) $what ;;
   *) log "usage: $0 [all|apt|venv|coredns|kwok|etcd|kube]"; exit 2 ;;
 esac
 log "ready: $(ls "$BIN" | tr '\n' ' ')"
