@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for CoreDNS's DnsService (regenerate with `make proto`)."""
