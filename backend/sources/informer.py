@@ -1,0 +1,344 @@
+"""One list+watch loop per kind, holding the objects as the API's own JSON dicts.
+
+Like client-go's reflector + informer, reduced to what this project needs: a paginated list, a watch
+from its resourceVersion with bookmarks, a relist on 410 Gone (diffed against what we hold, so the
+handlers see the vanished objects as DELETED), reconnect with capped exponential backoff, and while
+the API is away the objects stay as they were: DNS keeps answering the last good state.
+A kind whose CRD is not installed counts as synced with no objects (so readiness does not wait on
+an optional CRD) and is retried quietly until it appears.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import urllib3
+from kubernetes import client
+
+from backend.sources import kubeapi
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+Handler = Callable[[str, Obj, Obj | None], None]  # (ADDED|MODIFIED|DELETED, obj, old or None)
+IndexFn = Callable[[Obj], list[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    group: str  # "" for the core group
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool = True
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def path(self, namespace: str | None = None, name: str = "") -> str:
+        return kubeapi.resource_path(self.group, self.version, self.plural, namespace, name)
+
+    def __str__(self) -> str:
+        return f"{self.plural}.{self.group or 'core'}/{self.version}"
+
+
+SERVICES = Resource("", "v1", "services", "Service")
+INGRESSES = Resource("networking.k8s.io", "v1", "ingresses", "Ingress")
+ENDPOINTSLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")
+DNSENDPOINTS = Resource("externaldns.k8s.io", "v1alpha1", "dnsendpoints", "DNSEndpoint")
+GSLBS = Resource("k8gb.absa.oss", "v1beta1", "gslbs", "Gslb")
+GSLBS_IO = Resource("k8gb.io", "v1beta1", "gslbs", "Gslb")
+
+
+def key_of(obj: Obj) -> str:
+    """"namespace/name", or "name" for cluster-scoped objects (client-go's MetaNamespaceKeyFunc)."""
+    meta = obj.get("metadata") or {}
+    ns = meta.get("namespace")
+    return f"{ns}/{meta.get('name', '')}" if ns else meta.get("name", "")
+
+
+class _Gone(Exception):
+    """The resourceVersion we hold is too old: relist."""
+
+
+class Informer:
+    """Keeps `objects` ("ns/name" -> dict) in step with the API and calls handlers on each change.
+
+    Handlers run on the watch thread, after `objects` already holds the new state, and must not block
+    for long. Other threads read through `get`, `list` and `by_index` (copies taken under the lock).
+    `synced` is set once the first full list has been delivered.
+    """
+
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        resource: Resource,
+        namespace: str | None = None,
+        label_selector: str = "",
+        page_size: int = 500,
+        watch_timeout: int = 300,
+        backoff_cap: float = 5.0,
+        on_watch_event: Callable[[Resource, str], None] | None = None,
+        on_restart: Callable[[Resource, str], None] | None = None,
+    ) -> None:
+        self.api = api_client
+        self.resource = resource
+        self.namespace = namespace
+        self.label_selector = label_selector
+        self.page_size = page_size
+        self.watch_timeout = watch_timeout
+        self.backoff_cap = backoff_cap
+        self.objects: dict[str, Obj] = {}
+        self.synced = threading.Event()
+        self.resource_version = ""
+        self._on_watch_event = on_watch_event
+        self._on_restart = on_restart
+        self._handlers: list[Handler] = []
+        self._indexers: dict[str, IndexFn] = {}
+        self._indices: dict[str, dict[str, set[str]]] = {}
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._resp: urllib3.BaseHTTPResponse | None = None
+        self._thread: threading.Thread | None = None
+        self._missing_logged = False
+        self._failing = False
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def get(self, key: str) -> Obj | None:
+        with self._lock:
+            return self.objects.get(key)
+
+    def list(self) -> list[Obj]:
+        with self._lock:
+            return list(self.objects.values())
+
+    def add_index(self, name: str, fn: IndexFn) -> None:
+        """Index objects by the values `fn` returns (e.g. EndpointSlices by "ns/service-name")."""
+        with self._lock:
+            self._indexers[name] = fn
+            index: dict[str, set[str]] = {}
+            for key, obj in self.objects.items():
+                for value in fn(obj):
+                    index.setdefault(value, set()).add(key)
+            self._indices[name] = index
+
+    def by_index(self, name: str, value: str) -> list[Obj]:
+        with self._lock:
+            return [self.objects[k] for k in sorted(self._indices[name].get(value, ()))]
+
+    def add_handler(self, fn: Handler) -> None:
+        """Register before start(); a handler added later is first called with ADDED for each object held."""
+        with self._lock:
+            self._handlers.append(fn)
+            held = list(self.objects.values())
+        for obj in held:
+            self._call(fn, "ADDED", obj, None)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        name = f"informer-{self.resource.plural}"
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        resp = self._resp
+        if resp is not None:
+            # Closing the socket from here is the only way to wake a thread blocked in a watch read.
+            try:
+                resp.shutdown()
+            except (AttributeError, OSError):
+                resp.close()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        delay = 0.0
+        need_list = True
+        while not self._stop.is_set():
+            if delay:
+                self._stop.wait(delay * random.uniform(0.8, 1.2))
+                if self._stop.is_set():
+                    return
+            try:
+                if need_list:
+                    self._list()
+                    need_list = False
+                delay = 0.0
+                self._watch()
+                reason = "closed"
+            except _Gone:
+                need_list, reason = True, "gone"
+            except kubeapi.KubeError as e:
+                need_list = True
+                if e.status == 404:
+                    self._not_installed()
+                    delay = min(max(delay * 2, 1.0), max(self.backoff_cap, 10.0))
+                    continue
+                reason = f"http {e.status}"
+                log.warning("%s: %s", self.resource, e)
+                delay = min(max(delay * 2, 0.2), self.backoff_cap)
+            except (urllib3.exceptions.HTTPError, OSError, ValueError) as e:
+                if self._stop.is_set():
+                    return
+                reason = "error"
+                if not self._failing:
+                    log.warning("%s: API unreachable (%s); serving the %d objects held", self.resource, e,
+                                len(self.objects))
+                    self._failing = True
+                delay = min(max(delay * 2, 0.2), self.backoff_cap)
+            if self._on_restart is not None and not self._stop.is_set():
+                self._on_restart(self.resource, reason)
+
+    def _not_installed(self) -> None:
+        """No such kind (a CRD not installed): the empty set is the truth until it appears."""
+        if not self._missing_logged:
+            log.warning("%s: not served by the API (CRD not installed?); retrying quietly", self.resource)
+            self._missing_logged = True
+        self._replace_all({}, "")
+        self.synced.set()
+
+    def _query(self) -> list[tuple[str, str | int]]:
+        return [("labelSelector", self.label_selector)] if self.label_selector else []
+
+    def _list(self) -> None:
+        items: dict[str, Obj] = {}
+        cont = ""
+        while True:
+            query = [*self._query(), ("limit", self.page_size)]
+            if cont:
+                query.append(("continue", cont))
+            try:
+                page = kubeapi.request(self.api, "GET", self.resource.path(self.namespace), query, timeout=60)
+            except kubeapi.KubeError as e:
+                if e.status == 410:  # the continue token expired mid-list: start over
+                    items, cont = {}, ""
+                    continue
+                raise
+            for obj in page.get("items") or ():
+                obj.setdefault("apiVersion", self.resource.api_version)
+                obj.setdefault("kind", self.resource.kind)
+                items[key_of(obj)] = obj
+            meta = page.get("metadata") or {}
+            cont = meta.get("continue") or ""
+            if not cont:
+                break
+        if self._missing_logged:
+            log.info("%s: now served by the API", self.resource)
+            self._missing_logged = False
+        self._replace_all(items, meta.get("resourceVersion", ""))
+        self.synced.set()
+
+    def _replace_all(self, items: dict[str, Obj], resource_version: str) -> None:
+        """Swap in a full list, telling the handlers only what differs from what we held."""
+        with self._lock:
+            old = self.objects
+            self.objects = items
+            self.resource_version = resource_version
+            for name, fn in self._indexers.items():
+                index: dict[str, set[str]] = {}
+                for key, obj in items.items():
+                    for value in fn(obj):
+                        index.setdefault(value, set()).add(key)
+                self._indices[name] = index
+        for key, obj in old.items():
+            if key not in items:
+                self._emit("DELETED", obj, None)
+        for key, obj in items.items():
+            prev = old.get(key)
+            if prev is None:
+                self._emit("ADDED", obj, None)
+            elif _rv(prev) != _rv(obj):
+                self._emit("MODIFIED", obj, prev)
+
+    def _watch(self) -> None:
+        query = [
+            *self._query(),
+            ("watch", "true"),
+            ("allowWatchBookmarks", "true"),
+            ("resourceVersion", self.resource_version),
+            ("timeoutSeconds", int(self.watch_timeout * random.uniform(1.0, 1.5))),
+        ]
+        # The server ends the watch first; the read timeout only catches a peer that hung.
+        read_timeout = self.watch_timeout * 1.5 + 30
+        path = self.resource.path(self.namespace)
+        resp = kubeapi.open_(self.api, "GET", path, query, timeout=(10.0, read_timeout))
+        self._resp = resp
+        try:
+            if resp.status == 410:
+                raise _Gone
+            if not 200 <= resp.status < 300:
+                raise kubeapi.error_of(resp)
+            if self._failing:
+                log.warning("%s: API reachable again, watching from resourceVersion %s", self.resource,
+                            self.resource_version)
+                self._failing = False
+            if self._stop.is_set():
+                return
+            for event in kubeapi.json_lines(resp):
+                self._apply(event)
+        finally:
+            # A watch may end mid-stream; its connection must not go back to the pool half read.
+            self._resp = None
+            resp.close()
+            resp.release_conn()
+
+    def _apply(self, event: Any) -> None:
+        type_ = event.get("type")
+        obj = event.get("object") or {}
+        if type_ == "ERROR":
+            if obj.get("code") == 410:
+                raise _Gone
+            raise kubeapi.KubeError(int(obj.get("code") or 500), obj.get("message", ""))
+        rv = _rv(obj)
+        if rv:
+            self.resource_version = rv
+        if self._on_watch_event is not None:
+            self._on_watch_event(self.resource, type_)
+        if type_ == "BOOKMARK":
+            return
+        obj.setdefault("apiVersion", self.resource.api_version)
+        obj.setdefault("kind", self.resource.kind)
+        key = key_of(obj)
+        with self._lock:
+            old = self.objects.get(key)
+            if type_ == "DELETED":
+                self.objects.pop(key, None)
+            else:
+                self.objects[key] = obj
+            for name, fn in self._indexers.items():
+                index = self._indices[name]
+                if old is not None:
+                    for value in fn(old):
+                        index.get(value, set()).discard(key)
+                if type_ != "DELETED":
+                    for value in fn(obj):
+                        index.setdefault(value, set()).add(key)
+        if type_ == "DELETED":
+            self._emit("DELETED", obj, None)
+        elif type_ in ("ADDED", "MODIFIED"):
+            self._emit("MODIFIED" if old is not None else "ADDED", obj, old)
+
+    def _emit(self, type_: str, obj: Obj, old: Obj | None) -> None:
+        for fn in list(self._handlers):
+            self._call(fn, type_, obj, old)
+
+    def _call(self, fn: Handler, type_: str, obj: Obj, old: Obj | None) -> None:
+        try:
+            fn(type_, obj, old)
+        except Exception:
+            log.exception("%s: handler %s failed on %s %s", self.resource, fn, type_, key_of(obj))
+
+
+def _rv(obj: Obj) -> str:
+    return (obj.get("metadata") or {}).get("resourceVersion", "")
