@@ -1,0 +1,250 @@
+"""k8s/ against the real apiserver: every manifest passes a server-side dry-run apply, and the
+ServiceAccount's RBAC grants what the backend needs and nothing else, checked with a real TokenRequest token.
+
+The static checks (Corefile, env names, images, hardening) keep the manifests in step with corefile/ and
+backend/config.py, which they copy values from.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from deployfiles import (
+    COREFILE,
+    K8S,
+    ROOT,
+    config_env_names,
+    corefile_body,
+    documents,
+    find,
+    manifest_files,
+    pinned,
+)
+
+from backend.lab.kube import ControlPlane
+from backend.lab.proc import binary
+
+NAMESPACE = "coredns-gslb"
+ACCOUNT = "coredns-gslb"
+TSIG_SECRET = "coredns-gslb-tsig"
+COREDNS_IMAGE = "coredns/coredns:1.14.7"
+
+
+def kubectl(plane: ControlPlane, *args: str) -> subprocess.CompletedProcess[str]:
+    """kubectl with stderr kept: the apiserver's admission warnings (PodSecurity) arrive there."""
+    return subprocess.run([binary("kubectl"), "--kubeconfig", str(plane.kubeconfig), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def cluster(control_plane: ControlPlane) -> ControlPlane:
+    """CRDs applied for real (so objects of their kinds validate) and every namespace the manifests use."""
+    control_plane.kubectl("apply", "--server-side", "-f", str(K8S / "crds"))
+    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(K8S / "crds"))
+    control_plane.kubectl("apply", "--server-side", "-f", str(K8S / "namespace.yaml"))
+    namespaces = {doc["metadata"].get("namespace") for p in manifest_files() for doc in documents(p)} - {None}
+    for ns in sorted(namespaces):
+        if not control_plane.kubectl("get", "namespace", ns, "--ignore-not-found"):
+            control_plane.kubectl("create", "namespace", ns)
+    return control_plane
+
+
+@pytest.mark.controlplane
+@pytest.mark.parametrize("path", manifest_files(), ids=lambda p: str(p.relative_to(K8S)))
+def test_manifest_passes_server_side_dry_run(cluster: ControlPlane, path: Path) -> None:
+    run = kubectl(cluster, "apply", "--server-side", "--dry-run=server", "-f", str(path))
+    assert run.returncode == 0, run.stderr
+    assert "(server dry run)" in run.stdout
+    assert "Warning" not in run.stderr, run.stderr  # e.g. a PodSecurity "restricted" violation
+
+
+@pytest.mark.controlplane
+def test_kustomization_lists_every_deployment_manifest_and_dry_runs(cluster: ControlPlane) -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    deployment = {str(p.relative_to(K8S)) for p in manifest_files() if p.parent.name != "examples"}
+    assert set(kustomization["resources"]) == deployment
+    run = kubectl(cluster, "apply", "--server-side", "--dry-run=server", "-k", str(K8S))
+    assert run.returncode == 0, run.stderr
+    assert "Warning" not in run.stderr, run.stderr
+
+
+WRITES = ("create", "update", "patch", "delete")
+
+
+def _reads(group: str, resource: str) -> list[tuple[str, str, str, str, str]]:
+    return [(verb, group, resource, "", "") for verb in ("get", "list", "watch")]
+
+
+# What the backend does with the API, as (verb, group, resource, namespace, name): reads everywhere, its
+# few writes, and its own namespace's Lease and TSIG Secret.
+ALLOWED = [
+    *_reads("", "services"),
+    *_reads("networking.k8s.io", "ingresses"),
+    *_reads("discovery.k8s.io", "endpointslices"),
+    *_reads("externaldns.k8s.io", "dnsendpoints"),
+    *_reads("k8gb.absa.oss", "gslbs"),
+    *_reads("k8gb.io", "gslbs"),
+    *[(verb, "networking.k8s.io", "ingresses", "demo", "") for verb in WRITES],
+    *[("create", group, "gslbs", "demo", "") for group in ("k8gb.absa.oss", "k8gb.io")],
+    *[(verb, group, "gslbs/status", "demo", "") for group in ("k8gb.absa.oss", "k8gb.io")
+      for verb in ("update", "patch")],
+    *[("update", group, "gslbs/finalizers", "demo", "") for group in ("k8gb.absa.oss", "k8gb.io")],
+    ("create", "", "events", "demo", ""),
+    ("patch", "", "events", "demo", ""),
+    *[(verb, "coordination.k8s.io", "leases", NAMESPACE, "") for verb in ("get", *WRITES[:3])],
+    ("get", "", "secrets", NAMESPACE, TSIG_SECRET),
+]
+
+FORBIDDEN = [
+    ("get", "", "secrets", NAMESPACE, "other"),
+    ("list", "", "secrets", NAMESPACE, ""),
+    ("watch", "", "secrets", NAMESPACE, ""),
+    ("get", "", "secrets", "demo", TSIG_SECRET),
+    ("update", "", "secrets", NAMESPACE, TSIG_SECRET),
+    *[(verb, "", "services", "demo", "") for verb in WRITES],
+    ("patch", "", "services/status", "demo", ""),
+    ("update", "networking.k8s.io", "ingresses/status", "demo", ""),
+    *[(verb, group, "gslbs", "demo", "") for group in ("k8gb.absa.oss", "k8gb.io")
+      for verb in ("update", "patch", "delete")],
+    ("create", "discovery.k8s.io", "endpointslices", "demo", ""),
+    ("create", "externaldns.k8s.io", "dnsendpoints", "demo", ""),
+    ("delete", "", "events", "demo", ""),
+    ("create", "events.k8s.io", "events", "demo", ""),
+    *[(verb, "coordination.k8s.io", "leases", "kube-system", "") for verb in ("get", "create", "update")],
+    ("delete", "coordination.k8s.io", "leases", NAMESPACE, ""),
+    ("list", "", "pods", "", ""),
+    ("list", "", "nodes", "", ""),
+    ("get", "", "configmaps", NAMESPACE, ""),
+    ("list", "", "namespaces", "", ""),
+    ("create", "apiextensions.k8s.io", "customresourcedefinitions", "", ""),
+    ("create", "rbac.authorization.k8s.io", "clusterrolebindings", "", ""),
+    ("create", "", "serviceaccounts/token", NAMESPACE, ACCOUNT),
+]
+
+
+@pytest.fixture(scope="module")
+def backend_api(cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """An API client authenticated as the backend's ServiceAccount (token from the TokenRequest API)."""
+    import kubernetes.config
+
+    for name in ("serviceaccount.yaml", "rbac.yaml"):
+        cluster.kubectl("apply", "--server-side", "-f", str(K8S / name))
+    path = cluster.kubeconfig_for(ACCOUNT, NAMESPACE, tmp_path_factory.mktemp("rbac") / "kubeconfig")
+    with kubernetes.config.new_client_from_config(config_file=str(path)) as api_client:
+        yield api_client
+
+
+def _allowed(api_client: Any, verb: str, group: str, resource: str, namespace: str, name: str) -> bool:
+    from kubernetes import client
+
+    resource, _, subresource = resource.partition("/")
+    review = client.V1SelfSubjectAccessReview(spec=client.V1SelfSubjectAccessReviewSpec(
+        resource_attributes=client.V1ResourceAttributes(
+            verb=verb, group=group, resource=resource, subresource=subresource or None,
+            namespace=namespace or None, name=name or None)))
+    status = client.AuthorizationV1Api(api_client).create_self_subject_access_review(review).status
+    return bool(status.allowed)
+
+
+@pytest.mark.controlplane
+def test_service_account_may_do_what_the_backend_needs(backend_api: Any) -> None:
+    denied = [check for check in ALLOWED if not _allowed(backend_api, *check)]
+    assert denied == []
+
+
+@pytest.mark.controlplane
+def test_service_account_may_do_nothing_else(backend_api: Any) -> None:
+    granted = [check for check in FORBIDDEN if _allowed(backend_api, *check)]
+    assert granted == []
+
+
+@pytest.mark.controlplane
+def test_service_account_rules_are_exactly_the_needed_ones(backend_api: Any) -> None:
+    """The whole rule set the apiserver resolves for the account in namespace demo, beyond what every
+    authenticated user has: a widened ClusterRole fails here even if no FORBIDDEN line names it."""
+    from kubernetes import client
+
+    review = client.V1SelfSubjectRulesReview(spec=client.V1SelfSubjectRulesReviewSpec(namespace="demo"))
+    status = client.AuthorizationV1Api(backend_api).create_self_subject_rules_review(review).status
+    rules = status.resource_rules
+    everyone = {"authorization.k8s.io", "authentication.k8s.io"}
+    granted = {(verb, group, resource) for rule in rules for group in rule.api_groups if group not in everyone
+               for resource in rule.resources for verb in rule.verbs}
+    expected = {(verb, group, resource) for verb, group, resource, namespace, _ in ALLOWED
+                if namespace in ("", "demo")}
+    assert granted == expected
+
+
+# Static checks: the manifests copy values from corefile/ and backend/config.py.
+
+def test_corefile_configmap_is_the_corefile_folder_one() -> None:
+    configmap = find("ConfigMap", "coredns-gslb-corefile")
+    assert corefile_body(configmap["data"]["Corefile"]) == corefile_body(COREFILE.read_text())
+
+
+def _containers() -> dict[str, dict[str, Any]]:
+    spec = find("Deployment", "coredns-gslb")["spec"]["template"]["spec"]
+    return {c["name"]: c for c in spec["containers"]}
+
+
+def test_backend_environment_uses_settings_names() -> None:
+    backend = _containers()["backend"]
+    names = {e["name"] for e in backend["env"]} | set(find("ConfigMap", "coredns-gslb-config")["data"])
+    assert {e["configMapRef"]["name"] for e in backend["envFrom"]} == {"coredns-gslb-config"}
+    assert names - config_env_names() == set()
+    k8gb = {"DNS_ZONE", "EDGE_DNS_ZONE", "EDGE_DNS_SERVERS", "CLUSTER_GEO_TAG", "EXT_GSLB_CLUSTERS_GEO_TAGS"}
+    assert k8gb <= names
+
+
+def test_corefile_grpc_and_probe_ports_match_the_pod() -> None:
+    corefile = corefile_body(COREFILE.read_text()).split()
+    containers = _containers()
+    env = {e["name"]: e.get("value") for e in containers["backend"]["env"]}
+    assert corefile[corefile.index("grpc") + 2] == env["GRPC_LISTEN"] == "127.0.0.1:8053"
+    coredns = containers["coredns"]
+    assert f":{coredns['livenessProbe']['httpGet']['port']}" == corefile[corefile.index("health") + 1]
+    assert f":{coredns['readinessProbe']['httpGet']['port']}" == corefile[corefile.index("ready") + 1]
+    http_port = {p["name"]: p["containerPort"] for p in containers["backend"]["ports"]}["http"]
+    assert env["HTTP_LISTEN"] == f"0.0.0.0:{http_port}"
+    assert containers["backend"]["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert containers["backend"]["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+def test_pod_is_hardened_and_pinned() -> None:
+    spec = find("Deployment", "coredns-gslb")["spec"]["template"]["spec"]
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["serviceAccountName"] == ACCOUNT
+    for c in spec["containers"]:
+        assert pinned(c["image"]), c["image"]
+        sc = c["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"]["drop"] == ["ALL"]
+        assert set(sc["capabilities"].get("add", [])) <= {"NET_BIND_SERVICE"}  # CoreDNS on :53
+        for bound in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(c["resources"][bound]), (c["name"], bound)
+    assert _containers()["coredns"]["image"] == COREDNS_IMAGE
+
+
+def test_dns_service_and_disruption_budget() -> None:
+    service = find("Service", "coredns-gslb")["spec"]
+    assert service["type"] == "LoadBalancer"
+    assert {(p["port"], p["protocol"]) for p in service["ports"]} == {(53, "UDP"), (53, "TCP")}
+    pdb = find("PodDisruptionBudget", "coredns-gslb")["spec"]
+    labels = find("Deployment", "coredns-gslb")["spec"]["template"]["metadata"]["labels"]
+    assert pdb["selector"]["matchLabels"].items() <= labels.items()
+    assert service["selector"].items() <= labels.items()
+
+
+def test_dockerfile_builds_the_backend_as_non_root() -> None:
+    lines = [line.split() for line in (ROOT / "Dockerfile").read_text().splitlines() if line.strip()]
+    images = [words[1] for words in lines if words[0] == "FROM"]
+    assert images and all(pinned(i) and i.startswith("python:3.11") for i in images)
+    user = [words[1] for words in lines if words[0] == "USER"][-1]
+    assert user.split(":")[0].isdigit() and int(user.split(":")[0]) != 0
+    assert any(words[:2] == ["ENTRYPOINT", '["coredns-gslb"]'] for words in lines)
+    assert any(words[:2] == ["CMD", '["serve"]'] for words in lines)
