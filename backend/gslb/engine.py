@@ -1,0 +1,228 @@
+"""Gslb objects -> GSLB Endpoints in the Store, re-evaluated only when something they read changes.
+
+Each evaluation reads the cluster through a recording view; what it read becomes the Gslb's
+dependencies (a reverse index (kind, key) -> Gslbs), so an EndpointSlice event re-evaluates exactly
+the Gslbs behind that Service and nothing is polled. Every replica runs the engine (every replica
+serves DNS); only the leader's controller turns the results into status and Events.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from backend.config import Settings
+from backend.gslb.health import HostState, evaluate
+from backend.gslb.spec import GslbSpec, SpecError, parse
+from backend.model import Endpoint, Store, Target
+from backend.sources.informer import ENDPOINTSLICES, GSLBS, Informer, key_of
+from backend.zone.merge import zone_of
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+Dep = tuple[str, str]  # (kind, "ns/name") or (kind, "ns/*") for a label selection
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+SLICE_INDEX = "gslb-service"
+LOCALTARGETS = "localtargets-"
+
+
+@dataclass(frozen=True, slots=True)
+class GslbResult:
+    """One Gslb as this cluster sees it: its hosts' health and addresses, or why it cannot be served."""
+
+    key: str  # the Store key, also the Gslb's identity across both API groups
+    obj: Obj  # the Gslb as last seen
+    spec: GslbSpec | None
+    hosts: tuple[HostState, ...]
+    error: SpecError | None
+    outside: tuple[str, ...] = ()  # hosts in no configured GSLB zone (not served)
+
+
+Listener = Callable[[str, GslbResult | None], None]
+
+
+def store_key(obj: Obj) -> str:
+    """gslb/<ns>/<name>; a Gslb of the newer k8gb.io group with the same name gets its own key."""
+    group = (obj.get("apiVersion") or "").split("/")[0]
+    return f"gslb/{key_of(obj)}" + ("" if group == GSLBS.group else f"@{group}")
+
+
+def _slice_services(obj: Obj | None) -> list[str]:
+    if obj is None:
+        return []
+    meta = obj.get("metadata") or {}
+    name = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
+    return [f"{meta.get('namespace', '')}/{name}"] if name else []
+
+
+def _labels_match(obj: Obj, labels: dict[str, str]) -> bool:
+    have = (obj.get("metadata") or {}).get("labels") or {}
+    return all(have.get(k) == v for k, v in labels.items())
+
+
+class _Recording:
+    """A View over the informers that remembers every (kind, key) it was asked for."""
+
+    def __init__(self, informers: dict[str, Informer], slices: Informer) -> None:
+        self.informers = informers
+        self.slice_informer = slices
+        self.deps: set[Dep] = set()
+
+    def get(self, kind: str, key: str) -> Obj | None:
+        self.deps.add((kind, key))
+        return self.informers[kind].get(key)
+
+    def select(self, kind: str, namespace: str, labels: dict[str, str]) -> list[Obj]:
+        self.deps.add((kind, f"{namespace}/*"))
+        return [o for o in self.informers[kind].list()
+                if (o.get("metadata") or {}).get("namespace") == namespace and _labels_match(o, labels)]
+
+    def slices(self, service_key: str) -> list[Obj]:
+        self.deps.add(("Service", service_key))
+        return self.slice_informer.by_index(SLICE_INDEX, service_key)
+
+
+def _targets(values: Iterable[str], geotag: str) -> tuple[Target, ...]:
+    return tuple(Target(v, geotag) for v in values)
+
+
+def host_endpoints(spec: GslbSpec, state: HostState, geotag: str) -> list[Endpoint]:
+    """The host answered by its strategy (empty targets = NODATA while unhealthy), and
+    localtargets-<host> with this cluster's healthy addresses for the peers, only while healthy."""
+    by_type: dict[str, list[str]] = {"A": [], "AAAA": []}
+    for ip in state.targets:
+        by_type["AAAA" if ipaddress.ip_address(ip).version == 6 else "A"].append(ip)
+    live = state.healthy
+    eps = []
+    for rtype, ips in by_type.items():
+        if rtype == "A" or ips:
+            eps.append(Endpoint(state.host, rtype, _targets(ips, geotag) if live else (), spec.ttl, spec.ref,
+                                spec.strategy))
+        if live and ips and not state.host.startswith("*."):
+            eps.append(Endpoint(LOCALTARGETS + state.host, rtype, _targets(ips, geotag), spec.ttl, spec.ref))
+    return eps
+
+
+class GslbEngine:
+    """Attach to the informers (Gslbs of both groups, Ingresses, Services, EndpointSlices)."""
+
+    def __init__(self, store: Store, settings: Settings, gslbs: list[Informer], ingresses: Informer,
+                 services: Informer, endpointslices: Informer) -> None:
+        self.store = store
+        self.settings = settings
+        self.gslb_informers = gslbs
+        self._informers = {"Ingress": ingresses, "Service": services}
+        self._slices = endpointslices
+        self._lock = threading.RLock()
+        self._deps: dict[str, set[Dep]] = {}
+        self._rev: dict[Dep, set[str]] = {}
+        self._objs: dict[str, Obj] = {}
+        self.results: dict[str, GslbResult] = {}
+        self._listeners: list[Listener] = []
+        self._gslb_zones = [z.dns_zone for z in settings.gslb_zones]
+        assert endpointslices.resource == ENDPOINTSLICES
+        endpointslices.add_index(SLICE_INDEX, _slice_services)
+        for informer in gslbs:
+            informer.add_handler(self._on_gslb)
+        ingresses.add_handler(self._dependency_handler("Ingress"))
+        services.add_handler(self._dependency_handler("Service"))
+        endpointslices.add_handler(self._on_slice)
+
+    def subscribe(self, listener: Listener) -> None:
+        """`listener(store_key, result or None when the Gslb is gone)`, called on every evaluation;
+        it must be cheap (the controller only queues)."""
+        with self._lock:
+            self._listeners.append(listener)
+            held = list(self.results.items())
+        for key, result in held:
+            listener(key, result)
+
+    def synced(self) -> bool:
+        informers = [*self.gslb_informers, *self._informers.values(), self._slices]
+        return all(i.synced.is_set() for i in informers)
+
+    # -- events ----------------------------------------------------------------------------------
+
+    def _on_gslb(self, type_: str, obj: Obj, _old: Obj | None) -> None:
+        key = store_key(obj)
+        with self._lock:
+            if type_ == "DELETED":
+                self._forget(key)
+                self.store.replace(key, ())
+                self._notify(key, None)
+            else:
+                self._objs[key] = obj
+                self._evaluate(key)
+
+    def _dependency_handler(self, kind: str) -> Callable[[str, Obj, Obj | None], None]:
+        def handle(_type: str, obj: Obj, _old: Obj | None) -> None:
+            key = key_of(obj)
+            self._reevaluate([(kind, key), (kind, key.split("/")[0] + "/*")])
+
+        return handle
+
+    def _on_slice(self, _type: str, obj: Obj, old: Obj | None) -> None:
+        self._reevaluate([("Service", s) for s in {*_slice_services(obj), *_slice_services(old)}])
+
+    def _reevaluate(self, deps: list[Dep]) -> None:
+        with self._lock:
+            keys = sorted({k for dep in deps for k in self._rev.get(dep, ())})
+            for key in keys:
+                self._evaluate(key)
+
+    # -- evaluation ------------------------------------------------------------------------------
+
+    def _forget(self, key: str) -> None:
+        self._set_deps(key, set())
+        del self._deps[key]
+        self._objs.pop(key, None)
+        self.results.pop(key, None)
+
+    def _evaluate(self, key: str) -> None:
+        obj = self._objs[key]
+        view = _Recording(self._informers, self._slices)
+        spec: GslbSpec | None = None
+        hosts: tuple[HostState, ...] = ()
+        error: SpecError | None = None
+        try:
+            spec = parse(obj, self.settings.dns_ttl_seconds)
+            hosts = evaluate(spec, view)
+        except SpecError as e:
+            error = e
+        except Exception as e:  # a Gslb we failed to understand must not take the others down
+            log.exception("gslb %s: evaluation failed", key)
+            error = SpecError("InternalError", f"{type(e).__name__}: {e}")
+        self._set_deps(key, view.deps)
+        outside = tuple(h.host for h in hosts if zone_of(h.host, self._gslb_zones) is None)
+        result = GslbResult(key, obj, spec, hosts, error, outside)
+        self.results[key] = result
+        if spec is not None and (error is None or error.reason == "ResourceNotFound"):
+            eps = [ep for h in hosts if h.host not in outside
+                   for ep in host_endpoints(spec, h, self.settings.cluster_geotag)]
+            self.store.replace(key, eps)
+        # Any other error keeps the last good answers: a typo in an edit must not take a name down.
+        self._notify(key, result)
+
+    def _set_deps(self, key: str, deps: set[Dep]) -> None:
+        old = self._deps.get(key, set())
+        for dep in old - deps:
+            users = self._rev.get(dep)
+            if users is not None:
+                users.discard(key)
+                if not users:
+                    del self._rev[dep]
+        for dep in deps - old:
+            self._rev.setdefault(dep, set()).add(key)
+        self._deps[key] = deps
+
+    def _notify(self, key: str, result: GslbResult | None) -> None:
+        for listener in self._listeners:
+            try:
+                listener(key, result)
+            except Exception:
+                log.exception("gslb listener %s failed on %s", listener, key)

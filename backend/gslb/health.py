@@ -1,0 +1,155 @@
+"""k8gb's health rules: which hosts a Gslb names, which Services back each host, whether they are up,
+and which load-balancer addresses this cluster offers for them.
+
+Everything is read through a `View`, so the engine can record what an evaluation looked at (its
+dependencies) and unit tests can hand in plain dicts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from backend.gslb.spec import HOSTNAME, GslbSpec, SpecError
+from backend.model import normalize_name
+
+Obj = dict[str, Any]
+
+HEALTHY, UNHEALTHY, NOT_FOUND = "Healthy", "Unhealthy", "NotFound"
+
+
+class View(Protocol):
+    """The cluster as the engine sees it: objects by kind ("Ingress", "Service") and "ns/name"."""
+
+    def get(self, kind: str, key: str) -> Obj | None: ...
+
+    def select(self, kind: str, namespace: str, labels: dict[str, str]) -> list[Obj]: ...
+
+    def slices(self, service_key: str) -> list[Obj]:
+        """The EndpointSlices of a Service (label kubernetes.io/service-name)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class HostState:
+    host: str
+    services: tuple[str, ...]  # "ns/name" of the backend Services, sorted
+    health: str  # Healthy | Unhealthy | NotFound
+    targets: tuple[str, ...]  # this cluster's addresses for the host, healthy or not
+
+    @property
+    def healthy(self) -> bool:
+        return self.health == HEALTHY
+
+
+def service_health(view: View, key: str) -> str:
+    """Healthy if any EndpointSlice endpoint has an address and is not explicitly unready."""
+    if view.get("Service", key) is None:
+        return NOT_FOUND
+    for eps in view.slices(key):
+        for ep in eps.get("endpoints") or ():
+            if ep.get("addresses") and (ep.get("conditions") or {}).get("ready") is not False:
+                return HEALTHY
+    return UNHEALTHY
+
+
+def combine(states: Iterable[str], policy: str) -> str:
+    """Any: one Healthy Service is enough. All: every Service must be Healthy (NotFound beats Unhealthy).
+    No Service at all is NotFound either way."""
+    states = list(states)
+    if not states:
+        return NOT_FOUND
+    if policy == "All":
+        if all(s == HEALTHY for s in states):
+            return HEALTHY
+        return NOT_FOUND if NOT_FOUND in states else UNHEALTHY
+    if HEALTHY in states:
+        return HEALTHY
+    return UNHEALTHY if UNHEALTHY in states else NOT_FOUND
+
+
+def lb_addresses(obj: Obj | None) -> list[str]:
+    """status.loadBalancer.ingress[].ip: what MetalLB or an ingress controller announced."""
+    if obj is None:
+        return []
+    lb = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or ()
+    return [entry["ip"] for entry in lb if isinstance(entry, dict) and entry.get("ip")]
+
+
+def _checked_ips(values: Iterable[str], what: str) -> tuple[str, ...]:
+    out: list[str] = []
+    for value in values:
+        try:
+            out.append(str(ipaddress.ip_address(value)))
+        except ValueError:
+            raise SpecError("InvalidAddress", f"{what}: {value!r} is not an IP address") from None
+    return tuple(dict.fromkeys(out))
+
+
+def _ingress_hosts(ingress_spec: Obj, namespace: str) -> dict[str, set[str]]:
+    """host -> backend Service keys from the rules' paths (rules without a host name no host)."""
+    hosts: dict[str, set[str]] = {}
+    for rule in ingress_spec.get("rules") or ():
+        host = normalize_name(rule.get("host") or "")
+        if not host:
+            continue
+        services = hosts.setdefault(host, set())
+        for path in (rule.get("http") or {}).get("paths") or ():
+            name = ((path.get("backend") or {}).get("service") or {}).get("name")
+            if name:
+                services.add(f"{namespace}/{name}")
+    return hosts
+
+
+def _key(obj: Obj) -> str:
+    meta = obj.get("metadata") or {}
+    return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+
+
+def _sources(spec: GslbSpec, view: View) -> list[tuple[Obj | None, dict[str, set[str]]]]:
+    """(the object whose load-balancer status gives the addresses, host -> backend Services)."""
+    ns = spec.ref.namespace
+    if spec.ingress is not None:
+        # Hosts come from the spec itself, so they are served (NODATA) before the owned Ingress exists.
+        return [(view.get("Ingress", f"{ns}/{spec.ref.name}"), _ingress_hosts(spec.ingress, ns))]
+    ref = spec.resource
+    assert ref is not None
+    if ref.name:
+        found = view.get(ref.kind, f"{ns}/{ref.name}")
+        objs = [found] if found is not None else []
+        wanted = f"{ref.kind} {ns}/{ref.name}"
+    else:
+        objs = sorted(view.select(ref.kind, ns, dict(ref.match_labels)), key=_key)
+        wanted = f"{ref.kind} in {ns} matching {dict(ref.match_labels)}"
+    if not objs:
+        raise SpecError("ResourceNotFound", f"spec.resourceRef: no {wanted}")
+    if ref.kind == "Ingress":
+        return [(obj, _ingress_hosts(obj.get("spec") or {}, ns)) for obj in objs]
+    out = []
+    for obj in objs:
+        names = ((obj.get("metadata") or {}).get("annotations") or {}).get(HOSTNAME, "")
+        hosts = {normalize_name(h) for h in names.split(",") if h.strip()}
+        if not hosts:
+            raise SpecError("MissingHostname", f"Service {_key(obj)} has no {HOSTNAME} annotation")
+        out.append((obj, {h: {_key(obj)} for h in hosts}))
+    return out
+
+
+def evaluate(spec: GslbSpec, view: View) -> tuple[HostState, ...]:
+    """Every host of the Gslb with its health and this cluster's addresses, sorted by host."""
+    exposed = _checked_ips(spec.exposed_ips, "annotation k8gb.io/exposed-ip-addresses")
+    services: dict[str, set[str]] = {}
+    targets: dict[str, list[str]] = {}
+    for obj, hosts in _sources(spec, view):
+        addresses = exposed or _checked_ips(lb_addresses(obj), "status.loadBalancer")
+        for host, svcs in hosts.items():
+            services.setdefault(host, set()).update(svcs)
+            targets.setdefault(host, []).extend(addresses)
+    health = {key: service_health(view, key) for svcs in services.values() for key in svcs}
+    return tuple(
+        HostState(host, tuple(sorted(svcs)), combine((health[k] for k in sorted(svcs)), spec.policy),
+                  tuple(dict.fromkeys(targets[host])))
+        for host, svcs in sorted(services.items())
+    )

@@ -1,0 +1,122 @@
+"""A Gslb object (k8gb's CRD, either API group) read into a checked value, or a reason it is unusable.
+
+Validation lives here rather than in the CRD schema on purpose: k8gb's schema accepts these mistakes,
+so manifests written for k8gb carry them, and a rejected apply would tell the user less than a
+Ready=False condition with a reason and an Event on the object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from backend.model import ObjectRef, Strategy
+
+Obj = dict[str, Any]
+
+STRATEGIES = ("roundRobin", "failover", "geoip")
+POLICIES = ("Any", "All")
+EXPOSED_IPS = "k8gb.io/exposed-ip-addresses"
+HOSTNAME = "k8gb.io/hostname"
+
+
+class SpecError(ValueError):
+    """A Gslb that cannot be served as written; `reason` is the condition's CamelCase reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceRef:
+    kind: str  # "Ingress" | "Service"
+    namespace: str
+    name: str = ""
+    match_labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GslbSpec:
+    ref: ObjectRef
+    strategy: Strategy
+    ttl: int
+    policy: str  # Any | All
+    ingress: Obj | None  # spec.ingress (an IngressSpec); None when resourceRef is used
+    resource: ResourceRef | None
+    exposed_ips: tuple[str, ...]  # the k8gb.io/exposed-ip-addresses override, unchecked
+
+
+def object_ref(obj: Obj) -> ObjectRef:
+    meta = obj.get("metadata") or {}
+    return ObjectRef(obj.get("kind", ""), meta.get("namespace", ""), meta.get("name", ""),
+                     meta.get("uid", ""), obj.get("apiVersion", "v1"))
+
+
+def _strategy(raw: Any, default_ttl: int) -> tuple[Strategy, int]:
+    if not isinstance(raw, dict):
+        raise SpecError("InvalidStrategy", "spec.strategy is missing")
+    type_ = raw.get("type")
+    if type_ not in STRATEGIES:
+        raise SpecError("UnknownStrategy",
+                        f"spec.strategy.type {type_!r} is not one of {', '.join(STRATEGIES)}")
+    primary = raw.get("primaryGeoTag") or ""
+    if type_ == "failover" and not primary:
+        raise SpecError("MissingPrimaryGeoTag", "strategy failover needs spec.strategy.primaryGeoTag")
+    weights = raw.get("weight") or {}
+    if not isinstance(weights, dict) or not all(isinstance(w, int) for w in weights.values()):
+        raise SpecError("InvalidWeight", "spec.strategy.weight must map geotags to integers")
+    negative = sorted(tag for tag, w in weights.items() if w < 0)
+    if negative:
+        raise SpecError("InvalidWeight", f"negative weight for {', '.join(negative)}")
+    if weights and not any(weights.values()):
+        raise SpecError("InvalidWeight", "every weight is 0: no geotag would ever be answered")
+    ttl = raw.get("dnsTtlSeconds", default_ttl)
+    if not isinstance(ttl, int) or ttl < 0:
+        raise SpecError("InvalidTTL", f"spec.strategy.dnsTtlSeconds {ttl!r} is not a non-negative integer")
+    return Strategy(type_, primary, tuple(sorted(weights.items()))), ttl
+
+
+def _resource_ref(raw: Any, namespace: str) -> ResourceRef:
+    kind = raw.get("kind") or "Ingress"
+    if kind not in ("Ingress", "Service"):
+        raise SpecError("UnsupportedResource", f"spec.resourceRef.kind {kind!r}: only Ingress or Service")
+    labels = raw.get("matchLabels") or {}
+    name = raw.get("name") or ""
+    if not name and not labels:
+        raise SpecError("InvalidResourceRef", "spec.resourceRef needs a name or matchLabels")
+    # A Gslb only ever reaches objects in its own namespace, as in k8gb.
+    ref_ns = raw.get("namespace") or namespace
+    if ref_ns != namespace:
+        raise SpecError("InvalidResourceRef",
+                        f"spec.resourceRef.namespace {ref_ns!r} is not the Gslb's namespace")
+    return ResourceRef(kind, namespace, name, tuple(sorted(labels.items())))
+
+
+def parse(obj: Obj, default_ttl: int = 30) -> GslbSpec:
+    """The usable spec of a Gslb, or SpecError saying why not."""
+    meta = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    strategy, ttl = _strategy(spec.get("strategy"), default_ttl)
+    policy = spec.get("serviceHealthPolicy") or "Any"
+    if policy not in POLICIES:
+        raise SpecError("InvalidServiceHealthPolicy",
+                        f"spec.serviceHealthPolicy {policy!r} is not Any or All")
+    ingress = spec.get("ingress")
+    raw_ref = spec.get("resourceRef")
+    if ingress and raw_ref:
+        raise SpecError("InvalidResourceRef", "spec.ingress and spec.resourceRef are mutually exclusive")
+    if not ingress and not raw_ref:
+        raise SpecError("MissingResource", "the Gslb needs spec.ingress or spec.resourceRef")
+    resource = _resource_ref(raw_ref, meta.get("namespace", "")) if raw_ref else None
+    exposed = (meta.get("annotations") or {}).get(EXPOSED_IPS, "")
+    return GslbSpec(
+        ref=object_ref(obj),
+        strategy=strategy,
+        ttl=ttl,
+        policy=policy,
+        ingress=ingress if isinstance(ingress, dict) else None,
+        resource=resource,
+        exposed_ips=tuple(ip.strip() for ip in exposed.split(",") if ip.strip()),
+    )
