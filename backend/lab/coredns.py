@@ -1,0 +1,79 @@
+"""Real CoreDNS started from a Corefile template in corefile/ (string.Template placeholders)."""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import dns.message
+import dns.query
+
+from backend.lab.proc import ROOT, Process, binary, free_port, wait_for
+
+TEMPLATES = ROOT / "corefile"
+GRPC_TEMPLATE = "Corefile.tmpl"
+FILE_TEMPLATE = "Corefile.file.tmpl"
+START_TIMEOUT = 30.0
+
+
+def render(template: str, **values: object) -> str:
+    """Render corefile/<template> (or a template text containing a newline); a missing value is an error."""
+    text = template if "\n" in template else (TEMPLATES / template).read_text()
+    return string.Template(text).substitute({k: str(v) for k, v in values.items()})
+
+
+def answers(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True once a DNS server answers anything at all (REFUSED counts: it is listening)."""
+    dns.query.udp(dns.message.make_query(".", "SOA"), host, port=port, timeout=timeout)
+    return True
+
+
+class CoreDNS:
+    """One CoreDNS process. `zones`, `bind` and `port` are filled in for the template; pass the rest."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        template: str = GRPC_TEMPLATE,
+        *,
+        zones: tuple[str, ...] | str = (),
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        name: str = "coredns",
+        detached: bool = False,
+        **values: object,
+    ) -> None:
+        self.workdir = workdir
+        self.host = host
+        self.port = port or free_port(host)
+        zone_list = zones.split() if isinstance(zones, str) else list(zones)
+        self.corefile_text = render(
+            template, zones=" ".join(zone_list) or ".", bind=host, port=self.port, **values
+        )
+        self.corefile = workdir / f"{name}.Corefile"
+        self.process = Process(
+            name,
+            [binary("coredns"), "-conf", self.corefile, "-dns.port", str(self.port)],
+            workdir / f"{name}.log",
+            cwd=workdir,
+            detached=detached,
+        )
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self) -> CoreDNS:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.corefile.write_text(self.corefile_text)
+        self.process.start()
+        wait_for(
+            lambda: answers(self.host, self.port),
+            what=f"CoreDNS answering on {self.address}",
+            timeout=START_TIMEOUT,
+            watch=[self.process],
+        )
+        return self
+
+    def stop(self) -> None:
+        self.process.stop()

@@ -1,0 +1,186 @@
+"""Child processes for the test bed and the lab: one log file each, bounded waits, a log tail on failure.
+
+Test-bed children die with the Python process that started them (PR_SET_PDEATHSIG), so a killed test run
+leaves nothing behind; lab children are started detached instead, so they outlive `make lab`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPS_BIN = ROOT / ".deps" / "bin"
+PYTHON = ROOT / ".venv" / "bin" / "python"
+
+_PR_SET_PDEATHSIG = 1
+
+
+class StartupError(RuntimeError):
+    """A component did not come up; the message names it and carries its log tail."""
+
+
+def binary(name: str) -> str:
+    """A pinned binary from .deps/bin, else the system one (named, dig, tsig-keygen come from Debian)."""
+    pinned = DEPS_BIN / name
+    if pinned.exists():
+        return str(pinned)
+    for folder in ("/usr/sbin", "/usr/bin", "/sbin", "/bin"):
+        if os.access(f"{folder}/{name}", os.X_OK):
+            return f"{folder}/{name}"
+    raise StartupError(f"{name} is not installed: run `make deps`")
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class Process:
+    """One child process with its log file; stop() is bounded (SIGTERM, then SIGKILL)."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log: Path,
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        detached: bool = False,
+    ) -> None:
+        self.name = name
+        self.argv = [str(a) for a in argv]
+        self.log = log
+        self.env = env
+        self.cwd = cwd
+        self.detached = detached
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen else None
+
+    def start(self) -> Process:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as out:
+            out.write(f"--- {time.strftime('%H:%M:%S')} {' '.join(self.argv)}\n".encode())
+            out.flush()
+            self.popen = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(self.env or {})},
+                cwd=self.cwd,
+                start_new_session=True,
+                preexec_fn=None if self.detached else _die_with_parent,
+            )
+        return self
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.popen is None:
+            return
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    self.popen.kill()
+                self.popen.wait(5)
+        self.popen = None
+
+    def tail(self, lines: int = 30) -> str:
+        return log_tail(self.log, lines)
+
+    def failure(self, why: str) -> StartupError:
+        return StartupError(f"{self.name} {why}; log {self.log}:\n{self.tail()}")
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def wait_for(
+    check: Callable[[], bool],
+    *,
+    what: str,
+    timeout: float,
+    watch: Iterable[Process] = (),
+    interval: float = 0.1,
+) -> None:
+    """Poll `check` until true; fail with the log tail of a watched process that died (all on timeout)."""
+    watched = list(watch)
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while True:
+        for p in watched:
+            if not p.alive():
+                raise p.failure(f"exited while waiting for {what}")
+        try:
+            if check():
+                return
+        except Exception as e:  # the check probes a component that is still starting
+            last = e
+        if time.monotonic() > deadline:
+            tails = "\n".join(f"--- {p.name} ({p.log}):\n{p.tail()}" for p in watched)
+            raise StartupError(
+                f"timed out after {timeout:.0f}s waiting for {what} (last error: {last})\n{tails}"
+            )
+        time.sleep(interval)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free for both TCP and UDP on host (DNS servers need both)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port_free(host, port):
+            return port
+    raise StartupError(f"no free port on {host}")
+
+
+def port_free(host: str, port: int) -> bool:
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                if kind == socket.SOCK_STREAM:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind((host, port))
+            except OSError:
+                return False
+    return True
+
+
+def free_loopback_ip(port: int = 53) -> str:
+    """A random 127.x.y.z whose `port` is free, for servers that must sit on port 53 (glue has no port)."""
+    rnd = int.from_bytes(os.urandom(3), "big")
+    for i in range(200):
+        n = (rnd + i * 7919) % (1 << 24)
+        ip = f"127.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
+        last = n & 255
+        if ip.startswith("127.0.0.") or last in (0, 255):
+            continue
+        if port_free(ip, port):
+            return ip
+    raise StartupError(f"no loopback address with port {port} free")
