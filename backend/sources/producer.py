@@ -1,0 +1,109 @@
+"""Wires the ExternalDNS-style sources to the informers and the Store.
+
+Each watched object owns one Store key (`service/<ns>/<name>`, `ingress/...`, `dnsendpoint/...`) and
+every change re-derives that key's whole list, so a delete or a relist needs no special path. A
+headless Service's records also depend on its EndpointSlices, so a slice change re-derives its
+Service. Problems (bad annotations, names outside the zones) become one Warning Event per new problem
+and a log line; the rest of the object is still published.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from backend.config import Settings
+from backend.controller.events import EventRecorder
+from backend.model import Endpoint, Store
+from backend.sources import annotations as ann
+from backend.sources import dnsendpoints, ingresses, services
+from backend.sources.annotations import Problem
+from backend.sources.informer import Informer, key_of
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+SLICES_BY_SERVICE = "service"  # EndpointSlice index: "ns/service-name"
+
+
+def slice_service(obj: Obj) -> list[str]:
+    """Index function for EndpointSlices: the "ns/name" of the Service they belong to."""
+    meta = obj.get("metadata") or {}
+    name = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
+    return [f"{meta.get('namespace', '')}/{name}"] if name else []
+
+
+class ExternalDnsSources:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        recorder: EventRecorder | None,
+        services_: Informer,
+        endpointslices: Informer,
+        ingresses_: Informer | None = None,
+        dnsendpoints_: Informer | None = None,
+    ) -> None:
+        self.store = store
+        self.recorder = recorder
+        self.zones = settings.all_zones
+        self.gslb_zones = tuple(z.dns_zone for z in settings.gslb_zones)
+        self.services = services_
+        self.slices = endpointslices
+        self._lock = threading.Lock()  # derive + replace as one step, or a stale derive can land last
+        self._problems: dict[str, set[Problem]] = {}
+        endpointslices.add_index(SLICES_BY_SERVICE, slice_service)
+        services_.add_handler(self._handler("service", self._service))
+        endpointslices.add_handler(self._on_slice)
+        if ingresses_ is not None:
+            ingresses_.add_handler(
+                self._handler("ingress", lambda o: ingresses.endpoints(o, self.zones, self.gslb_zones))
+            )
+        if dnsendpoints_ is not None:
+            dnsendpoints_.add_handler(
+                self._handler("dnsendpoint", lambda o: dnsendpoints.endpoints(o, self.zones))
+            )
+
+    def _service(self, svc: Obj) -> tuple[list[Endpoint], list[Problem]]:
+        slices = self.slices.by_index(SLICES_BY_SERVICE, key_of(svc)) if services.is_headless(svc) else []
+        return services.endpoints(svc, slices, self.zones)
+
+    def _handler(
+        self, kind: str, derive: Callable[[Obj], tuple[list[Endpoint], list[Problem]]]
+    ) -> Callable[[str, Obj, Obj | None], None]:
+        def handle(type_: str, obj: Obj, _old: Obj | None) -> None:
+            key = f"{kind}/{key_of(obj)}"
+            with self._lock:
+                if type_ == "DELETED":
+                    self.store.replace(key, ())
+                    self._problems.pop(key, None)
+                    return
+                eps, problems = derive(obj)
+                self.store.replace(key, eps)
+                self._report(key, obj, problems)
+
+        return handle
+
+    def _on_slice(self, _type: str, obj: Obj, old: Obj | None) -> None:
+        for svc_key in {*slice_service(obj), *(slice_service(old) if old else ())}:
+            svc = self.services.get(svc_key)
+            if svc is not None and services.is_headless(svc):
+                with self._lock:
+                    eps, problems = self._service(svc)
+                    self.store.replace(f"service/{svc_key}", eps)
+                    self._report(f"service/{svc_key}", svc, problems)
+
+    def _report(self, key: str, obj: Obj, problems: Sequence[Problem]) -> None:
+        """Tell the user each problem once per appearance, not on every unrelated change to the object."""
+        new = set(problems)
+        for p in sorted(new - self._problems.get(key, set()), key=lambda p: (p.reason, p.message)):
+            log.warning("%s: %s: %s", key, p.reason, p.message)
+            if self.recorder is not None:
+                self.recorder.record(ann.object_ref(obj), "Warning", p.reason, p.message)
+        if new:
+            self._problems[key] = new
+        else:
+            self._problems.pop(key, None)
