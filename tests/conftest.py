@@ -18,10 +18,11 @@ import pytest
 from backend.lab.bind9 import Bind9
 from backend.lab.coredns import GRPC_TEMPLATE, CoreDNS
 from backend.lab.kube import ControlPlane, Etcd, Pki
+from backend.lab.lbpool import LbPool
 from backend.lab.sidecar import Backend, DnsStack
 
 ControlPlaneFactory = Callable[..., ControlPlane]
-T = TypeVar("T", CoreDNS, Backend, DnsStack, Bind9)
+T = TypeVar("T", CoreDNS, Backend, DnsStack, Bind9, LbPool)
 
 
 @pytest.fixture(scope="session")
@@ -79,7 +80,7 @@ class _Started:
     """Stops what a function-scoped factory started, newest first, when the test ends."""
 
     def __init__(self) -> None:
-        self.items: list[CoreDNS | Backend | DnsStack | Bind9] = []
+        self.items: list[CoreDNS | Backend | DnsStack | Bind9 | LbPool] = []
 
     def add(self, item: T) -> T:
         self.items.append(item)
@@ -204,3 +205,20 @@ def bind9_factory(tmp_path: Path, _started: _Started) -> Callable[..., Bind9]:
 @pytest.fixture
 def bind9(bind9_factory: Callable[..., Bind9]) -> Bind9:
     return bind9_factory()
+
+
+@pytest.fixture
+def lbpool_factory(tmp_path: Path, _started: _Started) -> Callable[..., LbPool]:
+    """`lbpool_factory(plane, ingress=(), services=(), fixed=None)`: MetalLB + ingress-controller stand-in."""
+
+    def make(
+        plane: ControlPlane,
+        ingress: Sequence[str] = (),
+        services: Sequence[str] = (),
+        fixed: dict[str, str] | None = None,
+    ) -> LbPool:
+        name = f"lbpool{len(_started.items)}"
+        pool = LbPool(tmp_path, plane.kubeconfig, ingress=ingress, services=services, fixed=fixed, name=name)
+        return _started.add(pool)
+
+    return make

@@ -17,6 +17,7 @@ from backend.lab.bind9 import Bind9
 from backend.lab.coredns import FILE_TEMPLATE, CoreDNS
 from backend.lab.dig import dig
 from backend.lab.kube import ControlPlane
+from backend.lab.lbpool import LbPool
 from backend.lab.proc import free_loopback_ip
 
 DEPLOYMENT = """
@@ -198,3 +199,68 @@ def test_recursive_bind9_follows_a_delegation_to_loopback_port_53(
     assert "ra" in answer.flags
     referral = dig(edge.address, "fe.gb.foowidgets.k8s", "A", "+norecurse")
     assert referral.answer == () and [r.rtype for r in referral.authority] == ["NS"]
+
+
+LB_OBJECTS = """
+apiVersion: v1
+kind: Service
+metadata:
+  name: lb-a
+spec:
+  type: LoadBalancer
+  selector: {app: web}
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: lb-b
+spec:
+  type: LoadBalancer
+  selector: {app: web}
+  ports: [{port: 80}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: fe
+spec:
+  ingressClassName: nginx
+  rules:
+  - host: fe.gb.foowidgets.k8s
+    http:
+      paths:
+      - path: /
+        pathType: Prefix
+        backend: {service: {name: web, port: {number: 80}}}
+"""
+
+
+def _lb(plane: ControlPlane, kind: str, namespace: str, name: str) -> str:
+    return plane.kubectl(
+        "get", kind, name, "-n", namespace, "-o", "jsonpath={.status.loadBalancer.ingress[*].ip}"
+    )
+
+
+@pytest.mark.controlplane
+def test_lbpool_fills_load_balancer_status_like_metallb_and_an_ingress_controller(
+    control_plane: ControlPlane, namespace: str, lbpool_factory: Callable[..., LbPool]
+) -> None:
+    lbpool_factory(
+        control_plane,
+        ingress=["10.2.1.167"],
+        services=["172.18.200.150", "172.18.200.151"],
+        fixed={f"{namespace}/lb-b": "172.18.200.101"},
+    )
+    control_plane.apply(LB_OBJECTS, "-n", namespace)
+    control_plane.wait_for(
+        lambda: _lb(control_plane, "service", namespace, "lb-b") == "172.18.200.101",
+        what="fixed pool address",
+    )
+    control_plane.wait_for(
+        lambda: _lb(control_plane, "service", namespace, "lb-a") == "172.18.200.150",
+        what="first free pool address",
+    )
+    control_plane.wait_for(
+        lambda: _lb(control_plane, "ingress", namespace, "fe") == "10.2.1.167", what="ingress address"
+    )
