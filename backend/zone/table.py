@@ -1,0 +1,497 @@
+"""The answer table: every reply precompiled to wire bytes when the model changes.
+
+A query costs a header and question parse, one dict lookup on the lowercased wire name, the ID and
+question copied from the request and a precompiled tail appended. Names in the tail point at the
+question (offset 12) with compression pointers, so the same bytes fit every letter case of the
+query. GSLB names hold one tail per `Plan` variant and `Plan.pick` chooses per query.
+
+Answers that depend on the query's name length (wildcards, NXDOMAIN under a zone, referrals for
+names below a delegation) are compiled on first use per length and kept: at most 255 per node.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import struct
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import dns.exception
+import dns.name
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+
+from backend.config import Settings
+from backend.gslb.strategy import GeoLookup, plan
+from backend.model import Endpoint, ObjectRef, Target
+from backend.zone import wire
+from backend.zone.merge import Merged, merge, zone_of
+from backend.zone.wire import (
+    AA,
+    BADVERS,
+    FORMERR,
+    MAX_NAME,
+    NOERROR,
+    NOTIMP,
+    NXDOMAIN,
+    OPCODE_NOTIFY,
+    OPCODE_QUERY,
+    QR,
+    RD_CD,
+    REFUSED,
+    SERVFAIL,
+    Malformed,
+)
+
+log = logging.getLogger(__name__)
+
+T_A, T_NS, T_CNAME, T_SOA, T_AAAA = 1, 2, 5, 6, 28
+T_OPT, T_IXFR, T_AXFR, T_MAILB, T_MAILA, T_ANY = 41, 251, 252, 253, 254, 255
+_OTHER = -1  # answer key: any qtype the node has nothing specific for
+_REFERRAL = -2
+MAX_CHAIN = 8  # CNAME hops followed inside our zones
+
+NotifyCallback = Callable[[str, str], None]
+Pick = Callable[[str | None, int], tuple[int, int]]
+# One precompiled reply tail: header flags, counts without / with our OPT, the sections' bytes.
+Variant = tuple[int, bytes, bytes, bytes]
+
+
+def next_serial(previous: int = 0) -> int:
+    """A SOA serial that grows on every change and survives restarts: wall-clock seconds, or one
+    more than the last serial when changes come faster than once a second."""
+    return max(previous + 1, int(time.time()))
+
+
+@dataclass(slots=True)
+class _RRset:
+    rdtype: int
+    ttl: int
+    variants: list[list[dns.rdata.Rdata]]
+    pick: Pick | None  # set when there is more than one variant
+
+
+@dataclass(slots=True)
+class _Recipe:
+    """What one reply holds, before it is written to wire bytes. Owner None is the query name."""
+
+    rcode: int = NOERROR
+    aa: bool = True
+    answer: list[tuple[dns.name.Name | None, _RRset]] = field(default_factory=list)
+    authority: list[tuple[dns.name.Name | None, _RRset]] = field(default_factory=list)
+    additional: list[tuple[dns.name.Name | None, _RRset]] = field(default_factory=list)
+
+
+class _Answer:
+    __slots__ = ("pick", "variants")
+
+    def __init__(self, variants: tuple[Variant, ...], pick: Pick | None) -> None:
+        self.variants = variants
+        self.pick = pick
+
+
+class _Zone:
+    __slots__ = ("apex", "name", "negatives", "soa")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.apex = dns.name.from_text(name)
+        self.soa: _RRset | None = None
+        self.negatives: dict[tuple[int, int], _Answer] = {}
+
+    def negative(self, rcode: int, qlen: int) -> _Answer:
+        """NXDOMAIN or NODATA with our SOA in authority, for a query name `qlen` bytes long."""
+        ans = self.negatives.get((rcode, qlen))
+        if ans is None:
+            authority = [(self.apex, self.soa)] if self.soa is not None else []
+            recipe = _Recipe(rcode, authority=authority)
+            ans = self.negatives[(rcode, qlen)] = _compile(recipe, self.apex, qlen)
+        return ans
+
+
+class _Node:
+    __slots__ = ("answers", "any_type", "cut", "default", "key", "lazy", "name", "rrsets", "zone")
+
+    def __init__(self, name: dns.name.Name, key: bytes, zone: _Zone) -> None:
+        self.name = name
+        self.key = key
+        self.zone = zone
+        self.rrsets: dict[int, _RRset] = {}
+        self.cut: _Node | None = None  # the delegation this node is at or below
+        self.any_type = 0  # the RRset an ANY query gets (RFC 8482), 0: none
+        self.answers: dict[int, _Answer] = {}  # by qtype, for exactly this name
+        self.default: _Answer | None = None  # other qtypes; None: NODATA
+        self.lazy: dict[tuple[int, int], _Answer] = {}  # (qtype key, qname length) -> answer
+
+
+def _seed(anchor: dns.name.Name, qlen: int) -> dict[dns.name.Name, int]:
+    """Compression targets inside the question: `anchor` is a suffix of a `qlen`-byte query name."""
+    labels = anchor.labels
+    off = 12 + qlen - sum(len(lb) + 1 for lb in labels)
+    compress: dict[dns.name.Name, int] = {}
+    for i in range(len(labels) - 1):
+        compress[dns.name.Name(labels[i:])] = off
+        off += len(labels[i]) + 1
+    return compress
+
+
+def _compile(recipe: _Recipe, anchor: dns.name.Name, qlen: int) -> _Answer:
+    pick = next((rr.pick for _, rr in recipe.answer if rr.pick is not None), None)
+    count = max(len(rr.variants) for _, rr in recipe.answer if rr.pick is pick) if pick else 1
+    flags = QR | (AA if recipe.aa else 0) | recipe.rcode
+    start = 16 + qlen
+    variants: list[Variant] = []
+    for v in range(count):
+        buf = io.BytesIO()
+        buf.write(bytes(start))
+        compress = _seed(anchor, qlen)
+        counts = []
+        for section in (recipe.answer, recipe.authority, recipe.additional):
+            written = 0
+            for owner, rr in section:
+                for rd in rr.variants[v] if pick is not None and rr.pick is pick else rr.variants[0]:
+                    _write_rr(buf, compress, owner, rr, rd)
+                    written += 1
+            counts.append(written)
+        an, ns, ar = counts
+        variants.append((flags, struct.pack(">HHHH", 1, an, ns, ar), struct.pack(">HHHH", 1, an, ns, ar + 1),
+                         buf.getvalue()[start:]))
+    return _Answer(tuple(variants), pick)
+
+
+def _write_rr(buf: io.BytesIO, compress: dict, owner: dns.name.Name | None, rr: _RRset,
+              rd: dns.rdata.Rdata) -> None:
+    if owner is None:
+        buf.write(b"\xc0\x0c")
+    else:
+        owner.to_wire(buf, compress)
+    buf.write(struct.pack(">HHIH", rr.rdtype, 1, rr.ttl, 0))
+    start = buf.tell()
+    rd.to_wire(buf, compress, None)
+    end = buf.tell()
+    buf.seek(start - 2)
+    buf.write(struct.pack(">H", end - start))
+    buf.seek(end)
+
+
+def _rdata(rdtype: int, target: Target) -> dns.rdata.Rdata:
+    value = target.value
+    if rdtype == dns.rdatatype.TXT and not value.startswith('"'):
+        # ExternalDNS TXT targets are the text itself, not presentation format
+        value = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return dns.rdata.from_text(dns.rdataclass.IN, rdtype, value, origin=dns.name.root, relativize=False)
+
+
+def _wire_key(name: dns.name.Name) -> bytes:
+    return name.to_wire().lower()
+
+
+class Table:
+    """One immutable compiled model. `answer()` is the per-query path; it never raises."""
+
+    def __init__(self, settings: Settings, serial: int, ready: bool = True) -> None:
+        self.serial = serial
+        self.ready = ready
+        self.conflicts: list[tuple[ObjectRef, str]] = []
+        self.records = 0  # resource records held, for the gauge
+        self._payload = settings.edns_payload
+        self._zones: dict[bytes, _Zone] = {}
+        for name in settings.all_zones:
+            zone = _Zone(name)
+            self._zones[_wire_key(zone.apex)] = zone
+        self._nodes: dict[bytes, _Node] = {}
+
+    @classmethod
+    def not_ready(cls, settings: Settings) -> Table:
+        """Before the first full sync: SERVFAIL for every name in the zones, so resolvers retry
+        instead of caching an NXDOMAIN that is only our ignorance."""
+        return cls(settings, 0, ready=False)
+
+    @property
+    def zones(self) -> list[str]:
+        return [z.name for z in self._zones.values()]
+
+    # -- per query ---------------------------------------------------------------------------
+
+    def answer(self, request: bytes, on_notify: NotifyCallback | None = None, peer: str = "") -> bytes:
+        return self.resolve(request, on_notify, peer)[0]
+
+    def resolve(self, request: bytes, on_notify: NotifyCallback | None = None,
+                peer: str = "") -> tuple[bytes, str, int]:
+        """The reply, the zone it came from ("" if none) and the qtype, for metrics."""
+        try:
+            return self._resolve(request, on_notify, peer)
+        except Exception:  # a bug must cost one reply, not the server
+            log.exception("answer path failed on %r", request[:64])
+            return wire.bare_reply(request, 0, SERVFAIL), "", 0
+
+    def _resolve(self, req: bytes, on_notify: NotifyCallback | None, peer: str) -> tuple[bytes, str, int]:
+        n = len(req)
+        if n < 12:
+            return wire.bare_reply(req, 0, FORMERR), "", 0
+        flags = req[2] << 8 | req[3]
+        if flags & QR or req[4] or req[5] != 1:
+            return wire.bare_reply(req, 0, FORMERR), "", 0
+        i = 12
+        while True:
+            if i >= n:
+                return wire.bare_reply(req, 0, FORMERR), "", 0
+            ln = req[i]
+            if ln == 0:
+                break
+            if ln > 63:  # compression pointers and extended labels have no place in a question
+                return wire.bare_reply(req, 0, FORMERR), "", 0
+            i += ln + 1
+            if i - 12 >= MAX_NAME:
+                return wire.bare_reply(req, 0, FORMERR), "", 0
+        qend = i + 1
+        q_end = qend + 4
+        if q_end > n:
+            return wire.bare_reply(req, 0, FORMERR), "", 0
+        qtype = req[qend] << 8 | req[qend + 1]
+        if q_end == n and not any(req[6:12]):
+            edns = None
+        else:
+            try:
+                edns = wire.parse_tail(req, q_end, n)
+            except Malformed:
+                return wire.bare_reply(req, q_end, FORMERR), "", qtype
+        if edns is not None and edns.version != 0:
+            opt = wire.opt_record(self._payload, edns, BADVERS >> 4)
+            return wire.bare_reply(req, q_end, BADVERS & 0xF, opt=opt), "", qtype
+        opcode = (flags >> 11) & 0xF
+        if opcode != OPCODE_QUERY:
+            return self._not_query(req, q_end, opcode, edns, on_notify, peer), "", qtype
+        qclass = req[qend + 2] << 8 | req[qend + 3]
+        if qtype in (T_OPT, T_MAILA, T_MAILB) or qclass not in (1, 255):
+            rcode = FORMERR if qtype == T_OPT else NOTIMP if qtype in (T_MAILA, T_MAILB) else REFUSED
+            return self._bare(req, q_end, rcode, edns), "", qtype
+
+        key = req[12:qend].lower()
+        qlen = qend - 12
+        node = self._nodes.get(key)
+        if node is not None:
+            ans = node.answers.get(qtype) or node.default or node.zone.negative(NOERROR, qlen)
+            zone = node.zone
+        else:
+            ce, pos = self._closest(key)
+            if ce is None:
+                if not self.ready and (zone := self._zone_for(key)) is not None:
+                    return self._bare(req, q_end, SERVFAIL, edns), zone.name, qtype
+                return self._bare(req, q_end, REFUSED, edns), "", qtype
+            zone = ce.zone
+            ans = self._miss(ce, key, pos, qtype, qlen)
+        if qtype in (T_AXFR, T_IXFR):
+            return self._bare(req, q_end, REFUSED, edns, aa=False), zone.name, qtype
+
+        variants = ans.variants
+        scope = 0
+        if ans.pick is None:
+            variant = variants[0]
+        else:
+            ip, prefix = edns.client() if edns is not None else (None, 0)
+            index, scope = ans.pick(ip, prefix)
+            variant = variants[index]
+        vflags, counts, counts_opt, body = variant
+        head = req[:2] + (vflags | flags & RD_CD).to_bytes(2, "big")
+        if edns is None:
+            return head + counts + req[12:q_end] + body, zone.name, qtype
+        opt = wire.opt_record(self._payload, edns, 0, scope)
+        return head + counts_opt + req[12:q_end] + body + opt, zone.name, qtype
+
+    def _bare(self, req: bytes, q_end: int, rcode: int, edns: wire.Edns | None, aa: bool = False) -> bytes:
+        opt = wire.opt_record(self._payload, edns) if edns is not None else b""
+        return wire.bare_reply(req, q_end, rcode, aa, opt)
+
+    def _not_query(self, req: bytes, q_end: int, opcode: int, edns: wire.Edns | None,
+                   on_notify: NotifyCallback | None, peer: str) -> bytes:
+        """NOTIFY for a served zone is acknowledged and handed to the callback (a peer's change);
+        any other opcode is NOTIMP."""
+        if opcode != OPCODE_NOTIFY:
+            return self._bare(req, q_end, NOTIMP, edns)
+        zone = self._zone_for(req[12:q_end - 4].lower())
+        if zone is None:
+            return self._bare(req, q_end, REFUSED, edns)
+        if on_notify is not None:
+            try:
+                on_notify(zone.name, peer)
+            except Exception:
+                log.exception("NOTIFY callback failed for %s", zone.name)
+        return self._bare(req, q_end, NOERROR, edns, aa=True)
+
+    def _zone_for(self, key: bytes) -> _Zone | None:
+        pos = 0
+        while key[pos]:
+            zone = self._zones.get(key[pos:])
+            if zone is not None:
+                return zone
+            pos += key[pos] + 1
+        return None
+
+    def _closest(self, key: bytes) -> tuple[_Node | None, int]:
+        """The closest encloser of a name we do not hold, and its offset in `key`."""
+        pos = 0
+        nodes = self._nodes
+        while key[pos]:
+            pos += key[pos] + 1
+            node = nodes.get(key[pos:])
+            if node is not None:
+                return node, pos
+        return None, 0
+
+    def _miss(self, ce: _Node, key: bytes, pos: int, qtype: int, qlen: int) -> _Answer:
+        """A name we do not hold: a referral below a delegation, a wildcard (RFC 4592), or NXDOMAIN."""
+        if ce.cut is not None:
+            return self._lazy(ce, _REFERRAL, qlen, ce.name)
+        wild = self._nodes.get(b"\x01*" + key[pos:])
+        if wild is None:
+            return ce.zone.negative(NXDOMAIN, qlen)
+        kind = qtype if qtype in wild.answers else _OTHER
+        if kind == _OTHER and wild.default is None:
+            return ce.zone.negative(NOERROR, qlen)
+        return self._lazy(wild, kind, qlen, ce.name)
+
+    def _lazy(self, node: _Node, kind: int, qlen: int, anchor: dns.name.Name) -> _Answer:
+        ans = node.lazy.get((kind, qlen))
+        if ans is None:
+            recipe = self._referral(node.cut) if kind == _REFERRAL and node.cut else self._recipe(node, kind)
+            ans = node.lazy[(kind, qlen)] = _compile(recipe, anchor, qlen)
+        return ans
+
+    # -- compile time ------------------------------------------------------------------------
+
+    def _recipe(self, node: _Node, qtype: int) -> _Recipe:
+        """The reply for `qtype` at `node`, following CNAMEs while they stay inside our zones."""
+        if node.cut is not None:
+            return self._referral(node.cut)
+        answer: list[tuple[dns.name.Name | None, _RRset]] = []
+        owner: dns.name.Name | None = None
+        cur = node
+        seen = {id(node)}
+        while True:
+            want = cur.any_type if qtype == T_ANY else qtype
+            rr = cur.rrsets.get(want)
+            if rr is not None:
+                answer.append((owner, rr))
+                return _Recipe(answer=answer)
+            cname = cur.rrsets.get(T_CNAME)
+            if cname is None:
+                return _Recipe(answer=answer, authority=self._soa(cur.zone))
+            answer.append((owner, cname))
+            owner = cname.variants[0][0].target
+            nxt = self._find(owner)
+            if isinstance(nxt, _Zone):
+                return _Recipe(NXDOMAIN, answer=answer, authority=self._soa(nxt))
+            if nxt is None or id(nxt) in seen or len(answer) >= MAX_CHAIN:
+                return _Recipe(answer=answer)
+            seen.add(id(nxt))
+            cur = nxt
+
+    @staticmethod
+    def _soa(zone: _Zone) -> list[tuple[dns.name.Name | None, _RRset]]:
+        return [(zone.apex, zone.soa)] if zone.soa is not None else []
+
+    def _referral(self, cut: _Node) -> _Recipe:
+        """Below a delegation (an NS RRset under the apex) we are not authoritative: refer."""
+        ns = cut.rrsets[T_NS]
+        glue: list[tuple[dns.name.Name | None, _RRset]] = []
+        for rd in ns.variants[0]:
+            if rd.target.is_subdomain(cut.name) and (host := self._nodes.get(_wire_key(rd.target))):
+                glue += [(rd.target, host.rrsets[t]) for t in (T_A, T_AAAA) if t in host.rrsets]
+        return _Recipe(aa=False, authority=[(cut.name, ns)], additional=glue)
+
+    def _find(self, name: dns.name.Name) -> _Node | _Zone | None:
+        """Where a CNAME target leads: a node (exact or wildcard), a zone where it is NXDOMAIN, or
+        None when it leaves our zones or enters a delegation."""
+        key = _wire_key(name)
+        node = self._nodes.get(key)
+        if node is None:
+            ce, pos = self._closest(key)
+            if ce is None:
+                return None
+            node = None if ce.cut else self._nodes.get(b"\x01*" + key[pos:])
+            if node is None:
+                return None if ce.cut else ce.zone
+        return None if node.cut else node
+
+    def _add(self, name: str, types: dict[str, Merged], geo: GeoLookup | None) -> None:
+        try:
+            dname = dns.name.from_text(name)
+        except dns.exception.DNSException as e:
+            self._reject(types, f"{name}: not a valid DNS name ({e})")
+            return
+        zone = self._zones[_wire_key(dns.name.from_text(zone_of(name, self.zones) or ""))]
+        node = self._node(dname, zone)
+        for rtype, merged in types.items():
+            try:
+                rdtype = dns.rdatatype.from_text(rtype)
+            except dns.exception.DNSException:
+                self._reject({rtype: merged}, f"{name}: unknown record type {rtype}")
+                continue
+            parsed: dict[str, dns.rdata.Rdata] = {}
+            for t in merged.targets:
+                try:
+                    parsed[t.value] = _rdata(rdtype, t)
+                except (dns.exception.DNSException, ValueError) as e:
+                    self._reject({rtype: merged}, f"{name} {rtype}: bad target {t.value!r} skipped ({e})")
+            targets = tuple(t for t in merged.targets if t.value in parsed)
+            if not targets:
+                continue
+            p = plan(merged.strategy, targets, geo)
+            variants = [[parsed[t.value] for t in v] for v in p.variants if v]
+            node.rrsets[rdtype] = _RRset(rdtype, merged.ttl, variants, p.pick if len(variants) > 1 else None)
+            self.records += len(targets)
+
+    def _reject(self, types: dict[str, Merged], why: str) -> None:
+        for merged in types.values():
+            self.conflicts += [(ref, why) for ref in merged.sources]
+
+    def _node(self, name: dns.name.Name, zone: _Zone) -> _Node:
+        """The node for `name`, creating it and its empty ancestors up to the apex (RFC 4592 ENTs)."""
+        key = _wire_key(name)
+        node = self._nodes.get(key)
+        if node is None:
+            node = self._nodes[key] = _Node(name, key, zone)
+            if name != zone.apex:
+                self._node(name.parent(), zone)
+        return node
+
+    def _finish(self) -> None:
+        for zone in self._zones.values():
+            apex = self._node(zone.apex, zone)
+            zone.soa = apex.rrsets.get(T_SOA)
+        for node in self._nodes.values():
+            types = sorted(node.rrsets)
+            node.any_type = T_CNAME if T_CNAME in node.rrsets else (types[0] if types else 0)
+            cur: _Node | None = node
+            while cur is not None and cur.name != cur.zone.apex:
+                if T_NS in cur.rrsets:
+                    node.cut = cur
+                cur = self._nodes.get(_wire_key(cur.name.parent()))
+        present = {t for node in self._nodes.values() for t in node.rrsets} | {T_ANY}
+        for node in self._nodes.values():
+            qlen = len(node.key)
+            if node.cut is not None:
+                node.default = _compile(self._referral(node.cut), node.name, qlen)
+            elif T_CNAME in node.rrsets:
+                node.answers = {t: _compile(self._recipe(node, t), node.name, qlen) for t in present}
+                node.default = _compile(self._recipe(node, 0), node.name, qlen)
+            else:
+                kinds = [*node.rrsets, T_ANY] if node.rrsets else []
+                node.answers = {t: _compile(self._recipe(node, t), node.name, qlen) for t in kinds}
+
+
+def compile_table(settings: Settings, endpoints: Iterable[Endpoint], serial: int,
+                  geo: GeoLookup | None = None) -> Table:
+    """Compile the model into a Table. Names outside the served zones are dropped silently (the
+    sources report them); conflicts and unparsable targets are listed in `Table.conflicts`."""
+    table = Table(settings, serial)
+    names, conflicts = merge(settings, endpoints, serial)
+    table.conflicts = conflicts
+    for name, types in names.items():
+        table._add(name, types, geo)
+    table._finish()
+    return table
