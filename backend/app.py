@@ -1,0 +1,210 @@
+"""`coredns-gslb serve`: settings -> API client -> shared informers -> producers -> Store -> debounced
+compile -> DnsServer, and a clean stop on SIGTERM/SIGINT.
+
+Producers are the seam every component attaches through: each is `fn(ctx)` called once before the
+informers start. It asks `ctx.informer(resource)` for the shared watches it needs (one watch per kind
+however many producers read it), writes Endpoints to `ctx.store`, and may register readiness checks,
+start hooks (coroutines run on the event loop) and stop hooks. The app is ready (SERVFAIL until then)
+once every informer has completed its first full list and every readiness check passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import signal
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes import client
+
+from backend import metrics
+from backend.config import Settings, from_args
+from backend.controller.events import EventRecorder
+from backend.gslb.strategy import GeoLookup
+from backend.model import ObjectRef, Store
+from backend.server import DnsServer
+from backend.sources import kubeapi
+from backend.sources.informer import DNSENDPOINTS, ENDPOINTSLICES, INGRESSES, SERVICES, Informer, Resource
+from backend.sources.producer import ExternalDnsSources
+from backend.zone.table import compile_table, next_serial
+
+log = logging.getLogger(__name__)
+
+Hook = Callable[[], Awaitable[None] | None]
+
+
+@dataclass
+class Context:
+    """What a producer gets: shared informers, the Store, the Event recorder, the server's HTTP seams."""
+
+    settings: Settings
+    api: client.ApiClient
+    store: Store
+    recorder: EventRecorder
+    server: DnsServer
+    geo: GeoLookup | None = None
+    informers: dict[Resource, Informer] = field(default_factory=dict)
+    ready_checks: list[Callable[[], bool]] = field(default_factory=list)
+    start_hooks: list[Hook] = field(default_factory=list)
+    stop_hooks: list[Hook] = field(default_factory=list)
+    recompile: Callable[[], None] = lambda: None
+
+    def informer(self, resource: Resource) -> Informer:
+        """The one shared Informer for `resource`, created on first ask (before the informers start)."""
+        if resource not in self.informers:
+            self.informers[resource] = Informer(
+                self.api, resource,
+                on_watch_event=lambda r, t: metrics.WATCH_EVENTS.labels(r.plural, t).inc(),
+                on_restart=lambda r, why: metrics.WATCH_RESTARTS.labels(r.plural, why).inc(),
+            )
+        return self.informers[resource]
+
+    def synced(self) -> bool:
+        return all(i.synced.is_set() for i in self.informers.values()) and all(c() for c in self.ready_checks)
+
+
+def external_dns(ctx: Context) -> None:
+    """ExternalDNS's sources: annotated Services (and their EndpointSlices), Ingresses, DNSEndpoints."""
+    ExternalDnsSources(
+        ctx.settings, ctx.store, ctx.recorder, ctx.informer(SERVICES), ctx.informer(ENDPOINTSLICES),
+        ctx.informer(INGRESSES), ctx.informer(DNSENDPOINTS),
+    )
+
+
+Producer = Callable[[Context], None]
+PRODUCERS: list[Producer] = [external_dns]
+
+
+class Compiler:
+    """Recompiles the answer table on a worker thread, coalescing bursts of Store changes.
+
+    A Store change only sets an Event (listeners must be cheap); the worker waits `debounce` more
+    so a relist or a Deployment rollout costs one compile, not hundreds, then swaps the table in.
+    """
+
+    def __init__(self, ctx: Context, debounce: float = 0.015) -> None:
+        self.ctx = ctx
+        self.debounce = debounce
+        self.serial = 0
+        self.compiles = 0
+        self._dirty = threading.Event()
+        self._stop = threading.Event()
+        self._reported: set[tuple[ObjectRef, str]] = set()
+        self._thread = threading.Thread(target=self._run, name="compiler", daemon=True)
+
+    def poke(self, _version: int = 0) -> None:
+        self._dirty.set()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._dirty.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self.ctx.synced():
+                self._stop.wait(0.05)
+                continue
+            self._compile()
+            if not self.ctx.server.ready:
+                log.info("first full sync done: %d objects watched, serving",
+                         sum(len(i.objects) for i in self.ctx.informers.values()))
+                self.ctx.server.set_ready(True)
+            self._dirty.wait()
+            if self._stop.wait(self.debounce):
+                return
+
+    def _compile(self) -> None:
+        self._dirty.clear()
+        version, by_key = self.ctx.store.snapshot()
+        endpoints = [ep for eps in by_key.values() for ep in eps]
+        self.serial = next_serial(self.serial)
+        start = time.perf_counter()
+        try:
+            table = compile_table(self.ctx.settings, endpoints, self.serial, self.ctx.geo)
+        except Exception:  # keep serving the previous table; the next change retries
+            log.exception("compiling store version %d failed", version)
+            return
+        self.ctx.server.set_table(table)
+        self.compiles += 1
+        log.debug("table serial %d from store version %d: %d records in %.1f ms", self.serial, version,
+                  table.records, (time.perf_counter() - start) * 1000)
+        self._report(table.conflicts)
+
+    def _report(self, conflicts: Sequence[tuple[ObjectRef, str]]) -> None:
+        """One Warning Event per (object, conflict) while it lasts; again only if it comes back later."""
+        current = set(conflicts)
+        for ref, why in sorted(current - self._reported, key=str):
+            log.warning("%s: %s", ref, why)
+            self.ctx.recorder.record(ref, "Warning", "RecordConflict", why)
+        self._reported = current
+
+
+def build(
+    settings: Settings, api: client.ApiClient, producers: Sequence[Producer] = ()
+) -> tuple[Context, Compiler]:
+    """Everything but the event loop: the pieces `serve` starts, also used by tests in-process."""
+    geo: GeoLookup | None = None
+    if settings.geoip_db:
+        from backend.gslb.geoip import GeoIP
+
+        geo = GeoIP(settings.geoip_db, settings.geoip_field)
+    recorder = EventRecorder(api, instance=settings.identity)
+    ctx = Context(settings, api, Store(), recorder, DnsServer(settings), geo)
+    compiler = Compiler(ctx)
+    ctx.recompile = compiler.poke
+    for produce in producers or PRODUCERS:
+        produce(ctx)
+    ctx.store.subscribe(compiler.poke)
+    return ctx, compiler
+
+
+async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    api = kubeapi.api_client(settings.kubeconfig)
+    ctx, compiler = build(settings, api)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await ctx.server.start()
+    try:
+        for informer in ctx.informers.values():
+            informer.start()
+        compiler.start()
+        for hook in ctx.start_hooks:
+            await _call(hook)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await ctx.server.stop()  # unready first, then drain in-flight queries
+        for hook in reversed(ctx.stop_hooks):
+            try:
+                await _call(hook)
+            except Exception:
+                log.exception("stop hook %s failed", hook)
+        compiler.stop()
+        for informer in ctx.informers.values():
+            informer.stop(timeout=2)
+        ctx.recorder.stop()
+        api.close()
+
+
+async def _call(hook: Hook) -> Any:
+    result = hook()
+    return await result if inspect.isawaitable(result) else result
+
+
+def main(argv: Sequence[str]) -> int:
+    settings = from_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # our informers log reconnects
+    asyncio.run(serve(settings))
+    return 0
