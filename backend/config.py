@@ -49,6 +49,9 @@ class Settings:
     geoip_field: str = "datacenter"
     peer_poll_seconds: float = 1.0
     peer_grace_seconds: float = 10.0
+    peer_dns_port: int = 53  # where peers' CoreDNS listen; glue carries no port, so only tests change it
+    edge_sync_seconds: float = 30.0  # how often the edge records are checked for drift
+    ns_record_ttl: int = 30  # k8gb's nsRecordTTL: TTL of the NS and glue records at the edge
     tsig_key_file: str | None = None
     tsig_secret: str | None = None  # namespace/name of a Secret holding the TSIG key
 
@@ -86,6 +89,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--geoip-field", default=_env("GEOIP_FIELD", "datacenter"))
     p.add_argument("--peer-poll-seconds", type=float, default=float(_env("PEER_POLL_SECONDS", "1") or 1))
     p.add_argument("--peer-grace-seconds", type=float, default=float(_env("PEER_GRACE_SECONDS", "10") or 10))
+    p.add_argument("--peer-dns-port", type=int, default=int(_env("PEER_DNS_PORT", "53") or 53))
+    p.add_argument("--edge-sync-seconds", type=float, default=float(_env("EDGE_SYNC_SECONDS", "30") or 30))
+    p.add_argument("--ns-record-ttl", type=int, default=int(_env("NS_RECORD_TTL", "30") or 30))
     p.add_argument("--tsig-key-file", default=_env("TSIG_KEY_FILE"), help="BIND key file; never a flag value")
     p.add_argument("--tsig-secret", default=_env("TSIG_SECRET"), help="namespace/name of a Secret with the key")
     return p
@@ -124,6 +130,9 @@ def from_args(argv: Sequence[str] | None = None) -> Settings:
         geoip_field=a.geoip_field,
         peer_poll_seconds=a.peer_poll_seconds,
         peer_grace_seconds=a.peer_grace_seconds,
+        peer_dns_port=a.peer_dns_port,
+        edge_sync_seconds=a.edge_sync_seconds,
+        ns_record_ttl=a.ns_record_ttl,
         tsig_key_file=a.tsig_key_file,
         tsig_secret=a.tsig_secret,
     )

@@ -1,0 +1,308 @@
+"""Other clusters' healthy targets, learned over DNS the way k8gb does, but in about a second.
+
+Per peer and load-balanced zone: find the peer's CoreDNS by resolving its gslb-ns name at the edge,
+then ask it for its zone's SOA every `peer_poll_seconds`. Only when the serial moved (or our own set
+of GSLB hosts changed, or the peer sent a NOTIFY) do we fetch `localtargets-<host>` A and AAAA for
+every local host. So an idle peer costs one SOA query per second, whatever the number of hosts.
+When our own healthy targets change we NOTIFY the peers, so they refetch at once instead of at their
+next poll. A peer that stops answering keeps its last targets for `peer_grace_seconds`: one lost
+packet never moves an answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+
+import dns.asyncquery
+import dns.exception
+import dns.flags
+import dns.message
+import dns.opcode
+
+from backend import metrics
+from backend.config import GslbZone, Settings
+from backend.model import Endpoint, Store, Target
+from backend.peers.query import QueryError, Server, ask, parse_server, rdata_texts
+
+log = logging.getLogger(__name__)
+
+LOCALTARGETS = "localtargets-"
+RESOLVE_EVERY = 30.0  # re-resolve a healthy peer's address this often (its glue may move)
+RESOLVE_RETRY = 5.0  # ... and a failing peer's at most this often
+FETCH_CONCURRENCY = 16
+RTYPES = ("A", "AAAA")
+
+Snapshot = Mapping[str, tuple[Endpoint, ...]]
+
+
+def _count(peer: str, kind: str, result: str) -> None:
+    metrics.PEER_QUERIES.labels(peer, kind, result).inc()
+
+
+def in_zone(name: str, zone: str) -> bool:
+    return name == zone or name.endswith("." + zone)
+
+
+def local_hosts(by_key: Snapshot, zone: str) -> tuple[str, ...]:
+    """Our GSLB hosts in `zone`: names the GSLB engine publishes with a strategy."""
+    return tuple(sorted({
+        ep.name for key, eps in by_key.items() if key.startswith("gslb/") for ep in eps
+        if ep.strategy is not None and ep.source is not None and ep.source.kind == "Gslb"
+        and in_zone(ep.name, zone)
+    }))
+
+
+def local_targets(by_key: Snapshot, zone: str) -> frozenset[tuple[str, str, tuple[Target, ...]]]:
+    """Our own `localtargets-` records in `zone`: what peers fetch, so a change is worth a NOTIFY."""
+    return frozenset(
+        (ep.name, ep.rtype, ep.targets)
+        for key, eps in by_key.items() if key.startswith("gslb/") for ep in eps
+        if ep.name.startswith(LOCALTARGETS) and in_zone(ep.name, zone)
+    )
+
+
+@dataclass
+class PeerZone:
+    """What we know of one peer in one load-balanced zone."""
+
+    geotag: str
+    zone: GslbZone
+    addresses: tuple[Server, ...] = ()
+    resolved_at: float = -math.inf
+    serial: int | None = None
+    hosts: tuple[str, ...] | None = None  # the local hosts the last fetch asked for
+    targets: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    last_ok: float | None = None
+    error: str = ""  # why the last poll failed; "" while the peer answers
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class PeerExchange:
+    """Runs the polls, publishes `peer/<geotag>` into the Store, NOTIFYs peers on local change."""
+
+    def __init__(self, settings: Settings, store: Store, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+        self.edge = [parse_server(s) for s in settings.edge_dns_servers]
+        self.timeout = max(0.2, min(1.0, settings.peer_poll_seconds / 2))
+        tags = dict.fromkeys(t for t in settings.ext_gslb_clusters_geotags if t != settings.cluster_geotag)
+        self.peers = {tag: [PeerZone(tag, z) for z in settings.gslb_zones] for tag in tags}
+        self._hosts: dict[str, tuple[str, ...]] = {}
+        self._local: dict[str, frozenset[tuple[str, str, tuple[Target, ...]]]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._local_changed = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- inputs -------------------------------------------------------------------------------
+
+    def on_store_change(self, _version: int) -> None:
+        """Store listener (any thread): our hosts or health may have changed."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._local_changed.set)
+
+    def on_notify(self, zone: str, source: str | None = None) -> None:
+        """A peer NOTIFYed us for `zone` (any thread): check every peer of that zone now.
+
+        CoreDNS's grpc plugin does not pass the client address on, so `source` is only logged.
+        """
+        zone = zone.rstrip(".").lower()
+        log.debug("NOTIFY for %s from %s", zone, source or "?")
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake_zone, zone)
+
+    def _wake_zone(self, zone: str) -> None:
+        for zones in self.peers.values():
+            for pz in zones:
+                if pz.zone.dns_zone == zone:
+                    pz.wake.set()
+
+    # --- main loop ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._refresh_local(notify=False)
+        self.store.subscribe(self.on_store_change)
+        loops = [self._watch_local()] + [self._poll_loop(pz) for zones in self.peers.values() for pz in zones]
+        await asyncio.gather(*loops)
+
+    async def _watch_local(self) -> None:
+        while True:
+            await self._local_changed.wait()
+            self._local_changed.clear()
+            self._refresh_local(notify=True)
+
+    def _refresh_local(self, *, notify: bool) -> None:
+        _, by_key = self.store.snapshot()
+        for gz in self.settings.gslb_zones:
+            hosts = local_hosts(by_key, gz.dns_zone)
+            if hosts != self._hosts.get(gz.dns_zone):
+                self._hosts[gz.dns_zone] = hosts
+                self._wake_zone(gz.dns_zone)
+            targets = local_targets(by_key, gz.dns_zone)
+            if targets != self._local.get(gz.dns_zone):
+                self._local[gz.dns_zone] = targets
+                if notify:
+                    self._spawn(self._notify_peers(gz))
+
+    def _spawn(self, coro: Coroutine[None, None, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _poll_loop(self, pz: PeerZone) -> None:
+        while True:
+            pz.wake.clear()
+            await self.poll(pz)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(pz.wake.wait(), self.settings.peer_poll_seconds)
+
+    async def poll(self, pz: PeerZone) -> None:
+        """One round for one peer zone; failures only count against the grace, never publish."""
+        now = self.clock()
+        hosts = self._hosts.get(pz.zone.dns_zone, ())
+        try:
+            await self._resolve(pz, now)
+            server, serial = await self._soa(pz)
+            if serial != pz.serial or hosts != pz.hosts:
+                pz.targets = await self._fetch(server, pz, hosts)
+                pz.serial, pz.hosts = serial, hosts
+            pz.last_ok = now
+            if pz.error:
+                log.info("peer %s answers again for %s", pz.geotag, pz.zone.dns_zone)
+                pz.error = ""
+        except QueryError as e:
+            if not pz.error:
+                log.warning("peer %s unreachable for %s: %s; keeping its %d records for %gs", pz.geotag,
+                            pz.zone.dns_zone, e, len(pz.targets), self.settings.peer_grace_seconds)
+            pz.error = str(e)
+            expired = pz.last_ok is None or now - pz.last_ok >= self.settings.peer_grace_seconds
+            if expired and (pz.targets or pz.serial is not None):
+                if pz.targets:
+                    log.warning("peer %s: grace over, dropping its targets in %s",
+                                pz.geotag, pz.zone.dns_zone)
+                pz.targets, pz.serial, pz.hosts = {}, None, None
+        self._publish(pz.geotag)
+
+    def _publish(self, geotag: str) -> None:
+        zones = self.peers[geotag]
+        endpoints = [
+            Endpoint(host, rtype, tuple(Target(v, geotag) for v in values))
+            for pz in zones for (host, rtype), values in sorted(pz.targets.items())
+        ]
+        self.store.replace(f"peer/{geotag}", endpoints)
+        metrics.PEER_RECORDS.labels(geotag).set(len(endpoints))
+        metrics.PEER_UP.labels(geotag).set(int(all(not pz.error and pz.last_ok is not None for pz in zones)))
+
+    # --- DNS ----------------------------------------------------------------------------------
+
+    async def _resolve(self, pz: PeerZone, now: float) -> None:
+        """The peer's CoreDNS addresses from its glue at the edge; old ones stay if the edge is away."""
+        every = RESOLVE_RETRY if pz.error else RESOLVE_EVERY
+        if pz.addresses and now - pz.resolved_at < every:
+            return
+        name = pz.zone.ns_name(pz.geotag)
+        errors: list[str] = []
+        for edge in self.edge:
+            try:
+                found: list[str] = []
+                for rtype in RTYPES:
+                    response = await ask(edge, name, rtype, timeout=self.timeout, recursion=True)
+                    found += rdata_texts(response, name, rtype, authoritative=False)
+                _count(pz.geotag, "resolve", "ok")
+            except QueryError as e:
+                _count(pz.geotag, "resolve", "error")
+                errors.append(str(e))
+                continue
+            if found:
+                pz.addresses = tuple(Server(a, self.settings.peer_dns_port) for a in found)
+                pz.resolved_at = now
+                return
+            errors.append(f"{edge}: no A/AAAA for {name}")
+        if pz.addresses:
+            log.warning("keeping %s's old address: %s", pz.geotag, "; ".join(errors) or "no edge DNS servers")
+            pz.resolved_at = now
+            return
+        raise QueryError("; ".join(errors) or f"no edge DNS servers to resolve {name}")
+
+    async def _soa(self, pz: PeerZone) -> tuple[Server, int]:
+        zone = pz.zone.dns_zone
+        errors: list[str] = []
+        for server in pz.addresses:
+            try:
+                response = await ask(server, zone, "SOA", timeout=self.timeout)
+                soa = rdata_texts(response, zone, "SOA", authoritative=True)
+                if len(soa) != 1:
+                    raise QueryError(f"{server}: {len(soa)} SOA records for {zone}")
+                _count(pz.geotag, "soa", "ok")
+                return server, int(soa[0].split()[2])
+            except QueryError as e:
+                _count(pz.geotag, "soa", "error")
+                errors.append(str(e))
+        raise QueryError("; ".join(errors))
+
+    async def _fetch(self, server: Server, pz: PeerZone, hosts: tuple[str, ...]
+                     ) -> dict[tuple[str, str], tuple[str, ...]]:
+        """Every local host's localtargets at the peer, all or nothing."""
+        limit = asyncio.Semaphore(FETCH_CONCURRENCY)
+
+        async def one(host: str, rtype: str) -> tuple[tuple[str, str], tuple[str, ...]]:
+            name = LOCALTARGETS + host
+            async with limit:
+                response = await ask(server, name, rtype, timeout=self.timeout)
+            return (host, rtype), rdata_texts(response, name, rtype, authoritative=True)
+
+        try:
+            results = await asyncio.gather(*(one(h, t) for h in hosts for t in RTYPES))
+        except QueryError:
+            _count(pz.geotag, "localtargets", "error")
+            raise
+        _count(pz.geotag, "localtargets", "ok")
+        return {key: values for key, values in results if values}
+
+    async def _notify_peers(self, gz: GslbZone) -> None:
+        servers = [s for zones in self.peers.values() for pz in zones if pz.zone == gz for s in pz.addresses]
+        await asyncio.gather(*(self._notify(s, gz.dns_zone) for s in servers))
+
+    async def _notify(self, server: Server, zone: str) -> None:
+        """RFC 1996 NOTIFY: a hint only (the peer checks our serial), so a few quick tries suffice."""
+        message = dns.message.make_query(zone, "SOA")
+        message.flags = dns.flags.AA  # the opcode lives in the flags word: set it after
+        message.set_opcode(dns.opcode.NOTIFY)
+        for _ in range(3):
+            try:
+                await dns.asyncquery.udp(message, server.host, port=server.port, timeout=self.timeout)
+                _count(str(server), "notify", "ok")
+                return
+            except dns.exception.Timeout:
+                continue
+            except Exception as e:
+                log.debug("NOTIFY to %s for %s: %s", server, zone, e)
+                break
+        _count(str(server), "notify", "error")
+
+    def readiness(self) -> str | None:
+        """The /readyz detail line: each peer's state. A peer's absence never makes us unready."""
+        if not self.peers:
+            return None
+        now = self.clock()
+        parts = []
+        for tag, zones in self.peers.items():
+            for pz in zones:
+                where = f"{tag} {pz.zone.dns_zone}"
+                if pz.error:
+                    age = ("never answered" if pz.last_ok is None
+                           else f"last answer {now - pz.last_ok:.0f}s ago")
+                    parts.append(f"{where} unreachable ({age}, {len(pz.targets)} records kept): {pz.error}")
+                elif pz.last_ok is None:
+                    parts.append(f"{where} not polled yet")
+                else:
+                    parts.append(f"{where} ok, serial {pz.serial}, {len(pz.targets)} records")
+        return "; ".join(parts)

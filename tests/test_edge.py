@@ -1,0 +1,152 @@
+"""Edge delegation against a real BIND9: co-owned NS set, own glue, leave, TSIG from a file or a Secret.
+
+What a person sees is what `dig @edge` answers, so every check reads the edge with dig.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from backend import edge
+from backend.config import GslbZone, Settings
+from backend.edge import tsig
+from backend.lab.bind9 import Bind9
+from backend.lab.dig import dig
+from backend.lab.kube import ControlPlane
+from backend.lab.proc import PYTHON, ROOT
+
+ZONE = GslbZone("gb.foowidgets.k8s", "foowidgets.k8s")
+BUF, NYC = "gslb-ns-us-buf-gb.foowidgets.k8s", "gslb-ns-us-nyc-gb.foowidgets.k8s"
+
+
+def cluster(named: Bind9, geotag: str, address: str, **overrides: object) -> Settings:
+    settings = Settings(gslb_zones=(ZONE,), edge_dns_servers=(named.address,), cluster_geotag=geotag,
+                        ext_gslb_clusters_geotags=("us-buf", "us-nyc"), nameserver_address=address,
+                        tsig_key_file=str(named.key_file))
+    return replace(settings, **overrides)  # type: ignore[arg-type]
+
+
+def sync_once(settings: Settings) -> edge.EdgePublisher:
+    publisher = edge.publisher(settings)
+    assert publisher is not None
+    asyncio.run(publisher.sync_once())
+    return publisher
+
+
+def ns_set(named: Bind9) -> list[str]:
+    """The delegation as the edge hands it out (a referral: NS in the authority section)."""
+    referral = dig(named.address, ZONE.dns_zone, "NS", "+norecurse")
+    return sorted(r.data for r in referral.authority if r.rtype == "NS")
+
+
+def glue(named: Bind9, name: str, rtype: str = "A") -> list[str]:
+    return sorted(dig(named.address, name, rtype, "+norecurse").values(rtype))
+
+
+def serial(named: Bind9) -> str:
+    return dig(named.address, named.zone, "SOA").values("SOA")[0].split()[2]
+
+
+def leave(settings: Settings, *extra: str) -> subprocess.CompletedProcess[str]:
+    """`coredns-gslb edge leave` with the flags `serve` would get."""
+    argv = [str(PYTHON), "-m", "backend.cli", "edge", "leave", "--dns-zone", ZONE.dns_zone,
+            "--edge-dns-zone", ZONE.edge_zone, "--edge-dns-servers", ",".join(settings.edge_dns_servers),
+            "--cluster-geo-tag", settings.cluster_geotag, "--nameserver-address", settings.nameserver_address,
+            *(["--tsig-key-file", settings.tsig_key_file] if settings.tsig_key_file else []), *extra]
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_clusters_co_own_the_ns_set_restart_changes_nothing_and_leave_removes_only_own(bind9: Bind9) -> None:
+    buf = cluster(bind9, "us-buf", "127.0.0.11")
+    nyc = cluster(bind9, "us-nyc", "127.0.0.12,::12")
+    sync_once(buf)
+    sync_once(nyc)
+    assert ns_set(bind9) == [BUF + ".", NYC + "."]
+    assert glue(bind9, BUF) == ["127.0.0.11"]
+    assert glue(bind9, NYC) == ["127.0.0.12"] and glue(bind9, NYC, "AAAA") == ["::12"]
+
+    before = serial(bind9)
+    for settings in (buf, nyc):
+        publisher = sync_once(settings)  # a restarted updater: a new process, same settings
+        assert publisher.status[ZONE.edge_zone].ok and publisher.status[ZONE.edge_zone].changed_total == 0
+    assert serial(bind9) == before, "a restart must not touch the edge zone"
+
+    moved = replace(buf, nameserver_address="127.0.0.13")
+    sync_once(moved)
+    assert glue(bind9, BUF) == ["127.0.0.13"], "our own stale glue is replaced"
+
+    run = leave(moved)
+    assert run.returncode == 0, run.stderr
+    assert ns_set(bind9) == [NYC + "."]
+    assert glue(bind9, BUF) == []
+    assert glue(bind9, NYC) == ["127.0.0.12"] and glue(bind9, NYC, "AAAA") == ["::12"]
+
+
+def test_drift_is_repaired_without_touching_other_records(bind9: Bind9) -> None:
+    import dns.query
+    import dns.tsig
+    import dns.update
+
+    buf = cluster(bind9, "us-buf", "127.0.0.11")
+    sync_once(buf)
+    vandal = dns.update.UpdateMessage(ZONE.edge_zone, keyring=bind9.keyring(),
+                                      keyalgorithm=dns.tsig.HMAC_SHA256)
+    vandal.delete(ZONE.dns_zone + ".", "NS", BUF + ".")
+    vandal.add("other." + ZONE.edge_zone + ".", 60, "A", "192.0.2.1")
+    dns.query.tcp(vandal, bind9.host, port=bind9.port, timeout=5)
+    assert ns_set(bind9) == []
+    publisher = sync_once(buf)
+    assert publisher.status[ZONE.edge_zone].changed_total == 1
+    assert ns_set(bind9) == [BUF + "."]
+    assert glue(bind9, "other." + ZONE.edge_zone) == ["192.0.2.1"]
+
+
+@pytest.mark.parametrize(("key", "rcode"), [("wrong", "NOTAUTH/BADSIG"), ("none", "REFUSED")])
+def test_a_rejected_update_is_reported_with_the_edge_rcode(bind9: Bind9, tmp_path: Path, key: str,
+                                                           rcode: str) -> None:
+    if key == "wrong":
+        bad = tmp_path / "wrong.key"
+        other = base64.b64encode(b"0" * 32).decode()
+        bad.write_text(f'key "{bind9.key_name}" {{\n\talgorithm hmac-sha256;\n\tsecret "{other}";\n}};\n')
+        settings = cluster(bind9, "us-buf", "127.0.0.11", tsig_key_file=str(bad))
+    else:
+        settings = cluster(bind9, "us-buf", "127.0.0.11", tsig_key_file=None)
+    publisher = sync_once(settings)
+    status = publisher.status[ZONE.edge_zone]
+    assert not status.ok and status.rcode == rcode
+    assert rcode in publisher.readiness()
+    assert ns_set(bind9) == []
+    run = leave(settings)
+    assert run.returncode == 0, "nothing of ours is there, so leaving has nothing to send"
+
+
+def test_key_file_forms(tmp_path: Path) -> None:
+    secret = base64.b64encode(b"k" * 32).decode()
+    key = tsig.parse_key_file(f'# made by tsig-keygen\nkey "edge-key" {{\n algorithm hmac-sha512;\n'
+                              f' secret "{secret}";\n}};\n')
+    assert (key.name.to_text(), key.algorithm.to_text()) == ("edge-key.", "hmac-sha512.")
+    for text in ("", 'key "k" { algorithm hmac-sha256; };', 'key "k" { secret "not base64!"; };'):
+        with pytest.raises(tsig.TsigKeyError):
+            tsig.parse_key_file(text)
+    with pytest.raises(tsig.TsigKeyError, match=r"missing\.key"):
+        tsig.load(Settings(tsig_key_file=str(tmp_path / "missing.key")))
+
+
+def test_key_from_a_kubernetes_secret(control_plane: ControlPlane, namespace: str, bind9: Bind9) -> None:
+    control_plane.kubectl("create", "secret", "generic", "edge-tsig", "-n", namespace,
+                          f"--from-literal=name={bind9.key_name}", f"--from-literal=secret={bind9.secret}",
+                          "--from-literal=algorithm=hmac-sha256")
+    settings = cluster(bind9, "us-buf", "127.0.0.11", tsig_key_file=None,
+                       kubeconfig=str(control_plane.kubeconfig), tsig_secret=f"{namespace}/edge-tsig")
+    publisher = sync_once(settings)
+    assert publisher.status[ZONE.edge_zone].ok, publisher.readiness()
+    assert ns_set(bind9) == [BUF + "."]
+    with pytest.raises(tsig.TsigKeyError, match="lacks secret"):
+        control_plane.kubectl("create", "secret", "generic", "half", "-n", namespace, "--from-literal=name=x")
+        tsig.load(replace(settings, tsig_secret=f"{namespace}/half"))
