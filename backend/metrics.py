@@ -76,3 +76,15 @@ GSLB_SERVICE_STATUS = Gauge("k8gb_gslb_service_status_num", "Number of services 
 GSLB_RECONCILIATION_LOOPS = Counter("k8gb_gslb_reconciliation_loops_total",
                                     "Number of successful reconciliation loops.", ["namespace", "name"])
 GSLB_ERRORS = Counter("k8gb_gslb_errors_total", "Number of errors", ["namespace", "name"])
+
+# the localtargets exchange with other clusters (backend/peers/) and the edge updates (backend/edge/)
+PEER_QUERIES = Counter("coredns_gslb_peer_queries_total", "DNS queries sent for the peer exchange, by peer, "
+                       "kind (resolve, soa, localtargets, notify) and result (ok, error)",
+                       ["peer", "kind", "result"])
+PEER_UP = Gauge("coredns_gslb_peer_up", "1 while the peer answers its SOA polls in every zone", ["peer"])
+PEER_RECORDS = Gauge("coredns_gslb_peer_records", "Records (host, type) currently learned from the peer",
+                     ["peer"])
+EDGE_SYNCS = Counter("coredns_gslb_edge_syncs_total", "Edge record checks and updates, by edge zone and the "
+                     "edge's rcode (NOERROR, REFUSED, NOTAUTH/BADSIG, UNREACHABLE, ...)", ["zone", "rcode"])
+EDGE_CHANGES = Counter("coredns_gslb_edge_changes_total", "Records added or removed at the edge", ["zone"])
+EDGE_IN_SYNC = Gauge("coredns_gslb_edge_in_sync", "1 while the edge holds our records as wanted", ["zone"])
