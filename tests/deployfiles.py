@@ -12,6 +12,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
+CHAPTER = ROOT / "backend" / "lab" / "manifests"  # the chapter's manifests, as the lab applies them
 COREFILE = ROOT / "corefile" / "Corefile"
 
 
