@@ -11,7 +11,7 @@ names below a delegation) are compiled on first use per length and kept: at most
 
 from __future__ import annotations
 
-import io
+import gc
 import logging
 import struct
 import time
@@ -19,16 +19,24 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import dns.exception
-import dns.name
-import dns.rdata
-import dns.rdataclass
 import dns.rdatatype
 
 from backend.config import Settings
 from backend.gslb.strategy import GeoLookup, plan
-from backend.model import Endpoint, ObjectRef, Target
+from backend.model import Endpoint, ObjectRef
 from backend.zone import wire
-from backend.zone.merge import Merged, merge, zone_of
+from backend.zone.encode import (
+    BadData,
+    Rdata,
+    is_subdomain,
+    name_wire,
+    parent,
+    put_name,
+    put_rdata,
+    rdata,
+    seed,
+)
+from backend.zone.merge import Conflict, Merged, merge, zone_of
 from backend.zone.wire import (
     AA,
     BADVERS,
@@ -70,19 +78,22 @@ def next_serial(previous: int = 0) -> int:
 class _RRset:
     rdtype: int
     ttl: int
-    variants: list[list[dns.rdata.Rdata]]
+    variants: list[list[Rdata]]
     pick: Pick | None  # set when there is more than one variant
+
+
+Owner = bytes | None  # a name in wire form; None is the query name (a pointer to offset 12)
 
 
 @dataclass(slots=True)
 class _Recipe:
-    """What one reply holds, before it is written to wire bytes. Owner None is the query name."""
+    """What one reply holds, before it is written to wire bytes."""
 
     rcode: int = NOERROR
     aa: bool = True
-    answer: list[tuple[dns.name.Name | None, _RRset]] = field(default_factory=list)
-    authority: list[tuple[dns.name.Name | None, _RRset]] = field(default_factory=list)
-    additional: list[tuple[dns.name.Name | None, _RRset]] = field(default_factory=list)
+    answer: list[tuple[Owner, _RRset]] = field(default_factory=list)
+    authority: list[tuple[Owner, _RRset]] = field(default_factory=list)
+    additional: list[tuple[Owner, _RRset]] = field(default_factory=list)
 
 
 class _Answer:
@@ -98,7 +109,7 @@ class _Zone:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.apex = dns.name.from_text(name)
+        self.apex = name_wire(name)
         self.soa: _RRset | None = None
         self.negatives: dict[tuple[int, int], _Answer] = {}
 
@@ -106,18 +117,17 @@ class _Zone:
         """NXDOMAIN or NODATA with our SOA in authority, for a query name `qlen` bytes long."""
         ans = self.negatives.get((rcode, qlen))
         if ans is None:
-            authority = [(self.apex, self.soa)] if self.soa is not None else []
+            authority: list[tuple[Owner, _RRset]] = [(self.apex, self.soa)] if self.soa is not None else []
             recipe = _Recipe(rcode, authority=authority)
             ans = self.negatives[(rcode, qlen)] = _compile(recipe, self.apex, qlen)
         return ans
 
 
 class _Node:
-    __slots__ = ("answers", "any_type", "cut", "default", "key", "lazy", "name", "rrsets", "zone")
+    __slots__ = ("answers", "any_type", "cut", "default", "key", "lazy", "rrsets", "zone")
 
-    def __init__(self, name: dns.name.Name, key: bytes, zone: _Zone) -> None:
-        self.name = name
-        self.key = key
+    def __init__(self, key: bytes, zone: _Zone) -> None:
+        self.key = key  # lowercase wire name
         self.zone = zone
         self.rrsets: dict[int, _RRset] = {}
         self.cut: _Node | None = None  # the delegation this node is at or below
@@ -127,66 +137,34 @@ class _Node:
         self.lazy: dict[tuple[int, int], _Answer] = {}  # (qtype key, qname length) -> answer
 
 
-def _seed(anchor: dns.name.Name, qlen: int) -> dict[dns.name.Name, int]:
-    """Compression targets inside the question: `anchor` is a suffix of a `qlen`-byte query name."""
-    labels = anchor.labels
-    off = 12 + qlen - sum(len(lb) + 1 for lb in labels)
-    compress: dict[dns.name.Name, int] = {}
-    for i in range(len(labels) - 1):
-        compress[dns.name.Name(labels[i:])] = off
-        off += len(labels[i]) + 1
-    return compress
-
-
-def _compile(recipe: _Recipe, anchor: dns.name.Name, qlen: int) -> _Answer:
+def _compile(recipe: _Recipe, anchor: bytes, qlen: int) -> _Answer:
+    """Write a recipe for a query name of `qlen` bytes that ends in `anchor`."""
     pick = next((rr.pick for _, rr in recipe.answer if rr.pick is not None), None)
     count = max(len(rr.variants) for _, rr in recipe.answer if rr.pick is pick) if pick else 1
     flags = QR | (AA if recipe.aa else 0) | recipe.rcode
-    start = 16 + qlen
+    base = 16 + qlen
     variants: list[Variant] = []
     for v in range(count):
-        buf = io.BytesIO()
-        buf.write(bytes(start))
-        compress = _seed(anchor, qlen)
+        out = bytearray()
+        compress = seed(anchor, qlen)
         counts = []
         for section in (recipe.answer, recipe.authority, recipe.additional):
             written = 0
             for owner, rr in section:
+                fixed = struct.pack(">HHI", rr.rdtype, 1, rr.ttl)
                 for rd in rr.variants[v] if pick is not None and rr.pick is pick else rr.variants[0]:
-                    _write_rr(buf, compress, owner, rr, rd)
+                    if owner is None:
+                        out += b"\xc0\x0c"
+                    else:
+                        put_name(out, base, compress, owner)
+                    out += fixed
+                    put_rdata(out, base, compress, rd)
                     written += 1
             counts.append(written)
         an, ns, ar = counts
         variants.append((flags, struct.pack(">HHHH", 1, an, ns, ar), struct.pack(">HHHH", 1, an, ns, ar + 1),
-                         buf.getvalue()[start:]))
+                         bytes(out)))
     return _Answer(tuple(variants), pick)
-
-
-def _write_rr(buf: io.BytesIO, compress: dict, owner: dns.name.Name | None, rr: _RRset,
-              rd: dns.rdata.Rdata) -> None:
-    if owner is None:
-        buf.write(b"\xc0\x0c")
-    else:
-        owner.to_wire(buf, compress)
-    buf.write(struct.pack(">HHIH", rr.rdtype, 1, rr.ttl, 0))
-    start = buf.tell()
-    rd.to_wire(buf, compress, None)
-    end = buf.tell()
-    buf.seek(start - 2)
-    buf.write(struct.pack(">H", end - start))
-    buf.seek(end)
-
-
-def _rdata(rdtype: int, target: Target) -> dns.rdata.Rdata:
-    value = target.value
-    if rdtype == dns.rdatatype.TXT and not value.startswith('"'):
-        # ExternalDNS TXT targets are the text itself, not presentation format
-        value = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return dns.rdata.from_text(dns.rdataclass.IN, rdtype, value, origin=dns.name.root, relativize=False)
-
-
-def _wire_key(name: dns.name.Name) -> bytes:
-    return name.to_wire().lower()
 
 
 class Table:
@@ -201,8 +179,11 @@ class Table:
         self._zones: dict[bytes, _Zone] = {}
         for name in settings.all_zones:
             zone = _Zone(name)
-            self._zones[_wire_key(zone.apex)] = zone
+            self._zones[zone.apex] = zone
         self._nodes: dict[bytes, _Node] = {}
+        self._geo: GeoLookup | None = None
+        # name -> (merged input, its node, records, rejections): lets the next compile reuse the work
+        self._inputs: dict[str, tuple[dict[str, Merged], _Node, int, list[Conflict]]] = {}
 
     @classmethod
     def not_ready(cls, settings: Settings) -> Table:
@@ -345,16 +326,16 @@ class Table:
     def _miss(self, ce: _Node, key: bytes, pos: int, qtype: int, qlen: int) -> _Answer:
         """A name we do not hold: a referral below a delegation, a wildcard (RFC 4592), or NXDOMAIN."""
         if ce.cut is not None:
-            return self._lazy(ce, _REFERRAL, qlen, ce.name)
+            return self._lazy(ce, _REFERRAL, qlen, ce.key)
         wild = self._nodes.get(b"\x01*" + key[pos:])
         if wild is None:
             return ce.zone.negative(NXDOMAIN, qlen)
         kind = qtype if qtype in wild.answers else _OTHER
         if kind == _OTHER and wild.default is None:
             return ce.zone.negative(NOERROR, qlen)
-        return self._lazy(wild, kind, qlen, ce.name)
+        return self._lazy(wild, kind, qlen, ce.key)
 
-    def _lazy(self, node: _Node, kind: int, qlen: int, anchor: dns.name.Name) -> _Answer:
+    def _lazy(self, node: _Node, kind: int, qlen: int, anchor: bytes) -> _Answer:
         ans = node.lazy.get((kind, qlen))
         if ans is None:
             recipe = self._referral(node.cut) if kind == _REFERRAL and node.cut else self._recipe(node, kind)
@@ -367,8 +348,8 @@ class Table:
         """The reply for `qtype` at `node`, following CNAMEs while they stay inside our zones."""
         if node.cut is not None:
             return self._referral(node.cut)
-        answer: list[tuple[dns.name.Name | None, _RRset]] = []
-        owner: dns.name.Name | None = None
+        answer: list[tuple[Owner, _RRset]] = []
+        owner: Owner = None
         cur = node
         seen = {id(node)}
         while True:
@@ -381,7 +362,7 @@ class Table:
             if cname is None:
                 return _Recipe(answer=answer, authority=self._soa(cur.zone))
             answer.append((owner, cname))
-            owner = cname.variants[0][0].target
+            owner = _names(cname.variants[0][0])[0]
             nxt = self._find(owner)
             if isinstance(nxt, _Zone):
                 return _Recipe(NXDOMAIN, answer=answer, authority=self._soa(nxt))
@@ -391,22 +372,23 @@ class Table:
             cur = nxt
 
     @staticmethod
-    def _soa(zone: _Zone) -> list[tuple[dns.name.Name | None, _RRset]]:
+    def _soa(zone: _Zone) -> list[tuple[Owner, _RRset]]:
         return [(zone.apex, zone.soa)] if zone.soa is not None else []
 
     def _referral(self, cut: _Node) -> _Recipe:
         """Below a delegation (an NS RRset under the apex) we are not authoritative: refer."""
         ns = cut.rrsets[T_NS]
-        glue: list[tuple[dns.name.Name | None, _RRset]] = []
+        glue: list[tuple[Owner, _RRset]] = []
         for rd in ns.variants[0]:
-            if rd.target.is_subdomain(cut.name) and (host := self._nodes.get(_wire_key(rd.target))):
-                glue += [(rd.target, host.rrsets[t]) for t in (T_A, T_AAAA) if t in host.rrsets]
-        return _Recipe(aa=False, authority=[(cut.name, ns)], additional=glue)
+            target = _names(rd)[0]
+            host = self._nodes.get(target) if is_subdomain(target, cut.key) else None
+            if host is not None:
+                glue += [(target, host.rrsets[t]) for t in (T_A, T_AAAA) if t in host.rrsets]
+        return _Recipe(aa=False, authority=[(cut.key, ns)], additional=glue)
 
-    def _find(self, name: dns.name.Name) -> _Node | _Zone | None:
+    def _find(self, key: bytes) -> _Node | _Zone | None:
         """Where a CNAME target leads: a node (exact or wildcard), a zone where it is NXDOMAIN, or
         None when it leaves our zones or enters a delegation."""
-        key = _wire_key(name)
         node = self._nodes.get(key)
         if node is None:
             ce, pos = self._closest(key)
@@ -417,81 +399,120 @@ class Table:
                 return None if ce.cut else ce.zone
         return None if node.cut else node
 
-    def _add(self, name: str, types: dict[str, Merged], geo: GeoLookup | None) -> None:
+    def _add(self, name: str, zone: _Zone, types: dict[str, Merged], previous: Table | None) -> None:
         try:
-            dname = dns.name.from_text(name)
-        except dns.exception.DNSException as e:
-            self._reject(types, f"{name}: not a valid DNS name ({e})")
+            key = name_wire(name)
+        except BadData as e:
+            self._reject(types, str(e))
             return
-        zone = self._zones[_wire_key(dns.name.from_text(zone_of(name, self.zones) or ""))]
-        node = self._node(dname, zone)
+        node = self._node(key, zone)
+        old = previous._inputs.get(name) if previous is not None else None
+        if old is not None and old[0] == types:
+            _, old_node, records, rejects = old
+            node.rrsets = old_node.rrsets
+            if old_node.cut is None and T_CNAME not in old_node.rrsets:
+                node.answers = old_node.answers  # kept only if _finish finds the node still plain
+        else:
+            before = len(self.conflicts)
+            records = self._parse(node, name, types)
+            rejects = self.conflicts[before:]
+            self.conflicts = self.conflicts[:before]
+        self.records += records
+        self.conflicts += rejects
+        self._inputs[name] = (types, node, records, rejects)
+
+    def _parse(self, node: _Node, name: str, types: dict[str, Merged]) -> int:
+        """Encode and plan each RRset of `node`; returns the number of records kept."""
+        records = 0
         for rtype, merged in types.items():
             try:
                 rdtype = dns.rdatatype.from_text(rtype)
             except dns.exception.DNSException:
                 self._reject({rtype: merged}, f"{name}: unknown record type {rtype}")
                 continue
-            parsed: dict[str, dns.rdata.Rdata] = {}
+            parsed: dict[str, Rdata] = {}
             for t in merged.targets:
                 try:
-                    parsed[t.value] = _rdata(rdtype, t)
-                except (dns.exception.DNSException, ValueError) as e:
-                    self._reject({rtype: merged}, f"{name} {rtype}: bad target {t.value!r} skipped ({e})")
+                    parsed[t.value] = rdata(rdtype, t.value)
+                except BadData as e:
+                    self._reject({rtype: merged}, f"{name} {rtype}: {e}; skipped")
             targets = tuple(t for t in merged.targets if t.value in parsed)
             if not targets:
                 continue
-            p = plan(merged.strategy, targets, geo)
+            p = plan(merged.strategy, targets, self._geo)
             variants = [[parsed[t.value] for t in v] for v in p.variants if v]
             node.rrsets[rdtype] = _RRset(rdtype, merged.ttl, variants, p.pick if len(variants) > 1 else None)
-            self.records += len(targets)
+            records += len(targets)
+        return records
 
     def _reject(self, types: dict[str, Merged], why: str) -> None:
         for merged in types.values():
             self.conflicts += [(ref, why) for ref in merged.sources]
 
-    def _node(self, name: dns.name.Name, zone: _Zone) -> _Node:
-        """The node for `name`, creating it and its empty ancestors up to the apex (RFC 4592 ENTs)."""
-        key = _wire_key(name)
+    def _node(self, key: bytes, zone: _Zone) -> _Node:
+        """The node for `key`, creating it and its empty ancestors up to the apex (RFC 4592 ENTs)."""
         node = self._nodes.get(key)
         if node is None:
-            node = self._nodes[key] = _Node(name, key, zone)
-            if name != zone.apex:
-                self._node(name.parent(), zone)
+            node = self._nodes[key] = _Node(key, zone)
+            if key != zone.apex:
+                self._node(parent(key), zone)
         return node
 
     def _finish(self) -> None:
         for zone in self._zones.values():
-            apex = self._node(zone.apex, zone)
-            zone.soa = apex.rrsets.get(T_SOA)
+            zone.soa = self._node(zone.apex, zone).rrsets.get(T_SOA)
         for node in self._nodes.values():
             types = sorted(node.rrsets)
             node.any_type = T_CNAME if T_CNAME in node.rrsets else (types[0] if types else 0)
             cur: _Node | None = node
-            while cur is not None and cur.name != cur.zone.apex:
+            while cur is not None and cur.key != cur.zone.apex:
                 if T_NS in cur.rrsets:
                     node.cut = cur
-                cur = self._nodes.get(_wire_key(cur.name.parent()))
+                cur = self._nodes.get(parent(cur.key))
         present = {t for node in self._nodes.values() for t in node.rrsets} | {T_ANY}
         for node in self._nodes.values():
             qlen = len(node.key)
+            if node.cut is not None or T_CNAME in node.rrsets:
+                node.answers = {}
             if node.cut is not None:
-                node.default = _compile(self._referral(node.cut), node.name, qlen)
+                node.default = _compile(self._referral(node.cut), node.key, qlen)
             elif T_CNAME in node.rrsets:
-                node.answers = {t: _compile(self._recipe(node, t), node.name, qlen) for t in present}
-                node.default = _compile(self._recipe(node, 0), node.name, qlen)
-            else:
-                kinds = [*node.rrsets, T_ANY] if node.rrsets else []
-                node.answers = {t: _compile(self._recipe(node, t), node.name, qlen) for t in kinds}
+                node.answers = {t: _compile(self._recipe(node, t), node.key, qlen) for t in present}
+                node.default = _compile(self._recipe(node, 0), node.key, qlen)
+            elif node.rrsets and not node.answers:
+                node.answers = {t: _compile(self._recipe(node, t), node.key, qlen) for t in node.rrsets}
+                node.answers[T_ANY] = node.answers[node.any_type]
+
+
+def _names(rd: Rdata) -> tuple[bytes, ...]:
+    """The names inside a CNAME/NS/MX/SOA rdata."""
+    return rd[1] if isinstance(rd, tuple) else ()
 
 
 def compile_table(settings: Settings, endpoints: Iterable[Endpoint], serial: int,
-                  geo: GeoLookup | None = None) -> Table:
+                  geo: GeoLookup | None = None, previous: Table | None = None) -> Table:
     """Compile the model into a Table. Names outside the served zones are dropped silently (the
-    sources report them); conflicts and unparsable targets are listed in `Table.conflicts`."""
+    sources report them); conflicts and unparsable targets are listed in `Table.conflicts`.
+
+    With `previous` (the table this one replaces), names whose merged records did not change reuse
+    its encoded RRsets, plans and answers, so a change costs little more than the merge.
+    """
     table = Table(settings, serial)
-    names, conflicts = merge(settings, endpoints, serial)
-    table.conflicts = conflicts
-    for name, types in names.items():
-        table._add(name, types, geo)
-    table._finish()
+    table._geo = geo
+    if previous is not None and (previous._geo is not geo or previous._payload != table._payload):
+        previous = None
+    # Compiling allocates many long-lived objects; the collector's full passes over a big heap
+    # would double the time, and there is no garbage to find until the old table is dropped.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        names, conflicts = merge(settings, endpoints, serial)
+        table.conflicts = conflicts
+        zones = {z.name: z for z in table._zones.values()}
+        for name, types in names.items():
+            table._add(name, zones[zone_of(name, zones) or ""], types, previous)
+        table._finish()
+    finally:
+        if collecting:
+            gc.enable()
     return table
