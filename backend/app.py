@@ -25,6 +25,7 @@ from kubernetes import client
 from backend import metrics
 from backend.config import Settings, from_args
 from backend.controller.events import EventRecorder
+from backend.gslb.producer import gslb
 from backend.gslb.strategy import GeoLookup
 from backend.model import ObjectRef, Store
 from backend.server import DnsServer
@@ -77,7 +78,7 @@ def external_dns(ctx: Context) -> None:
 
 
 Producer = Callable[[Context], None]
-PRODUCERS: list[Producer] = [external_dns]
+PRODUCERS: list[Producer] = [external_dns, gslb]
 
 
 class Compiler:

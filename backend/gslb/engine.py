@@ -8,6 +8,7 @@ serves DNS); only the leader's controller turns the results into status and Even
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import threading
@@ -15,8 +16,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from backend import metrics
 from backend.config import Settings
-from backend.gslb.health import HostState, evaluate
+from backend.gslb.health import HEALTHY, NOT_FOUND, UNHEALTHY, HostState, evaluate
 from backend.gslb.spec import GslbSpec, SpecError, parse
 from backend.model import Endpoint, Store, Target
 from backend.sources.informer import ENDPOINTSLICES, GSLBS, Informer, key_of
@@ -108,6 +110,28 @@ def host_endpoints(spec: GslbSpec, state: HostState, geotag: str) -> list[Endpoi
     return eps
 
 
+def _observe(obj: Obj, result: GslbResult | None) -> None:
+    """k8gb's metrics, same names and labels; a deleted Gslb's series go away with it."""
+    meta = obj.get("metadata") or {}
+    labels = (meta.get("namespace", ""), meta.get("name", ""))
+    statuses = (HEALTHY, UNHEALTHY, NOT_FOUND)
+    if result is None:
+        series = [(m, labels) for m in (metrics.GSLB_HEALTHY_RECORDS, metrics.GSLB_RECONCILIATION_LOOPS,
+                                        metrics.GSLB_ERRORS)]
+        series += [(metrics.GSLB_SERVICE_STATUS, (*labels, status)) for status in statuses]
+        for metric, values in series:
+            with contextlib.suppress(KeyError):  # a series never set
+                metric.remove(*values)
+        return
+    if result.error is not None:
+        metrics.GSLB_ERRORS.labels(*labels).inc()
+    else:
+        metrics.GSLB_RECONCILIATION_LOOPS.labels(*labels).inc()
+    metrics.GSLB_HEALTHY_RECORDS.labels(*labels).set(sum(len(h.targets) for h in result.hosts if h.healthy))
+    for status in statuses:
+        metrics.GSLB_SERVICE_STATUS.labels(*labels, status).set(sum(h.health == status for h in result.hosts))
+
+
 class GslbEngine:
     """Attach to the informers (Gslbs of both groups, Ingresses, Services, EndpointSlices)."""
 
@@ -154,6 +178,7 @@ class GslbEngine:
             if type_ == "DELETED":
                 self._forget(key)
                 self.store.replace(key, ())
+                _observe(obj, None)
                 self._notify(key, None)
             else:
                 self._objs[key] = obj
@@ -206,6 +231,7 @@ class GslbEngine:
                    for ep in host_endpoints(spec, h, self.settings.cluster_geotag)]
             self.store.replace(key, eps)
         # Any other error keeps the last good answers: a typo in an edit must not take a name down.
+        _observe(obj, result)
         self._notify(key, result)
 
     def _set_deps(self, key: str, deps: set[Dep]) -> None:

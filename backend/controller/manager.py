@@ -1,0 +1,250 @@
+"""The leader's writes to the API, driven by informer events and engine results through one queue.
+
+Work items are ("status", Gslb store key), ("ingress", Gslb store key) for the owned Ingress and
+("gslb", Ingress key) for an annotated Ingress. Items are deduplicated while they wait, processed
+one at a time on one thread, and only while this replica leads; a failed write is retried with
+backoff. Becoming leader queues everything once, so a new leader repairs whatever the old one left.
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+import logging
+import threading
+import time
+from typing import Any
+
+from kubernetes import client
+
+from backend.config import Settings
+from backend.controller import objects, status
+from backend.controller.events import EventRecorder
+from backend.controller.leader import LeaderElector
+from backend.gslb.engine import GslbEngine, GslbResult, store_key
+from backend.gslb.spec import object_ref
+from backend.sources import kubeapi
+from backend.sources.informer import GSLBS, GSLBS_IO, INGRESSES, Informer, Resource, key_of
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+Item = tuple[str, str]
+MAX_BACKOFF = 30.0
+
+
+class WorkQueue:
+    """client-go's rate-limited queue in small: dedup while waiting, delayed retries, per-item backoff."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._ready: list[Item] = []
+        self._pending: set[Item] = set()
+        self._delayed: list[tuple[float, Item]] = []
+        self._failures: dict[Item, int] = {}
+        self.closed = threading.Event()
+
+    def add(self, item: Item) -> None:
+        with self._cond:
+            if item not in self._pending:
+                self._pending.add(item)
+                self._ready.append(item)
+                self._cond.notify()
+
+    def retry(self, item: Item) -> None:
+        """Again after 0.2 s, doubling per consecutive failure up to MAX_BACKOFF."""
+        with self._cond:
+            n = self._failures.get(item, 0)
+            self._failures[item] = n + 1
+            heapq.heappush(self._delayed, (time.monotonic() + min(0.2 * 2**n, MAX_BACKOFF), item))
+            self._cond.notify()
+
+    def forget(self, item: Item) -> None:
+        with self._cond:
+            self._failures.pop(item, None)
+
+    def get(self) -> Item | None:
+        """The next item, or None once closed."""
+        with self._cond:
+            while not self.closed.is_set():
+                now = time.monotonic()
+                while self._delayed and self._delayed[0][0] <= now:
+                    _, item = heapq.heappop(self._delayed)
+                    if item not in self._pending:
+                        self._pending.add(item)
+                        self._ready.append(item)
+                if self._ready:
+                    item = self._ready.pop(0)
+                    self._pending.discard(item)
+                    return item
+                self._cond.wait(self._delayed[0][0] - now if self._delayed else None)
+            return None
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed.set()
+            self._cond.notify_all()
+
+
+class Controller:
+    """Attach to the engine and informers; `start()` begins leader election and the worker."""
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        settings: Settings,
+        engine: GslbEngine,
+        ingresses: Informer,
+        recorder: EventRecorder,
+        elector: LeaderElector | None = None,
+    ) -> None:
+        self.api = api
+        self.settings = settings
+        self.engine = engine
+        self.ingresses = ingresses
+        self.recorder = recorder
+        self.queue = WorkQueue()
+        self.elector = elector or LeaderElector(
+            api, settings.namespace, identity=settings.identity, on_started=self._resync
+        )
+        self._thread = threading.Thread(target=self._run, name="gslb-controller", daemon=True)
+        engine.subscribe(self._on_result)
+        ingresses.add_handler(self._on_ingress)
+
+    def start(self) -> None:
+        self.elector.start()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.queue.close()
+        self._thread.join(5)
+        self.elector.stop()
+
+    # -- what to do ------------------------------------------------------------------------------
+
+    def _on_result(self, key: str, result: GslbResult | None) -> None:
+        if result is not None:
+            self.queue.add(("status", key))
+            if (result.obj.get("spec") or {}).get("ingress"):
+                self.queue.add(("ingress", key))
+
+    def _on_ingress(self, type_: str, obj: Obj, _old: Obj | None) -> None:
+        meta = obj.get("metadata") or {}
+        if type_ != "DELETED" and objects.STRATEGY in (meta.get("annotations") or {}):
+            self.queue.add(("gslb", key_of(obj)))
+        if (meta.get("labels") or {}).get(objects.MANAGED_BY) == "gslb":
+            # someone edited or deleted an Ingress we own: put it back
+            for ref in meta.get("ownerReferences") or ():
+                if ref.get("kind") == "Gslb":
+                    owner = {
+                        "apiVersion": ref.get("apiVersion", ""),
+                        "metadata": {"namespace": meta.get("namespace"), "name": ref.get("name")},
+                    }
+                    self.queue.add(("ingress", store_key(owner)))
+
+    def _resync(self) -> None:
+        for key in list(self.engine.results):
+            self._on_result(key, self.engine.results.get(key))
+        for obj in self.ingresses.list():
+            self._on_ingress("ADDED", obj, None)
+
+    # -- doing it ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        # Nothing is written from a half-synced view: it would report NotFound for Services not yet listed.
+        while not self.engine.synced():
+            if self.queue.closed.wait(0.1):
+                return
+        while (item := self.queue.get()) is not None:
+            if not self.elector.is_leader.is_set():
+                continue  # a non-leader keeps nothing queued: becoming leader queues everything anew
+            try:
+                {"status": self._write_status, "ingress": self._ensure_ingress, "gslb": self._ensure_gslb}[
+                    item[0]
+                ](item[1])
+                self.queue.forget(item)
+            except kubeapi.KubeError as e:
+                if e.status != 409:
+                    log.warning("controller: %s %s: %s", *item, e)
+                self.queue.retry(item)
+            except Exception:
+                log.exception("controller: %s %s failed", *item)
+                self.queue.retry(item)
+
+    def _write_status(self, key: str) -> None:
+        result = self.engine.results.get(key)
+        if result is None:
+            return
+        obj = result.obj
+        current = obj.get("status")
+        desired = status.desired_status(result, self.settings.cluster_geotag, current)
+        if desired == (current or {}):
+            return
+        meta = obj["metadata"]
+        body = {**obj, "status": desired}
+        path = _gslb_resource(obj).path(meta["namespace"], meta["name"]) + "/status"
+        kubeapi.request(self.api, "PUT", path, body=body)
+        ref = object_ref(obj)
+        for type_, reason, message in status.events(current, desired):
+            self.recorder.record(ref, type_, reason, message)
+
+    def _ensure_ingress(self, key: str) -> None:
+        result = self.engine.results.get(key)
+        if result is None or not (result.obj.get("spec") or {}).get("ingress"):
+            return
+        gslb = result.obj
+        desired = objects.owned_ingress(gslb)
+        meta = desired["metadata"]
+        current = self.ingresses.get(f"{meta['namespace']}/{meta['name']}")
+        if current is None:
+            kubeapi.request(self.api, "POST", INGRESSES.path(meta["namespace"]), body=desired)
+            return
+        if (
+            not objects.owned_by(current, gslb)
+            and (current["metadata"].get("labels") or {}).get(objects.MANAGED_BY) != "gslb"
+        ):
+            self.recorder.record(
+                object_ref(gslb),
+                "Warning",
+                "IngressConflict",
+                f"Ingress {meta['namespace']}/{meta['name']} exists and is not managed by a Gslb; "
+                "left as it is",
+            )
+            return
+        updated = objects.merge_into(copy.deepcopy(current), desired)
+        if updated is not None:
+            kubeapi.request(self.api, "PUT", INGRESSES.path(meta["namespace"], meta["name"]), body=updated)
+
+    def _ensure_gslb(self, key: str) -> None:
+        ingress = self.ingresses.get(key)
+        if ingress is None or objects.STRATEGY not in (ingress["metadata"].get("annotations") or {}):
+            return
+        ns, name = key.split("/", 1)
+        existing = next((o for i in self.engine.gslb_informers if (o := i.get(key)) is not None), None)
+        desired, problems = objects.gslb_for_ingress(
+            ingress, (existing or {}).get("apiVersion", GSLBS.api_version)
+        )
+        for problem in problems:
+            self.recorder.record(object_ref(ingress), "Warning", "InvalidAnnotation", problem)
+        if existing is None:
+            self._create_gslb(ns, desired)
+            return
+        if not objects.owned_by(existing, ingress):
+            return  # a Gslb the user wrote by hand wins over the annotation
+        updated = objects.gslb_needs_update(copy.deepcopy(existing), desired)
+        if updated is not None:
+            kubeapi.request(self.api, "PUT", _gslb_resource(existing).path(ns, name), body=updated)
+
+    def _create_gslb(self, ns: str, desired: Obj) -> None:
+        """In k8gb.absa.oss, or k8gb.io where only the newer CRD is installed."""
+        try:
+            kubeapi.request(self.api, "POST", GSLBS.path(ns), body=desired)
+        except kubeapi.KubeError as e:
+            if e.status != 404:
+                raise
+            desired["apiVersion"] = GSLBS_IO.api_version
+            kubeapi.request(self.api, "POST", GSLBS_IO.path(ns), body=desired)
+
+
+def _gslb_resource(obj: Obj) -> Resource:
+    return GSLBS_IO if obj.get("apiVersion", "").startswith(GSLBS_IO.group + "/") else GSLBS

@@ -1,0 +1,86 @@
+"""A Gslb's status (k8gb's fields plus a Ready condition) and the Events a change of it deserves.
+
+Pure functions: the manager compares `desired_status` with what the object already says and writes
+only a difference, so an idle cluster causes no API writes at all.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from backend.gslb.engine import GslbResult
+from backend.gslb.health import HEALTHY
+
+Obj = dict[str, Any]
+Event = tuple[str, str, str]  # (Normal|Warning, reason, message)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def ready_condition(result: GslbResult) -> tuple[str, str, str]:
+    """(status, reason, message) of the Ready condition."""
+    if result.error is not None:
+        return "False", result.error.reason, result.error.message
+    if not result.hosts:
+        return "False", "NoHosts", "no host names found in the Gslb's Ingress rules"
+    if result.outside:
+        return "False", "HostOutsideZones", f"not in any served GSLB zone: {', '.join(result.outside)}"
+    sick = [f"{h.host} is {h.health}" for h in result.hosts if not h.healthy]
+    if sick:
+        return "False", "Unhealthy", "; ".join(sick)
+    return "True", "Healthy", f"{len(result.hosts)} host(s) healthy and served"
+
+
+def desired_status(result: GslbResult, geotag: str, current: Obj | None = None) -> Obj:
+    """k8gb's status fields, then conditions; lastTransitionTime moves only when the status does."""
+    hosts = result.hosts
+    exposed = sorted({t for h in hosts for t in h.targets})
+    status: Obj = {
+        "geoTag": geotag,
+        "hosts": ", ".join(h.host for h in hosts),
+        "serviceHealth": {h.host: h.health for h in hosts},
+        "healthyRecords": {h.host: list(h.targets) for h in hosts if h.healthy and h.targets},
+        "loadBalancer": {"exposedIps": exposed},
+        "servers": [
+            {
+                "host": h.host,
+                "services": [{"namespace": s.split("/")[0], "name": s.split("/")[1]} for s in h.services],
+            }
+            for h in hosts
+        ],
+    }
+    state, reason, message = ready_condition(result)
+    generation = (result.obj.get("metadata") or {}).get("generation")
+    old = next((c for c in (current or {}).get("conditions") or () if c.get("type") == "Ready"), None)
+    since = old["lastTransitionTime"] if old and old.get("status") == state else _now()
+    ready = {
+        "type": "Ready",
+        "status": state,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since,
+    }
+    if generation is not None:
+        ready["observedGeneration"] = generation
+    status["conditions"] = [ready]
+    return status
+
+
+def events(current: Obj | None, desired: Obj) -> list[Event]:
+    """Health transitions per host, and a Warning each time the Gslb turns unusable for a new reason."""
+    out: list[Event] = []
+    before = (current or {}).get("serviceHealth") or {}
+    for host, health in desired["serviceHealth"].items():
+        was = before.get(host)
+        if was == health or (was is None and health == HEALTHY):
+            continue
+        kind = "Normal" if health == HEALTHY else "Warning"
+        out.append((kind, f"Host{health}", f"{host} is {health}" + (f" (was {was})" if was else "")))
+    old = next((c for c in (current or {}).get("conditions") or () if c.get("type") == "Ready"), {})
+    new = desired["conditions"][0]
+    if new["status"] == "False" and new["reason"] not in ("Unhealthy", old.get("reason")):
+        out.append(("Warning", new["reason"], new["message"]))
+    return out

@@ -1,0 +1,120 @@
+"""Pure pieces of the controller: status and its Events, owned objects, the work queue."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from backend.controller import objects, status
+from backend.controller.manager import WorkQueue
+from backend.gslb.engine import GslbResult
+from backend.gslb.health import HostState
+from backend.gslb.spec import SpecError
+
+GSLB = {
+    "apiVersion": "k8gb.absa.oss/v1beta1",
+    "kind": "Gslb",
+    "metadata": {"name": "fe", "namespace": "demo", "uid": "u1", "generation": 3},
+    "spec": {"ingress": {"rules": [{"host": "fe.gb.example"}]}, "strategy": {"type": "roundRobin"}},
+}
+
+
+def result(health: str = "Healthy", error: SpecError | None = None) -> GslbResult:
+    hosts = () if error else (HostState("fe.gb.example", ("demo/nginx",), health, ("10.0.0.1",)),)
+    return GslbResult("gslb/demo/fe", GSLB, None, hosts, error)
+
+
+def test_status_is_stable_and_events_follow_transitions() -> None:
+    healthy = status.desired_status(result(), "us-buf")
+    assert healthy["serviceHealth"] == {"fe.gb.example": "Healthy"}
+    assert healthy["healthyRecords"] == {"fe.gb.example": ["10.0.0.1"]}
+    assert healthy["servers"] == [
+        {"host": "fe.gb.example", "services": [{"namespace": "demo", "name": "nginx"}]}
+    ]
+    assert healthy["conditions"][0] | {"lastTransitionTime": ""} == {
+        "type": "Ready",
+        "status": "True",
+        "reason": "Healthy",
+        "message": "1 host(s) healthy and served",
+        "lastTransitionTime": "",
+        "observedGeneration": 3,
+    }
+    assert status.desired_status(result(), "us-buf", healthy) == healthy  # nothing to write
+    assert status.events(None, healthy) == []
+
+    sick = status.desired_status(result("Unhealthy"), "us-buf", healthy)
+    assert sick["healthyRecords"] == {} and sick["conditions"][0]["reason"] == "Unhealthy"
+    assert status.events(healthy, sick) == [
+        ("Warning", "HostUnhealthy", "fe.gb.example is Unhealthy (was Healthy)")
+    ]
+    assert status.events(sick, status.desired_status(result(), "us-buf", sick)) == [
+        ("Normal", "HostHealthy", "fe.gb.example is Healthy (was Unhealthy)")
+    ]
+
+    broken = status.desired_status(result(error=SpecError("UnknownStrategy", "nope")), "us-buf", healthy)
+    assert broken["conditions"][0]["status"] == "False"
+    assert status.events(healthy, broken) == [("Warning", "UnknownStrategy", "nope")]
+    assert status.events(broken, broken) == []  # no repeat while the reason stays
+
+
+def test_owned_ingress_merge_keeps_foreign_fields() -> None:
+    desired = objects.owned_ingress(GSLB)
+    assert desired["metadata"]["ownerReferences"][0]["uid"] == "u1"
+    live = {
+        "metadata": {
+            "name": "fe",
+            "labels": {"team": "a"},
+            "ownerReferences": desired["metadata"]["ownerReferences"],
+        },
+        "spec": {"rules": []},
+        "status": {"loadBalancer": {"ingress": [{"ip": "10.0.0.1"}]}},
+    }
+    merged = objects.merge_into(live, desired)
+    assert merged is not None and merged["spec"] == GSLB["spec"]["ingress"]
+    assert merged["metadata"]["labels"] == {"team": "a", objects.MANAGED_BY: "gslb"}
+    assert merged["status"]["loadBalancer"]["ingress"] == [{"ip": "10.0.0.1"}]
+    assert objects.merge_into(merged, desired) is None
+    assert objects.owned_by(merged, GSLB)
+
+
+def test_gslb_for_annotated_ingress() -> None:
+    ingress = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {
+            "name": "shop",
+            "namespace": "demo",
+            "uid": "i1",
+            "annotations": {
+                objects.STRATEGY: "failover",
+                objects.PRIMARY_GEOTAG: "us-buf",
+                objects.DNS_TTL: "soon",
+            },
+        },
+    }
+    gslb, problems = objects.gslb_for_ingress(ingress, "k8gb.absa.oss/v1beta1")
+    assert gslb["spec"]["strategy"] == {"type": "failover", "primaryGeoTag": "us-buf"}
+    assert problems and "dns-ttl-seconds" in problems[0]
+    live = {
+        "spec": {
+            "resourceRef": gslb["spec"]["resourceRef"],
+            "strategy": {"type": "failover", "primaryGeoTag": "us-buf", "dnsTtlSeconds": 30},
+        }
+    }
+    assert objects.gslb_needs_update(live, gslb) is None  # the apiserver's default TTL is not a change
+    ingress["metadata"]["annotations"][objects.STRATEGY] = "roundRobin"
+    updated = objects.gslb_needs_update(live, objects.gslb_for_ingress(ingress, "k8gb.absa.oss/v1beta1")[0])
+    assert updated is not None and updated["spec"]["strategy"]["type"] == "roundRobin"
+
+
+def test_work_queue_dedups_and_retries_with_backoff() -> None:
+    q = WorkQueue()
+    q.add(("status", "a"))
+    q.add(("status", "a"))
+    q.add(("gslb", "b"))
+    assert [q.get(), q.get()] == [("status", "a"), ("gslb", "b")]
+    q.retry(("status", "a"))
+    start = time.monotonic()
+    assert q.get() == ("status", "a") and time.monotonic() - start >= 0.15
+    threading.Timer(0.05, q.close).start()
+    assert q.get() is None

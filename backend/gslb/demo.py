@@ -1,0 +1,78 @@
+"""GSLB objects for the integration tests and bench/failover.py: the Gslb CRDs, the chapter's
+manifests as the lab keeps them (backend/lab/manifests/: namespace demo with Deployment and Service
+nginx, Gslb gslb-failover-buf, unchanged) and small Deployment + Service pairs of any name.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Protocol
+
+ROOT = Path(__file__).resolve().parents[2]
+CRDS = (ROOT / "k8s" / "crds" / "gslb.k8gb.absa.oss.yaml", ROOT / "k8s" / "crds" / "gslb.k8gb.io.yaml")
+CHAPTER_APP = ROOT / "backend" / "lab" / "manifests" / "demo.yaml"
+CHAPTER_GSLB = ROOT / "backend" / "lab" / "manifests" / "gslb-failover-buf.yaml"
+HOST = "fe.gb.foowidgets.k8s"
+
+
+class Plane(Protocol):
+    """What is needed of backend.lab.kube.ControlPlane."""
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
+    ) -> str: ...
+
+    def apply(self, yaml_text: str, *args: str) -> str: ...
+
+
+def install_crds(plane: Plane) -> None:
+    """Apply both Gslb CRDs and wait until the API serves them."""
+    for crd in CRDS:
+        plane.apply(crd.read_text())
+    plane.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", "crd/gslbs.k8gb.absa.oss", "crd/gslbs.k8gb.io"
+    )
+
+
+def app(namespace: str, name: str, replicas: int = 1) -> str:
+    """A Deployment and a ClusterIP Service of one name (kwok makes its Pods Ready)."""
+    labels = {"app": name}
+    objs = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "containers": [{"name": name, "image": "nginx", "ports": [{"containerPort": 80}]}]
+                    },
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 80, "protocol": "TCP"}]},
+        },
+    ]
+    return "\n---\n".join(json.dumps(o) for o in objs)
+
+
+def backend_flags(geotag: str = "us-buf", *extra: str) -> list[str]:
+    """`serve` flags for the chapter's load-balanced zone as seen from one cluster."""
+    return [
+        "--dns-zone",
+        "gb.foowidgets.k8s",
+        "--edge-dns-zone",
+        "foowidgets.k8s",
+        "--cluster-geo-tag",
+        geotag,
+        *extra,
+    ]

@@ -1,0 +1,28 @@
+"""The GSLB's seam into the app: Gslb watches of both API groups, the engine (every replica) and the
+leader-elected controller (status, owned Ingresses, Gslbs for annotated Ingresses)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from backend.controller.manager import Controller
+from backend.gslb.engine import GslbEngine
+from backend.sources.informer import ENDPOINTSLICES, GSLBS, GSLBS_IO, INGRESSES, SERVICES
+
+if TYPE_CHECKING:
+    from backend.app import Context
+
+
+def gslb(ctx: Context) -> None:
+    engine = GslbEngine(
+        ctx.store,
+        ctx.settings,
+        [ctx.informer(GSLBS), ctx.informer(GSLBS_IO)],
+        ctx.informer(INGRESSES),
+        ctx.informer(SERVICES),
+        ctx.informer(ENDPOINTSLICES),
+    )
+    ctx.gslb_engine = engine
+    controller = Controller(ctx.api, ctx.settings, engine, ctx.informer(INGRESSES), ctx.recorder)
+    ctx.start_hooks.append(controller.start)
+    ctx.stop_hooks.append(controller.stop)

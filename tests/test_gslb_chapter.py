@@ -1,0 +1,328 @@
+"""Issue 4 through real CoreDNS, the real apiserver and kwok: the chapter's Gslb, the other ways a name
+enters the GSLB (resourceRef, annotated Ingress, LoadBalancer Service, IPv6) and bad Gslbs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from backend.gslb import demo
+from backend.lab.dig import DigResult
+from backend.lab.kube import ControlPlane
+from backend.lab.lbpool import set_load_balancer
+from backend.lab.proc import wait_for
+from backend.lab.sidecar import DnsStack
+
+pytestmark = pytest.mark.controlplane
+
+ZONE = "gb.foowidgets.k8s"
+HOST = demo.HOST
+
+
+@pytest.fixture(scope="module")
+def crds(control_plane: ControlPlane) -> ControlPlane:
+    demo.install_crds(control_plane)
+    return control_plane
+
+
+@pytest.fixture
+def stack(crds: ControlPlane, dns_stack_factory: Callable[..., DnsStack]) -> DnsStack:
+    return dns_stack_factory(crds, zones=(ZONE,), flags=demo.backend_flags("us-buf"))
+
+
+def until(stack: DnsStack, check: Callable[[], Any], what: str, timeout: float = 30) -> None:
+    wait_for(check, what=what, timeout=timeout, watch=[stack.backend.process, stack.coredns.process])
+
+
+def answers(stack: DnsStack, name: str, want: list[str], rtype: str = "A") -> Callable[[], bool]:
+    def check() -> bool:
+        r = stack.dig(name, rtype)
+        return r.rcode == "NOERROR" and sorted(r.values(rtype)) == sorted(want)
+
+    return check
+
+
+def gslb(plane: ControlPlane, ns: str, name: str, group: str = "k8gb.absa.oss") -> dict[str, Any]:
+    return json.loads(plane.kubectl("get", f"gslbs.{group}", name, "-n", ns, "-o", "json"))
+
+
+def ready(obj: dict[str, Any]) -> dict[str, Any]:
+    return next((c for c in (obj.get("status") or {}).get("conditions") or () if c["type"] == "Ready"), {})
+
+
+def events(plane: ControlPlane, ns: str, name: str) -> list[tuple[str, str]]:
+    out = plane.kubectl(
+        "get", "events", "-n", ns, "--field-selector", f"involvedObject.name={name}", "-o", "json"
+    )
+    return [(e["type"], e["reason"]) for e in json.loads(out)["items"]]
+
+
+def nodata(r: DigResult) -> bool:
+    return r.rcode == "NOERROR" and not r.answer and any(a.rtype == "SOA" for a in r.authority)
+
+
+@pytest.fixture
+def chapter(crds: ControlPlane) -> Iterator[ControlPlane]:
+    """namespace demo with nginx (Deployment + Service), cleaned up afterwards (the plane is shared)."""
+    crds.apply(demo.CHAPTER_APP.read_text())
+    yield crds
+    crds.kubectl("delete", "gslbs.k8gb.absa.oss", "--all", "-n", "demo", "--ignore-not-found")
+    crds.kubectl("delete", "deployment,service,ingress", "--all", "-n", "demo", "--ignore-not-found")
+
+
+def test_chapter_failover_gslb_follows_the_deployment(chapter: ControlPlane, stack: DnsStack) -> None:
+    plane = chapter
+    plane.apply(demo.CHAPTER_GSLB.read_text())  # the chapter's manifest, unchanged
+
+    # The backend creates and owns the Ingress, as k8gb does; an ingress controller fills its status.
+    def owned() -> bool:
+        ing = json.loads(plane.kubectl("get", "ingress", "gslb-failover-buf", "-n", "demo", "-o", "json"))
+        refs = ing["metadata"].get("ownerReferences") or []
+        return ing["metadata"]["labels"]["app.k8gb.io/managed-by"] == "gslb" and refs[0]["kind"] == "Gslb"
+
+    until(stack, owned, "the owned Ingress")
+    with plane.api_client() as api:
+        set_load_balancer(api, "Ingress", "demo", "gslb-failover-buf", ["10.2.1.167"])
+    until(stack, answers(stack, HOST, ["10.2.1.167"]), "fe -> 10.2.1.167")
+    r = stack.dig(HOST)
+    assert r.answer[0].ttl == 30 and "aa" in r.flags
+
+    table = plane.kubectl("get", "gslb", "-n", "demo")
+    assert table.split()[:3] == ["NAME", "STRATEGY", "GEOTAG"], table
+    until(
+        stack,
+        lambda: (
+            plane.kubectl("get", "gslb", "-n", "demo").split()[3:6]
+            == ["gslb-failover-buf", "failover", "us-buf"]
+        ),
+        "kubectl get gslb: failover us-buf",
+    )
+    assert "HOSTS" in plane.kubectl("get", "gslb", "-n", "demo", "-o", "wide")
+    until(
+        stack,
+        lambda: gslb(plane, "demo", "gslb-failover-buf")["status"]["serviceHealth"] == {HOST: "Healthy"},
+        "serviceHealth Healthy",
+    )
+    obj = gslb(plane, "demo", "gslb-failover-buf")
+    assert obj["status"]["healthyRecords"] == {HOST: ["10.2.1.167"]}
+    assert obj["status"]["hosts"] == HOST and ready(obj)["status"] == "True"
+
+    plane.kubectl("scale", "deploy", "nginx", "-n", "demo", "--replicas=0")
+    until(stack, lambda: nodata(stack.dig(HOST)), "NODATA after scaling to 0")
+    soa = next(a for a in stack.dig(HOST).authority if a.rtype == "SOA")
+    assert int(soa.data.split()[-1]) == 5  # the short negative TTL, so recovery is not cached for long
+    until(
+        stack,
+        lambda: gslb(plane, "demo", "gslb-failover-buf")["status"]["serviceHealth"] == {HOST: "Unhealthy"},
+        "serviceHealth Unhealthy",
+    )
+    assert ready(gslb(plane, "demo", "gslb-failover-buf"))["reason"] == "Unhealthy"
+    assert stack.dig("localtargets-" + HOST).rcode == "NXDOMAIN"  # peers see no local target
+    until(
+        stack,
+        lambda: ("Warning", "HostUnhealthy") in events(plane, "demo", "gslb-failover-buf"),
+        "Event HostUnhealthy",
+    )
+
+    plane.kubectl("scale", "deploy", "nginx", "-n", "demo", "--replicas=1")
+    until(stack, answers(stack, HOST, ["10.2.1.167"]), "fe -> 10.2.1.167 again")
+    until(
+        stack,
+        lambda: ("Normal", "HostHealthy") in events(plane, "demo", "gslb-failover-buf"),
+        "Event HostHealthy",
+    )
+    assert stack.dig("localtargets-" + HOST).values("A") == ["10.2.1.167"]
+
+
+def test_annotated_ingress_gets_a_gslb(crds: ControlPlane, namespace: str, stack: DnsStack) -> None:
+    plane = crds
+    plane.apply(demo.app(namespace, "shop"))
+    plane.apply(
+        json.dumps(
+            {
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "Ingress",
+                "metadata": {
+                    "name": "shop",
+                    "namespace": namespace,
+                    "annotations": {
+                        "k8gb.io/strategy": "failover",
+                        "k8gb.io/primary-geotag": "us-buf",
+                        "k8gb.io/dns-ttl-seconds": "12",
+                    },
+                },
+                "spec": {
+                    "rules": [
+                        {
+                            "host": f"shop.{ZONE}",
+                            "http": {
+                                "paths": [
+                                    {
+                                        "path": "/",
+                                        "pathType": "Prefix",
+                                        "backend": {"service": {"name": "shop", "port": {"number": 80}}},
+                                    }
+                                ]
+                            },
+                        }
+                    ]
+                },
+            }
+        )
+    )
+    with plane.api_client() as api:
+        set_load_balancer(api, "Ingress", namespace, "shop", ["10.2.1.50"])
+    until(stack, answers(stack, f"shop.{ZONE}", ["10.2.1.50"]), "shop -> 10.2.1.50")
+    obj = gslb(plane, namespace, "shop")
+    assert obj["spec"]["resourceRef"] == {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "name": "shop",
+        "namespace": namespace,
+    }
+    assert obj["spec"]["strategy"] == {"type": "failover", "primaryGeoTag": "us-buf", "dnsTtlSeconds": 12}
+    assert obj["metadata"]["ownerReferences"][0]["kind"] == "Ingress"
+    assert stack.dig(f"shop.{ZONE}").answer[0].ttl == 12
+
+    plane.kubectl(
+        "annotate", "ingress", "shop", "-n", namespace, "--overwrite", "k8gb.io/strategy=roundRobin"
+    )
+    until(
+        stack,
+        lambda: gslb(plane, namespace, "shop")["spec"]["strategy"]["type"] == "roundRobin",
+        "the Gslb follows the annotation",
+    )
+
+
+def test_loadbalancer_service_gslb_with_ipv6(crds: ControlPlane, namespace: str, stack: DnsStack) -> None:
+    """k8gb users have asked for plain LoadBalancer Services since 2020, and for IPv6."""
+    plane = crds
+    plane.apply(demo.app(namespace, "api"))
+    plane.kubectl(
+        "patch",
+        "service",
+        "api",
+        "-n",
+        namespace,
+        "-p",
+        json.dumps(
+            {
+                "metadata": {"annotations": {"k8gb.io/hostname": f"api.{ZONE}"}},
+                "spec": {"type": "LoadBalancer"},
+            }
+        ),
+    )
+    with plane.api_client() as api:
+        set_load_balancer(api, "Service", namespace, "api", ["172.18.200.10", "fd00:10::10"])
+    plane.apply(
+        json.dumps(
+            {
+                "apiVersion": "k8gb.io/v1beta1",
+                "kind": "Gslb",
+                "metadata": {"name": "api", "namespace": namespace},
+                "spec": {
+                    "resourceRef": {"apiVersion": "v1", "kind": "Service", "name": "api"},
+                    "strategy": {"type": "roundRobin"},
+                },
+            }
+        )
+    )
+    until(stack, answers(stack, f"api.{ZONE}", ["172.18.200.10"]), "api A")
+    until(stack, answers(stack, f"api.{ZONE}", ["fd00:10::10"], "AAAA"), "api AAAA")
+    assert stack.dig(f"localtargets-api.{ZONE}", "AAAA").values("AAAA") == ["fd00:10::10"]
+    until(
+        stack,
+        lambda: (
+            gslb(plane, namespace, "api", "k8gb.io").get("status", {}).get("healthyRecords")
+            == {f"api.{ZONE}": ["172.18.200.10", "fd00:10::10"]}
+        ),
+        "status of the k8gb.io Gslb",
+    )
+
+    plane.kubectl("scale", "deploy", "api", "-n", namespace, "--replicas=0")
+    until(stack, lambda: nodata(stack.dig(f"api.{ZONE}", "AAAA")), "AAAA NODATA when the Service has no pod")
+
+
+BAD = {
+    "unknown-strategy": ({"type": "weighted"}, "UnknownStrategy"),
+    "failover-no-primary": ({"type": "failover"}, "MissingPrimaryGeoTag"),
+    "negative-weight": ({"type": "roundRobin", "weight": {"us-buf": -5, "us-nyc": 10}}, "InvalidWeight"),
+    "zero-weights": ({"type": "roundRobin", "weight": {"us-buf": 0, "us-nyc": 0}}, "InvalidWeight"),
+}
+
+
+def test_bad_gslbs_get_conditions_and_events_and_the_rest_keeps_answering(
+    crds: ControlPlane, namespace: str, stack: DnsStack
+) -> None:
+    plane = crds
+    plane.apply(demo.app(namespace, "good"))
+    docs = [
+        {
+            "apiVersion": "k8gb.absa.oss/v1beta1",
+            "kind": "Gslb",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "ingress": {
+                    "rules": [
+                        {
+                            "host": f"{name}.{ZONE}",
+                            "http": {
+                                "paths": [
+                                    {
+                                        "path": "/",
+                                        "pathType": "Prefix",
+                                        "backend": {"service": {"name": "good", "port": {"number": 80}}},
+                                    }
+                                ]
+                            },
+                        }
+                    ]
+                },
+                "strategy": strategy,
+            },
+        }
+        for name, (strategy, _) in [*BAD.items(), ("good", ({"type": "roundRobin"}, ""))]
+    ]
+    docs.append(
+        {
+            "apiVersion": "k8gb.absa.oss/v1beta1",
+            "kind": "Gslb",
+            "metadata": {"name": "dangling", "namespace": namespace},
+            "spec": {
+                "resourceRef": {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "name": "nothing"},
+                "strategy": {"type": "roundRobin"},
+            },
+        }
+    )
+    plane.apply("\n---\n".join(json.dumps(d) for d in docs))
+    until(
+        stack,
+        lambda: plane.kubectl("get", "ingress", "good", "-n", namespace, "--ignore-not-found"),
+        "Ingress",
+    )
+    with plane.api_client() as api:
+        set_load_balancer(api, "Ingress", namespace, "good", ["10.3.0.1"])
+    until(stack, answers(stack, f"good.{ZONE}", ["10.3.0.1"]), "the good Gslb answers")
+
+    expected = {name: reason for name, (_, reason) in BAD.items()} | {"dangling": "ResourceNotFound"}
+    for name, reason in expected.items():
+        until(
+            stack,
+            lambda n=name, r=reason: ready(gslb(plane, namespace, n)).get("reason") == r,
+            f"{name}: Ready=False {reason}",
+        )
+        assert ready(gslb(plane, namespace, name))["status"] == "False"
+        until(
+            stack,
+            lambda n=name, r=reason: ("Warning", r) in events(plane, namespace, n),
+            f"{name}: Event {reason}",
+        )
+        assert stack.dig(f"{name}.{ZONE}").rcode == "NXDOMAIN"
+    assert stack.backend.process.alive()
+    assert ready(gslb(plane, namespace, "good"))["status"] == "True"
+    status, body = stack.backend.get("/metrics")
+    series = f'k8gb_gslb_errors_total{{name="unknown-strategy",namespace="{namespace}"}}'
+    assert status == 200 and series in body
