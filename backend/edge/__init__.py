@@ -10,11 +10,15 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from backend.config import Settings, from_args
 from backend.edge import tsig
 from backend.edge.publisher import Claim, EdgeError, EdgePublisher, delegation_claims, sync
 from backend.peers.query import parse_server
+
+if TYPE_CHECKING:
+    from backend.app import Context
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,14 @@ def publisher(settings: Settings) -> EdgePublisher | None:
         log.warning("no TSIG key configured (--tsig-key-file or --tsig-secret): edge updates go unsigned")
     servers = [parse_server(s) for s in settings.edge_dns_servers]
     return EdgePublisher(servers, key, lambda: claims(settings), settings.edge_sync_seconds)
+
+
+def attach(ctx: Context) -> None:
+    """`serve`'s updater: keeps our delegation at the edge; its state shows on /readyz, never gating it."""
+    pub = publisher(ctx.settings)
+    if pub is not None:
+        ctx.server.add_readiness_detail("edge", pub.readiness)
+        ctx.background(pub.run)
 
 
 async def leave(settings: Settings) -> int:

@@ -288,21 +288,33 @@ class PeerExchange:
                 break
         _count(str(server), "notify", "error")
 
-    def readiness(self) -> str | None:
-        """The /readyz detail line: each peer's state. A peer's absence never makes us unready."""
-        if not self.peers:
-            return None
+    def state(self) -> dict[str, dict[str, dict[str, object]]]:
+        """Each peer's state per zone (geotag -> zone -> fields), for `explain` and /readyz."""
         now = self.clock()
+
+        def one(pz: PeerZone) -> dict[str, object]:
+            st: dict[str, object] = {"ok": not pz.error and pz.last_ok is not None,
+                                     "addresses": [str(s) for s in pz.addresses],
+                                     "serial": pz.serial, "records": len(pz.targets)}
+            if pz.error:
+                st["error"] = pz.error
+                st["last_ok_seconds_ago"] = None if pz.last_ok is None else round(now - pz.last_ok, 1)
+            return st
+
+        return {tag: {pz.zone.dns_zone: one(pz) for pz in zones} for tag, zones in self.peers.items()}
+
+    def readiness(self) -> str | None:
+        """The /readyz detail line. A peer's absence never makes us unready: it only shows here."""
         parts = []
-        for tag, zones in self.peers.items():
-            for pz in zones:
-                where = f"{tag} {pz.zone.dns_zone}"
-                if pz.error:
-                    age = ("never answered" if pz.last_ok is None
-                           else f"last answer {now - pz.last_ok:.0f}s ago")
-                    parts.append(f"{where} unreachable ({age}, {len(pz.targets)} records kept): {pz.error}")
-                elif pz.last_ok is None:
-                    parts.append(f"{where} not polled yet")
+        for tag, zones in self.state().items():
+            for zone, st in zones.items():
+                if st.get("error"):
+                    ago = st["last_ok_seconds_ago"]
+                    age = "never answered" if ago is None else f"last answer {ago:.0f}s ago"
+                    kept = f"{st['records']} records kept"
+                    parts.append(f"{tag} {zone} unreachable ({age}, {kept}): {st['error']}")
+                elif not st["ok"]:
+                    parts.append(f"{tag} {zone} not polled yet")
                 else:
-                    parts.append(f"{where} ok, serial {pz.serial}, {len(pz.targets)} records")
-        return "; ".join(parts)
+                    parts.append(f"{tag} {zone} ok, serial {st['serial']}, {st['records']} records")
+        return "; ".join(parts) or None
