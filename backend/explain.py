@@ -25,6 +25,7 @@ from backend.model import Endpoint, ObjectRef, Store, Strategy, Target, normaliz
 from backend.zone.merge import Merged, merge, zone_of
 
 if TYPE_CHECKING:
+    from backend.app import Context
     from backend.gslb.engine import GslbEngine
     from backend.peers.exchange import PeerExchange
 
@@ -190,14 +191,21 @@ class Explainer:
     def _peers(self, zone: str) -> dict[str, Any]:
         if self.peers is None:
             return {}
-        return {tag: zones.get(zone) for tag, zones in self.peers.readiness().items()}
+        return {tag: zones.get(zone) for tag, zones in self.peers.state().items()}
 
-    def handle(self, query: Mapping[str, Sequence[str]]) -> tuple[int, Report]:
-        """`GET /explain?name=NAME`: 200 with the report, 400 without a name."""
+    def handle(self, query: Mapping[str, Sequence[str]]) -> tuple[int, str, bytes]:
+        """The `DnsServer.add_route(ROUTE, ...)` handler: 200 with the JSON report, 400 without a name."""
         names = query.get("name") or []
         if not names or not names[0].strip():
-            return 400, {"error": "usage: /explain?name=NAME"}
-        return 200, self.report(names[0])
+            return 400, "text/plain", b"usage: /explain?name=NAME\n"
+        return 200, "application/json", json.dumps(self.report(names[0])).encode()
+
+
+def attach(ctx: Context) -> None:
+    """The app's seam: serve GET /explain from this backend's own model. Listed after the GSLB and peers
+    producers in app.PRODUCERS, so their engine and exchange are on the Context by now."""
+    explainer = Explainer(ctx.settings, ctx.store, ctx.gslb_engine, ctx.peer_exchange)
+    ctx.server.add_route(ROUTE, explainer.handle)
 
 
 def _holds(ep: Endpoint, name: str, rtype: str) -> bool:
@@ -239,9 +247,10 @@ def render(report: Report) -> str:
     return "\n".join(lines)
 
 
-def _lab_addresses(cluster: str | None) -> dict[str, str]:
-    """cluster -> backend HTTP address, from the running lab (`.lab/state.json` + `.lab/<cluster>/http`)."""
-    state_file = LAB / "state.json"
+def lab_addresses(cluster: str | None, lab: Path = LAB) -> dict[str, str]:
+    """cluster -> backend HTTP address, from the running lab: its clusters from `state.json` (whose shape
+    is fixed), each backend's HTTP address from the side file `<lab>/<cluster>/http` ("IP:PORT")."""
+    state_file = lab / "state.json"
     if not state_file.exists():
         return {}
     clusters = list(json.loads(state_file.read_text()).get("clusters", {}))
@@ -251,7 +260,7 @@ def _lab_addresses(cluster: str | None) -> dict[str, str]:
         clusters = [cluster]
     out = {}
     for c in clusters:
-        side = LAB / c / "http"
+        side = lab / c / "http"
         if not side.exists():
             raise SystemExit(f"explain: the lab did not record {c}'s backend HTTP address ({side}); "
                              "pass --http HOST:PORT")
@@ -276,7 +285,7 @@ def main(argv: Sequence[str]) -> int:
     if a.http:
         targets = {a.cluster or a.http: a.http}
     else:
-        targets = _lab_addresses(a.cluster) or {"local": settings_parser().get_default("http_listen")}
+        targets = lab_addresses(a.cluster) or {"local": settings_parser().get_default("http_listen")}
     failed = 0
     for cluster, http in targets.items():
         try:

@@ -1,0 +1,215 @@
+"""`coredns-gslb explain`: through a real backend on the real apiserver, running under the least-privilege
+ServiceAccount of k8s/rbac.yaml; plus the report's reasoning on an in-process Store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from deployfiles import K8S
+
+from backend.config import from_args
+from backend.explain import Explainer, lab_addresses, render, why
+from backend.lab.kube import ControlPlane
+from backend.lab.lbpool import set_load_balancer
+from backend.lab.proc import PYTHON, ROOT
+from backend.lab.sidecar import Backend
+from backend.model import Endpoint, ObjectRef, Store, Strategy, Target
+
+GSLB_FLAGS = ("--zones", "foowidgets.k8s", "--dns-zone", "gb.foowidgets.k8s", "--edge-dns-zone",
+              "foowidgets.k8s", "--cluster-geo-tag", "us-buf", "--ext-gslb-clusters-geo-tags", "us-nyc")
+NODATA = "failover: no healthy target in any cluster -> NODATA (SOA, negative TTL 5s)"
+BUF, NYC = Target("10.2.1.167", "us-buf"), Target("10.2.1.98", "us-nyc")
+
+
+def explain_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(PYTHON), "-m", "backend.cli", "explain", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=30)
+
+
+# --- the reasoning, on an in-process Store ------------------------------------------------------------
+
+def test_why_names_the_rule_that_picked_the_answer() -> None:
+    failover = Strategy("failover", "us-buf")
+    assert why(failover, (BUF, NYC), 5) == ("failover: primary us-buf is healthy -> "
+                                            "answering us-buf's 10.2.1.167")
+    assert why(failover, (NYC,), 5) == ("failover: primary us-buf has no healthy target -> "
+                                        "answering us-nyc's 10.2.1.98")
+    assert why(failover, (), 5) == NODATA
+    weighted = why(Strategy("roundRobin", weights=(("us-buf", 75), ("us-nyc", 25))), (BUF, NYC), 5)
+    assert "us-buf 75% (10.2.1.167), us-nyc 25% (10.2.1.98)" in weighted
+    assert why(Strategy("roundRobin"), (BUF, NYC), 5).startswith("roundRobin: all 2 healthy targets, rotated")
+    assert "us-nyc get 10.2.1.98" in why(Strategy("geoip"), (BUF, NYC), 5)
+
+
+def test_report_merges_producers_and_says_refused_or_nxdomain() -> None:
+    store = Store()
+    gslb = ObjectRef("Gslb", "demo", "gslb-failover-buf", api_version="k8gb.absa.oss/v1beta1")
+    store.replace("gslb/demo/gslb-failover-buf",
+                  [Endpoint("fe.gb.foowidgets.k8s", "A", (), 30, gslb, Strategy("failover", "us-buf"))])
+    store.replace("peer/us-nyc", [Endpoint("fe.gb.foowidgets.k8s", "A", (NYC,))])
+    store.replace("dnsendpoint/demo/wild", [Endpoint("*.apps.foowidgets.k8s", "A", (Target("192.0.2.7"),), 60,
+                                                     ObjectRef("DNSEndpoint", "demo", "wild"))])
+    explainer = Explainer(from_args(list(GSLB_FLAGS)), store)
+
+    report = explainer.report("FE.gb.foowidgets.k8s.")
+    [record] = report["records"]
+    assert record["answers"] == [["10.2.1.98"]]
+    assert record["why"] == "failover: primary us-buf has no healthy target -> answering us-nyc's 10.2.1.98"
+    assert [p["key"] for p in record["producers"]] == ["gslb/demo/gslb-failover-buf", "peer/us-nyc"]
+    assert record["sources"][0]["name"] == "gslb-failover-buf"
+    assert record["targets"] == [{"value": "10.2.1.98", "geotag": "us-nyc", "health": "Healthy",
+                                  "origin": "peer"}]
+    assert "from Gslb demo/gslb-failover-buf" in render(report)
+
+    assert explainer.report("x.apps.foowidgets.k8s")["wildcard"] == "*.apps.foowidgets.k8s"
+    assert explainer.report("nope.foowidgets.k8s")["rcode"] == "NXDOMAIN"
+    assert explainer.report("example.org")["rcode"] == "REFUSED"
+    assert explainer.handle({})[0] == 400
+
+
+def test_cluster_addresses_come_from_the_lab(tmp_path: Path) -> None:
+    (tmp_path / "state.json").write_text(json.dumps({"clusters": {"us-buf": {}, "us-nyc": {}}}))
+    for cluster, port in (("us-buf", 18080), ("us-nyc", 18081)):
+        (tmp_path / cluster).mkdir()
+        (tmp_path / cluster / "http").write_text(f"127.0.0.1:{port}\n")
+    assert lab_addresses(None, tmp_path) == {"us-buf": "127.0.0.1:18080", "us-nyc": "127.0.0.1:18081"}
+    assert lab_addresses("us-nyc", tmp_path) == {"us-nyc": "127.0.0.1:18081"}
+    with pytest.raises(SystemExit, match="no cluster 'us-lon'"):
+        lab_addresses("us-lon", tmp_path)
+    assert lab_addresses(None, tmp_path / "no-lab") == {}
+
+
+def test_cli_says_when_the_backend_is_unreachable() -> None:
+    run = explain_cli("nginx.foowidgets.k8s", "--http", "127.0.0.1:9")
+    assert run.returncode == 1
+    assert "cannot reach the backend of 127.0.0.1:9 at 127.0.0.1:9" in run.stderr
+
+
+# --- through a real backend and apiserver -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def least_privilege(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """CRDs, the namespace, ServiceAccount and RBAC from k8s/; a kubeconfig with the account's token."""
+    control_plane.kubectl("apply", "--server-side", "-f", str(K8S / "crds"))
+    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(K8S / "crds"))
+    for name in ("namespace.yaml", "serviceaccount.yaml", "rbac.yaml"):
+        control_plane.kubectl("apply", "--server-side", "-f", str(K8S / name))
+    path = tmp_path_factory.mktemp("sa") / "kubeconfig"
+    return control_plane.kubeconfig_for("coredns-gslb", "coredns-gslb", path)
+
+
+def _poll_report(plane: ControlPlane, backend: Backend, name: str, ready: Callable[[dict[str, Any]], bool],
+                 what: str) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+
+    def check() -> bool:
+        status, body = backend.get(f"/explain?name={name}")
+        seen.update(json.loads(body) if status == 200 else {})
+        return status == 200 and ready(seen)
+
+    plane.wait_for(check, what=what, timeout=30)
+    return seen
+
+
+@pytest.mark.controlplane
+def test_explain_names_the_service_and_its_ip(control_plane: ControlPlane, namespace: str,
+                                              least_privilege: Path,
+                                              backend_factory: Callable[..., Backend]) -> None:
+    control_plane.apply(f"""
+apiVersion: v1
+kind: Service
+metadata:
+  name: nginx-ext-dns
+  namespace: {namespace}
+  annotations:
+    external-dns.alpha.kubernetes.io/hostname: nginx.foowidgets.k8s
+spec:
+  type: LoadBalancer
+  selector: {{app: nginx}}
+  ports: [{{port: 80, protocol: TCP, targetPort: 80}}]
+""")
+    with control_plane.api_client() as api:
+        set_load_balancer(api, "Service", namespace, "nginx-ext-dns", ["172.18.200.101"])
+    backend = backend_factory(least_privilege, *GSLB_FLAGS, "--namespace", "coredns-gslb")
+
+    def mine(report: dict[str, Any]) -> bool:
+        return any(s["namespace"] == namespace for r in report["records"] for s in r["sources"])
+
+    _poll_report(control_plane, backend, "nginx.foowidgets.k8s", mine, "explain lists the Service")
+    run = explain_cli("nginx.foowidgets.k8s", "--http", backend.http.removeprefix("http://"))
+    assert run.returncode == 0, run.stderr
+    assert f"from Service {namespace}/nginx-ext-dns (v1)" in run.stdout
+    assert f"store service/{namespace}/nginx-ext-dns: 172.18.200.101" in run.stdout
+    assert "A ttl" in run.stdout and "172.18.200.101" in run.stdout.splitlines()[1]
+
+
+@pytest.mark.controlplane
+def test_explain_shows_gslb_health_and_failover_reason(control_plane: ControlPlane, namespace: str,
+                                                       least_privilege: Path,
+                                                       backend_factory: Callable[..., Backend]) -> None:
+    host = f"fe-{namespace}.gb.foowidgets.k8s"
+    control_plane.apply(f"""
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: nginx, namespace: {namespace}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: nginx}}}}
+  template:
+    metadata: {{labels: {{app: nginx}}}}
+    spec:
+      containers: [{{name: nginx, image: nginx, ports: [{{containerPort: 80}}]}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: nginx, namespace: {namespace}}}
+spec:
+  selector: {{app: nginx}}
+  ports: [{{port: 80, protocol: TCP, targetPort: 80}}]
+---
+apiVersion: k8gb.absa.oss/v1beta1
+kind: Gslb
+metadata: {{name: gslb-failover-buf, namespace: {namespace}}}
+spec:
+  ingress:
+    ingressClassName: nginx
+    rules:
+    - host: {host}
+      http:
+        paths:
+        - path: /
+          pathType: Prefix
+          backend: {{service: {{name: nginx, port: {{number: 80}}}}}}
+  strategy: {{type: failover, primaryGeoTag: us-buf}}
+""")
+    backend = backend_factory(least_privilege, *GSLB_FLAGS, "--namespace", "coredns-gslb")
+    # The backend (leader) creates the Ingress for the Gslb; an ingress controller would then set its address.
+    owned = ("get", "ingress", "gslb-failover-buf", "-n", namespace, "--ignore-not-found")
+    control_plane.wait_for(lambda: bool(control_plane.kubectl(*owned)), what="the owned Ingress")
+    with control_plane.api_client() as api:
+        set_load_balancer(api, "Ingress", namespace, "gslb-failover-buf", ["10.2.1.167"])
+
+    healthy = _poll_report(control_plane, backend, host,
+                           lambda r: bool(r["records"]) and r["records"][0]["answers"] == [["10.2.1.167"]],
+                           "explain answers us-buf's 10.2.1.167")
+    [record] = healthy["records"]
+    assert record["why"] == "failover: primary us-buf is healthy -> answering us-buf's 10.2.1.167"
+    assert healthy["gslb"][0]["health"] == "Healthy"
+    assert healthy["gslb"][0]["services"] == [f"{namespace}/nginx"]
+
+    control_plane.kubectl("scale", "deployment", "nginx", "--replicas=0", "-n", namespace)
+    down = _poll_report(control_plane, backend, host,
+                        lambda r: bool(r["gslb"]) and r["gslb"][0]["health"] == "Unhealthy",
+                        "explain sees the host Unhealthy")
+    [record] = down["records"]
+    assert record["why"] == NODATA
+    unhealthy = {"value": "10.2.1.167", "geotag": "us-buf", "health": "Unhealthy", "origin": "local"}
+    assert unhealthy in record["targets"]
+    run = explain_cli(host, "--http", backend.http.removeprefix("http://"))
+    assert f"from Gslb {namespace}/gslb-failover-buf (k8gb.absa.oss/v1beta1)" in run.stdout
+    assert "10.2.1.167       geotag us-buf   Unhealthy local" in run.stdout
