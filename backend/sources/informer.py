@@ -144,6 +144,8 @@ class Informer:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start (or restart after stop) the watch thread, resuming from the resourceVersion held."""
+        self._stop.clear()
         name = f"informer-{self.resource.plural}"
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
