@@ -240,12 +240,14 @@ class Table:
                 edns = wire.parse_tail(req, q_end, n)
             except Malformed:
                 return wire.bare_reply(req, q_end, FORMERR), "", qtype
+        opcode = (flags >> 11) & 0xF
+        if opcode != OPCODE_QUERY and opcode != OPCODE_NOTIFY:
+            return self._bare(req, q_end, NOTIMP, edns), "", qtype
         if edns is not None and edns.version != 0:
             opt = wire.opt_record(self._payload, edns, BADVERS >> 4)
             return wire.bare_reply(req, q_end, BADVERS & 0xF, opt=opt), "", qtype
-        opcode = (flags >> 11) & 0xF
-        if opcode != OPCODE_QUERY:
-            return self._not_query(req, q_end, opcode, edns, on_notify, peer), "", qtype
+        if opcode == OPCODE_NOTIFY:
+            return self._notify(req, q_end, edns, on_notify, peer), "", qtype
         qclass = req[qend + 2] << 8 | req[qend + 3]
         if qtype in (T_OPT, T_MAILA, T_MAILB) or qclass not in (1, 255):
             rcode = FORMERR if qtype == T_OPT else NOTIMP if qtype in (T_MAILA, T_MAILB) else REFUSED
@@ -287,12 +289,9 @@ class Table:
         opt = wire.opt_record(self._payload, edns) if edns is not None else b""
         return wire.bare_reply(req, q_end, rcode, aa, opt)
 
-    def _not_query(self, req: bytes, q_end: int, opcode: int, edns: wire.Edns | None,
-                   on_notify: NotifyCallback | None, peer: str) -> bytes:
-        """NOTIFY for a served zone is acknowledged and handed to the callback (a peer's change);
-        any other opcode is NOTIMP."""
-        if opcode != OPCODE_NOTIFY:
-            return self._bare(req, q_end, NOTIMP, edns)
+    def _notify(self, req: bytes, q_end: int, edns: wire.Edns | None, on_notify: NotifyCallback | None,
+                peer: str) -> bytes:
+        """NOTIFY for a served zone is acknowledged and handed to the callback (a peer's change)."""
         zone = self._zone_for(req[12:q_end - 4].lower())
         if zone is None:
             return self._bare(req, q_end, REFUSED, edns)
