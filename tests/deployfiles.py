@@ -3,12 +3,16 @@ without comments, and the environment variables backend/config.py understands.""
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import yaml
+
+from backend.config import Settings, from_args
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
@@ -51,3 +55,10 @@ def pinned(image: str) -> bool:
         return True
     name, _, tag = image.rpartition(":")
     return bool(name) and "/" not in tag and tag != "latest" and any(c.isdigit() for c in tag)
+
+
+def settings_from_env(env: Mapping[str, str]) -> Settings:
+    """What `coredns-gslb serve` makes of a container's environment (and nothing else from ours)."""
+    clean = {k: v for k, v in os.environ.items() if k not in config_env_names()}
+    with mock.patch.dict(os.environ, {**clean, **env}, clear=True):
+        return from_args([])

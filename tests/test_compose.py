@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from deployfiles import COREFILE, ROOT, config_env_names, corefile_body, find, pinned
+from deployfiles import COREFILE, ROOT, config_env_names, corefile_body, find, pinned, settings_from_env
 
 COMPOSE = ROOT / "docker-compose.yml"
 CLUSTERS = ("us-buf", "us-nyc")
@@ -100,6 +100,8 @@ def test_backend_environment_uses_settings_names(services: dict[str, dict[str, A
     for cluster in CLUSTERS:
         env = services[f"{cluster}-backend"]["environment"]
         assert set(env) - known == set()
+        settings = settings_from_env(env)
+        assert settings.cluster_geotag == cluster and settings.gslb_zones and settings.zones
         assert {"DNS_ZONE", "EDGE_DNS_ZONE", "EDGE_DNS_SERVERS", "CLUSTER_GEO_TAG",
                 "EXT_GSLB_CLUSTERS_GEO_TAGS"} <= set(env)
 

@@ -25,6 +25,7 @@ from deployfiles import (
     find,
     manifest_files,
     pinned,
+    settings_from_env,
 )
 
 from backend.lab.kube import ControlPlane
@@ -204,6 +205,17 @@ def test_backend_environment_uses_settings_names() -> None:
     assert names - config_env_names() == set()
     k8gb = {"DNS_ZONE", "EDGE_DNS_ZONE", "EDGE_DNS_SERVERS", "CLUSTER_GEO_TAG", "EXT_GSLB_CLUSTERS_GEO_TAGS"}
     assert k8gb <= names
+
+
+def test_backend_accepts_the_configmap_settings() -> None:
+    backend = _containers()["backend"]
+    env = {**find("ConfigMap", "coredns-gslb-config")["data"],
+           **{e["name"]: e["value"] for e in backend["env"] if "value" in e}}
+    settings = settings_from_env(env)
+    zones = [(z.dns_zone, z.edge_zone) for z in settings.gslb_zones]
+    assert zones == [("gb.foowidgets.k8s", "foowidgets.k8s")]
+    assert settings.cluster_geotag == "us-buf" and settings.ext_gslb_clusters_geotags == ("us-nyc",)
+    assert settings.tsig_secret == f"{NAMESPACE}/{TSIG_SECRET}"
 
 
 def test_corefile_grpc_and_probe_ports_match_the_pod() -> None:
