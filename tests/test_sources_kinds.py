@@ -4,6 +4,7 @@ real apiserver, our backend and real CoreDNS."""
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -190,3 +191,28 @@ def test_malformed_annotations_are_skipped_with_an_event_and_the_rest_is_served(
     out = control_plane.kubectl("get", "events", "-n", namespace,
                                 "--field-selector", "involvedObject.name=messy")
     assert "InvalidTTL" in out, out
+
+
+def test_cname_beside_an_address_loses_with_an_event_on_its_object(
+    control_plane: ControlPlane, stack: DnsStack, namespace: str
+) -> None:
+    name = f"shared-{namespace}.foowidgets.k8s"
+    control_plane.apply(lb_service("addr", namespace, name))
+    control_plane.apply(lb_service("alias", namespace, name))
+    api = control_plane.api_client()
+    set_load_balancer(api, "Service", namespace, "addr", ["172.18.200.60"])
+    set_load_balancer(api, "Service", namespace, "alias", ["lb.example.net"])
+    wait_answer(control_plane, stack, name, "A", ["172.18.200.60"])
+    assert stack.dig(name, "CNAME").values("CNAME") == []
+    control_plane.wait_for(
+        lambda: any(e["reason"] == "RecordConflict" for e in events_for(control_plane, namespace, "alias")),
+        what="RecordConflict Event on service alias", timeout=30)
+    assert not any(e["reason"] == "RecordConflict" for e in events_for(control_plane, namespace, "addr"))
+
+
+def test_sigterm_stops_serve_cleanly(control_plane: ControlPlane, stack: DnsStack) -> None:
+    proc = stack.backend.process
+    assert proc.popen is not None
+    proc.popen.send_signal(signal.SIGTERM)
+    assert proc.popen.wait(15) == 0, proc.tail()
+    assert "shutting down" in proc.tail(), proc.tail()
