@@ -80,6 +80,7 @@ def test_kustomization_lists_every_deployment_manifest_and_dry_runs(cluster: Con
 
 
 WRITES = ("create", "update", "patch", "delete")
+K8GB = ("k8gb.absa.oss", "k8gb.io")
 
 
 def _reads(group: str, resource: str) -> list[tuple[str, str, str, str, str]]:
@@ -96,10 +97,10 @@ ALLOWED = [
     *_reads("k8gb.absa.oss", "gslbs"),
     *_reads("k8gb.io", "gslbs"),
     *[(verb, "networking.k8s.io", "ingresses", "demo", "") for verb in WRITES],
-    *[("create", group, "gslbs", "demo", "") for group in ("k8gb.absa.oss", "k8gb.io")],
-    *[(verb, group, "gslbs/status", "demo", "") for group in ("k8gb.absa.oss", "k8gb.io")
+    *[(verb, group, "gslbs", "demo", "") for group in K8GB for verb in ("create", "update")],
+    *[(verb, group, "gslbs/status", "demo", "") for group in K8GB
       for verb in ("update", "patch")],
-    *[("update", group, "gslbs/finalizers", "demo", "") for group in ("k8gb.absa.oss", "k8gb.io")],
+    *[("update", group, "gslbs/finalizers", "demo", "") for group in K8GB],
     ("create", "", "events", "demo", ""),
     ("patch", "", "events", "demo", ""),
     *[(verb, "coordination.k8s.io", "leases", NAMESPACE, "") for verb in ("get", *WRITES[:3])],
@@ -115,8 +116,8 @@ FORBIDDEN = [
     *[(verb, "", "services", "demo", "") for verb in WRITES],
     ("patch", "", "services/status", "demo", ""),
     ("update", "networking.k8s.io", "ingresses/status", "demo", ""),
-    *[(verb, group, "gslbs", "demo", "") for group in ("k8gb.absa.oss", "k8gb.io")
-      for verb in ("update", "patch", "delete")],
+    *[(verb, group, "gslbs", "demo", "") for group in K8GB
+      for verb in ("patch", "delete")],
     ("create", "discovery.k8s.io", "endpointslices", "demo", ""),
     ("create", "externaldns.k8s.io", "dnsendpoints", "demo", ""),
     ("delete", "", "events", "demo", ""),
