@@ -121,7 +121,7 @@ class Bind9:
         self.conf.write_text(f"""include "{self.key_file}";
 options {{
     directory "{wd}";
-    pid-file "{wd}/named.pid";
+    pid-file none;
     session-keyfile "{wd}/session.key";
     managed-keys-directory "{wd}";
     listen-on port {self.port} {{ {self.host}; }};

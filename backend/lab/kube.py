@@ -44,6 +44,22 @@ def _openssl(*args: str, cwd: Path) -> None:
         raise StartupError(f"openssl {' '.join(args)} failed:\n{run.stderr}")
 
 
+def kubectl(
+    kubeconfig: Path | str, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
+) -> str:
+    """The pinned kubectl with a kubeconfig; returns stdout, raises with stderr when check and it fails."""
+    run = subprocess.run(
+        [binary("kubectl"), "--kubeconfig", str(kubeconfig), *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and run.returncode:
+        raise RuntimeError(f"kubectl {' '.join(args)} failed ({run.returncode}):\n{run.stderr}{run.stdout}")
+    return run.stdout
+
+
 @dataclass(frozen=True)
 class Pki:
     """The serving cert (self-signed, its own CA), the service-account signing key and the admin token."""
@@ -422,18 +438,7 @@ class ControlPlane:
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60) -> str:
         """Run the pinned kubectl against this plane; a failure raises with kubectl's stderr."""
-        run = subprocess.run(
-            [binary("kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if check and run.returncode:
-            raise RuntimeError(
-                f"kubectl {' '.join(args)} failed ({run.returncode}):\n{run.stderr}{run.stdout}"
-            )
-        return run.stdout
+        return kubectl(self.kubeconfig, *args, input=input, check=check, timeout=timeout)
 
     def apply(self, yaml_text: str, *args: str) -> str:
         return self.kubectl("apply", "-f", "-", *args, input=yaml_text)

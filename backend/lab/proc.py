@@ -68,6 +68,11 @@ class Process:
     def pid(self) -> int | None:
         return self.popen.pid if self.popen else None
 
+    @property
+    def pidfile(self) -> Path:
+        """Detached children leave `<log>.pid` ("PID ARGV0") so `lab down` finds them from another process."""
+        return self.log.with_suffix(".pid")
+
     def start(self) -> Process:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as out:
@@ -83,6 +88,8 @@ class Process:
                 start_new_session=True,
                 preexec_fn=None if self.detached else _die_with_parent,
             )
+        if self.detached:
+            self.pidfile.write_text(f"{self.popen.pid} {self.argv[0]}\n")
         return self
 
     def alive(self) -> bool:
@@ -101,12 +108,48 @@ class Process:
                     self.popen.kill()
                 self.popen.wait(5)
         self.popen = None
+        if self.detached:
+            self.pidfile.unlink(missing_ok=True)
 
     def tail(self, lines: int = 30) -> str:
         return log_tail(self.log, lines)
 
     def failure(self, why: str) -> StartupError:
         return StartupError(f"{self.name} {why}; log {self.log}:\n{self.tail()}")
+
+
+def kill_pidfile(pidfile: Path, timeout: float = 10.0) -> str | None:
+    """Stop a detached child recorded in a pid file (its whole session); returns its argv0 if it ran.
+
+    The pid is only signalled while /proc says it still runs the recorded program, so a recycled pid
+    is never hit.
+    """
+    try:
+        pid_text, argv0 = pidfile.read_text().split(maxsplit=1)
+        pid, argv0 = int(pid_text), argv0.strip()
+    except (OSError, ValueError):
+        pidfile.unlink(missing_ok=True)
+        return None
+
+    def running() -> bool:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        return cmdline[0].decode(errors="replace") == argv0 and stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+    was_running = running()
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        if not running():
+            break
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+        deadline = time.monotonic() + wait
+        while running() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    pidfile.unlink(missing_ok=True)
+    return argv0 if was_running else None
 
 
 def log_tail(path: Path, lines: int = 30) -> str:
