@@ -1,0 +1,283 @@
+"""Every rcode rule, sent through real CoreDNS (grpc plugin) to our DnsServer: what a client sees.
+
+The backend runs in-process on its own event-loop thread, fed with a table compiled from hand-made
+Endpoints (wire semantics need no apiserver). Queries go to CoreDNS with the real dig, or as raw UDP
+where dig cannot build the packet (a response, several questions, odd opcodes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import threading
+from collections.abc import Callable, Iterator
+
+import dns.edns
+import dns.flags
+import dns.message
+import dns.opcode
+import dns.rcode
+import grpc
+import pytest
+
+from backend.config import GslbZone, Settings
+from backend.lab.coredns import CoreDNS
+from backend.lab.dig import DigResult, dig
+from backend.model import Endpoint, ObjectRef, Strategy, Target
+from backend.proto import dns_pb2, dns_pb2_grpc
+from backend.server import DnsServer
+from backend.zone.table import Table, compile_table
+
+SETTINGS = Settings(
+    zones=("foowidgets.k8s",),
+    gslb_zones=(GslbZone("gb.foowidgets.k8s", "foowidgets.k8s"),),
+    cluster_geotag="us-buf",
+    ext_gslb_clusters_geotags=("us-nyc",),
+    grpc_listen="127.0.0.1:0",
+    http_listen="127.0.0.1:0",
+)
+REF = ObjectRef("Service", "default", "nginx-ext-dns")
+ENDPOINTS = [
+    Endpoint("nginx.foowidgets.k8s", "A", (Target("172.18.200.101"),), 60, REF),
+    Endpoint("deep.ent.foowidgets.k8s", "TXT", (Target("hello"),), 60, REF),
+    Endpoint("alias.foowidgets.k8s", "CNAME", (Target("nginx.foowidgets.k8s"),), 60, REF),
+    Endpoint("*.wild.foowidgets.k8s", "A", (Target("10.0.0.7"),), 60, REF),
+    Endpoint(
+        "geo.gb.foowidgets.k8s",
+        "A",
+        (Target("10.2.1.167", "us-buf"),),
+        30,
+        ObjectRef("Gslb", "demo", "geo"),
+        Strategy("geoip"),
+    ),
+    Endpoint("geo.gb.foowidgets.k8s", "A", (Target("10.2.1.98", "us-nyc"),), 30, None),
+]
+NO_REWRITE = "${zones} {\n    bind ${bind}\n    grpc . ${grpc}\n}\n"
+QUESTION = b"\x05nginx\x0afoowidgets\x03k8s\x00\x00\x01\x00\x01"
+
+
+def geo(ip: str) -> str | None:
+    """127.0.0.0/24 (what CoreDNS's rewrite puts in ECS for loopback clients) is us-nyc."""
+    return "us-nyc" if ip.startswith("127.") else "us-buf" if ip.startswith("198.51.100.") else None
+
+
+class InProcessBackend:
+    """DnsServer on its own event loop thread, so CoreDNS can reach it while the test blocks on dig."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="dns-server", daemon=True)
+        self.server = DnsServer(SETTINGS)
+        self.notified: list[tuple[str, str]] = []
+        self.server.on_notify(lambda zone, peer: self.notified.append((zone, peer)))
+
+    def start(self) -> None:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(30)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(1), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+    @property
+    def grpc(self) -> str:
+        return f"127.0.0.1:{self.server.grpc_port}"
+
+    def serve(self, table: Table) -> None:
+        self.server.set_table(table)  # one attribute store: safe from this thread
+        self.server.set_ready(table.ready)
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[InProcessBackend]:
+    b = InProcessBackend()
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def served(backend: InProcessBackend) -> InProcessBackend:
+    backend.serve(compile_table(SETTINGS, ENDPOINTS, 2026112701, geo))
+    return backend
+
+
+@pytest.fixture
+def coredns(coredns_factory: Callable[..., CoreDNS], served: InProcessBackend) -> CoreDNS:
+    """CoreDNS as the test bed runs it (rewrite edns0 subnet, then grpc), for every name (".") so
+    that names outside our zones reach the backend too."""
+    return coredns_factory(zones=".", grpc=served.grpc)
+
+
+def udp(server: CoreDNS, packet: bytes, timeout: float = 2.0) -> bytes | None:
+    """One raw datagram to CoreDNS; None when no reply comes within `timeout`."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(packet, (server.host, server.port))
+        try:
+            return sock.recvfrom(65535)[0]
+        except TimeoutError:
+            return None
+
+
+def ask(server: CoreDNS, query: dns.message.Message) -> dns.message.Message:
+    reply = udp(server, query.to_wire())
+    assert reply is not None, f"no reply to {query.question}"
+    return dns.message.from_wire(reply)
+
+
+def check(result: DigResult, rcode: str, *flags: str) -> DigResult:
+    assert result.rcode == rcode, result.output
+    assert set(flags) <= result.flags, result.output
+    return result
+
+
+def test_answer_is_authoritative_and_copies_id_and_case(coredns: CoreDNS) -> None:
+    r = check(dig(coredns.address, "nginx.foowidgets.k8s"), "NOERROR", "qr", "aa")
+    assert r.values("A") == ["172.18.200.101"] and r.answer[0].ttl == 60
+    query = dns.message.make_query("NGINX.FooWidgets.K8s", "A")
+    reply = ask(coredns, query)
+    assert reply.id == query.id and reply.flags & dns.flags.AA
+    assert reply.question[0].name.to_text() == "NGINX.FooWidgets.K8s."
+    assert [rd.address for rd in reply.answer[0]] == ["172.18.200.101"]
+
+
+def test_nxdomain_nodata_and_empty_non_terminal_carry_the_soa(coredns: CoreDNS) -> None:
+    nx = check(dig(coredns.address, "missing.foowidgets.k8s"), "NXDOMAIN", "aa")
+    assert [r.rtype for r in nx.authority] == ["SOA"] and not nx.answer
+    nodata = check(dig(coredns.address, "nginx.foowidgets.k8s", "AAAA"), "NOERROR", "aa")
+    assert [r.rtype for r in nodata.authority] == ["SOA"] and not nodata.answer
+    ent = check(dig(coredns.address, "ent.foowidgets.k8s", "TXT"), "NOERROR", "aa")
+    assert [r.rtype for r in ent.authority] == ["SOA"] and not ent.answer
+
+
+def test_apex_soa_ns_and_serial_grows(coredns: CoreDNS, served: InProcessBackend) -> None:
+    soa = check(dig(coredns.address, "foowidgets.k8s", "SOA"), "NOERROR", "aa").answer[0].data.split()
+    assert soa[:3] == ["ns.dns.foowidgets.k8s.", "hostmaster.foowidgets.k8s.", "2026112701"]
+    ns = check(dig(coredns.address, "gb.foowidgets.k8s", "NS"), "NOERROR", "aa")
+    assert sorted(ns.values("NS")) == [
+        "gslb-ns-us-buf-gb.foowidgets.k8s.",
+        "gslb-ns-us-nyc-gb.foowidgets.k8s.",
+    ]
+    served.serve(compile_table(SETTINGS, ENDPOINTS[1:], 2026112702, geo, previous=served.server.table))
+    assert dig(coredns.address, "foowidgets.k8s", "SOA").answer[0].data.split()[2] == "2026112702"
+    check(dig(coredns.address, "nginx.foowidgets.k8s"), "NXDOMAIN")
+
+
+def test_names_outside_every_zone_are_refused(coredns: CoreDNS) -> None:
+    r = check(dig(coredns.address, "www.example.com"), "REFUSED")
+    assert "aa" not in r.flags and not r.answer
+
+
+def test_cname_wildcard_and_any(coredns: CoreDNS) -> None:
+    alias = check(dig(coredns.address, "alias.foowidgets.k8s"), "NOERROR", "aa")
+    assert alias.values() == ["nginx.foowidgets.k8s.", "172.18.200.101"]
+    assert dig(coredns.address, "a.b.wild.foowidgets.k8s").values("A") == ["10.0.0.7"]
+    anything = check(dig(coredns.address, "nginx.foowidgets.k8s", "ANY"), "NOERROR", "aa")
+    assert len({r.rtype for r in anything.answer}) == 1  # RFC 8482: one RRset, not everything
+
+
+def test_tcp_answers_the_same(coredns: CoreDNS) -> None:
+    assert check(dig(coredns.address, "nginx.foowidgets.k8s", "A", "+tcp"), "NOERROR", "aa").values() == [
+        "172.18.200.101"
+    ]
+
+
+def test_malformed_packets_get_formerr_or_are_dropped(coredns: CoreDNS) -> None:
+    """CoreDNS's own server checks the header before any plugin: several or no questions are
+    FORMERR there; a response packet (QR=1) is dropped without a reply, so reflection is impossible."""
+    for packet in (
+        struct.pack(">HHHHHH", 7, 0x0100, 0, 0, 0, 0),
+        struct.pack(">HHHHHH", 7, 0x0100, 2, 0, 0, 0) + QUESTION + QUESTION,
+        struct.pack(">HHHHHH", 7, 0x0100, 1, 0, 0, 0) + b"\x05nginx\xc0\x0c\x00\x01\x00\x01",
+    ):
+        reply = udp(coredns, packet)
+        assert reply is not None and reply[:2] == packet[:2] and reply[3] & 0xF == dns.rcode.FORMERR, reply
+    assert udp(coredns, struct.pack(">HHHHHH", 7, 0x8100, 1, 0, 0, 0) + QUESTION, timeout=1.0) is None
+    assert udp(coredns, b"\x00\x07\x01", timeout=1.0) is None
+    check(dig(coredns.address, "nginx.foowidgets.k8s"), "NOERROR")  # and it keeps serving
+
+
+def test_other_opcodes_are_notimp(coredns: CoreDNS) -> None:
+    for opcode in (dns.opcode.STATUS, dns.opcode.UPDATE, dns.opcode.IQUERY):
+        packet = struct.pack(">HHHHHH", 9, 0x0100 | opcode << 11, 1, 0, 0, 0) + QUESTION
+        reply = udp(coredns, packet)
+        assert reply is not None and reply[3] & 0xF == dns.rcode.NOTIMP and (reply[2] >> 3) & 0xF == opcode
+
+
+def test_notify_reaches_the_backend(coredns: CoreDNS, served: InProcessBackend) -> None:
+    served.notified.clear()
+    notify = dns.message.make_query("gb.foowidgets.k8s", "SOA")
+    notify.set_opcode(dns.opcode.NOTIFY)
+    notify.flags |= dns.flags.AA
+    reply = ask(coredns, notify)
+    assert reply.rcode() == dns.rcode.NOERROR and reply.opcode() == dns.opcode.NOTIFY
+    assert reply.flags & dns.flags.AA and reply.question == notify.question
+    assert [zone for zone, _ in served.notified] == ["gb.foowidgets.k8s"]
+    other = dns.message.make_query("example.com", "SOA")
+    other.set_opcode(dns.opcode.NOTIFY)
+    assert ask(coredns, other).rcode() == dns.rcode.REFUSED
+    assert len(served.notified) == 1
+
+
+def test_edns_is_echoed_and_unknown_versions_get_badvers(coredns: CoreDNS) -> None:
+    r = ask(
+        coredns,
+        dns.message.make_query("nginx.foowidgets.k8s", "A", use_edns=0, payload=1232, want_dnssec=True),
+    )
+    assert r.edns == 0 and r.ednsflags & dns.flags.DO and r.rcode() == dns.rcode.NOERROR
+    bad = ask(coredns, dns.message.make_query("nginx.foowidgets.k8s", "A", use_edns=1))
+    assert bad.rcode() == dns.rcode.BADVERS and bad.edns == 0 and not bad.answer
+    assert (
+        check(
+            dig(coredns.address, "nginx.foowidgets.k8s", "A", "+edns=1", "+noednsnegotiation"), "BADVERS"
+        ).answer
+        == ()
+    )
+
+
+def test_geoip_follows_the_client_subnet(
+    coredns_factory: Callable[..., CoreDNS], served: InProcessBackend
+) -> None:
+    """Through the test bed's Corefile (rewrite edns0 subnet set 24 56) a loopback client is
+    127.0.0.0/24; without the rewrite, the resolver's own ECS option reaches the strategy."""
+    with_rewrite = coredns_factory(zones="gb.foowidgets.k8s", grpc=served.grpc)
+    r = check(dig(with_rewrite.address, "geo.gb.foowidgets.k8s"), "NOERROR", "aa")
+    assert r.values("A") == ["10.2.1.98"]
+    plain = coredns_factory(NO_REWRITE, zones="gb.foowidgets.k8s", grpc=served.grpc)
+    buf = check(dig(plain.address, "geo.gb.foowidgets.k8s", "A", "+subnet=198.51.100.0/24"), "NOERROR", "aa")
+    assert buf.values("A") == ["10.2.1.167"] and buf.ecs == "198.51.100.0/24/24"
+    unknown = check(dig(plain.address, "geo.gb.foowidgets.k8s", "A", "+subnet=203.0.113.0/24"), "NOERROR")
+    assert sorted(unknown.values("A")) == ["10.2.1.167", "10.2.1.98"]
+
+
+def test_servfail_until_the_first_full_sync(
+    coredns_factory: Callable[..., CoreDNS], backend: InProcessBackend
+) -> None:
+    backend.serve(Table.not_ready(SETTINGS))
+    server = coredns_factory(zones=".", grpc=backend.grpc)
+    check(dig(server.address, "nginx.foowidgets.k8s"), "SERVFAIL")
+    check(dig(server.address, "foowidgets.k8s", "SOA"), "SERVFAIL")
+    check(dig(server.address, "www.example.com"), "REFUSED")
+    backend.serve(compile_table(SETTINGS, ENDPOINTS, 2026112703, geo))
+    check(dig(server.address, "nginx.foowidgets.k8s"), "NOERROR", "aa")
+
+
+def test_backend_itself_answers_formerr_for_what_coredns_would_not_send(served: InProcessBackend) -> None:
+    """The gRPC service is also reachable without CoreDNS; it must not trust its input either."""
+
+    async def query(packet: bytes) -> bytes:
+        async with grpc.aio.insecure_channel(served.grpc) as channel:
+            reply = await dns_pb2_grpc.DnsServiceStub(channel).Query(dns_pb2.DnsPacket(msg=packet), timeout=5)
+            return reply.msg
+
+    for packet in (
+        b"",
+        b"\x00\x07",
+        struct.pack(">HHHHHH", 7, 0x8100, 1, 0, 0, 0) + QUESTION,
+        struct.pack(">HHHHHH", 7, 0x0100, 1, 0, 0, 0) + QUESTION + b"junk",
+    ):
+        reply = asyncio.run(query(packet))
+        assert reply[2] & 0x80 and reply[3] & 0xF == dns.rcode.FORMERR, (packet, reply)
