@@ -22,7 +22,7 @@ from backend.config import Settings
 from backend.config import parser as settings_parser
 from backend.gslb.strategy import plan
 from backend.model import Endpoint, ObjectRef, Store, Strategy, Target, normalize_name
-from backend.zone.merge import Merged, merge, zone_of
+from backend.zone.merge import Merged, merge, zone_endpoints, zone_of
 
 if TYPE_CHECKING:
     from backend.app import Context
@@ -115,17 +115,21 @@ class Explainer:
             out["rcode"] = "REFUSED"
             out["why"] = f"not in a zone this backend serves ({', '.join(self.settings.all_zones) or 'none'})"
             return out
-        names, _ = merge(self.settings, [ep for eps in by_key.values() for ep in eps], version)
-        owner = self._owner(name, zone, names)
+        # Merge only the owner's records: the handler runs on the serving loop, and a full merge of a
+        # large cluster would stall DNS answers for the length of a debugging request.
+        endpoints = [ep for eps in by_key.values() for ep in eps]
+        existing = {ep.name for ep in endpoints} | {ep.name for ep in zone_endpoints(self.settings, version)}
+        owner = self._owner(name, zone, existing)
         if owner is None:
             out["rcode"] = "NXDOMAIN"
             out["why"] = f"no Kubernetes object publishes {name} -> NXDOMAIN with the SOA of {zone}"
             return out
+        names, _ = merge(self.settings, [ep for ep in endpoints if ep.name == owner], version)
         out["rcode"] = "NOERROR"
         out["wildcard"] = owner if owner != name else None
         gslb = self._gslb_hosts(owner)
         for rtype, merged in sorted(names[owner].items()):
-            producers = [{"key": key, "targets": [t.value for ep in eps for t in ep.targets]}
+            producers = [{"key": key, "targets": [t.value for t in ep.targets]}
                          for key, eps in sorted(by_key.items()) for ep in eps if _holds(ep, owner, rtype)]
             out["records"].append({
                 "type": rtype,
@@ -142,7 +146,7 @@ class Explainer:
         out["peers"] = self._peers(zone) if gslb else {}
         return out
 
-    def _owner(self, name: str, zone: str, names: Mapping[str, Any]) -> str | None:
+    def _owner(self, name: str, zone: str, names: set[str]) -> str | None:
         """The name itself, else the wildcard at its closest existing ancestor (RFC 4592, simplified)."""
         if name in names:
             return name

@@ -50,7 +50,8 @@ def test_report_merges_producers_and_says_refused_or_nxdomain() -> None:
     store = Store()
     gslb = ObjectRef("Gslb", "demo", "gslb-failover-buf", api_version="k8gb.absa.oss/v1beta1")
     store.replace("gslb/demo/gslb-failover-buf",
-                  [Endpoint("fe.gb.foowidgets.k8s", "A", (), 30, gslb, Strategy("failover", "us-buf"))])
+                  [Endpoint("fe.gb.foowidgets.k8s", "A", (), 30, gslb, Strategy("failover", "us-buf")),
+                   Endpoint("localtargets-fe.gb.foowidgets.k8s", "A", (BUF,), 30, gslb)])
     store.replace("peer/us-nyc", [Endpoint("fe.gb.foowidgets.k8s", "A", (NYC,))])
     store.replace("dnsendpoint/demo/wild", [Endpoint("*.apps.foowidgets.k8s", "A", (Target("192.0.2.7"),), 60,
                                                      ObjectRef("DNSEndpoint", "demo", "wild"))])
@@ -60,7 +61,8 @@ def test_report_merges_producers_and_says_refused_or_nxdomain() -> None:
     [record] = report["records"]
     assert record["answers"] == [["10.2.1.98"]]
     assert record["why"] == "failover: primary us-buf has no healthy target -> answering us-nyc's 10.2.1.98"
-    assert [p["key"] for p in record["producers"]] == ["gslb/demo/gslb-failover-buf", "peer/us-nyc"]
+    assert record["producers"] == [{"key": "gslb/demo/gslb-failover-buf", "targets": []},
+                                   {"key": "peer/us-nyc", "targets": ["10.2.1.98"]}]
     assert record["sources"][0]["name"] == "gslb-failover-buf"
     assert record["targets"] == [{"value": "10.2.1.98", "geotag": "us-nyc", "health": "Healthy",
                                   "origin": "peer"}]
