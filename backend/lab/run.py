@@ -191,6 +191,8 @@ def start_all(lab: Path, edge_address: str, specs: list[ClusterSpec]) -> Lab:
             )
             result.planes[spec.geotag] = plane
             result.stacks[spec.geotag] = stack
+            # state.json's shape is fixed; `coredns-gslb explain --cluster` reads the backend's HTTP here
+            (folder / "http").write_text(stack.backend.http.removeprefix("http://") + "\n")
         return result
     except BaseException:
         for item in reversed(started):
