@@ -1,0 +1,211 @@
+"""Weighted roundRobin and geoip through real CoreDNS, with the local Gslb from the real apiserver and
+another cluster's targets injected into the backend's Store in-process (as the peer exchange would).
+
+The backend runs in this process (`backend.app.serve` on the main thread, the test body on a worker)
+so the test can write `peer/us-nyc` into its Store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import dns.message
+import dns.query
+import pytest
+
+from backend import app
+from backend.config import GslbZone, Settings
+from backend.gslb import demo
+from backend.gslb.geoip import write_db
+from backend.lab.coredns import CoreDNS
+from backend.lab.dig import dig
+from backend.lab.kube import ControlPlane
+from backend.lab.lbpool import set_load_balancer
+from backend.lab.proc import free_port, wait_for
+from backend.model import Endpoint, Target
+
+pytestmark = pytest.mark.controlplane
+
+ZONE = "gb.foowidgets.k8s"
+NO_REWRITE = """${zones} {
+    bind ${bind}
+    errors
+    grpc . ${grpc}
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def crds(control_plane: ControlPlane) -> ControlPlane:
+    demo.install_crds(control_plane)
+    return control_plane
+
+
+def run_backend(
+    settings: Settings, body: Callable[[app.Context], None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serve` on this (main) thread until `body(ctx)`, run on a worker once the backend is ready, returns."""
+    captured: list[app.Context] = []
+    monkeypatch.setattr(app, "PRODUCERS", [*app.PRODUCERS, captured.append])
+    failures: list[BaseException] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+
+        def work() -> None:
+            try:
+                wait_for(
+                    lambda: bool(captured) and captured[0].server.ready, what="backend ready", timeout=60
+                )
+                body(captured[0])
+            except BaseException as e:
+                failures.append(e)
+            finally:
+                loop.call_soon_threadsafe(stop.set)
+
+        worker = threading.Thread(target=work, name="test-body")
+        worker.start()
+        await app.serve(settings, stop)
+        worker.join()
+
+    asyncio.run(main())
+    if failures:
+        raise failures[0]
+
+
+def settings_for(plane: ControlPlane, **extra: Any) -> Settings:
+    return Settings(
+        gslb_zones=(GslbZone(ZONE, "foowidgets.k8s"),),
+        cluster_geotag="us-buf",
+        grpc_listen=f"127.0.0.1:{free_port()}",
+        http_listen=f"127.0.0.1:{free_port()}",
+        kubeconfig=str(plane.kubeconfig),
+        **extra,
+    )
+
+
+GSLB = """
+apiVersion: k8gb.absa.oss/v1beta1
+kind: Gslb
+metadata: {name: web, namespace: %(ns)s}
+spec:
+  ingress:
+    rules:
+    - host: %(host)s
+      http:
+        paths:
+        - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}
+  strategy: %(strategy)s
+"""
+
+
+def gslb_app(plane: ControlPlane, namespace: str, host: str, strategy: dict[str, Any]) -> None:
+    """A healthy Deployment + Service behind a Gslb with spec.ingress."""
+    plane.apply(demo.app(namespace, "web"))
+    plane.apply(GSLB % {"ns": namespace, "host": host, "strategy": json.dumps(strategy)})
+
+
+def announce(plane: ControlPlane, namespace: str, ip: str) -> None:
+    """Once the running backend has created the Gslb's Ingress, fill its status as an ingress controller."""
+    plane.wait_for(
+        lambda: plane.kubectl("get", "ingress", "web", "-n", namespace, "--ignore-not-found"),
+        what="the owned Ingress",
+        timeout=60,
+    )
+    with plane.api_client() as api:
+        set_load_balancer(api, "Ingress", namespace, "web", [ip])
+
+
+def inject_peer(ctx: app.Context, host: str, ip: str, geotag: str = "us-nyc") -> None:
+    ctx.store.replace(f"peer/{geotag}", [Endpoint(host, "A", (Target(ip, geotag),))])
+
+
+def test_weighted_round_robin_holds_over_10000_queries(
+    crds: ControlPlane, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host = f"weighted-{namespace}.{ZONE}"
+    gslb_app(crds, namespace, host, {"type": "roundRobin", "weight": {"us-buf": 75, "us-nyc": 25}})
+    settings = settings_for(crds)
+
+    def body(ctx: app.Context) -> None:
+        announce(crds, namespace, "10.2.1.167")
+        inject_peer(ctx, host, "10.2.1.98")
+        coredns = CoreDNS(tmp_path, zones=(ZONE,), grpc=settings.grpc_listen).start()
+        try:
+            wait_for(
+                lambda: sorted(dig(coredns.address, host).addresses) in (["10.2.1.167"], ["10.2.1.98"]),
+                what="the weighted answer",
+                timeout=60,
+            )
+            counts: collections.Counter[tuple[str, ...]] = collections.Counter()
+            query = dns.message.make_query(host, "A")
+            for _ in range(10_000):
+                reply = dns.query.udp(query, coredns.host, port=coredns.port, timeout=2)
+                counts[tuple(sorted(rd.address for rrset in reply.answer for rd in rrset))] += 1
+        finally:
+            coredns.stop()
+        assert set(counts) == {("10.2.1.167",), ("10.2.1.98",)}, counts  # one cluster per answer, never mixed
+        share = counts[("10.2.1.167",)] / 10_000
+        assert abs(share - 0.75) <= 0.02, counts
+
+    run_backend(settings, body, monkeypatch)
+
+
+def test_geoip_answers_by_client_subnet(
+    crds: ControlPlane, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host = f"geo-{namespace}.{ZONE}"
+    gslb_app(crds, namespace, host, {"type": "geoip"})
+    db = tmp_path / "geo.mmdb"
+    write_db(
+        str(db),
+        {
+            "10.1.0.0/16": {"datacenter": "us-nyc"},
+            "10.2.0.0/16": {"datacenter": "us-buf"},
+            "127.0.1.0/24": {"datacenter": "us-nyc"},
+            "127.0.0.0/24": {"datacenter": "us-buf"},
+        },
+    )
+    settings = settings_for(crds, geoip_db=str(db))
+
+    def body(ctx: app.Context) -> None:
+        announce(crds, namespace, "10.2.1.167")
+        inject_peer(ctx, host, "10.2.1.98")
+        plain = CoreDNS(tmp_path, NO_REWRITE, zones=(ZONE,), grpc=settings.grpc_listen, name="plain").start()
+        rewrite = CoreDNS(tmp_path, zones=(ZONE,), grpc=settings.grpc_listen, name="rewrite").start()
+        try:
+            wait_for(
+                lambda: sorted(dig(plain.address, host).addresses) == ["10.2.1.167", "10.2.1.98"],
+                what="both clusters' targets without ECS",
+                timeout=60,
+            )
+            # Clients (or resolvers) that send ECS themselves: CoreDNS passes it through.
+            nyc = dig(plain.address, host, "A", "+subnet=10.1.7.0/24")
+            assert nyc.addresses == ["10.2.1.98"] and nyc.ecs == "10.1.7.0/24/24", nyc.output
+            buf = dig(plain.address, host, "A", "+subnet=10.2.9.0/24")
+            assert buf.addresses == ["10.2.1.167"], buf.output
+            nowhere = dig(plain.address, host, "A", "+subnet=192.0.2.0/24")
+            assert sorted(nowhere.addresses) == ["10.2.1.167", "10.2.1.98"], nowhere.output
+            # Clients without ECS behind `rewrite edns0 subnet set 24 56`: their source address decides.
+            assert dig(rewrite.address, host, "A", "-b", "127.0.1.1").addresses == ["10.2.1.98"]
+            assert dig(rewrite.address, host, "A", "-b", "127.0.0.1").addresses == ["10.2.1.167"]
+
+            # The DB is reloaded when the file changes, without a restart.
+            write_db(str(db), {"10.1.0.0/16": {"datacenter": "us-buf"}})
+            deadline = time.monotonic() + 30
+            while dig(plain.address, host, "A", "+subnet=10.1.7.0/24").addresses != ["10.2.1.167"]:
+                assert time.monotonic() < deadline, "the new mmdb was not picked up"
+                time.sleep(0.2)
+        finally:
+            plain.stop()
+            rewrite.stop()
+
+    run_backend(settings, body, monkeypatch)
