@@ -36,6 +36,7 @@ LOCALTARGETS = "localtargets-"
 RESOLVE_EVERY = 30.0  # re-resolve a healthy peer's address this often (its glue may move)
 RESOLVE_RETRY = 5.0  # ... and a failing peer's at most this often
 FETCH_CONCURRENCY = 16
+NOTIFY_RECHECKS = (0.02, 0.04, 0.08, 0.16, 0.32)  # delays between rechecks after a NOTIFY
 RTYPES = ("A", "AAAA")
 
 Snapshot = Mapping[str, tuple[Endpoint, ...]]
@@ -80,6 +81,7 @@ class PeerZone:
     targets: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     last_ok: float | None = None
     error: str = ""  # why the last poll failed; "" while the peer answers
+    recheck: int = 0  # quick rechecks left after a NOTIFY
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -116,12 +118,13 @@ class PeerExchange:
         zone = zone.rstrip(".").lower()
         log.debug("NOTIFY for %s from %s", zone, source or "?")
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._wake_zone, zone)
+            self._loop.call_soon_threadsafe(self._wake_zone, zone, True)
 
-    def _wake_zone(self, zone: str) -> None:
+    def _wake_zone(self, zone: str, notified: bool = False) -> None:
         for zones in self.peers.values():
             for pz in zones:
                 if pz.zone.dns_zone == zone:
+                    pz.recheck = len(NOTIFY_RECHECKS) if notified else pz.recheck
                     pz.wake.set()
 
     # --- main loop ----------------------------------------------------------------------------
@@ -158,22 +161,32 @@ class PeerExchange:
         task.add_done_callback(self._tasks.discard)
 
     async def _poll_loop(self, pz: PeerZone) -> None:
+        """Poll every peer_poll_seconds. After a NOTIFY, recheck soon while the serial stands still:
+        the sender may NOTIFY before its own recompiled zone (and new serial) is being served."""
         while True:
             pz.wake.clear()
-            await self.poll(pz)
+            moved = await self.poll(pz)
+            delay = self.settings.peer_poll_seconds
+            if moved:
+                pz.recheck = 0
+            elif pz.recheck:
+                delay = min(delay, NOTIFY_RECHECKS[len(NOTIFY_RECHECKS) - pz.recheck])
+                pz.recheck -= 1
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(pz.wake.wait(), self.settings.peer_poll_seconds)
+                await asyncio.wait_for(pz.wake.wait(), delay)
 
-    async def poll(self, pz: PeerZone) -> None:
-        """One round for one peer zone; failures only count against the grace, never publish."""
+    async def poll(self, pz: PeerZone) -> bool:
+        """One round for one peer zone; True if it refetched. Failures only count against the grace."""
         now = self.clock()
         hosts = self._hosts.get(pz.zone.dns_zone, ())
+        moved = False
         try:
             await self._resolve(pz, now)
             server, serial = await self._soa(pz)
             if serial != pz.serial or hosts != pz.hosts:
                 pz.targets = await self._fetch(server, pz, hosts)
                 pz.serial, pz.hosts = serial, hosts
+                moved = True
             pz.last_ok = now
             if pz.error:
                 log.info("peer %s answers again for %s", pz.geotag, pz.zone.dns_zone)
@@ -190,6 +203,7 @@ class PeerExchange:
                                 pz.geotag, pz.zone.dns_zone)
                 pz.targets, pz.serial, pz.hosts = {}, None, None
         self._publish(pz.geotag)
+        return moved
 
     def _publish(self, geotag: str) -> None:
         zones = self.peers[geotag]
