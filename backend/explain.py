@@ -285,11 +285,13 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--cluster", help="a lab cluster (default: every cluster of the running lab)")
     p.add_argument("--http", help="the backend's HTTP address HOST:PORT (e.g. through kubectl port-forward)")
     p.add_argument("--json", action="store_true", help="print the raw report")
+    p.add_argument("--lab", type=Path, default=LAB, help="the lab's folder, as `lab --dir` (default .lab)")
     a = p.parse_args(argv)
     if a.http:
         targets = {a.cluster or a.http: a.http}
     else:
-        targets = lab_addresses(a.cluster) or {"local": settings_parser().get_default("http_listen")}
+        local = settings_parser().get_default("http_listen")  # a `coredns-gslb serve` on this machine
+        targets = lab_addresses(a.cluster, a.lab.resolve()) or {"local": local}
     failed = 0
     for cluster, http in targets.items():
         try:
