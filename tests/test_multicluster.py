@@ -9,7 +9,11 @@ import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import dns.query
+import dns.tsig
+import dns.update
 import pytest
+from test_peers import DnsDouble, serving
 
 from backend.gslb import demo
 from backend.lab.bind9 import Bind9
@@ -176,3 +180,32 @@ def test_a_dead_peer_keeps_its_targets_for_the_grace_then_drops(clusters) -> Non
     assert "us-nyc " + ZONE + " unreachable" in buf.readyz()
     buf.scale(1)
     until(lambda: buf.answer() == ["10.2.1.167"], "buf answers for itself, with nyc gone", [buf])
+
+
+@pytest.mark.parametrize("mode", ["garbage", "wrong-name", "huge"])
+def test_a_bad_peer_is_unreachable_and_never_reaches_an_answer(
+        mode: str, control_plane_factory: Callable[..., ControlPlane],
+        dns_stack_factory: Callable[..., DnsStack], bind9_factory: Callable[..., Bind9],
+        lbpool_factory: Callable[..., LbPool]) -> None:
+    """An attacker stand-in as us-nyc: its glue at the edge is real, its answers are not."""
+    edge = bind9_factory(recursive=True)
+    attacker = DnsDouble(records={("localtargets-" + HOST, "A"): ["10.6.6.6"]}, mode=mode)
+    with serving(attacker):
+        glue = dns.update.UpdateMessage(EDGE_ZONE, keyring=edge.keyring(), keyalgorithm=dns.tsig.HMAC_SHA256)
+        glue.add(ns_name("us-nyc") + ".", 30, "A", "127.0.0.1")
+        dns.query.tcp(glue, edge.host, port=edge.port, timeout=5)
+        plane = control_plane_factory("mc-us-buf")
+        chapter_app(plane)
+        lbpool_factory(plane, ingress=[INGRESS["us-buf"]])
+        address = free_loopback_ip()
+        flags = [*cluster_flags(edge, "us-buf", address, ["us-buf", "us-nyc"]),
+                 "--peer-dns-port", str(attacker.port)]
+        buf = Cluster("us-buf", plane, dns_stack_factory(plane, (ZONE,), flags, host=address, port=53), flags)
+        until(lambda: f"us-nyc {ZONE} unreachable" in buf.readyz(), "the bad peer is unreachable", [buf])
+        until(lambda: buf.answer() == ["10.2.1.167"], "buf answers its own ingress", [buf])
+        buf.scale(0)
+        until(lambda: buf.answer() == [], "buf, unhealthy, answers NODATA rather than the attacker's address",
+              [buf])
+        assert attacker.queries() > 0, "the peer was asked"
+        buf.scale(1)
+        until(lambda: buf.answer() == ["10.2.1.167"], "buf is back", [buf])
