@@ -1,0 +1,118 @@
+"""Last pod unready -> the GSLB answer changes, measured through CoreDNS.
+
+    .venv/bin/python -m bench.failover [--trials 20]
+
+Everything real: kube-apiserver with kwok (the endpointslice controller sees the pod go), our
+backend, CoreDNS forwarding to it. The chapter's objects: namespace demo with Deployment and Service
+nginx, Gslb gslb-failover-buf (failover, primary us-buf), its Ingress announcing 10.2.1.167. A trial
+scales nginx to 0 through the scale subresource (what `kubectl scale` sends); the clock starts just
+before that request and stops at the first reply through CoreDNS (polled over UDP every 2 ms) that
+no longer carries 10.2.1.167 (NODATA: this cluster has nothing healthy). Recovery (scale to 1 ->
+10.2.1.167 again) is reported too, but it is dominated by scheduling and kwok's pod start-up.
+Goal (issue 4): failover p99 < 1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import dns.exception
+import dns.message
+import dns.query
+import dns.rdatatype
+
+from backend.gslb import demo
+from backend.lab.coredns import GRPC_TEMPLATE, render
+from backend.lab.kube import ControlPlane
+from backend.lab.lbpool import set_load_balancer
+from bench.env import Bed
+from bench.propagation import percentile
+
+IP = "10.2.1.167"
+
+
+def answer(host: str, port: int) -> list[str] | None:
+    """The A records CoreDNS gives for the chapter's host; None when no reply came."""
+    try:
+        r = dns.query.udp(dns.message.make_query(demo.HOST, "A"), host, port=port, timeout=0.5)
+    except dns.exception.Timeout:
+        return None
+    return [rd.address for rrset in r.answer if rrset.rdtype == dns.rdatatype.A for rd in rrset]
+
+
+def scale(plane: ControlPlane, replicas: int) -> None:
+    plane.request("PATCH", "/apis/apps/v1/namespaces/demo/deployments/nginx/scale",
+                  {"spec": {"replicas": replicas}}, content_type="application/merge-patch+json")
+
+
+def timed(plane: ControlPlane, replicas: int, done: Callable[[], bool], timeout: float) -> float | None:
+    t0 = time.perf_counter()
+    scale(plane, replicas)
+    while not done():
+        if time.perf_counter() - t0 > timeout:
+            return None
+        time.sleep(0.002)
+    return time.perf_counter() - t0
+
+
+def summary(seconds: list[float]) -> dict[str, float]:
+    ms = [s * 1000 for s in seconds]
+    if not ms:
+        return {}
+    return {"p50_ms": round(statistics.median(ms), 1), "p99_ms": round(percentile(ms, 99), 1),
+            "max_ms": round(max(ms), 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=20)
+    ap.add_argument("--timeout", type=float, default=30.0, help="give up on one trial after this long")
+    args = ap.parse_args()
+    with Bed() as bed:
+        plane = bed.plane
+        plane.apply(demo.CHAPTER_APP.read_text())
+        plane.apply(demo.CHAPTER_GSLB.read_text())
+        backend = bed.backend(demo.backend_flags("us-buf"))
+        corefile = render(GRPC_TEMPLATE, zones="gb.foowidgets.k8s", grpc=backend.grpc,
+                          bind="${bind}", port="${port}")  # bed.coredns fills these two
+        coredns = bed.coredns(corefile, "coredns")
+        plane.wait_for(lambda: plane.kubectl("get", "ingress", "gslb-failover-buf", "-n", "demo",
+                                             "--ignore-not-found"), what="the owned Ingress", timeout=60)
+        with plane.api_client() as api:
+            set_load_balancer(api, "Ingress", "demo", "gslb-failover-buf", [IP])
+
+        def healthy() -> bool:
+            return answer(coredns.host, coredns.port) == [IP]
+
+        def failed_over() -> bool:
+            return answer(coredns.host, coredns.port) == []
+
+        plane.wait_for(healthy, what=f"{demo.HOST} -> {IP}", timeout=60)
+        failover: list[float] = []
+        recovery: list[float] = []
+        misses = 0
+        for _ in range(args.trials):
+            down = timed(plane, 0, failed_over, args.timeout)
+            up = timed(plane, 1, healthy, args.timeout) if down is not None else None
+            if down is None or up is None:
+                misses += 1
+                scale(plane, 1)
+                plane.wait_for(healthy, what="recovery after a missed trial", timeout=60)
+                continue
+            failover.append(down)
+            recovery.append(up)
+        result = {"trials": args.trials, "misses": misses, "failover": summary(failover),
+                  "recovery": summary(recovery)}
+        print(json.dumps(result))
+        if failover:
+            print(f"last pod gone -> NODATA via CoreDNS: p50 {result['failover']['p50_ms']} ms, "
+                  f"p99 {result['failover']['p99_ms']} ms ({len(failover)} trials, {misses} missed); "
+                  f"recovery p50 {result['recovery']['p50_ms']} ms")
+
+
+if __name__ == "__main__":
+    main()
