@@ -1,0 +1,97 @@
+"""Two replicas on one cluster: both answer DNS, one holds the Lease and writes; when it stops, the
+other takes over the writes (status follows health again) without a restart."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import pytest
+
+from backend.gslb import demo
+from backend.lab.kube import ControlPlane
+from backend.lab.lbpool import set_load_balancer
+from backend.lab.sidecar import DnsStack
+
+pytestmark = pytest.mark.controlplane
+
+ZONE = "gb.foowidgets.k8s"
+
+
+def holder(plane: ControlPlane, namespace: str) -> str:
+    out = plane.kubectl("get", "lease", "coredns-gslb", "-n", namespace, "-o", "json", check=False)
+    return (json.loads(out).get("spec") or {}).get("holderIdentity", "") if out else ""
+
+
+def leads(stack: DnsStack, identity: str) -> bool:
+    return f"leader: {identity} now holds" in stack.backend.process.log.read_text()
+
+
+def health(plane: ControlPlane, namespace: str) -> dict[str, str]:
+    obj = json.loads(plane.kubectl("get", "gslbs.k8gb.absa.oss", "web", "-n", namespace, "-o", "json"))
+    return (obj.get("status") or {}).get("serviceHealth") or {}
+
+
+def test_one_replica_writes_and_the_other_takes_over(
+    control_plane: ControlPlane, namespace: str, dns_stack_factory: Callable[..., DnsStack]
+) -> None:
+    plane = control_plane
+    demo.install_crds(plane)
+    host = f"web-{namespace}.{ZONE}"
+    plane.apply(demo.app(namespace, "web"))
+    plane.apply(
+        json.dumps(
+            {
+                "apiVersion": "k8gb.absa.oss/v1beta1",
+                "kind": "Gslb",
+                "metadata": {"name": "web", "namespace": namespace},
+                "spec": {
+                    "ingress": {
+                        "rules": [
+                            {
+                                "host": host,
+                                "http": {
+                                    "paths": [
+                                        {
+                                            "path": "/",
+                                            "pathType": "Prefix",
+                                            "backend": {"service": {"name": "web", "port": {"number": 80}}},
+                                        }
+                                    ]
+                                },
+                            }
+                        ]
+                    },
+                    "strategy": {"type": "roundRobin"},
+                },
+            }
+        )
+    )
+    flags = demo.backend_flags("us-buf", "--namespace", namespace)  # the Lease lives in the test's namespace
+    stacks = [dns_stack_factory(plane, zones=(ZONE,), flags=flags) for _ in range(2)]
+
+    plane.wait_for(lambda: holder(plane, namespace), what="a Lease holder", timeout=60)
+    first = holder(plane, namespace)
+    leader, follower = sorted(stacks, key=lambda s: not leads(s, first))
+    assert leads(leader, first) and not leads(follower, first)
+
+    plane.wait_for(
+        lambda: plane.kubectl("get", "ingress", "web", "-n", namespace, "--ignore-not-found"),
+        what="the owned Ingress",
+        timeout=60,
+    )
+    with plane.api_client() as api:
+        set_load_balancer(api, "Ingress", namespace, "web", ["10.4.0.1"])
+    for stack in stacks:  # every replica serves DNS
+        plane.wait_for(lambda s=stack: s.dig(host).values("A") == ["10.4.0.1"], what="answer", timeout=60)
+    plane.wait_for(lambda: health(plane, namespace) == {host: "Healthy"}, what="status Healthy", timeout=60)
+
+    leader.stop()  # a graceful stop releases the Lease: no waiting for it to expire
+    plane.wait_for(lambda: holder(plane, namespace) not in ("", first), what="a new Lease holder", timeout=60)
+    assert leads(follower, holder(plane, namespace))
+
+    plane.kubectl("scale", "deploy", "web", "-n", namespace, "--replicas=0")
+    plane.wait_for(
+        lambda: health(plane, namespace) == {host: "Unhealthy"}, what="status from the new leader", timeout=60
+    )
+    assert follower.dig(host).values("A") == []
