@@ -51,5 +51,7 @@ def test_chapter_nginx_lb_answers_the_metallb_ip_follows_changes_and_goes_on_del
         wait_answer(control_plane, dns_stack, "nginx.foowidgets.k8s", "A", ["172.18.200.102"])
         control_plane.kubectl("delete", "service", "nginx-ext-dns")
         wait_answer(control_plane, dns_stack, "nginx.foowidgets.k8s", "A", "NXDOMAIN")
+        metrics = dns_stack.backend.get("/metrics")[1]
+        assert 'coredns_gslb_watch_events_total{kind="services",type="DELETED"}' in metrics
     finally:
         control_plane.kubectl("delete", "-f", "-", "--ignore-not-found", input=manifest)
