@@ -35,6 +35,14 @@ def annotation(annotations: Mapping[str, str], name: str) -> str | None:
     return None
 
 
+def other_controller(obj: Mapping[str, Any]) -> bool:
+    """ExternalDNS's `controller` annotation: a value other than "dns-controller" hands the object to
+    another controller, so we publish nothing for it (how two DNS controllers share one cluster)."""
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    value = annotation(annotations, "controller")
+    return value is not None and value != "dns-controller"
+
+
 def split_list(value: str | None) -> list[str]:
     return [part.strip() for part in (value or "").replace(" ", "").split(",") if part.strip()]
 

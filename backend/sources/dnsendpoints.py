@@ -73,6 +73,8 @@ CHECKS: dict[str, Callable[[str], str | None]] = {
 
 
 def endpoints(obj: Obj, zones: Sequence[str]) -> tuple[list[Endpoint], list[Problem]]:
+    if ann.other_controller(obj):
+        return [], []
     ref = ann.object_ref(obj)
     eps: list[Endpoint] = []
     problems: list[Problem] = []

@@ -37,6 +37,8 @@ def hosts(ing: Obj) -> list[str]:
 def endpoints(
     ing: Obj, zones: Sequence[str], gslb_zones: Sequence[str] = ()
 ) -> tuple[list[Endpoint], list[Problem]]:
+    if ann.other_controller(ing):
+        return [], []
     annotations = (ing.get("metadata") or {}).get("annotations") or {}
     ref = ann.object_ref(ing)
     from_annotation, problems = ann.hostnames(annotations)

@@ -64,6 +64,8 @@ def _cluster_ips(svc: Obj) -> list[str]:
 
 def endpoints(svc: Obj, slices: Sequence[Obj], zones: Sequence[str]) -> tuple[list[Endpoint], list[Problem]]:
     """The Service's records; `slices` are its EndpointSlices (only read when it is headless)."""
+    if ann.other_controller(svc):
+        return [], []
     annotations = (svc.get("metadata") or {}).get("annotations") or {}
     ref = ann.object_ref(svc)
     names, problems = ann.hostnames(annotations)

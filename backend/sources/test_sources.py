@@ -213,3 +213,10 @@ def test_dnsendpoint_every_type_and_bad_entries() -> None:
         ("sub.foowidgets.k8s", "NS"): (["ns1.example.net."], None),
     }
     assert sorted(p.reason for p in problems) == ["InvalidTarget", "OutsideZones", "UnsupportedRecordType"]
+
+
+def test_controller_annotation_hands_the_object_to_another_controller() -> None:
+    s = svc({ALPHA + "hostname": "x.foowidgets.k8s", ALPHA + "controller": "other"}, lb=[{"ip": "10.0.0.1"}])
+    assert services.endpoints(s, [], ZONES) == ([], [])
+    s["metadata"]["annotations"][ALPHA + "controller"] = "dns-controller"
+    assert len(services.endpoints(s, [], ZONES)[0]) == 1
