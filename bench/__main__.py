@@ -1,0 +1,122 @@
+"""`python -m bench [all|throughput|workers|scale|profile] [--seconds S] [--skip-scale] ...`
+
+Each part measures on real components started here (backend/lab) and merges its figures into
+bench/results.json; BENCHMARKS.md is rewritten from results.json after every part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from backend.lab.proc import binary
+from bench import report
+from bench.env import Bed
+from bench.procstat import loadavg
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results.json"
+PARTS = ("throughput", "workers", "scale", "profile")
+
+
+def _version(argv: list[str], prefix: str = "") -> str:
+    """The first output line of a `--version`-like command that starts with `prefix`."""
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except OSError:
+        return "?"
+    lines = (out.stdout + out.stderr).splitlines()
+    return next((line.strip() for line in lines if line.strip() and line.startswith(prefix)), "?")
+
+
+def machine() -> dict[str, Any]:
+    import grpc
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return {
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "coredns": _version([binary("coredns"), "-version"]),
+        "dnsperf": _version(["dnsperf", "-h"], "Version"),
+        "grpcio": grpc.__version__,
+    }
+
+
+def load() -> dict[str, Any]:
+    try:
+        return json.loads(RESULTS.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def save(results: dict[str, Any]) -> None:
+    RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    report.write(results, HERE.parent / "BENCHMARKS.md")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("part", nargs="?", default="all", choices=("all", *PARTS))
+    ap.add_argument("--seconds", type=float, default=20.0, help="dnsperf time per target (default 20)")
+    ap.add_argument("--skip-scale", action="store_true", help="leave out the slow 10k+10k scale part")
+    ap.add_argument("--scale-n", type=int, default=10_000, help="Services and Gslbs each (default 10000)")
+    ap.add_argument("--trials", type=int, default=20, help="change -> answer trials (default 20)")
+    ap.add_argument("--workers", default="1,2,3", help="backend process counts to compare (default 1,2,3)")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder (logs, dnsperf output)")
+    args = ap.parse_args(argv)
+    parts = [p for p in PARTS if p != "profile"] if args.part == "all" else [args.part]
+    if args.skip_scale and "scale" in parts:
+        parts.remove("scale")
+    results = load()
+    results["command"] = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
+    results["machine"] = machine()
+    for part in parts:
+        print(f"== {part} (load average {loadavg()})", flush=True)
+        started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        load_before = loadavg()
+        with Bed(keep=args.keep) as bed:
+            figures = run_part(part, bed, args)
+            if args.keep:
+                print(f"   work folder kept: {bed.workdir}")
+        figures["date"] = started
+        figures["loadavg_at_start"] = load_before
+        results[part] = figures
+        if part == "throughput":
+            results["ratio_uncached"] = figures["ratio_uncached"]
+            results["ratio_cached"] = figures["ratio_cached"]
+        save(results)
+    print(f"wrote {RESULTS.relative_to(HERE.parent)} and BENCHMARKS.md")
+    return 0
+
+
+def run_part(part: str, bed: Bed, args: argparse.Namespace) -> dict[str, Any]:
+    if part == "throughput":
+        from bench import throughput
+
+        return throughput.run(bed, args.seconds)
+    if part == "workers":
+        from bench import workers
+
+        return workers.run(bed, args.seconds, [int(n) for n in args.workers.split(",")])
+    if part == "scale":
+        from bench import scale
+
+        return scale.run(bed, args.scale_n, args.trials)
+    from bench import profile
+
+    return {"top": profile.run(bed, args.seconds)}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

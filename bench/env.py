@@ -1,0 +1,77 @@
+"""The bench's real components, from backend/lab: one control plane (etcd, kube-apiserver, controllers,
+scheduler, kwok), our backend processes and CoreDNS instances, all on loopback in one work folder and
+all stopped on exit (they also die with this process: backend/lab's children have PDEATHSIG set).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+from backend.gslb.demo import install_crds
+from backend.lab.coredns import CoreDNS
+from backend.lab.kube import ControlPlane, Etcd, Pki
+from backend.lab.sidecar import Backend
+
+
+class Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+T = TypeVar("T", bound="Stoppable")
+
+
+class Bed(contextlib.AbstractContextManager["Bed"]):
+    """A work folder with a control plane; `backend()` and `coredns()` start more, `stop_all()` ends them."""
+
+    def __init__(self, keep: bool = False, workdir: Path | None = None) -> None:
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="bench-"))
+        self.keep = keep
+        self._started: list[Stoppable] = []
+        self._plane: ControlPlane | None = None
+
+    @property
+    def plane(self) -> ControlPlane:
+        """The control plane, started on first use (about 5 s), with the Gslb CRDs installed."""
+        if self._plane is None:
+            etcd = self._add(Etcd(self.workdir / "etcd"))
+            etcd.start()
+            plane = ControlPlane("bench", self.workdir / "bench", etcd, Pki.create(self.workdir / "pki"))
+            self._add(plane)
+            plane.start()
+            install_crds(plane)
+            self._plane = plane
+        return self._plane
+
+    def backend(self, flags: Sequence[str], name: str = "backend", start: bool = True) -> Backend:
+        b = self._add(Backend(self.workdir, self.plane.kubeconfig, flags, name=name))
+        if start:
+            b.start()
+        return b
+
+    def coredns(self, template: str, name: str, **values: object) -> CoreDNS:
+        """CoreDNS from a corefile/ template or a Corefile text (string.Template values as keywords)."""
+        c = self._add(CoreDNS(self.workdir, template, name=name, **values))
+        c.start()
+        return c
+
+    def stop(self, item: Stoppable) -> None:
+        item.stop()
+        self._started.remove(item)
+
+    def _add(self, item: T) -> T:
+        self._started.append(item)
+        return item
+
+    def __exit__(self, *exc: object) -> None:
+        for item in reversed(self._started):
+            with contextlib.suppress(Exception):
+                item.stop()
+        self._started.clear()
+        if not self.keep and self.workdir.is_relative_to(tempfile.gettempdir()):
+            shutil.rmtree(self.workdir, ignore_errors=True)
+

@@ -1,0 +1,181 @@
+"""BENCHMARKS.md from bench/results.json: the table, the goals, the machine and the exact command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+TARGETS = (
+    ("a_file", "(a) CoreDNS `file` plugin (ceiling)"),
+    ("b_grpc", "(b) CoreDNS -> grpc -> backend"),
+    ("c_grpc_cache", "(c) (b) with CoreDNS `cache`"),
+    ("b_grpc_half_rate", "(b) at half its peak rate (`-Q`)"),
+)
+
+NOTES = """\
+## Where the time goes
+
+- The backend's own answer path is not the bottleneck: `Table.answer` does 0.2-0.8 M answers/s
+  in-process (`python -m bench.answer_path`), i.e. 1-5 µs of the backend's CPU per query. The rest of
+  the backend's CPU per query in the table above is gRPC: HTTP/2 framing, the Cython/C-core call path and
+  the asyncio hand-off. `python -m bench profile` samples the backend with py-spy under (b)'s load:
+  the DnsService handler (`_Servicer.Query`, which includes the table lookup) is a few percent of the
+  samples; asyncio's `Handle._run` into cygrpc and grpc's poller thread hold the rest.
+- CoreDNS itself spends several times more CPU per query in (b) than in (a): its grpc plugin's Go gRPC
+  client (a stream per query, protobuf, HTTP/2) costs more than answering from the `file` plugin. On this
+  2-core machine dnsperf, CoreDNS and the backend share both cores, so that cost alone caps (b).
+- (c): with `cache` the backend is asked once per TTL per name; CoreDNS answers the rest from memory,
+  which is why (c) comes close to (a) and the backend's CPU per query drops to almost nothing.
+"""
+
+
+def _ms(v: Any) -> str:
+    return f"{float(v):.2f}"
+
+
+def _cpu(r: dict[str, Any], who: str) -> str:
+    v = (r.get("cpu_us_per_query") or {}).get(who)
+    return "-" if v is None else f"{v:.0f}"
+
+
+def _throughput(t: dict[str, Any]) -> list[str]:
+    a = float(t["a_file"]["qps"])
+    lines = [
+        "| target | queries/s | vs (a) | lost | p50 ms | p99 ms | backend CPU µs/query "
+        "| CoreDNS CPU µs/query |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, label in TARGETS:
+        r = t.get(key)
+        if not r:
+            continue
+        lines.append(f"| {label} | {float(r['qps']):,.0f} | {float(r['qps']) / a:.2f} | {r['lost']} | "
+                     f"{_ms(r['p50_ms'])} | {_ms(r['p99_ms'])} | {_cpu(r, 'backend')} | "
+                     f"{_cpu(r, 'coredns')} |")
+    return lines
+
+
+def _goals(res: dict[str, Any]) -> list[str]:
+    t, s = res.get("throughput") or {}, res.get("scale") or {}
+    rows = []
+
+    def row(goal: str, want: str, value: Any, ok: bool | None) -> None:
+        verdict = "not measured" if ok is None else ("met" if ok else "**missed**")
+        rows.append(f"| {goal} | {want} | {value} | {verdict} |")
+
+    if t:
+        row("(b)/(a) queries/s", ">= 0.25", f"{t['ratio_uncached']:.3f}", t["ratio_uncached"] >= 0.25)
+        row("(c)/(a) queries/s", ">= 0.90", f"{t['ratio_cached']:.3f}", t["ratio_cached"] >= 0.90)
+        half = t["b_grpc_half_rate"]
+        row("p99 at half of (b)'s peak rate", "<= 5 ms", f"{half['p99_ms']:.2f} ms at {half['qps']:,.0f} q/s",
+            half["p99_ms"] <= 5)
+    if s:
+        row(f"first full sync, {s['services']:,} Services + {s['gslbs']:,} Gslbs", "< 20 s",
+            f"{s['sync_seconds']} s", s["sync_seconds"] < 20)
+        row("backend RSS with all of them", "< 500 MB", f"{s['rss_mib_after_trials']} MiB",
+            s["rss_mib_after_trials"] * 2**20 < 500e6)
+        c = s["change_to_answer_all"]
+        row("change -> answer p99, everything loaded", "< 1 s", f"{c['p99_ms']} ms ({c['trials']} trials)",
+            c["p99_ms"] < 1000)
+    return ["| goal | target | measured | |", "|---|---|---|---|", *rows] if rows else []
+
+
+def _workers(w: dict[str, Any]) -> list[str]:
+    lines = ["| backends | how | queries/s | p50 ms | p99 ms | backends busy | CPU µs/query (each backend) |",
+             "|---:|---|---:|---:|---:|---:|---|"]
+    for key, r in w.items():
+        if not isinstance(r, dict) or "qps" not in r:
+            continue
+        mode, n = key.rsplit("_", 1)
+        cpu = ", ".join(f"{v:.0f}" for k, v in r["cpu_us_per_query"].items() if k.startswith("backend"))
+        lines.append(f"| {n} | {mode} | {float(r['qps']):,.0f} | {_ms(r['p50_ms'])} | {_ms(r['p99_ms'])} | "
+                     f"{r.get('busy_backends', '?')} | {cpu} |")
+    return lines
+
+
+def _scale(s: dict[str, Any]) -> list[str]:
+    rows = [
+        ("objects in the apiserver", f"{s['services']:,} Services, {s['endpointslices']:,} EndpointSlices, "
+                                     f"{s['gslbs']:,} Gslbs (created in {s['create_seconds']} s)"),
+        ("start -> /readyz 200 (first full sync)", f"{s['sync_seconds']} s"),
+        ("every name answering at that moment", "yes" if s.get("complete_at_ready") else "no"),
+        ("backend CPU until ready", f"{s['backend_cpu_seconds_to_ready']} s"),
+        ("backend RSS at ready / after the trials",
+         f"{s['rss_mib_at_ready']} / {s['rss_mib_after_trials']} MiB"),
+        ("change -> answer, Service LB IP patched", _trials(s["change_to_answer_service"])),
+        ("change -> answer, GSLB host health flipped (EndpointSlice ready)",
+         _trials(s["change_to_answer_gslb_health"])),
+        ("change -> answer, all trials", _trials(s["change_to_answer_all"])),
+        ("kube-apiserver RSS", f"{s['apiserver_rss_mib']} MiB"),
+    ]
+    return ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
+
+
+def _trials(t: dict[str, Any]) -> str:
+    return f"p50 {t['p50_ms']} ms, p99 {t['p99_ms']} ms, max {t['max_ms']} ms ({t['trials']} trials)"
+
+
+def render(res: dict[str, Any]) -> str:
+    m = res.get("machine") or {}
+    out = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (`python -m bench`) from `bench/results.json`; do not edit by hand.",
+        "",
+        f"- Command: `{res.get('command', 'python -m bench')}`",
+        f"- Machine: {m.get('cores', '?')} cores ({m.get('cpu', '?')}); Python {m.get('python', '?')}, "
+        f"grpcio {m.get('grpcio', '?')}, {m.get('coredns', '?')}, dnsperf {m.get('dnsperf', '?')}",
+        "- Everything runs on this one machine at once (dnsperf, CoreDNS, the backend, the control plane), "
+        "over loopback; other people's tests may share the cores: see each part's load average.",
+        "",
+    ]
+    goals = _goals(res)
+    if goals:
+        out += ["## Goals (issue 7)", "", *goals, ""]
+    t = res.get("throughput")
+    if t:
+        out += [
+            f"## Throughput and latency ({t['date']}, load average at start {t['loadavg_at_start']})",
+            "",
+            f"dnsperf, {t['a_file']['seconds']:g} s per target after a 2 s warm-up, up to 100 queries "
+            "outstanding, UDP, no EDNS. Latency percentiles are over every answered query (`dnsperf -v`). "
+            "CPU per query = the process's utime+stime during the run / answered queries.",
+            "",
+            *_throughput(t),
+            "",
+            f"Ratios: **(b)/(a) = {t['ratio_uncached']:.3f}** (`ratio_uncached`), "
+            f"**(c)/(a) = {t['ratio_cached']:.3f}** (`ratio_cached`).",
+            "",
+            "Query mix (dnsperf input, shuffled, fixed seed; (a), (b) and (c) are checked to give the same "
+            "rcode and record set for every question before measuring):",
+            "",
+            *(f"- {x['percent']}% {x['what']} ({x['names']} names)" for x in t["mix"]),
+            "",
+            f"Exact dnsperf command for (b): `{t['b_grpc']['command']}`",
+            "",
+            "Corefiles:",
+            "",
+            *(f"```\n# ({k})\n{v.strip()}\n```" for k, v in t["corefiles"].items()),
+            "",
+        ]
+    w = res.get("workers")
+    if w:
+        out += [f"## Several backend processes ({w['date']}, load average at start "
+                f"{w['loadavg_at_start']})", "",
+                *_workers(w), "", f"Best: `{w['best']}`.", ""]
+    s = res.get("scale")
+    if s:
+        out += [f"## Scale ({s['date']}, load average at start {s['loadavg_at_start']})", "", *_scale(s), ""]
+    p = res.get("profile")
+    if p:
+        out += [f"## Profile of the backend under (b)'s load ({p['date']})", "",
+                "py-spy, 200 samples/s, Python frames; total = with callees, own = in the function itself.",
+                "",
+                "| total % | own % | function |", "|---:|---:|---|",
+                *(f"| {tot:.1f} | {own:.1f} | `{fn}` |" for fn, own, tot in p["top"]), ""]
+    out.append(NOTES)
+    return "\n".join(out)
+
+
+def write(results: dict[str, Any], path: Path) -> None:
+    path.write_text(render(results))

@@ -1,0 +1,139 @@
+"""10,000 GSLB hosts and 10,000 annotated Services in the real apiserver: first full sync, RSS, and
+change -> answer latency with everything loaded.
+
+Service s-<i> carries ExternalDNS's hostname (s-<i>.foowidgets.k8s) and k8gb's (g-<i>.gb.foowidgets.k8s);
+Gslb g-<i> references it, and EndpointSlice s-<i>-bench (one ready endpoint) makes the host Healthy.
+The backend is started only once everything is in the API, so the sync time is a cold start.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import dns.message
+import dns.query
+import dns.rdatatype
+
+from backend.lab.coredns import GRPC_TEMPLATE
+from backend.lab.proc import wait_for
+from bench import dataset
+from bench.dnsperf import percentile
+from bench.env import Bed
+from bench.objects import Api, Obj, endpoint_slice, gslb, namespace, service
+from bench.procstat import cpu_seconds, loadavg, rss_bytes
+
+NS = "scale"
+POLL = 0.002
+TRIAL_TIMEOUT = 10.0
+
+
+def lb_ip(i: int, generation: int = 0) -> str:
+    return f"172.{20 + generation}.{i // 250}.{i % 250 + 1}"
+
+
+def objects(n: int) -> tuple[list[Obj], list[Obj], list[Obj]]:
+    services, slices, gslbs = [], [], []
+    for i in range(n):
+        services.append(service(NS, f"s-{i}", [lb_ip(i)], hostname=f"s-{i}.{dataset.ZONE}",
+                                gslb_host=f"g-{i}.{dataset.GSLB_ZONE}"))
+        slices.append(endpoint_slice(NS, f"s-{i}", f"10.244.{i // 250}.{i % 250 + 1}"))
+        strategy = {"type": "roundRobin"} if i % 2 else {"type": "failover", "primaryGeoTag": dataset.GEOTAG}
+        gslbs.append(gslb(NS, f"g-{i}", f"s-{i}", strategy))
+    return services, slices, gslbs
+
+
+def ask(server: str, name: str, rtype: str = "A") -> list[str]:
+    host, _, port = server.rpartition(":")
+    reply = dns.query.udp(dns.message.make_query(name, rtype), host, port=int(port), timeout=1)
+    want = dns.rdatatype.from_text(rtype)
+    return sorted(rd.to_text() for rr in reply.answer if rr.rdtype == want for rd in rr)
+
+
+def trial(change: Callable[[], None], done: Callable[[], bool]) -> float:
+    """Seconds from just before the API write to the first answer through CoreDNS that shows it."""
+    t0 = time.perf_counter()
+    change()
+    deadline = t0 + TRIAL_TIMEOUT
+    while not done():
+        if time.perf_counter() > deadline:
+            raise TimeoutError("the change did not show in the answer within 10 s")
+        time.sleep(POLL)
+    return time.perf_counter() - t0
+
+
+def summary(seconds: list[float]) -> dict[str, float]:
+    ms = sorted(s * 1000 for s in seconds)
+    return {"trials": len(ms), "p50_ms": round(percentile(ms, 50), 1), "p99_ms": round(percentile(ms, 99), 1),
+            "max_ms": round(ms[-1], 1), "mean_ms": round(statistics.fmean(ms), 1)}
+
+
+def run(bed: Bed, n: int = 10_000, trials: int = 20) -> dict[str, object]:
+    api = Api(bed.plane)
+    api.create(namespace(NS))
+    services, slices, gslbs = objects(n)
+    t0 = time.monotonic()
+    for batch in (services, slices, gslbs):
+        api.create_all(batch, workers=24)
+    created = time.monotonic() - t0
+    print(f"  created {n} Services (+ status), {n} EndpointSlices, {n} Gslbs in {created:.1f} s", flush=True)
+
+    backend = bed.backend(dataset.BACKEND_FLAGS, name="backend-scale", start=False)
+    coredns = bed.coredns(GRPC_TEMPLATE, "coredns-scale", zones=(dataset.ZONE, dataset.GSLB_ZONE),
+                          grpc=backend.grpc)
+    server = coredns.address
+    t0 = time.monotonic()
+    backend.start()
+    sync = time.monotonic() - t0
+    pid = backend.process.pid
+    assert pid is not None
+    rss_ready = rss_bytes(pid)
+    cpu_ready = cpu_seconds(pid)
+    last = n - 1
+    complete = (ask(server, f"s-{last}.{dataset.ZONE}") == [lb_ip(last)]
+                and bool(ask(server, f"g-{last}.{dataset.GSLB_ZONE}")))
+    print(f"  backend ready (/readyz 200) {sync:.1f} s after start, RSS {rss_ready / 2**20:.0f} MiB, "
+          f"CPU {cpu_ready:.1f} s; the last Service and Gslb answer at once: {complete}", flush=True)
+    wait_for(lambda: ask(server, f"s-{last}.{dataset.ZONE}") == [lb_ip(last)]
+             and bool(ask(server, f"g-{last}.{dataset.GSLB_ZONE}")),
+             what="the last Service and Gslb answering", timeout=120, watch=[backend.process])
+    all_served = time.monotonic() - t0
+
+    service_trials, gslb_trials = [], []
+    load = loadavg()
+    for k in range(trials):
+        i = (k * 7919) % n
+        svc = services[i]
+        new = lb_ip(i, 1 + k)
+        service_trials.append(trial(
+            lambda svc=svc, new=new: api.patch_status(svc, {"loadBalancer": {"ingress": [{"ip": new}]}}),
+            lambda i=i, new=new: ask(server, f"s-{i}.{dataset.ZONE}") == [new]))
+        slc = slices[i]
+        host = f"g-{i}.{dataset.GSLB_ZONE}"
+        for ready in (False, True):
+            gslb_trials.append(trial(
+                lambda slc=slc, ready=ready: api.patch(
+                    slc, {"endpoints": [{"addresses": slc["endpoints"][0]["addresses"],
+                                         "conditions": {"ready": ready}}]}),
+                lambda host=host, ready=ready: bool(ask(server, host)) == ready))
+    result = {
+        "services": n,
+        "gslbs": n,
+        "endpointslices": n,
+        "create_seconds": round(created, 1),
+        "sync_seconds": round(sync, 2),
+        "complete_at_ready": complete,
+        "all_answering_seconds": round(all_served, 2),
+        "rss_mib_at_ready": round(rss_ready / 2**20, 1),
+        "rss_mib_after_trials": round(rss_bytes(pid) / 2**20, 1),
+        "backend_cpu_seconds_to_ready": round(cpu_ready, 1),
+        "loadavg_trials": load,
+        "change_to_answer_service": summary(service_trials),
+        "change_to_answer_gslb_health": summary(gslb_trials),
+        "change_to_answer_all": summary(service_trials + gslb_trials),
+        "apiserver_rss_mib": round(rss_bytes(bed.plane.apiserver.pid or 0) / 2**20, 1),
+    }
+    print(f"  change -> answer: Service LB IP {result['change_to_answer_service']}, "
+          f"GSLB health {result['change_to_answer_gslb_health']}", flush=True)
+    return result

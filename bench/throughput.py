@@ -1,0 +1,127 @@
+"""(a) CoreDNS's file plugin, (b) CoreDNS -> grpc -> backend, (c) the same with `cache`: one run, one mix.
+
+Each target gets a short warm-up, then dnsperf for the same fixed time; the backend's CPU time per query
+is its utime+stime over the run divided by the answered queries. Last, (b) again at half of its peak
+rate (dnsperf -Q), the latency a user sees on a loaded but not saturated server.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from backend.lab.coredns import GRPC_TEMPLATE, CoreDNS
+from backend.lab.proc import wait_for
+from backend.lab.sidecar import Backend
+from bench import dataset, dnsperf
+from bench.env import Bed
+from bench.objects import Api
+from bench.procstat import cpu_seconds, loadavg
+
+WARMUP = 2.0
+CACHED_TEMPLATE = """# corefile/Corefile.tmpl with `cache` in front of grpc (the zones here are not geoip).
+${zones} {
+    bind ${bind}
+    errors
+    rewrite edns0 subnet set 24 56
+    cache 30
+    grpc . ${grpc}
+}
+"""
+
+
+def measure(label: str, server: str, mix: Path, seconds: float, pids: dict[str, int], out: Path,
+            rate: float | None = None, warmup: float = WARMUP) -> dict[str, object]:
+    """dnsperf against `server` with the CPU seconds each of `pids` spent per answered query."""
+    if warmup:
+        dnsperf.run(server, mix, warmup, rate=rate)
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    load = loadavg()
+    run = dnsperf.run(server, mix, seconds, rate=rate, out=out / f"dnsperf-{label}.txt")
+    after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    result = run.as_dict()
+    result["label"] = label
+    result["loadavg_before"] = load
+    result["cpu_us_per_query"] = {
+        name: round((after[name] - before[name]) * 1e6 / max(run.completed, 1), 1) for name in pids
+    }
+    result["cpu_share"] = {name: round((after[name] - before[name]) / seconds, 2) for name in pids}
+    print(f"  {label:28} {run.qps:>9,.0f} q/s  lost {run.lost:>5}  p50 {run.p50_ms:.3f} ms  "
+          f"p99 {run.p99_ms:.3f} ms  cpu/query {result['cpu_us_per_query']}", flush=True)
+    return result
+
+
+def backend_stack(bed: Bed, upstreams: str, name: str, template: str = GRPC_TEMPLATE) -> CoreDNS:
+    return bed.coredns(template, name, zones=(dataset.ZONE, dataset.GSLB_ZONE), grpc=upstreams)
+
+
+def load_dataset(bed: Bed) -> None:
+    api = Api(bed.plane)
+    objs = dataset.objects()
+    api.create(objs[0])
+    api.create_all(objs[1:])
+
+
+@dataclass
+class Setup:
+    """The three servers of one run over one backend, and dnsperf's input."""
+
+    backend: Backend
+    uncached: CoreDNS
+    ceiling: CoreDNS
+    cached: CoreDNS
+    mix: Path
+
+    @property
+    def backend_pid(self) -> int:
+        assert self.backend.process.pid is not None
+        return self.backend.process.pid
+
+    def pids(self, coredns: CoreDNS) -> dict[str, int]:
+        return {"backend": self.backend_pid, "coredns": coredns.process.pid or 0}
+
+
+def setup(bed: Bed) -> Setup:
+    """Records into the apiserver, the backend, the three CoreDNS; checks all three answer alike."""
+    t0 = time.monotonic()
+    load_dataset(bed)
+    backend = bed.backend(dataset.BACKEND_FLAGS)
+    uncached = backend_stack(bed, backend.grpc, "coredns-grpc")
+    wait_for(lambda: dataset.ready(uncached.address), what="every bench name answering through CoreDNS",
+             timeout=90, watch=[backend.process, uncached.process])
+    mix = bed.workdir / "queries.txt"
+    questions = dataset.write_mix(mix)
+    files = dataset.write_zone_files(uncached.address, questions, bed.workdir)
+    ceiling = bed.coredns(dataset.corefile_file(files), "coredns-file")
+    cached = backend_stack(bed, backend.grpc, "coredns-grpc-cache", CACHED_TEMPLATE)
+    want = dataset.answer_sets(uncached.address, questions)
+    for other in (ceiling, cached):
+        diff = dataset.differences(want, dataset.answer_sets(other.address, questions))
+        if diff:
+            raise RuntimeError(f"{other.process.name} answers unlike the backend:\n" + "\n".join(diff))
+    print(f"set-up {time.monotonic() - t0:.1f} s; {len(questions)} distinct questions, all three servers "
+          f"give the same answers", flush=True)
+    return Setup(backend, uncached, ceiling, cached, mix)
+
+
+def run(bed: Bed, seconds: float) -> dict[str, object]:
+    """Everything of point 1 of issue 7; returns the raw figures for bench/results.json."""
+    s = setup(bed)
+    out = bed.workdir
+    a = measure("a_file", s.ceiling.address, s.mix, seconds, {"coredns": s.ceiling.process.pid or 0}, out)
+    b = measure("b_grpc", s.uncached.address, s.mix, seconds, s.pids(s.uncached), out)
+    c = measure("c_grpc_cache", s.cached.address, s.mix, seconds, s.pids(s.cached), out)
+    half = measure("b_grpc_half_rate", s.uncached.address, s.mix, seconds, s.pids(s.uncached), out,
+                   rate=float(b["qps"]) / 2)
+    return {
+        "mix": [{"what": x.what, "percent": x.percent, "names": len(x.questions)} for x in dataset.shares()],
+        "a_file": a,
+        "b_grpc": b,
+        "c_grpc_cache": c,
+        "b_grpc_half_rate": half,
+        "ratio_uncached": round(float(b["qps"]) / float(a["qps"]), 3),
+        "ratio_cached": round(float(c["qps"]) / float(a["qps"]), 3),
+        "corefiles": {"a": s.ceiling.corefile_text, "b": s.uncached.corefile_text,
+                      "c": s.cached.corefile_text},
+    }
