@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -84,8 +85,7 @@ def test_chapter_failover_gslb_follows_the_deployment(chapter: ControlPlane, sta
         return ing["metadata"]["labels"]["app.k8gb.io/managed-by"] == "gslb" and refs[0]["kind"] == "Gslb"
 
     until(stack, owned, "the owned Ingress")
-    with plane.api_client() as api:
-        set_load_balancer(api, "Ingress", "demo", "gslb-failover-buf", ["10.2.1.167"])
+    announce(plane, "Ingress", "demo", "gslb-failover-buf", ["10.2.1.167"])
     until(stack, answers(stack, HOST, ["10.2.1.167"]), "fe -> 10.2.1.167")
     r = stack.dig(HOST)
     assert r.answer[0].ttl == 30 and "aa" in r.flags
@@ -137,113 +137,55 @@ def test_chapter_failover_gslb_follows_the_deployment(chapter: ControlPlane, sta
     assert stack.dig("localtargets-" + HOST).values("A") == ["10.2.1.167"]
 
 
+def exists(plane: ControlPlane, kind: str, namespace: str, name: str) -> Callable[[], bool]:
+    return lambda: bool(plane.kubectl("get", kind, name, "-n", namespace, "--ignore-not-found"))
+
+
+def announce(plane: ControlPlane, kind: str, namespace: str, name: str, ips: list[str]) -> None:
+    """Fill the load-balancer status as MetalLB or an ingress controller would."""
+    with plane.api_client() as api:
+        set_load_balancer(api, kind, namespace, name, ips)
+
+
 def test_annotated_ingress_gets_a_gslb(crds: ControlPlane, namespace: str, stack: DnsStack) -> None:
     plane = crds
     plane.apply(demo.app(namespace, "shop"))
-    plane.apply(
-        json.dumps(
-            {
-                "apiVersion": "networking.k8s.io/v1",
-                "kind": "Ingress",
-                "metadata": {
-                    "name": "shop",
-                    "namespace": namespace,
-                    "annotations": {
-                        "k8gb.io/strategy": "failover",
-                        "k8gb.io/primary-geotag": "us-buf",
-                        "k8gb.io/dns-ttl-seconds": "12",
-                    },
-                },
-                "spec": {
-                    "rules": [
-                        {
-                            "host": f"shop.{ZONE}",
-                            "http": {
-                                "paths": [
-                                    {
-                                        "path": "/",
-                                        "pathType": "Prefix",
-                                        "backend": {"service": {"name": "shop", "port": {"number": 80}}},
-                                    }
-                                ]
-                            },
-                        }
-                    ]
-                },
-            }
-        )
-    )
-    with plane.api_client() as api:
-        set_load_balancer(api, "Ingress", namespace, "shop", ["10.2.1.50"])
+    notes = {"k8gb.io/strategy": "failover", "k8gb.io/primary-geotag": "us-buf",
+             "k8gb.io/dns-ttl-seconds": "12"}
+    plane.apply(demo.ingress(namespace, "shop", f"shop.{ZONE}", "shop", notes))
+    announce(plane, "Ingress", namespace, "shop", ["10.2.1.50"])
     until(stack, answers(stack, f"shop.{ZONE}", ["10.2.1.50"]), "shop -> 10.2.1.50")
     obj = gslb(plane, namespace, "shop")
-    assert obj["spec"]["resourceRef"] == {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "Ingress",
-        "name": "shop",
-        "namespace": namespace,
-    }
+    ref = {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "name": "shop", "namespace": namespace}
+    assert obj["spec"]["resourceRef"] == ref
     assert obj["spec"]["strategy"] == {"type": "failover", "primaryGeoTag": "us-buf", "dnsTtlSeconds": 12}
     assert obj["metadata"]["ownerReferences"][0]["kind"] == "Ingress"
     assert stack.dig(f"shop.{ZONE}").answer[0].ttl == 12
 
-    plane.kubectl(
-        "annotate", "ingress", "shop", "-n", namespace, "--overwrite", "k8gb.io/strategy=roundRobin"
-    )
-    until(
-        stack,
-        lambda: gslb(plane, namespace, "shop")["spec"]["strategy"]["type"] == "roundRobin",
-        "the Gslb follows the annotation",
-    )
+    plane.kubectl("annotate", "ingress", "shop", "-n", namespace, "--overwrite",
+                  "k8gb.io/strategy=roundRobin")
+    until(stack, lambda: gslb(plane, namespace, "shop")["spec"]["strategy"]["type"] == "roundRobin",
+          "the Gslb follows the annotation")
 
 
 def test_loadbalancer_service_gslb_with_ipv6(crds: ControlPlane, namespace: str, stack: DnsStack) -> None:
     """k8gb users have asked for plain LoadBalancer Services since 2020, and for IPv6."""
     plane = crds
+    host = f"api.{ZONE}"
     plane.apply(demo.app(namespace, "api"))
-    plane.kubectl(
-        "patch",
-        "service",
-        "api",
-        "-n",
-        namespace,
-        "-p",
-        json.dumps(
-            {
-                "metadata": {"annotations": {"k8gb.io/hostname": f"api.{ZONE}"}},
-                "spec": {"type": "LoadBalancer"},
-            }
-        ),
-    )
-    with plane.api_client() as api:
-        set_load_balancer(api, "Service", namespace, "api", ["172.18.200.10", "fd00:10::10"])
-    plane.apply(
-        json.dumps(
-            {
-                "apiVersion": "k8gb.io/v1beta1",
-                "kind": "Gslb",
-                "metadata": {"name": "api", "namespace": namespace},
-                "spec": {
-                    "resourceRef": {"apiVersion": "v1", "kind": "Service", "name": "api"},
-                    "strategy": {"type": "roundRobin"},
-                },
-            }
-        )
-    )
-    until(stack, answers(stack, f"api.{ZONE}", ["172.18.200.10"]), "api A")
-    until(stack, answers(stack, f"api.{ZONE}", ["fd00:10::10"], "AAAA"), "api AAAA")
-    assert stack.dig(f"localtargets-api.{ZONE}", "AAAA").values("AAAA") == ["fd00:10::10"]
-    until(
-        stack,
-        lambda: (
-            gslb(plane, namespace, "api", "k8gb.io").get("status", {}).get("healthyRecords")
-            == {f"api.{ZONE}": ["172.18.200.10", "fd00:10::10"]}
-        ),
-        "status of the k8gb.io Gslb",
-    )
+    patch = {"metadata": {"annotations": {"k8gb.io/hostname": host}}, "spec": {"type": "LoadBalancer"}}
+    plane.kubectl("patch", "service", "api", "-n", namespace, "-p", json.dumps(patch))
+    announce(plane, "Service", namespace, "api", ["172.18.200.10", "fd00:10::10"])
+    ref = {"apiVersion": "v1", "kind": "Service", "name": "api"}
+    plane.apply(demo.gslb(namespace, "api", {"type": "roundRobin"}, resource_ref=ref, group="k8gb.io"))
+    until(stack, answers(stack, host, ["172.18.200.10"]), "api A")
+    until(stack, answers(stack, host, ["fd00:10::10"], "AAAA"), "api AAAA")
+    assert stack.dig(f"localtargets-{host}", "AAAA").values("AAAA") == ["fd00:10::10"]
+    until(stack, lambda: gslb(plane, namespace, "api", "k8gb.io").get("status", {}).get("healthyRecords")
+          == {host: ["172.18.200.10", "fd00:10::10"]}, "status of the k8gb.io Gslb")
 
     plane.kubectl("scale", "deploy", "api", "-n", namespace, "--replicas=0")
-    until(stack, lambda: nodata(stack.dig(f"api.{ZONE}", "AAAA")), "AAAA NODATA when the Service has no pod")
+    until(stack, lambda: nodata(stack.dig(host, "AAAA")), "AAAA NODATA when the Service has no pod")
 
 
 BAD = {
@@ -259,70 +201,52 @@ def test_bad_gslbs_get_conditions_and_events_and_the_rest_keeps_answering(
 ) -> None:
     plane = crds
     plane.apply(demo.app(namespace, "good"))
-    docs = [
-        {
-            "apiVersion": "k8gb.absa.oss/v1beta1",
-            "kind": "Gslb",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {
-                "ingress": {
-                    "rules": [
-                        {
-                            "host": f"{name}.{ZONE}",
-                            "http": {
-                                "paths": [
-                                    {
-                                        "path": "/",
-                                        "pathType": "Prefix",
-                                        "backend": {"service": {"name": "good", "port": {"number": 80}}},
-                                    }
-                                ]
-                            },
-                        }
-                    ]
-                },
-                "strategy": strategy,
-            },
-        }
-        for name, (strategy, _) in [*BAD.items(), ("good", ({"type": "roundRobin"}, ""))]
-    ]
-    docs.append(
-        {
-            "apiVersion": "k8gb.absa.oss/v1beta1",
-            "kind": "Gslb",
-            "metadata": {"name": "dangling", "namespace": namespace},
-            "spec": {
-                "resourceRef": {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "name": "nothing"},
-                "strategy": {"type": "roundRobin"},
-            },
-        }
-    )
-    plane.apply("\n---\n".join(json.dumps(d) for d in docs))
-    until(
-        stack,
-        lambda: plane.kubectl("get", "ingress", "good", "-n", namespace, "--ignore-not-found"),
-        "Ingress",
-    )
-    with plane.api_client() as api:
-        set_load_balancer(api, "Ingress", namespace, "good", ["10.3.0.1"])
+    docs = [demo.gslb(namespace, name, strategy, host=f"{name}.{ZONE}", service="good")
+            for name, (strategy, _) in [*BAD.items(), ("good", ({"type": "roundRobin"}, ""))]]
+    ref = {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "name": "nothing"}
+    docs.append(demo.gslb(namespace, "dangling", {"type": "roundRobin"}, resource_ref=ref))
+    plane.apply("\n---\n".join(docs))
+    until(stack, exists(plane, "ingress", namespace, "good"), "the owned Ingress")
+    announce(plane, "Ingress", namespace, "good", ["10.3.0.1"])
     until(stack, answers(stack, f"good.{ZONE}", ["10.3.0.1"]), "the good Gslb answers")
 
     expected = {name: reason for name, (_, reason) in BAD.items()} | {"dangling": "ResourceNotFound"}
     for name, reason in expected.items():
-        until(
-            stack,
-            lambda n=name, r=reason: ready(gslb(plane, namespace, n)).get("reason") == r,
-            f"{name}: Ready=False {reason}",
-        )
+        until(stack, lambda n=name, r=reason: ready(gslb(plane, namespace, n)).get("reason") == r,
+              f"{name}: Ready=False {reason}")
         assert ready(gslb(plane, namespace, name))["status"] == "False"
-        until(
-            stack,
-            lambda n=name, r=reason: ("Warning", r) in events(plane, namespace, n),
-            f"{name}: Event {reason}",
-        )
+        until(stack, lambda n=name, r=reason: ("Warning", r) in events(plane, namespace, n),
+              f"{name}: Event {reason}")
         assert stack.dig(f"{name}.{ZONE}").rcode == "NXDOMAIN"
     assert stack.backend.process.alive()
     assert ready(gslb(plane, namespace, "good"))["status"] == "True"
     status, body = stack.backend.get("/metrics")
     series = f'k8gb_gslb_errors_total{{name="unknown-strategy",namespace="{namespace}"}}'
     assert status == 200 and series in body
+
+
+def test_gslb_writes_work_under_the_shipped_least_privilege_rbac(
+    crds: ControlPlane, namespace: str, dns_stack_factory: Callable[..., DnsStack], tmp_path: Path
+) -> None:
+    """The backend as the k8s/ ServiceAccount: owned Ingress, annotation-made Gslb, status, Events, Lease."""
+    plane = crds
+    for manifest in ("namespace.yaml", "serviceaccount.yaml", "rbac.yaml"):
+        plane.apply((demo.ROOT / "k8s" / manifest).read_text())
+    kubeconfig = plane.kubeconfig_for("coredns-gslb", "coredns-gslb", tmp_path / "kubeconfig")
+    flags = demo.backend_flags("us-buf", "--namespace", "coredns-gslb")
+    stack = dns_stack_factory(kubeconfig, zones=(ZONE,), flags=flags)
+    plane.apply(demo.app(namespace, "web"))
+    plane.apply(demo.gslb(namespace, "owned", {"type": "roundRobin"}, host=f"owned.{ZONE}", service="web"))
+    notes = {"k8gb.io/strategy": "roundRobin"}
+    plane.apply(demo.ingress(namespace, "annotated", f"annotated.{ZONE}", "web", notes))
+    until(stack, exists(plane, "ingress", namespace, "owned"), "the owned Ingress")
+    until(stack, exists(plane, "gslb", namespace, "annotated"), "the annotation-made Gslb")
+    for name in ("owned", "annotated"):
+        announce(plane, "Ingress", namespace, name, ["10.5.0.1"])
+    for name in ("owned", "annotated"):
+        until(stack, answers(stack, f"{name}.{ZONE}", ["10.5.0.1"]), f"{name} answers")
+        until(stack, lambda n=name: ready(gslb(plane, namespace, n)).get("status") == "True", f"{name} Ready")
+    plane.kubectl("scale", "deploy", "web", "-n", namespace, "--replicas=0")
+    until(stack, lambda: ("Warning", "HostUnhealthy") in events(plane, namespace, "owned"), "Event as the SA")
+    denied = 'User "system:serviceaccount:coredns-gslb:coredns-gslb" cannot'  # the apiserver's RBAC refusal
+    assert denied not in stack.backend.process.log.read_text()

@@ -39,34 +39,7 @@ def test_one_replica_writes_and_the_other_takes_over(
     demo.install_crds(plane)
     host = f"web-{namespace}.{ZONE}"
     plane.apply(demo.app(namespace, "web"))
-    plane.apply(
-        json.dumps(
-            {
-                "apiVersion": "k8gb.absa.oss/v1beta1",
-                "kind": "Gslb",
-                "metadata": {"name": "web", "namespace": namespace},
-                "spec": {
-                    "ingress": {
-                        "rules": [
-                            {
-                                "host": host,
-                                "http": {
-                                    "paths": [
-                                        {
-                                            "path": "/",
-                                            "pathType": "Prefix",
-                                            "backend": {"service": {"name": "web", "port": {"number": 80}}},
-                                        }
-                                    ]
-                                },
-                            }
-                        ]
-                    },
-                    "strategy": {"type": "roundRobin"},
-                },
-            }
-        )
-    )
+    plane.apply(demo.gslb(namespace, "web", {"type": "roundRobin"}, host=host, service="web"))
     flags = demo.backend_flags("us-buf", "--namespace", namespace)  # the Lease lives in the test's namespace
     stacks = [dns_stack_factory(plane, zones=(ZONE,), flags=flags) for _ in range(2)]
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -92,25 +91,10 @@ def settings_for(plane: ControlPlane, **extra: Any) -> Settings:
     )
 
 
-GSLB = """
-apiVersion: k8gb.absa.oss/v1beta1
-kind: Gslb
-metadata: {name: web, namespace: %(ns)s}
-spec:
-  ingress:
-    rules:
-    - host: %(host)s
-      http:
-        paths:
-        - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}
-  strategy: %(strategy)s
-"""
-
-
 def gslb_app(plane: ControlPlane, namespace: str, host: str, strategy: dict[str, Any]) -> None:
     """A healthy Deployment + Service behind a Gslb with spec.ingress."""
     plane.apply(demo.app(namespace, "web"))
-    plane.apply(GSLB % {"ns": namespace, "host": host, "strategy": json.dumps(strategy)})
+    plane.apply(demo.gslb(namespace, "web", strategy, host=host, service="web"))
 
 
 def announce(plane: ControlPlane, namespace: str, ip: str) -> None:

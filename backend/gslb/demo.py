@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 ROOT = Path(__file__).resolve().parents[2]
 CRDS = (ROOT / "k8s" / "crds" / "gslb.k8gb.absa.oss.yaml", ROOT / "k8s" / "crds" / "gslb.k8gb.io.yaml")
@@ -76,3 +76,27 @@ def backend_flags(geotag: str = "us-buf", *extra: str) -> list[str]:
         geotag,
         *extra,
     ]
+
+
+def rules(host: str, service: str) -> list[dict[str, Any]]:
+    """Ingress rules: `host` / -> `service`:80."""
+    backend = {"service": {"name": service, "port": {"number": 80}}}
+    return [{"host": host, "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": backend}]}}]
+
+
+def gslb(namespace: str, name: str, strategy: dict[str, Any], *, host: str = "", service: str = "",
+         resource_ref: dict[str, Any] | None = None, group: str = "k8gb.absa.oss") -> str:
+    """A Gslb manifest: spec.ingress routing `host` to `service`, or spec.resourceRef."""
+    spec: dict[str, Any] = {"strategy": strategy}
+    if resource_ref is not None:
+        spec["resourceRef"] = resource_ref
+    else:
+        spec["ingress"] = {"rules": rules(host, service)}
+    return json.dumps({"apiVersion": f"{group}/v1beta1", "kind": "Gslb",
+                       "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+
+
+def ingress(namespace: str, name: str, host: str, service: str, annotations: dict[str, str]) -> str:
+    return json.dumps({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                       "metadata": {"name": name, "namespace": namespace, "annotations": annotations},
+                       "spec": {"rules": rules(host, service)}})
