@@ -15,12 +15,11 @@ import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qs, urlsplit
 
-import grpc
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from backend import metrics
 from backend.config import Settings
-from backend.proto import dns_pb2, dns_pb2_grpc
+from backend.h2grpc import H2GrpcServer
 from backend.zone.table import NotifyCallback, Table
 
 log = logging.getLogger(__name__)
@@ -37,14 +36,6 @@ def split_hostport(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-class _Servicer(dns_pb2_grpc.DnsServiceServicer):
-    def __init__(self, server: DnsServer) -> None:
-        self._server = server
-
-    async def Query(self, request: dns_pb2.DnsPacket, context: grpc.aio.ServicerContext) -> dns_pb2.DnsPacket:
-        return dns_pb2.DnsPacket(msg=self._server.handle(request.msg, context))
-
-
 class DnsServer:
     """gRPC + HTTP front of the backend. Construct, `set_table`, `await start()`, later `await stop()`."""
 
@@ -56,7 +47,7 @@ class DnsServer:
         self._detail_fns: dict[str, Callable[[], str | None]] = {}
         self._routes: dict[str, HttpHandler] = {}
         self._notify: list[NotifyCallback] = []
-        self._grpc: grpc.aio.Server | None = None
+        self._grpc: H2GrpcServer | None = None
         self._http: asyncio.Server | None = None
         self.grpc_port = 0
         self.http_port = 0
@@ -89,10 +80,9 @@ class DnsServer:
 
     # -- DNS ---------------------------------------------------------------------------------
 
-    def handle(self, msg: bytes, context: grpc.aio.ServicerContext | None = None) -> bytes:
+    def handle(self, msg: bytes, peer: str = "") -> bytes:
         start = time.perf_counter()
-        if len(msg) > 2 and (msg[2] >> 3) & 0xF == 4:  # NOTIFY: rare, worth the peer lookup
-            peer = context.peer() if context is not None else ""
+        if len(msg) > 2 and (msg[2] >> 3) & 0xF == 4:  # NOTIFY: rare, worth the callback plumbing
             reply, zone, qtype = self.table.resolve(msg, self._notified, peer)
         else:
             reply, zone, qtype = self.table.resolve(msg)
@@ -107,12 +97,8 @@ class DnsServer:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._grpc = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
-        dns_pb2_grpc.add_DnsServiceServicer_to_server(_Servicer(self), self._grpc)
-        self.grpc_port = self._grpc.add_insecure_port(self.settings.grpc_listen)
-        if not self.grpc_port:
-            raise OSError(f"cannot listen for gRPC on {self.settings.grpc_listen}")
-        await self._grpc.start()
+        self._grpc = H2GrpcServer(self.handle)
+        self.grpc_port = await self._grpc.start(*split_hostport(self.settings.grpc_listen))
         host, port = split_hostport(self.settings.http_listen)
         self._http = await asyncio.start_server(self._serve_http, host, port)
         self.http_port = self._http.sockets[0].getsockname()[1]
