@@ -108,6 +108,7 @@ class Informer:
         self._thread: threading.Thread | None = None
         self._missing_logged = False
         self._failing = False
+        self._connected = False  # the current attempt reached the API (resets the backoff)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -172,35 +173,48 @@ class Informer:
                 self._stop.wait(delay * random.uniform(0.8, 1.2))
                 if self._stop.is_set():
                     return
+            self._connected = False
             try:
                 if need_list:
                     self._list()
                     need_list = False
-                delay = 0.0
                 self._watch()
-                reason = "closed"
+                delay, reason = 0.0, "closed"
             except _Gone:
-                need_list, reason = True, "gone"
+                delay, need_list, reason = 0.0, True, "gone"
             except kubeapi.KubeError as e:
                 need_list = True
                 if e.status == 404:
                     self._not_installed()
-                    delay = min(max(delay * 2, 1.0), max(self.backoff_cap, 10.0))
+                    delay = self._backoff(delay, 1.0, max(self.backoff_cap, 10.0))
                     continue
                 reason = f"http {e.status}"
-                log.warning("%s: %s", self.resource, e)
-                delay = min(max(delay * 2, 0.2), self.backoff_cap)
+                self._trouble(str(e))
+                delay = self._backoff(delay, 0.2, self.backoff_cap)
             except (urllib3.exceptions.HTTPError, OSError, ValueError) as e:
                 if self._stop.is_set():
                     return
                 reason = "error"
-                if not self._failing:
-                    log.warning("%s: API unreachable (%s); serving the %d objects held", self.resource, e,
-                                len(self.objects))
-                    self._failing = True
-                delay = min(max(delay * 2, 0.2), self.backoff_cap)
+                self._trouble(f"API unreachable ({e})")
+                delay = self._backoff(delay, 0.2, self.backoff_cap)
             if self._on_restart is not None and not self._stop.is_set():
                 self._on_restart(self.resource, reason)
+
+    def _backoff(self, delay: float, floor: float, cap: float) -> float:
+        """Double the wait after each failure in a row; an attempt that got through starts over."""
+        return min(max(0.0 if self._connected else delay * 2, floor), cap)
+
+    def _trouble(self, what: str) -> None:
+        """Log the first failure of a run of them, not every retry."""
+        if not self._failing:
+            log.warning("%s: %s; serving the %d objects held", self.resource, what, len(self.objects))
+            self._failing = True
+
+    def _reached(self) -> None:
+        self._connected = True
+        if self._failing:
+            log.warning("%s: API reachable again (resourceVersion %s)", self.resource, self.resource_version)
+            self._failing = False
 
     def _not_installed(self) -> None:
         """No such kind (a CRD not installed): the empty set is the truth until it appears."""
@@ -240,6 +254,7 @@ class Informer:
             self._missing_logged = False
         self._replace_all(items, meta.get("resourceVersion", ""))
         self.synced.set()
+        self._reached()
 
     def _replace_all(self, items: dict[str, Obj], resource_version: str) -> None:
         """Swap in a full list, telling the handlers only what differs from what we held."""
@@ -281,10 +296,7 @@ class Informer:
                 raise _Gone
             if not 200 <= resp.status < 300:
                 raise kubeapi.error_of(resp)
-            if self._failing:
-                log.warning("%s: API reachable again, watching from resourceVersion %s", self.resource,
-                            self.resource_version)
-                self._failing = False
+            self._reached()
             if self._stop.is_set():
                 return
             for event in kubeapi.json_lines(resp):
