@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -108,6 +109,11 @@ def announce(plane: ControlPlane, namespace: str, ip: str) -> None:
         set_load_balancer(api, "Ingress", namespace, "web", [ip])
 
 
+def healthy_records(plane: ControlPlane, namespace: str) -> dict[str, list[str]]:
+    obj = json.loads(plane.kubectl("get", "gslbs.k8gb.absa.oss", "web", "-n", namespace, "-o", "json"))
+    return (obj.get("status") or {}).get("healthyRecords") or {}
+
+
 def inject_peer(ctx: app.Context, host: str, ip: str, geotag: str = "us-nyc") -> None:
     ctx.store.replace(f"peer/{geotag}", [Endpoint(host, "A", (Target(ip, geotag),))])
 
@@ -137,6 +143,9 @@ def test_weighted_round_robin_holds_over_10000_queries(
         finally:
             coredns.stop()
         assert set(counts) == {("10.2.1.167",), ("10.2.1.98",)}, counts  # one cluster per answer, never mixed
+        # kubectl shows where the name can go: both clusters' healthy targets
+        records = {host: ["10.2.1.167", "10.2.1.98"]}
+        crds.wait_for(lambda: healthy_records(crds, namespace) == records, what="healthyRecords", timeout=30)
         share = counts[("10.2.1.167",)] / 10_000
         assert abs(share - 0.75) <= 0.02, counts
 

@@ -1,7 +1,8 @@
 """The leader's writes to the API, driven by informer events and engine results through one queue.
 
-Work items are ("status", Gslb store key), ("ingress", Gslb store key) for the owned Ingress and
-("gslb", Ingress key) for an annotated Ingress. Items are deduplicated while they wait, processed
+Work items are ("status", Gslb store key), ("ingress", Gslb store key) for the owned Ingress,
+("gslb", Ingress key) for an annotated Ingress and ("peers", "") after a Store change (other
+clusters' targets are part of a Gslb's healthyRecords). Items are deduplicated while they wait, processed
 one at a time on one thread, and only while this replica leads; a failed write is retried with
 backoff. Becoming leader queues everything once, so a new leader repairs whatever the old one left.
 """
@@ -23,6 +24,7 @@ from backend.controller.events import EventRecorder
 from backend.controller.leader import LeaderElector
 from backend.gslb.engine import GslbEngine, GslbResult, store_key
 from backend.gslb.spec import object_ref
+from backend.model import Target
 from backend.sources import kubeapi
 from backend.sources.informer import GSLBS, GSLBS_IO, INGRESSES, Informer, Resource, key_of
 
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 Item = tuple[str, str]
 MAX_BACKOFF = 30.0
+PEER_PREFIX = "peer/"  # Store keys of other clusters' targets (backend/peers)
 
 
 class WorkQueue:
@@ -107,9 +110,12 @@ class Controller:
         self.elector = elector or LeaderElector(
             api, settings.namespace, identity=settings.identity, on_started=self._resync
         )
+        self._peers: status.Peers = {}
         self._thread = threading.Thread(target=self._run, name="gslb-controller", daemon=True)
         engine.subscribe(self._on_result)
         ingresses.add_handler(self._on_ingress)
+        # Store listeners run on the writer's thread: only queue, the worker diffs.
+        engine.store.subscribe(lambda _version: self.queue.add(("peers", "")))
 
     def start(self) -> None:
         self.elector.start()
@@ -143,6 +149,7 @@ class Controller:
                     self.queue.add(("ingress", store_key(owner)))
 
     def _resync(self) -> None:
+        self.queue.add(("peers", ""))  # statuses include other clusters' targets; a change requeues them
         for key in list(self.engine.results):
             self._on_result(key, self.engine.results.get(key))
         for obj in self.ingresses.list():
@@ -159,9 +166,8 @@ class Controller:
             if not self.elector.is_leader.is_set():
                 continue  # a non-leader keeps nothing queued: becoming leader queues everything anew
             try:
-                {"status": self._write_status, "ingress": self._ensure_ingress, "gslb": self._ensure_gslb}[
-                    item[0]
-                ](item[1])
+                {"status": self._write_status, "ingress": self._ensure_ingress, "gslb": self._ensure_gslb,
+                 "peers": self._peers_changed}[item[0]](item[1])
                 self.queue.forget(item)
             except kubeapi.KubeError as e:
                 if e.status != 409:
@@ -177,7 +183,7 @@ class Controller:
             return
         obj = result.obj
         current = obj.get("status")
-        desired = status.desired_status(result, self.settings.cluster_geotag, current)
+        desired = status.desired_status(result, self.settings.cluster_geotag, current, self._peers)
         if desired == (current or {}):
             return
         meta = obj["metadata"]
@@ -187,6 +193,23 @@ class Controller:
         ref = object_ref(obj)
         for type_, reason, message in status.events(current, desired):
             self.recorder.record(ref, type_, reason, message)
+
+    def _peers_changed(self, _: str) -> None:
+        """Queue the status of every Gslb whose hosts gained or lost another cluster's targets."""
+        _, by_key = self.engine.store.snapshot()
+        peers: dict[str, list[Target]] = {}
+        for key, eps in by_key.items():
+            if key.startswith(PEER_PREFIX):
+                for ep in eps:
+                    if ep.rtype in ("A", "AAAA"):
+                        peers.setdefault(ep.name, []).extend(ep.targets)
+        new = {host: tuple(sorted(ts, key=lambda t: (t.geotag, t.value))) for host, ts in peers.items()}
+        changed = {h for h in new.keys() | self._peers.keys() if new.get(h) != self._peers.get(h)}
+        self._peers = new
+        if changed:
+            for key, result in list(self.engine.results.items()):
+                if any(h.host in changed for h in result.hosts):
+                    self.queue.add(("status", key))
 
     def _ensure_ingress(self, key: str) -> None:
         result = self.engine.results.get(key)

@@ -11,9 +11,12 @@ from typing import Any
 
 from backend.gslb.engine import GslbResult
 from backend.gslb.health import HEALTHY
+from backend.gslb.strategy import plan
+from backend.model import Target
 
 Obj = dict[str, Any]
 Event = tuple[str, str, str]  # (Normal|Warning, reason, message)
+TRANSIENT = ("Unhealthy", "NoAddress")  # Ready=False states of a correct Gslb: no Warning of their own
 
 
 def _now() -> str:
@@ -31,10 +34,31 @@ def ready_condition(result: GslbResult) -> tuple[str, str, str]:
     sick = [f"{h.host} is {h.health}" for h in result.hosts if not h.healthy]
     if sick:
         return "False", "Unhealthy", "; ".join(sick)
+    if not all(h.targets for h in result.hosts):
+        # e.g. the ingress controller has not announced an address yet, or announced only a hostname
+        return "False", "NoAddress", "no load-balancer IP address (status.loadBalancer.ingress[].ip) yet"
     return "True", "Healthy", f"{len(result.hosts)} host(s) healthy and served"
 
 
-def desired_status(result: GslbResult, geotag: str, current: Obj | None = None) -> Obj:
+Peers = dict[str, tuple[Target, ...]]  # host -> other clusters' healthy targets (Store keys peer/<geotag>)
+
+
+def healthy_records(result: GslbResult, geotag: str, peers: Peers) -> dict[str, list[str]]:
+    """k8gb's healthyRecords: what the host resolves to across clusters. Failover narrows it to the
+    primary's targets while it has any; the other strategies pick among all of them per query."""
+    out: dict[str, list[str]] = {}
+    for h in result.hosts:
+        targets = (*(Target(ip, geotag) for ip in h.targets if h.healthy), *peers.get(h.host, ()))
+        if targets and result.spec is not None and result.spec.strategy.type == "failover":
+            targets = plan(result.spec.strategy, targets).variants[0]
+        if targets:
+            out[h.host] = [t.value for t in targets]
+    return out
+
+
+def desired_status(
+    result: GslbResult, geotag: str, current: Obj | None = None, peers: Peers | None = None
+) -> Obj:
     """k8gb's status fields, then conditions; lastTransitionTime moves only when the status does."""
     hosts = result.hosts
     exposed = sorted({t for h in hosts for t in h.targets})
@@ -42,7 +66,7 @@ def desired_status(result: GslbResult, geotag: str, current: Obj | None = None) 
         "geoTag": geotag,
         "hosts": ", ".join(h.host for h in hosts),
         "serviceHealth": {h.host: h.health for h in hosts},
-        "healthyRecords": {h.host: list(h.targets) for h in hosts if h.healthy and h.targets},
+        "healthyRecords": healthy_records(result, geotag, peers or {}),
         "loadBalancer": {"exposedIps": exposed},
         "servers": [
             {
@@ -81,6 +105,6 @@ def events(current: Obj | None, desired: Obj) -> list[Event]:
         out.append((kind, f"Host{health}", f"{host} is {health}" + (f" (was {was})" if was else "")))
     old = next((c for c in (current or {}).get("conditions") or () if c.get("type") == "Ready"), {})
     new = desired["conditions"][0]
-    if new["status"] == "False" and new["reason"] not in ("Unhealthy", old.get("reason")):
+    if new["status"] == "False" and new["reason"] not in (*TRANSIENT, old.get("reason")):
         out.append(("Warning", new["reason"], new["message"]))
     return out

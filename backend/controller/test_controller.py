@@ -9,7 +9,8 @@ from backend.controller import objects, status
 from backend.controller.manager import WorkQueue
 from backend.gslb.engine import GslbResult
 from backend.gslb.health import HostState
-from backend.gslb.spec import SpecError
+from backend.gslb.spec import SpecError, parse
+from backend.model import Target
 
 GSLB = {
     "apiVersion": "k8gb.absa.oss/v1beta1",
@@ -118,3 +119,15 @@ def test_work_queue_dedups_and_retries_with_backoff() -> None:
     assert q.get() == ("status", "a") and time.monotonic() - start >= 0.15
     threading.Timer(0.05, q.close).start()
     assert q.get() is None
+
+
+def test_healthy_records_span_clusters_and_follow_failover() -> None:
+    strategy = {"type": "failover", "primaryGeoTag": "us-nyc"}
+    spec = parse({**GSLB, "spec": {**GSLB["spec"], "strategy": strategy}})
+    peers = {"fe.gb.example": (Target("10.9.0.1", "us-nyc"),)}
+    failover = GslbResult("gslb/demo/fe", GSLB, spec, result().hosts, None)
+    assert status.healthy_records(failover, "us-buf", peers) == {"fe.gb.example": ["10.9.0.1"]}
+    assert status.healthy_records(failover, "us-buf", {}) == {"fe.gb.example": ["10.0.0.1"]}
+    rr = GslbResult("gslb/demo/fe", GSLB, parse(GSLB), result("Unhealthy").hosts, None)
+    assert status.healthy_records(rr, "us-buf", peers) == {"fe.gb.example": ["10.9.0.1"]}
+    assert status.healthy_records(rr, "us-buf", {}) == {}
