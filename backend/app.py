@@ -22,12 +22,14 @@ from typing import Any
 
 from kubernetes import client
 
-from backend import metrics
+from backend import edge, explain, metrics, peers
 from backend.config import Settings, from_args
 from backend.controller.events import EventRecorder
+from backend.gslb.engine import GslbEngine
 from backend.gslb.producer import gslb
 from backend.gslb.strategy import GeoLookup
 from backend.model import ObjectRef, Store
+from backend.peers.exchange import PeerExchange
 from backend.server import DnsServer
 from backend.sources import kubeapi
 from backend.sources.informer import DNSENDPOINTS, ENDPOINTSLICES, INGRESSES, SERVICES, Informer, Resource
@@ -54,6 +56,8 @@ class Context:
     start_hooks: list[Hook] = field(default_factory=list)
     stop_hooks: list[Hook] = field(default_factory=list)
     recompile: Callable[[], None] = lambda: None
+    gslb_engine: GslbEngine | None = None  # set by the gslb producer; explain reads health from it
+    peer_exchange: PeerExchange | None = None  # set by peers.attach; explain reads the peers' state
 
     def informer(self, resource: Resource) -> Informer:
         """The one shared Informer for `resource`, created on first ask (before the informers start)."""
@@ -64,6 +68,25 @@ class Context:
                 on_restart=lambda r, why: metrics.WATCH_RESTARTS.labels(r.plural, why).inc(),
             )
         return self.informers[resource]
+
+    def background(self, run: Callable[[], Awaitable[None]]) -> None:
+        """Run the loop `run()` as a task from start to stop (the peer exchange, the edge updater)."""
+        tasks: list[asyncio.Task[None]] = []
+
+        def done(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("%s stopped", run, exc_info=task.exception())
+
+        def start() -> None:
+            tasks.append(asyncio.ensure_future(run()))
+            tasks[-1].add_done_callback(done)
+
+        def stop() -> None:
+            for task in tasks:
+                task.cancel()
+
+        self.start_hooks.append(start)
+        self.stop_hooks.append(stop)
 
     def synced(self) -> bool:
         return all(i.synced.is_set() for i in self.informers.values()) and all(c() for c in self.ready_checks)
@@ -78,7 +101,7 @@ def external_dns(ctx: Context) -> None:
 
 
 Producer = Callable[[Context], None]
-PRODUCERS: list[Producer] = [external_dns, gslb]
+PRODUCERS: list[Producer] = [external_dns, gslb, peers.attach, edge.attach, explain.attach]
 
 
 class Compiler:

@@ -52,6 +52,8 @@ class Settings:
     peer_dns_port: int = 53  # where peers' CoreDNS listen; glue carries no port, so only tests change it
     edge_sync_seconds: float = 30.0  # how often the edge records are checked for drift
     ns_record_ttl: int = 30  # k8gb's nsRecordTTL: TTL of the NS and glue records at the edge
+    edge_publish_names: bool = True  # ExternalDNS-style names inside an edge zone go to the edge too
+    txt_owner_id: str = ""  # ExternalDNS's --txt-owner-id for those names; "" = clusterGeoTag
     tsig_key_file: str | None = None
     tsig_secret: str | None = None  # namespace/name of a Secret holding the TSIG key
 
@@ -92,6 +94,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--peer-dns-port", type=int, default=int(_env("PEER_DNS_PORT", "53") or 53))
     p.add_argument("--edge-sync-seconds", type=float, default=float(_env("EDGE_SYNC_SECONDS", "30") or 30))
     p.add_argument("--ns-record-ttl", type=int, default=int(_env("NS_RECORD_TTL", "30") or 30))
+    p.add_argument("--edge-publish-names", choices=("true", "false"),
+                   default=(_env("EDGE_PUBLISH_NAMES", "true") or "true").lower(),
+                   help="publish ExternalDNS-style names inside the edge zone to the edge DNS (RFC 2136)")
+    p.add_argument("--txt-owner-id", default=_env("TXT_OWNER_ID", ""),
+                   help="ExternalDNS owner id in the edge's TXT registry (default: the cluster geotag)")
     p.add_argument("--tsig-key-file", default=_env("TSIG_KEY_FILE"), help="BIND key file; never a flag value")
     p.add_argument("--tsig-secret", default=_env("TSIG_SECRET"), help="namespace/name of a Secret with the key")
     return p
@@ -133,6 +140,8 @@ def from_args(argv: Sequence[str] | None = None) -> Settings:
         peer_dns_port=a.peer_dns_port,
         edge_sync_seconds=a.edge_sync_seconds,
         ns_record_ttl=a.ns_record_ttl,
+        edge_publish_names=a.edge_publish_names == "true",
+        txt_owner_id=a.txt_owner_id,
         tsig_key_file=a.tsig_key_file,
         tsig_secret=a.tsig_secret,
     )

@@ -84,7 +84,10 @@ PEER_QUERIES = Counter("coredns_gslb_peer_queries_total", "DNS queries sent for 
 PEER_UP = Gauge("coredns_gslb_peer_up", "1 while the peer answers its SOA polls in every zone", ["peer"])
 PEER_RECORDS = Gauge("coredns_gslb_peer_records", "Records (host, type) currently learned from the peer",
                      ["peer"])
-EDGE_SYNCS = Counter("coredns_gslb_edge_syncs_total", "Edge record checks and updates, by edge zone and the "
-                     "edge's rcode (NOERROR, REFUSED, NOTAUTH/BADSIG, UNREACHABLE, ...)", ["zone", "rcode"])
-EDGE_CHANGES = Counter("coredns_gslb_edge_changes_total", "Records added or removed at the edge", ["zone"])
-EDGE_IN_SYNC = Gauge("coredns_gslb_edge_in_sync", "1 while the edge holds our records as wanted", ["zone"])
+EDGE_SYNCS = Counter("coredns_gslb_edge_syncs_total", "Edge record checks and updates, by edge zone, kind "
+                     "(delegation, names) and the edge's rcode (NOERROR, REFUSED, NOTAUTH/BADSIG, ...)",
+                     ["zone", "kind", "rcode"])
+EDGE_CHANGES = Counter("coredns_gslb_edge_changes_total", "Records added or removed at the edge",
+                       ["zone", "kind"])
+EDGE_IN_SYNC = Gauge("coredns_gslb_edge_in_sync", "1 while the edge holds our records as wanted",
+                     ["zone", "kind"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import subprocess
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,10 +20,15 @@ from backend.edge import tsig
 from backend.lab.bind9 import Bind9
 from backend.lab.dig import dig
 from backend.lab.kube import ControlPlane
-from backend.lab.proc import PYTHON, ROOT
+from backend.lab.lbpool import LbPool
+from backend.lab.proc import PYTHON, ROOT, wait_for
+from backend.lab.sidecar import Backend
+from backend.model import Endpoint, ObjectRef, Store, Target
 
 ZONE = GslbZone("gb.foowidgets.k8s", "foowidgets.k8s")
 BUF, NYC = "gslb-ns-us-buf-gb.foowidgets.k8s", "gslb-ns-us-nyc-gb.foowidgets.k8s"
+DELEGATION = f"delegation {ZONE.edge_zone}"
+NGINX_LB = ROOT / "backend" / "lab" / "manifests" / "nginx-lb.yaml"
 
 
 def cluster(named: Bind9, geotag: str, address: str, **overrides: object) -> Settings:
@@ -74,7 +80,7 @@ def test_clusters_co_own_the_ns_set_restart_changes_nothing_and_leave_removes_on
     before = serial(bind9)
     for settings in (buf, nyc):
         publisher = sync_once(settings)  # a restarted updater: a new process, same settings
-        assert publisher.status[ZONE.edge_zone].ok and publisher.status[ZONE.edge_zone].changed_total == 0
+        assert publisher.status[DELEGATION].ok and publisher.status[DELEGATION].changed_total == 0
     assert serial(bind9) == before, "a restart must not touch the edge zone"
 
     moved = replace(buf, nameserver_address="127.0.0.13")
@@ -102,7 +108,7 @@ def test_drift_is_repaired_without_touching_other_records(bind9: Bind9) -> None:
     dns.query.tcp(vandal, bind9.host, port=bind9.port, timeout=5)
     assert ns_set(bind9) == []
     publisher = sync_once(buf)
-    assert publisher.status[ZONE.edge_zone].changed_total == 1
+    assert publisher.status[DELEGATION].changed_total == 1
     assert ns_set(bind9) == [BUF + "."]
     assert glue(bind9, "other." + ZONE.edge_zone) == ["192.0.2.1"]
 
@@ -118,7 +124,7 @@ def test_a_rejected_update_is_reported_with_the_edge_rcode(bind9: Bind9, tmp_pat
     else:
         settings = cluster(bind9, "us-buf", "127.0.0.11", tsig_key_file=None)
     publisher = sync_once(settings)
-    status = publisher.status[ZONE.edge_zone]
+    status = publisher.status[DELEGATION]
     assert not status.ok and status.rcode == rcode
     assert rcode in publisher.readiness()
     assert ns_set(bind9) == []
@@ -145,8 +151,90 @@ def test_key_from_a_kubernetes_secret(control_plane: ControlPlane, namespace: st
     settings = cluster(bind9, "us-buf", "127.0.0.11", tsig_key_file=None,
                        kubeconfig=str(control_plane.kubeconfig), tsig_secret=f"{namespace}/edge-tsig")
     publisher = sync_once(settings)
-    assert publisher.status[ZONE.edge_zone].ok, publisher.readiness()
+    assert publisher.status[DELEGATION].ok, publisher.readiness()
     assert ns_set(bind9) == [BUF + "."]
     with pytest.raises(tsig.TsigKeyError, match="lacks secret"):
         control_plane.kubectl("create", "secret", "generic", "half", "-n", namespace, "--from-literal=name=x")
         tsig.load(replace(settings, tsig_secret=f"{namespace}/half"))
+
+
+def names_publisher(named: Bind9, geotag: str, store: Store) -> edge.EdgePublisher:
+    publisher = edge.publisher(cluster(named, geotag, "", txt_owner_id=f"{geotag}-dns"), store)
+    assert publisher is not None and [j.kind for j in publisher.jobs] == ["names"]
+    return publisher
+
+
+def service(store: Store, name: str, host: str, *targets: str, rtype: str = "A") -> None:
+    ref = ObjectRef("Service", "default", name)
+    endpoint = Endpoint(host, rtype, tuple(Target(t) for t in targets), 60, ref)
+    store.replace(f"service/default/{name}", [endpoint] if targets else [])
+
+
+def txt(named: Bind9, name: str) -> list[str]:
+    return dig(named.address, name, "TXT", "+norecurse").values("TXT")
+
+
+def test_names_go_to_the_edge_with_externaldns_ownership_and_only_owned_records_change(bind9: Bind9) -> None:
+    import dns.query
+    import dns.tsig
+    import dns.update
+
+    others = dns.update.UpdateMessage(ZONE.edge_zone, keyring=bind9.keyring(),
+                                      keyalgorithm=dns.tsig.HMAC_SHA256)
+    others.add("manual.foowidgets.k8s.", 60, "A", "192.0.2.7")  # hand-made, no marker
+    others.add("taken.foowidgets.k8s.", 60, "A", "192.0.2.8")  # a real ExternalDNS elsewhere owns it
+    others.add("a-taken.foowidgets.k8s.", 60, "TXT",
+               '"heritage=external-dns,external-dns/owner=other,external-dns/resource=service/x/y"')
+    dns.query.tcp(others, bind9.host, port=bind9.port, timeout=5)
+
+    buf_store, nyc_store = Store(), Store()
+    service(buf_store, "nginx-ext-dns", "nginx.foowidgets.k8s", "172.18.200.101")
+    service(buf_store, "manual", "manual.foowidgets.k8s", "172.18.200.102")
+    service(buf_store, "taken", "taken.foowidgets.k8s", "172.18.200.103")
+    service(buf_store, "v6", "v6.foowidgets.k8s", "2001:db8::101", rtype="AAAA")
+    service(buf_store, "alias", "www.foowidgets.k8s", "nginx.foowidgets.k8s", rtype="CNAME")
+    service(buf_store, "gslb-ingress", "fe.gb.foowidgets.k8s", "10.2.1.167")  # delegated: never at the edge
+    service(nyc_store, "nginx-ext-dns", "nginx.foowidgets.k8s", "172.18.201.101")
+    service(nyc_store, "api", "api.foowidgets.k8s", "172.18.201.102")
+    buf, nyc = names_publisher(bind9, "us-buf", buf_store), names_publisher(bind9, "us-nyc", nyc_store)
+    assert asyncio.run(buf.sync_once()) and asyncio.run(nyc.sync_once())
+
+    assert glue(bind9, "nginx.foowidgets.k8s") == ["172.18.200.101"], "first owner keeps it"
+    assert txt(bind9, "a-nginx.foowidgets.k8s") == [
+        '"heritage=external-dns,external-dns/owner=us-buf-dns,external-dns/resource=service/default/nginx-ext-dns"']
+    assert glue(bind9, "api.foowidgets.k8s") == ["172.18.201.102"]
+    assert glue(bind9, "v6.foowidgets.k8s", "AAAA") == ["2001:db8::101"]
+    assert dig(bind9.address, "www.foowidgets.k8s", "CNAME", "+norecurse").values("CNAME") == [
+        "nginx.foowidgets.k8s."]
+    assert glue(bind9, "manual.foowidgets.k8s") == ["192.0.2.7"]
+    assert txt(bind9, "a-manual.foowidgets.k8s") == []
+    assert glue(bind9, "taken.foowidgets.k8s") == ["192.0.2.8"]
+    assert glue(bind9, "fe.gb.foowidgets.k8s") == []
+
+    service(buf_store, "nginx-ext-dns", "nginx.foowidgets.k8s", "172.18.200.111")
+    service(buf_store, "v6", "v6.foowidgets.k8s")
+    assert asyncio.run(buf.sync_once(force=False))
+    assert glue(bind9, "nginx.foowidgets.k8s") == ["172.18.200.111"]
+    assert glue(bind9, "v6.foowidgets.k8s", "AAAA") == [] and txt(bind9, "aaaa-v6.foowidgets.k8s") == []
+    assert glue(bind9, "api.foowidgets.k8s") == ["172.18.201.102"], "nyc's name is not buf's to touch"
+    before = serial(bind9)
+    assert asyncio.run(buf.sync_once()) and asyncio.run(nyc.sync_once())
+    assert serial(bind9) == before, "nothing to do is nothing sent"
+
+
+def test_names_of_a_serving_cluster_resolve_at_the_edge(
+        control_plane_factory: Callable[..., ControlPlane], bind9: Bind9,
+        backend_factory: Callable[..., Backend], lbpool_factory: Callable[..., LbPool]) -> None:
+    """The chapter's first half through the enterprise DNS: nginx-lb.yaml, MetalLB's address, dig @edge."""
+    plane = control_plane_factory("mc-us-buf")
+    lbpool_factory(plane, services=["172.18.200.101"], fixed={"default/nginx-ext-dns": "172.18.200.101"})
+    plane.apply(NGINX_LB.read_text())
+    try:
+        backend_factory(plane, "--zones", ZONE.edge_zone, "--dns-zone", ZONE.dns_zone, "--edge-dns-zone",
+                        ZONE.edge_zone, "--edge-dns-servers", bind9.address, "--cluster-geo-tag", "us-buf",
+                        "--tsig-key-file", str(bind9.key_file))
+        wait_for(lambda: glue(bind9, "nginx.foowidgets.k8s") == ["172.18.200.101"],
+                 what="nginx.foowidgets.k8s at the edge", timeout=60)
+        assert "owner=us-buf" in txt(bind9, "a-nginx.foowidgets.k8s")[0]
+    finally:
+        plane.kubectl("delete", "-f", "-", input=NGINX_LB.read_text(), check=False)

@@ -140,7 +140,7 @@ def test_two_clusters_delegate_and_fail_over_through_the_edge(clusters) -> None:
     serial = edge_serial(edge)
     buf.stack.backend.stop()
     buf.stack.backend.start()
-    until(lambda: f"edge: {EDGE_ZONE} in sync" in buf.readyz(), "the restarted updater checked the edge", cs)
+    until(lambda: f"delegation {EDGE_ZONE} in sync" in buf.readyz(), "the restarted updater's check", cs)
     assert edge_serial(edge) == serial, "a restarted updater must not change the edge zone"
 
     buf.stack.stop()

@@ -1,6 +1,7 @@
-"""Edge delegation by RFC 2136: this cluster's NS target and glue in the enterprise DNS zone.
+"""The enterprise ("edge") DNS zone by RFC 2136: this cluster's NS target and glue there, and its
+ExternalDNS-style names with ExternalDNS's TXT ownership records (see README.md).
 
-`coredns-gslb edge leave [serve's flags]` removes only this cluster's records; `publisher(settings)`
+`coredns-gslb edge leave [serve's flags]` removes only this cluster's delegation; `publisher(...)`
 builds the long-running updater that `serve` runs.
 """
 
@@ -13,8 +14,17 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from backend.config import Settings, from_args
-from backend.edge import tsig
-from backend.edge.publisher import Claim, EdgeError, EdgePublisher, delegation_claims, sync
+from backend.edge import names, tsig
+from backend.edge.publisher import (
+    Claim,
+    EdgeError,
+    EdgePublisher,
+    Job,
+    delegation_claims,
+    delegation_job,
+    sync,
+)
+from backend.model import Store
 from backend.peers.query import parse_server
 
 if TYPE_CHECKING:
@@ -33,28 +43,37 @@ def claims(settings: Settings) -> list[Claim]:
                              settings.ns_record_ttl)
 
 
-def publisher(settings: Settings) -> EdgePublisher | None:
-    """The updater for `serve`, or None (with a log line saying why) when edge publishing is off.
+def publisher(settings: Settings, store: Store | None = None) -> EdgePublisher | None:
+    """The updater for `serve`, or None when there is nothing to publish (a log line says why).
 
+    The delegation needs --nameserver-address; the names need a Store (and --edge-publish-names).
     A bad key source is an error at start-up, not a silent unsigned update later.
     """
     if not settings.edge_dns_servers or not settings.gslb_zones:
         return None
-    if not addresses(settings):
-        log.warning("edge delegation off: --nameserver-address (this cluster's CoreDNS address) is not set")
-        return None
     key = tsig.load(settings)
+    jobs: list[Job] = []
+    if addresses(settings):
+        jobs += [delegation_job(claim, key) for claim in claims(settings)]
+    else:
+        log.warning("edge delegation off: --nameserver-address (this cluster's CoreDNS address) is not set")
+    if store is not None and settings.edge_publish_names:
+        edge_zones = sorted({gz.edge_zone for gz in settings.gslb_zones})
+        jobs += [names.job(settings, store, key, zone) for zone in edge_zones]
+    if not jobs:
+        return None
     if key is None:
         log.warning("no TSIG key configured (--tsig-key-file or --tsig-secret): edge updates go unsigned")
     servers = [parse_server(s) for s in settings.edge_dns_servers]
-    return EdgePublisher(servers, key, lambda: claims(settings), settings.edge_sync_seconds)
+    return EdgePublisher(servers, jobs, settings.edge_sync_seconds)
 
 
 def attach(ctx: Context) -> None:
-    """`serve`'s updater: keeps our delegation at the edge; its state shows on /readyz, never gating it."""
-    pub = publisher(ctx.settings)
+    """`serve`'s updater: its state shows on /readyz (never gating it); Store changes wake it."""
+    pub = publisher(ctx.settings, ctx.store)
     if pub is not None:
         ctx.server.add_readiness_detail("edge", pub.readiness)
+        ctx.store.subscribe(pub.wake)
         ctx.background(pub.run)
 
 

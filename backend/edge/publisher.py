@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import dns.asyncquery
@@ -120,13 +120,17 @@ def changes(claim: Claim, held: dict[tuple[str, str], frozenset[str]], *, leave:
     return stale, missing
 
 
-async def send_update(server: Server, claim: Claim, key: dns.tsig.Key | None, deletes: list[Record],
-                      adds: list[Record]) -> None:
-    update = dns.update.UpdateMessage(claim.zone, keyring=key)
+async def send_update(server: Server, zone: str, key: dns.tsig.Key | None, deletes: list[Record],
+                      adds: list[tuple[Record, int]], absent: Sequence[str] = ()) -> None:
+    """One atomic update: delete specific rdata, add rdata (with TTL); `absent` names must hold no TXT
+    (RFC 2136 prerequisite), so two clusters cannot both claim a fresh name."""
+    update = dns.update.UpdateMessage(zone, keyring=key)
+    for name in absent:
+        update.absent(dns.name.from_text(name), "TXT")
     for r in deletes:
         update.delete(dns.name.from_text(r.name), r.rtype, r.value)
-    for r in adds:
-        update.add(dns.name.from_text(r.name), claim.ttl, r.rtype, r.value)
+    for r, ttl in adds:
+        update.add(dns.name.from_text(r.name), ttl, r.rtype, r.value)
     try:
         response = await dns.asyncquery.tcp(update, server.host, port=server.port, timeout=TIMEOUT)
     except dns.tsig.PeerError as e:
@@ -135,101 +139,133 @@ async def send_update(server: Server, claim: Claim, key: dns.tsig.Key | None, de
         raise EdgeError(server, "UNREACHABLE", f"{type(e).__name__}: {e}") from e
     if response.rcode() != dns.rcode.NOERROR:
         raise EdgeError(server, dns.rcode.to_text(response.rcode()))
+    log.info("edge %s zone %s: removed %s, added %s", server, zone,
+             [f"{r.name} {r.rtype} {r.value}" for r in deletes] or "nothing",
+             [f"{r.name} {r.rtype} {r.value}" for r, _ in adds] or "nothing")
 
 
-async def sync(servers: list[Server], claim: Claim, key: dns.tsig.Key | None, *, leave: bool = False) -> int:
-    """Bring one edge zone in line (or remove ours); the first server that takes it wins.
+Attempt = Callable[[Server], Awaitable[int]]
 
-    Returns the number of rdata changed. Raises the last server's EdgeError when none took it.
-    """
+
+async def on_first_server(servers: list[Server], attempt: Attempt) -> int:
+    """Run one reconcile against the first edge server that takes it; the last error if none does."""
     error: EdgeError | None = None
     for server in servers:
         try:
-            held = await current(server, claim)
+            return await attempt(server)
         except QueryError as e:
             error = EdgeError(server, "UNREACHABLE", str(e))
-            continue
-        deletes, adds = changes(claim, held, leave=leave)
-        if not deletes and not adds:
-            return 0
-        try:
-            await send_update(server, claim, key, deletes, adds)
         except EdgeError as e:
             error = e
-            continue
-        log.info("edge %s zone %s: removed %s, added %s", server, claim.zone,
-                 [f"{r.name} {r.rtype} {r.value}" for r in deletes] or "nothing",
-                 [f"{r.name} {r.rtype} {r.value}" for r in adds] or "nothing")
-        return len(deletes) + len(adds)
-    assert error is not None
-    raise error
+    raise error or EdgeError(Server("none"), "UNREACHABLE", "no edge DNS servers")
+
+
+async def sync_claim(server: Server, claim: Claim, key: dns.tsig.Key | None, *, leave: bool = False) -> int:
+    """Bring one edge zone in line with the claim (or remove ours); the number of rdata changed."""
+    deletes, adds = changes(claim, await current(server, claim), leave=leave)
+    if deletes or adds:
+        await send_update(server, claim.zone, key, deletes, [(r, claim.ttl) for r in adds])
+    return len(deletes) + len(adds)
+
+
+async def sync(servers: list[Server], claim: Claim, key: dns.tsig.Key | None, *, leave: bool = False) -> int:
+    return await on_first_server(servers, lambda server: sync_claim(server, claim, key, leave=leave))
+
+
+def delegation_job(claim: Claim, key: dns.tsig.Key | None) -> Job:
+    return Job("delegation", claim.zone, lambda: claim, lambda server, _w: sync_claim(server, claim, key))
 
 
 @dataclass
-class ZoneStatus:
+class Job:
+    """One thing kept at the edge. `wanted()` is cheap; when it has not changed since the last success,
+    a wake-up (not the periodic check) skips the job, so a busy Store does not mean a busy edge."""
+
+    kind: str  # delegation | names
+    zone: str  # the edge zone
+    wanted: Callable[[], object]
+    apply: Callable[[Server, object], Awaitable[int]]
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.zone}"
+
+
+@dataclass
+class JobStatus:
     ok: bool = False
     rcode: str = ""
     error: str = ""
     last_sync: float | None = None
     changed_total: int = 0
+    wanted: object = None
 
 
 @dataclass
 class EdgePublisher:
-    """Keeps our claims at the edge: on start, every `interval` seconds (drift), and when woken (change).
+    """Keeps our records at the edge: on start, every `interval` seconds (drift), and when woken (change).
 
     A failing edge is retried with exponential backoff; DNS serving never waits on it.
     """
 
     servers: list[Server]
-    key: dns.tsig.Key | None
-    claims: Callable[[], list[Claim]]
+    jobs: list[Job]
     interval: float = 30.0
-    status: dict[str, ZoneStatus] = field(default_factory=dict)
+    status: dict[str, JobStatus] = field(default_factory=dict)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _loop: asyncio.AbstractEventLoop | None = None
 
-    def wake(self) -> None:
-        """Thread-safe: something we publish changed, sync now rather than at the next interval."""
+    def wake(self, _version: int = 0) -> None:
+        """Thread-safe (a Store listener): something we publish may have changed, check now."""
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
 
-    async def sync_once(self) -> bool:
+    async def sync_once(self, force: bool = True) -> bool:
         all_ok = True
-        for claim in self.claims():
-            st = self.status.setdefault(claim.zone, ZoneStatus())
+        for job in self.jobs:
+            st = self.status.setdefault(job.label, JobStatus())
+            wanted = job.wanted()
+            if not force and st.ok and st.wanted == wanted:
+                continue
             try:
-                changed = await sync(self.servers, claim, self.key)
+                changed = await on_first_server(self.servers, lambda s, w=wanted, j=job: j.apply(s, w))
             except EdgeError as e:
                 if st.ok or st.error != str(e):
                     log.warning("edge update for %s failed: %s (rcode %s); retrying with backoff",
-                                claim.zone, e, e.rcode)
+                                job.label, e, e.rcode)
                 st.ok, st.rcode, st.error = False, e.rcode, str(e)
                 all_ok = False
-                metrics.EDGE_SYNCS.labels(claim.zone, e.rcode).inc()
-                metrics.EDGE_IN_SYNC.labels(claim.zone).set(0)
+                metrics.EDGE_SYNCS.labels(job.zone, job.kind, e.rcode).inc()
+                metrics.EDGE_IN_SYNC.labels(job.zone, job.kind).set(0)
                 continue
-            st.ok, st.rcode, st.error, st.last_sync = True, "NOERROR", "", time.time()
+            st.ok, st.rcode, st.error, st.last_sync, st.wanted = True, "NOERROR", "", time.time(), wanted
             st.changed_total += changed
-            metrics.EDGE_SYNCS.labels(claim.zone, "NOERROR").inc()
-            metrics.EDGE_CHANGES.labels(claim.zone).inc(changed)
-            metrics.EDGE_IN_SYNC.labels(claim.zone).set(1)
+            metrics.EDGE_SYNCS.labels(job.zone, job.kind, "NOERROR").inc()
+            metrics.EDGE_CHANGES.labels(job.zone, job.kind).inc(changed)
+            metrics.EDGE_IN_SYNC.labels(job.zone, job.kind).set(1)
         return all_ok
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         backoff = 1.0
+        next_full = 0.0  # when the next forced (drift) check is due
         while True:
             self._wake.clear()
-            ok = await self.sync_once()
-            delay = self.interval if ok else backoff
-            backoff = 1.0 if ok else min(backoff * 2, MAX_BACKOFF)
+            force = time.monotonic() >= next_full
+            if not await self.sync_once(force=force):
+                next_full = 0.0  # after a failure, check everything again, but not before the backoff
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+                continue
+            backoff = 1.0
+            if force:
+                next_full = time.monotonic() + self.interval
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                await asyncio.wait_for(self._wake.wait(), max(0.0, next_full - time.monotonic()))
 
     def readiness(self) -> str:
-        """The /readyz detail line: per edge zone, in sync or the edge's last rcode. Never gates readiness."""
+        """The /readyz detail line: per job, in sync or the edge's last rcode. Never gates readiness."""
         if not self.status:
             return "not synced yet"
-        return "; ".join(f"{zone} in sync" if st.ok else f"{zone} failing, rcode {st.rcode}: {st.error}"
-                         for zone, st in sorted(self.status.items()))
+        return "; ".join(f"{label} in sync" if st.ok else f"{label} failing, rcode {st.rcode}: {st.error}"
+                         for label, st in sorted(self.status.items()))
