@@ -25,6 +25,10 @@ ControlPlaneFactory = Callable[..., ControlPlane]
 T = TypeVar("T", CoreDNS, Backend, DnsStack, Bind9, LbPool)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "lab: runs `coredns-gslb lab` end to end (alone: pytest -m lab)")
+
+
 @pytest.fixture(scope="session")
 def testbed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("testbed")

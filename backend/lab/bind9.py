@@ -17,13 +17,13 @@ import dns.query
 import dns.rcode
 import dns.tsigkeyring
 
-from backend.lab.proc import Process, StartupError, binary, free_port, wait_for
+from backend.lab.proc import Process, Server, StartupError, binary, free_port, wait_for
 
 START_TIMEOUT = 30.0
 NOWHERE = "127.255.255.254"  # root hints target: loopback, nobody listens
 
 
-class Bind9:
+class Bind9(Server):
     """named -g as the edge DNS. `key_file` is a BIND key file (what --tsig-key-file expects)."""
 
     def __init__(
@@ -58,10 +58,6 @@ class Bind9:
             detached=detached,
         )
 
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
     def keyring(self) -> dict[dns.name.Name, dns.tsig.Key]:
         """The TSIG key for dnspython: UpdateMessage(zone, keyring=..., keyalgorithm=...)."""
         return dns.tsigkeyring.from_text({self.key_name: (self.algorithm, self.secret)})
@@ -84,9 +80,6 @@ class Bind9:
             watch=[self.process],
         )
         return self
-
-    def stop(self) -> None:
-        self.process.stop()
 
     def _write_files(self) -> None:
         if not self.key_file.exists():

@@ -8,7 +8,7 @@ from pathlib import Path
 import dns.message
 import dns.query
 
-from backend.lab.proc import ROOT, Process, binary, free_port, wait_for
+from backend.lab.proc import ROOT, Process, Server, binary, free_port, wait_for
 
 TEMPLATES = ROOT / "corefile"
 GRPC_TEMPLATE = "Corefile.tmpl"
@@ -28,7 +28,7 @@ def answers(host: str, port: int, timeout: float = 1.0) -> bool:
     return True
 
 
-class CoreDNS:
+class CoreDNS(Server):
     """One CoreDNS process. `zones`, `bind` and `port` are filled in for the template; pass the rest."""
 
     def __init__(
@@ -59,10 +59,6 @@ class CoreDNS:
             detached=detached,
         )
 
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
     def start(self) -> CoreDNS:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.corefile.write_text(self.corefile_text)
@@ -74,6 +70,3 @@ class CoreDNS:
             watch=[self.process],
         )
         return self
-
-    def stop(self) -> None:
-        self.process.stop()

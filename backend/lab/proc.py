@@ -118,6 +118,21 @@ class Process:
         return StartupError(f"{self.name} {why}; log {self.log}:\n{self.tail()}")
 
 
+class Server:
+    """A DNS server process (CoreDNS, named); `address` is "host:port" as dig and state.json take it."""
+
+    host: str
+    port: int
+    process: Process
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
 def kill_pidfile(pidfile: Path, timeout: float = 10.0) -> str | None:
     """Stop a detached child recorded in a pid file (its whole session); returns its argv0 if it ran.
 

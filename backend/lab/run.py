@@ -32,7 +32,7 @@ EDGE_ZONE = "foowidgets.k8s"
 GSLB_ZONE = "gb.foowidgets.k8s"
 HOST = "fe.gb.foowidgets.k8s"
 SA_NAMESPACE = SA_NAME = "coredns-gslb"
-WAIT = 90.0  # bound for each step of the demo; the edge's cache alone may take the TTL (30 s)
+WAIT = 60.0  # bound for each step of the demo; the edge's cache alone may take the TTL (30 s)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,122 @@
+"""`make lab` end to end: the chapter's answers, `.lab/state.json`, twice-safe up, a clean down.
+
+Runs the real CLI (`python -m backend.cli lab ...`) with its own folder and loopback addresses, so it
+never meets a lab someone has running. Alone: `.venv/bin/python -m pytest -m lab tests/test_lab.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from backend.lab.dig import dig
+from backend.lab.proc import PYTHON, ROOT, free_loopback_ip, free_port, port_free
+
+pytestmark = pytest.mark.lab
+
+
+def lab(folder: Path, *args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(PYTHON), "-m", "backend.cli", "lab", *args, "--dir", str(folder)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def answers(output: str, observer: str) -> list[str]:
+    """What the replay printed for fe.gb.foowidgets.k8s at one observer, in order."""
+    return re.findall(rf"\[lab\]\s+{observer} .*?fe\.gb\.foowidgets\.k8s -> (\S+)", output)
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie (the lab's processes are orphans; init reaps them in its own time)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+class Addresses:
+    def __init__(self) -> None:
+        self.edge = f"127.0.0.1:{free_port()}"
+        self.buf = free_loopback_ip()
+        self.nyc = free_loopback_ip()
+
+    def args(self) -> list[str]:
+        return ["--edge", self.edge, "--buf-ip", self.buf, "--nyc-ip", self.nyc]
+
+
+@pytest.fixture
+def lab_dir(tmp_path: Path) -> Iterator[Path]:
+    folder = tmp_path / "lab"
+    yield folder
+    lab(folder, "down", timeout=120)
+
+
+@pytest.mark.timeout(600)
+def test_make_lab_replays_the_chapter_and_stops_cleanly(lab_dir: Path) -> None:
+    addr = Addresses()
+    run = lab(lab_dir, "up", *addr.args())
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out
+
+    assert re.search(r"nginx\.foowidgets\.k8s -> 172\.18\.200\.101", out), out
+    assert answers(out, "edge") == ["10.2.1.167", "10.2.1.98", "10.2.1.167"], out
+    assert answers(out, "us-buf") == ["10.2.1.167", "10.2.1.98", "10.2.1.167"], out
+    assert answers(out, "us-nyc") == ["10.2.1.167", "10.2.1.98", "10.2.1.167"], out
+    assert re.search(r"fe\.gb\.foowidgets\.k8s -> 10\.2\.1\.98\s+\(\d+\.\ds\)", out), (
+        "switch times are printed"
+    )
+
+    state = json.loads((lab_dir / "state.json").read_text())
+    assert set(state) == {"edge", "clusters"}
+    assert state["edge"] == {"dns": addr.edge}
+    assert set(state["clusters"]) == {"us-buf", "us-nyc"}
+    for geotag, ip in (("us-buf", addr.buf), ("us-nyc", addr.nyc)):
+        cluster = state["clusters"][geotag]
+        assert set(cluster) == {"kubeconfig", "dns", "backend", "geotag"}
+        assert cluster["geotag"] == geotag
+        assert cluster["dns"] == f"{ip}:53"
+        assert re.fullmatch(r"127\.0\.0\.1:\d+", cluster["backend"])
+        kubeconfig = ROOT / cluster["kubeconfig"]
+        assert not Path(cluster["kubeconfig"]).is_absolute() and kubeconfig.exists()
+        assert dig(cluster["dns"], "fe.gb.foowidgets.k8s", "A", "+norecurse").values("A") == ["10.2.1.167"]
+        nodes = subprocess.run(
+            [str(ROOT / ".deps/bin/kubectl"), "--kubeconfig", str(kubeconfig), "get", "nodes"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert " Ready " in nodes.stdout, nodes.stdout + nodes.stderr
+    assert dig(state["edge"]["dns"], "fe.gb.foowidgets.k8s").values("A") == ["10.2.1.167"]
+    assert dig(state["clusters"]["us-buf"]["dns"], "nginx.foowidgets.k8s").values("A") == ["172.18.200.101"]
+
+    pids = [int(f.read_text().split()[0]) for f in lab_dir.rglob("*.pid")]
+    assert len(pids) >= 15, "etcd, edge, and per cluster 4 kube components, lbpool, backend, CoreDNS"
+    again = lab(lab_dir, "up", "--no-demo", *addr.args())
+    assert again.returncode == 0 and "already running" in again.stdout, again.stdout + again.stderr
+
+    stopped = lab(lab_dir, "down")
+    assert stopped.returncode == 0, stopped.stderr
+    assert not [p for p in pids if alive(p)], "lab down leaves no process"
+    assert not list(lab_dir.rglob("*.pid")) and not (lab_dir / "state.json").exists()
+    edge_ip, edge_port = addr.edge.split(":")
+    assert port_free(edge_ip, int(edge_port)) and port_free(addr.buf, 53) and port_free(addr.nyc, 53)
+
+
+def test_lab_refuses_a_taken_port_and_starts_nothing(lab_dir: Path) -> None:
+    addr = Addresses()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
+        squatter.bind((addr.buf, 53))
+        run = lab(lab_dir, "up", *addr.args(), timeout=60)
+    assert run.returncode == 1
+    assert f"{addr.buf}:53 already taken" in run.stderr
+    assert not list(lab_dir.rglob("*.pid"))
