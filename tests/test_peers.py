@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socketserver
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field, replace
 
 import dns.flags
@@ -130,16 +131,6 @@ def local_gslb(store: Store, hosts: tuple[str, ...] = (HOST,),
     store.replace("gslb/demo/gslb-failover-buf", eps)
 
 
-def exchange(double: DnsDouble, store: Store, clock: Clock, **overrides: object) -> PeerExchange:
-    settings = Settings(gslb_zones=(ZONE,), edge_dns_servers=(f"127.0.0.1:{double.port}",),
-                        cluster_geotag="us-buf", ext_gslb_clusters_geotags=("us-buf", "us-nyc"),
-                        peer_dns_port=double.port,
-                        peer_poll_seconds=0.4, peer_grace_seconds=10)
-    ex = PeerExchange(replace(settings, **overrides), store, clock=clock)  # type: ignore[arg-type]
-    ex._refresh_local(notify=False)
-    return ex
-
-
 def nyc_double() -> DnsDouble:
     return DnsDouble(records={
         ("gslb-ns-us-nyc-gb.foowidgets.k8s", "A"): ["127.0.0.1"],
@@ -147,149 +138,142 @@ def nyc_double() -> DnsDouble:
     })
 
 
-def peer_targets(store: Store) -> list[tuple[str, str, tuple[Target, ...]]]:
-    _, by_key = store.snapshot()
-    return [(ep.name, ep.rtype, ep.targets) for ep in by_key.get("peer/us-nyc", ())]
-
-
 NYC = [(HOST, "A", (Target("10.2.1.98", "us-nyc"),))]
 
 
-def only(ex: PeerExchange) -> PeerZone:
-    return ex.peers["us-nyc"][0]
+@dataclass
+class Rig:
+    """us-buf's exchange with one peer, us-nyc, played by `peer` (which also plays the edge)."""
+
+    store: Store
+    clock: Clock
+    peer: DnsDouble
+    ex: PeerExchange
+
+    @property
+    def nyc(self) -> PeerZone:
+        return self.ex.peers["us-nyc"][0]
+
+    async def poll(self, advance: float = 0.0) -> None:
+        self.clock.now += advance
+        await self.ex.poll(self.nyc)
+
+    def targets(self) -> list[tuple[str, str, tuple[Target, ...]]]:
+        _, by_key = self.store.snapshot()
+        return [(ep.name, ep.rtype, ep.targets) for ep in by_key.get("peer/us-nyc", ())]
 
 
-def run(coro_fn: Callable[[], object]) -> None:
-    asyncio.run(asyncio.wait_for(coro_fn(), 30))  # type: ignore[arg-type]
+@contextlib.contextmanager
+def rig(double: DnsDouble | None = None, **overrides: object) -> Iterator[Rig]:
+    store = Store()
+    local_gslb(store)
+    with serving(double or nyc_double()) as peer:
+        settings = Settings(gslb_zones=(ZONE,), edge_dns_servers=(f"127.0.0.1:{peer.port}",),
+                            cluster_geotag="us-buf", ext_gslb_clusters_geotags=("us-buf", "us-nyc"),
+                            peer_dns_port=peer.port, peer_poll_seconds=0.4, peer_grace_seconds=10)
+        clock = Clock()
+        ex = PeerExchange(replace(settings, **overrides), store, clock=clock)  # type: ignore[arg-type]
+        ex._refresh_local(notify=False)
+        yield Rig(store, clock, peer, ex)
 
 
-def test_fetches_peer_targets_and_refetches_only_when_the_serial_moves() -> None:
-    async def body() -> None:
-        store, clock = Store(), Clock()
-        local_gslb(store)
-        with serving(nyc_double()) as peer:
-            ex = exchange(peer, store, clock)
-            await ex.poll(only(ex))
-            assert peer_targets(store) == NYC
-            fetched = peer.queries("A")
-            for _ in range(3):
-                clock.now += 1
-                await ex.poll(only(ex))
-            assert peer.queries("A") == fetched, "an unchanged serial must not refetch"
-            peer.records[("localtargets-" + HOST, "A")] = ["10.2.1.98", "10.2.1.99"]
-            peer.serial += 1
-            await ex.poll(only(ex))
-            assert [t.value for t in peer_targets(store)[0][2]] == ["10.2.1.98", "10.2.1.99"]
+def asynchronous(test: Callable[..., Coroutine[None, None, None]]) -> Callable[..., None]:
+    @functools.wraps(test)
+    def run(*args: object, **kwargs: object) -> None:
+        asyncio.run(asyncio.wait_for(test(*args, **kwargs), 30))
 
-    run(body)
+    return run
 
 
-def test_a_new_local_host_is_fetched_without_a_serial_change() -> None:
-    async def body() -> None:
-        store, clock = Store(), Clock()
-        local_gslb(store)
-        with serving(nyc_double()) as peer:
-            peer.records[("localtargets-api.gb.foowidgets.k8s", "AAAA")] = ["2001:db8::98"]
-            ex = exchange(peer, store, clock)
-            await ex.poll(only(ex))
-            local_gslb(store, hosts=(HOST, "api.gb.foowidgets.k8s"))
-            ex._refresh_local(notify=False)
-            await ex.poll(only(ex))
-            api = ("api.gb.foowidgets.k8s", "AAAA", (Target("2001:db8::98", "us-nyc"),))
-            assert api in peer_targets(store)
-
-    run(body)
+@asynchronous
+async def test_fetches_peer_targets_and_refetches_only_when_the_serial_moves() -> None:
+    with rig() as r:
+        await r.poll()
+        assert r.targets() == NYC
+        fetched = r.peer.queries("A")
+        for _ in range(3):
+            await r.poll(1)
+        assert r.peer.queries("A") == fetched, "an unchanged serial must not refetch"
+        r.peer.records[("localtargets-" + HOST, "A")] = ["10.2.1.98", "10.2.1.99"]
+        r.peer.serial += 1
+        await r.poll()
+        assert [t.value for t in r.targets()[0][2]] == ["10.2.1.98", "10.2.1.99"]
 
 
-def test_one_lost_packet_changes_nothing_and_a_dead_peer_drops_after_the_grace() -> None:
-    async def body() -> None:
-        store, clock = Store(), Clock()
-        local_gslb(store)
-        with serving(nyc_double()) as peer:
-            ex = exchange(peer, store, clock)
-            await ex.poll(only(ex))
-            peer.mode = "drop-one"
-            clock.now += 1
-            await ex.poll(only(ex))
-            assert not only(ex).error, "a single lost packet is retried within the poll"
-            peer.mode = "silent"
-            clock.now += 5
-            await ex.poll(only(ex))
-            assert only(ex).error and peer_targets(store) == NYC, "inside the grace the last targets stay"
-            clock.now += 6
-            await ex.poll(only(ex))
-            assert peer_targets(store) == []
-            peer.mode = "ok"
-            clock.now += 1
-            await ex.poll(only(ex))
-            assert peer_targets(store) == NYC, "a peer that answers again is refetched"
+@asynchronous
+async def test_a_new_local_host_is_fetched_without_a_serial_change() -> None:
+    with rig() as r:
+        r.peer.records[("localtargets-api.gb.foowidgets.k8s", "AAAA")] = ["2001:db8::98"]
+        await r.poll()
+        local_gslb(r.store, hosts=(HOST, "api.gb.foowidgets.k8s"))
+        r.ex._refresh_local(notify=False)
+        await r.poll()
+        assert ("api.gb.foowidgets.k8s", "AAAA", (Target("2001:db8::98", "us-nyc"),)) in r.targets()
 
-    run(body)
+
+@asynchronous
+async def test_one_lost_packet_changes_nothing_and_a_dead_peer_drops_after_the_grace() -> None:
+    with rig() as r:
+        await r.poll()
+        r.peer.mode = "drop-one"
+        await r.poll(1)
+        assert not r.nyc.error, "a single lost packet is retried within the poll"
+        r.peer.mode = "silent"
+        await r.poll(5)
+        assert r.nyc.error and r.targets() == NYC, "inside the grace the last targets stay"
+        await r.poll(6)
+        assert r.targets() == []
+        r.peer.mode = "ok"
+        await r.poll(1)
+        assert r.targets() == NYC, "a peer that answers again is refetched"
 
 
 @pytest.mark.parametrize("mode", ["garbage", "wrong-name", "wrong-type", "huge", "not-aa"])
-def test_a_misbehaving_peer_is_unreachable_never_trusted(mode: str) -> None:
-    async def body() -> None:
-        store, clock = Store(), Clock()
-        local_gslb(store)
-        with serving(nyc_double()) as peer:
-            ex = exchange(peer, store, clock)
-            await ex.poll(only(ex))
-            assert peer_targets(store) == NYC
-            peer.mode = mode
-            peer.serial += 1
-            peer.records[("localtargets-" + HOST, "A")] = ["10.6.6.6"]
-            clock.now += 1
-            await ex.poll(only(ex))
-            assert only(ex).error, f"{mode}: the answer must be rejected"
-            assert peer_targets(store) == NYC, f"{mode}: nothing from a bad answer is published"
-            clock.now += 11
-            await ex.poll(only(ex))
-            assert peer_targets(store) == []
-            assert "unreachable" in (ex.readiness() or "")
-
-    run(body)
+@asynchronous
+async def test_a_misbehaving_peer_is_unreachable_never_trusted(mode: str) -> None:
+    with rig() as r:
+        await r.poll()
+        assert r.targets() == NYC
+        r.peer.mode = mode
+        r.peer.serial += 1
+        r.peer.records[("localtargets-" + HOST, "A")] = ["10.6.6.6"]
+        await r.poll(1)
+        assert r.nyc.error, f"{mode}: the answer must be rejected"
+        assert r.targets() == NYC, f"{mode}: nothing from a bad answer is published"
+        await r.poll(11)
+        assert r.targets() == []
+        assert "unreachable" in (r.ex.readiness() or "")
 
 
-def test_a_peer_the_edge_does_not_know_is_unreachable() -> None:
-    async def body() -> None:
-        store, clock = Store(), Clock()
-        local_gslb(store)
-        with serving(DnsDouble()) as edge:
-            ex = exchange(edge, store, clock)
-            await ex.poll(only(ex))
-            assert "no A/AAAA" in only(ex).error and peer_targets(store) == []
-
-    run(body)
+@asynchronous
+async def test_a_peer_the_edge_does_not_know_is_unreachable() -> None:
+    with rig(DnsDouble()) as r:
+        await r.poll()
+        assert "no A/AAAA" in r.nyc.error and r.targets() == []
 
 
-def test_local_health_change_sends_notify_and_notify_triggers_a_check() -> None:
-    async def body() -> None:
-        store, clock = Store(), Clock()
-        local_gslb(store)
-        with serving(nyc_double()) as peer:
-            ex = exchange(peer, store, clock, peer_poll_seconds=60.0)
-            task = asyncio.create_task(ex.run())
-            try:
-                while not peer_targets(store):
-                    await asyncio.sleep(0.05)
-                local_gslb(store, targets=())  # our nginx went unhealthy
-                while not any(op == "NOTIFY" for op, _, _ in peer.seen):
-                    await asyncio.sleep(0.05)
-                soas = peer.queries("SOA")
-                peer.serial += 1
-                peer.records[("localtargets-" + HOST, "A")] = ["10.2.1.97"]
-                ex.on_notify(ZONE.dns_zone + ".", None)
-                while peer_targets(store) == NYC:
-                    await asyncio.sleep(0.05)
-                assert peer.queries("SOA") > soas
-                assert peer_targets(store) == [(HOST, "A", (Target("10.2.1.97", "us-nyc"),))]
-            finally:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-
-    run(body)
+@asynchronous
+async def test_local_health_change_sends_notify_and_notify_triggers_a_check() -> None:
+    with rig(peer_poll_seconds=60.0) as r:
+        task = asyncio.create_task(r.ex.run())
+        try:
+            while not r.targets():
+                await asyncio.sleep(0.05)
+            local_gslb(r.store, targets=())  # our nginx went unhealthy
+            while not any(op == "NOTIFY" for op, _, _ in r.peer.seen):
+                await asyncio.sleep(0.05)
+            soas = r.peer.queries("SOA")
+            r.peer.serial += 1
+            r.peer.records[("localtargets-" + HOST, "A")] = ["10.2.1.97"]
+            r.ex.on_notify(ZONE.dns_zone + ".", None)
+            while r.targets() == NYC:
+                await asyncio.sleep(0.05)
+            assert r.peer.queries("SOA") > soas
+            assert r.targets() == [(HOST, "A", (Target("10.2.1.97", "us-nyc"),))]
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def test_server_forms() -> None:
