@@ -22,7 +22,7 @@ from backend.lab.dig import dig
 from backend.lab.kube import ControlPlane
 from backend.lab.lbpool import LbPool
 from backend.lab.proc import PYTHON, ROOT, wait_for
-from backend.lab.sidecar import Backend
+from backend.lab.sidecar import Backend, DnsStack
 from backend.model import Endpoint, ObjectRef, Store, Target
 
 ZONE = GslbZone("gb.foowidgets.k8s", "foowidgets.k8s")
@@ -238,3 +238,22 @@ def test_names_of_a_serving_cluster_resolve_at_the_edge(
         assert "owner=us-buf" in txt(bind9, "a-nginx.foowidgets.k8s")[0]
     finally:
         plane.kubectl("delete", "-f", "-", input=NGINX_LB.read_text(), check=False)
+
+
+def test_a_refusing_edge_shows_on_readyz_and_metrics_and_dns_keeps_answering(
+        control_plane_factory: Callable[..., ControlPlane], bind9: Bind9,
+        dns_stack_factory: Callable[..., DnsStack], tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong.key"
+    wrong.write_text(f'key "{bind9.key_name}" {{ algorithm hmac-sha256; secret "{"A" * 44}"; }};\n')
+    stack = dns_stack_factory(control_plane_factory("mc-us-buf"), (ZONE.dns_zone,), [
+        "--dns-zone", ZONE.dns_zone, "--edge-dns-zone", ZONE.edge_zone, "--edge-dns-servers", bind9.address,
+        "--cluster-geo-tag", "us-buf", "--nameserver-address", "127.0.0.11", "--tsig-key-file", str(wrong)])
+    wait_for(lambda: "rcode NOTAUTH/BADSIG" in stack.backend.get("/readyz")[1], what="BADSIG on /readyz",
+             timeout=30, watch=[stack.backend.process])
+    assert stack.backend.get("/readyz")[0] == 200, "a refusing edge never makes the backend unready"
+    metrics = stack.backend.get("/metrics")[1]
+    assert 'coredns_gslb_edge_syncs_total{kind="delegation",rcode="NOTAUTH/BADSIG",zone="foowidgets.k8s"}' \
+        in metrics
+    assert stack.dig(ZONE.dns_zone, "SOA").rcode == "NOERROR"
+    assert "NOTAUTH/BADSIG" in stack.backend.process.log.read_text()
+    assert ns_set(bind9) == []
