@@ -176,6 +176,8 @@ class Table:
         self.conflicts: list[tuple[ObjectRef, str]] = []
         self.records = 0  # resource records held, for the gauge
         self._payload = settings.edns_payload
+        self._opt = wire.opt_record(self._payload, wire.Edns(0, False, None))
+        self._opt_do = wire.opt_record(self._payload, wire.Edns(0, True, None))
         self._zones: dict[bytes, _Zone] = {}
         for name in settings.all_zones:
             zone = _Zone(name)
@@ -282,7 +284,10 @@ class Table:
         head = req[:2] + (vflags | flags & RD_CD).to_bytes(2, "big")
         if edns is None:
             return head + counts + req[12:q_end] + body, zone.name, qtype
-        opt = wire.opt_record(self._payload, edns, 0, scope)
+        if edns.ecs is None:
+            opt = self._opt_do if edns.do else self._opt
+        else:
+            opt = wire.opt_record(self._payload, edns, 0, scope)
         return head + counts_opt + req[12:q_end] + body + opt, zone.name, qtype
 
     def _bare(self, req: bytes, q_end: int, rcode: int, edns: wire.Edns | None, aa: bool = False) -> bytes:
