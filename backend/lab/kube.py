@@ -452,13 +452,16 @@ class ControlPlane:
         ).strip()
 
     def kubeconfig_for(
-        self, service_account: str, namespace: str = "default", path: Path | None = None
+        self,
+        service_account: str,
+        namespace: str = "default",
+        path: Path | None = None,
+        duration: str = "24h",
     ) -> Path:
         """A kubeconfig that authenticates as a ServiceAccount, for running the backend least-privileged."""
         path = path or self.workdir / f"kubeconfig-{namespace}-{service_account}"
-        self._write_kubeconfig(
-            path, f"{namespace}-{service_account}", self.token_for(service_account, namespace)
-        )
+        token = self.token_for(service_account, namespace, duration)
+        self._write_kubeconfig(path, f"{namespace}-{service_account}", token)
         return path
 
     def _write_kubeconfig(self, path: Path, user: str, token: str) -> None:

@@ -214,7 +214,8 @@ def prepare_cluster(plane: ControlPlane) -> Path:
             plane.kubectl("apply", "-f", str(K8S / name))
     if not (K8S / "rbac.yaml").exists():  # until k8s/ has it, the backend runs as admin
         return plane.kubeconfig
-    return plane.kubeconfig_for(SA_NAME, SA_NAMESPACE, plane.workdir / "kubeconfig-backend")
+    # A year: the lab may run for long; TokenRequest tokens are not refreshed in a kubeconfig file.
+    return plane.kubeconfig_for(SA_NAME, SA_NAMESPACE, plane.workdir / "kubeconfig-backend", "8760h")
 
 
 def apply_manifests(plane: ControlPlane, spec: ClusterSpec) -> None:
