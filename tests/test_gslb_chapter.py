@@ -205,6 +205,9 @@ def test_bad_gslbs_get_conditions_and_events_and_the_rest_keeps_answering(
             for name, (strategy, _) in [*BAD.items(), ("good", ({"type": "roundRobin"}, ""))]]
     ref = {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "name": "nothing"}
     docs.append(demo.gslb(namespace, "dangling", {"type": "roundRobin"}, resource_ref=ref))
+    # the API refuses the Ingress this Gslb asks for (not a lowercase RFC 1123 name)
+    docs.append(demo.gslb(namespace, "bad-host", {"type": "roundRobin"}, host=f"Bad_Host.{ZONE}",
+                          service="good"))
     plane.apply("\n---\n".join(docs))
     until(stack, exists(plane, "ingress", namespace, "good"), "the owned Ingress")
     announce(plane, "Ingress", namespace, "good", ["10.3.0.1"])
@@ -218,6 +221,8 @@ def test_bad_gslbs_get_conditions_and_events_and_the_rest_keeps_answering(
         until(stack, lambda n=name, r=reason: ("Warning", r) in events(plane, namespace, n),
               f"{name}: Event {reason}")
         assert stack.dig(f"{name}.{ZONE}").rcode == "NXDOMAIN"
+    until(stack, lambda: ("Warning", "WriteRejected") in events(plane, namespace, "bad-host"),
+          "Event WriteRejected")
     assert stack.backend.process.alive()
     assert ready(gslb(plane, namespace, "good"))["status"] == "True"
     status, body = stack.backend.get("/metrics")

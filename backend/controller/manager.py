@@ -170,12 +170,29 @@ class Controller:
                  "peers": self._peers_changed}[item[0]](item[1])
                 self.queue.forget(item)
             except kubeapi.KubeError as e:
+                if e.status == 422:  # the API refuses what the user's spec makes us write: say so, once
+                    self._rejected(item, e)
+                    self.queue.forget(item)
+                    continue
                 if e.status != 409:
                     log.warning("controller: %s %s: %s", *item, e)
                 self.queue.retry(item)
             except Exception:
                 log.exception("controller: %s %s failed", *item)
                 self.queue.retry(item)
+
+    def _rejected(self, item: Item, error: kubeapi.KubeError) -> None:
+        """A Warning Event on the object whose spec led to the refused write (a Gslb, or for an
+        annotation-made Gslb the Ingress); it is tried again when that object changes."""
+        kind, key = item
+        if kind == "gslb":
+            obj = self.ingresses.get(key)
+        else:
+            result = self.engine.results.get(key)
+            obj = result.obj if result is not None else None
+        log.warning("controller: %s %s refused by the API: %s", kind, key, error.message)
+        if obj is not None:
+            self.recorder.record(object_ref(obj), "Warning", "WriteRejected", error.message)
 
     def _write_status(self, key: str) -> None:
         result = self.engine.results.get(key)
