@@ -37,6 +37,7 @@ RESOLVE_EVERY = 30.0  # re-resolve a healthy peer's address this often (its glue
 RESOLVE_RETRY = 5.0  # ... and a failing peer's at most this often
 FETCH_CONCURRENCY = 16
 NOTIFY_RECHECKS = (0.02, 0.04, 0.08, 0.16, 0.32)  # delays between rechecks after a NOTIFY
+MIN_GAP = 0.02  # at most 50 polls a second per peer and zone, however many NOTIFYs arrive
 RTYPES = ("A", "AAAA")
 
 Snapshot = Mapping[str, tuple[Endpoint, ...]]
@@ -162,10 +163,12 @@ class PeerExchange:
 
     async def _poll_loop(self, pz: PeerZone) -> None:
         """Poll every peer_poll_seconds. After a NOTIFY, recheck soon while the serial stands still:
-        the sender may NOTIFY before its own recompiled zone (and new serial) is being served."""
+        the sender may NOTIFY before its own recompiled zone (and new serial) is being served.
+        MIN_GAP between polls bounds what a flood of NOTIFYs (anyone can send one) makes us send."""
         while True:
             pz.wake.clear()
             moved = await self.poll(pz)
+            await asyncio.sleep(MIN_GAP)
             delay = self.settings.peer_poll_seconds
             if moved:
                 pz.recheck = 0
