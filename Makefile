@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: deps test lab lab-down bench lint proto
+.PHONY: deps test lab lab-down lab-status bench lint proto
 
 deps:
 	deps/install.sh all
@@ -21,6 +21,9 @@ lab: deps
 
 lab-down:
 	$(PY) -m backend.cli lab down
+
+lab-status:
+	$(PY) -m backend.cli lab status
 
 bench: deps
 	$(PY) -m bench
