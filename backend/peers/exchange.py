@@ -125,7 +125,8 @@ class PeerExchange:
         for zones in self.peers.values():
             for pz in zones:
                 if pz.zone.dns_zone == zone:
-                    pz.recheck = len(NOTIFY_RECHECKS) if notified else pz.recheck
+                    if notified:
+                        pz.recheck = len(NOTIFY_RECHECKS)
                     pz.wake.set()
 
     # --- main loop ----------------------------------------------------------------------------
@@ -167,7 +168,11 @@ class PeerExchange:
         MIN_GAP between polls bounds what a flood of NOTIFYs (anyone can send one) makes us send."""
         while True:
             pz.wake.clear()
-            moved = await self.poll(pz)
+            try:
+                moved = await self.poll(pz)
+            except Exception:  # a bug must not end this peer's polling for good
+                log.exception("polling peer %s for %s failed", pz.geotag, pz.zone.dns_zone)
+                moved = False
             await asyncio.sleep(MIN_GAP)
             delay = self.settings.peer_poll_seconds
             if moved:
