@@ -99,7 +99,6 @@ class Controller:
         engine: GslbEngine,
         ingresses: Informer,
         recorder: EventRecorder,
-        elector: LeaderElector | None = None,
     ) -> None:
         self.api = api
         self.settings = settings
@@ -107,9 +106,8 @@ class Controller:
         self.ingresses = ingresses
         self.recorder = recorder
         self.queue = WorkQueue()
-        self.elector = elector or LeaderElector(
-            api, settings.namespace, identity=settings.identity, on_started=self._resync
-        )
+        self.elector = LeaderElector(api, settings.namespace, identity=settings.identity,
+                                     on_started=self._resync)
         self._peers: status.Peers = {}
         self._thread = threading.Thread(target=self._run, name="gslb-controller", daemon=True)
         engine.subscribe(self._on_result)
