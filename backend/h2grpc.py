@@ -401,7 +401,13 @@ class Connection(asyncio.Protocol):
         except DecodeError:
             self._trailers_only(stream, GRPC_INTERNAL, b"bad DnsPacket")
             return
-        reply = dns_pb2.DnsPacket(msg=self.server.handler(request.msg, self.peer)).SerializeToString()
+        try:
+            answer = self.server.handler(request.msg, self.peer)
+        except Exception:
+            log.exception("DNS handler failed")
+            self._trailers_only(stream, GRPC_INTERNAL, b"handler failed")
+            return
+        reply = dns_pb2.DnsPacket(msg=answer).SerializeToString()
         data = b"\0" + len(reply).to_bytes(4, "big") + reply
         self.out.append(frame(HEADERS, END_HEADERS, stream, RESPONSE_HEADERS))
         size = len(data)

@@ -43,6 +43,7 @@ ENDPOINTS = [
     Endpoint("deep.ent.foowidgets.k8s", "TXT", (Target("hello"),), 60, REF),
     Endpoint("alias.foowidgets.k8s", "CNAME", (Target("nginx.foowidgets.k8s"),), 60, REF),
     Endpoint("*.wild.foowidgets.k8s", "A", (Target("10.0.0.7"),), 60, REF),
+    Endpoint("many.foowidgets.k8s", "A", tuple(Target(f"10.1.0.{i}") for i in range(1, 61)), 60, REF),
     Endpoint(
         "geo.gb.foowidgets.k8s",
         "A",
@@ -183,6 +184,21 @@ def test_tcp_answers_the_same(coredns: CoreDNS) -> None:
     assert check(dig(coredns.address, "nginx.foowidgets.k8s", "A", "+tcp"), "NOERROR", "aa").values() == [
         "172.18.200.101"
     ]
+
+
+def test_big_answers_are_truncated_by_coredns_over_udp_and_whole_over_tcp(
+    coredns_factory: Callable[..., CoreDNS], served: InProcessBackend
+) -> None:
+    """Truncation is CoreDNS's scrub, sized by the request it forwarded. Behind `rewrite edns0
+    subnet` every request carries an OPT (udp 4096), so even a client without EDNS gets the whole
+    1 KB answer over UDP; without the rewrite it gets TC and retries over TCP."""
+    plain = coredns_factory(NO_REWRITE, zones="foowidgets.k8s", grpc=served.grpc)
+    truncated = check(dig(plain.address, "many.foowidgets.k8s", "A", "+noedns", "+ignore"), "NOERROR", "tc")
+    assert len(truncated.answer) < 60
+    assert len(check(dig(plain.address, "many.foowidgets.k8s", "A", "+noedns"), "NOERROR", "aa").answer) == 60
+    rewritten = coredns_factory(zones="foowidgets.k8s", grpc=served.grpc)
+    whole = check(dig(rewritten.address, "many.foowidgets.k8s", "A", "+noedns", "+ignore"), "NOERROR", "aa")
+    assert len(whole.answer) == 60 and "tc" not in whole.flags
 
 
 def test_malformed_packets_get_formerr_or_are_dropped(coredns: CoreDNS) -> None:
