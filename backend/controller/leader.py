@@ -29,7 +29,7 @@ def _micro_now() -> str:
 
 
 class LeaderElector:
-    """Runs on its own thread; `is_leader` is an Event; callbacks run on that thread and must be quick."""
+    """Runs on its own thread; `is_leader` is an Event; `on_started` runs on that thread, must be quick."""
 
     def __init__(
         self,
@@ -41,7 +41,6 @@ class LeaderElector:
         renew_deadline: float = 10.0,
         retry_period: float = 2.0,
         on_started: Callable[[], None] | None = None,
-        on_stopped: Callable[[], None] | None = None,
     ) -> None:
         self.api = api
         self.namespace = namespace
@@ -52,7 +51,6 @@ class LeaderElector:
         self.renew_deadline = renew_deadline
         self.retry_period = retry_period
         self.on_started = on_started
-        self.on_stopped = on_stopped
         self.is_leader = threading.Event()
         self._stop = threading.Event()
         self._observed: tuple[str, str] | None = None  # (holder, renewTime) last seen
@@ -95,15 +93,14 @@ class LeaderElector:
     def _set_leader(self, leader: bool) -> None:
         if leader == self.is_leader.is_set():
             return
-        callback = self.on_started if leader else self.on_stopped
-        if leader:
-            log.info("leader: %s now holds %s/%s", self.identity, self.namespace, self.name)
-            self.is_leader.set()
-        else:
+        if not leader:
             log.info("leader: %s stopped leading", self.identity)
             self.is_leader.clear()
-        if callback is not None:
-            callback()
+            return
+        log.info("leader: %s now holds %s/%s", self.identity, self.namespace, self.name)
+        self.is_leader.set()
+        if self.on_started is not None:
+            self.on_started()
 
     def _try(self) -> bool:
         """One acquire-or-renew round; True if we hold the Lease afterwards."""
