@@ -61,8 +61,10 @@ def serial(named: Bind9) -> str:
 
 def leave(settings: Settings, *extra: str) -> subprocess.CompletedProcess[str]:
     """`coredns-gslb edge leave` with the flags `serve` would get."""
-    argv = [str(PYTHON), "-m", "backend.cli", "edge", "leave", "--dns-zone", ZONE.dns_zone,
-            "--edge-dns-zone", ZONE.edge_zone, "--edge-dns-servers", ",".join(settings.edge_dns_servers),
+    argv = [str(PYTHON), "-m", "backend.cli", "edge", "leave",
+            "--dns-zone", ",".join(z.dns_zone for z in settings.gslb_zones),
+            "--edge-dns-zone", ",".join(z.edge_zone for z in settings.gslb_zones),
+            "--edge-dns-servers", ",".join(settings.edge_dns_servers),
             "--cluster-geo-tag", settings.cluster_geotag, "--nameserver-address", settings.nameserver_address,
             *(["--tsig-key-file", settings.tsig_key_file] if settings.tsig_key_file else []), *extra]
     return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -257,3 +259,15 @@ def test_a_refusing_edge_shows_on_readyz_and_metrics_and_dns_keeps_answering(
     assert stack.dig(ZONE.dns_zone, "SOA").rcode == "NOERROR"
     assert "NOTAUTH/BADSIG" in stack.backend.process.log.read_text()
     assert ns_set(bind9) == []
+
+
+def test_several_load_balanced_zones_are_delegated_in_one_edge_zone(bind9: Bind9) -> None:
+    second = GslbZone("apps.foowidgets.k8s", "foowidgets.k8s")
+    settings = cluster(bind9, "us-buf", "127.0.0.11", gslb_zones=(ZONE, second))
+    sync_once(settings)
+    assert ns_set(bind9) == [BUF + "."]
+    apps = dig(bind9.address, second.dns_zone, "NS", "+norecurse")
+    assert [r.data for r in apps.authority if r.rtype == "NS"] == ["gslb-ns-us-buf-apps.foowidgets.k8s."]
+    assert glue(bind9, "gslb-ns-us-buf-apps.foowidgets.k8s") == ["127.0.0.11"]
+    assert leave(settings).returncode == 0
+    assert ns_set(bind9) == [] and glue(bind9, "gslb-ns-us-buf-apps.foowidgets.k8s") == []
