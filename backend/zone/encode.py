@@ -76,8 +76,11 @@ def rdata(rdtype: int, value: str) -> Rdata:
         if rdtype in (T_CNAME, T_NS, T_PTR):
             return b"", (name_wire(value),), b""
         if rdtype == T_TXT and not value.startswith('"'):
-            # ExternalDNS TXT targets are the text itself, not presentation format
-            value = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            # ExternalDNS TXT targets are the text itself, not presentation format; a TXT string
+            # holds at most 255 bytes, so longer text becomes several strings
+            text = value.encode()
+            chunks = [text[i:i + 255] for i in range(0, len(text), 255)] or [b""]
+            return b"".join(bytes((len(chunk),)) + chunk for chunk in chunks)
         rd = dns.rdata.from_text(dns.rdataclass.IN, rdtype, value, origin=dns.name.root, relativize=False)
     except (OSError, dns.exception.DNSException, ValueError) as e:
         raise BadData(f"bad {dns.rdatatype.to_text(rdtype)} target {value!r}: {e}") from e

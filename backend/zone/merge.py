@@ -11,9 +11,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from backend.config import Settings
-from backend.model import Endpoint, ObjectRef, Strategy, Target
+from backend.model import Endpoint, ObjectRef, Strategy, Target, normalize_name
 
 SOA_REFRESH, SOA_RETRY, SOA_EXPIRE = 7200, 1800, 86400  # CoreDNS's own plugins use the same
+MAX_TTL = 2**31 - 1  # RFC 2181 section 8
 PLAIN_ZONE_MINIMUM = 30  # negative TTL of ExternalDNS-style zones (CoreDNS's etcd plugin default)
 
 
@@ -95,9 +96,9 @@ def merge(
     zones = settings.all_zones
     groups: dict[tuple[str, str], list[Endpoint]] = {}
     for ep in [*zone_endpoints(settings, serial), *sorted(endpoints, key=_source_key)]:
-        if zone_of(ep.name, zones) is None:
+        if zone_of(normalize_name(ep.name), zones) is None:
             continue
-        groups.setdefault((ep.name, ep.rtype.upper()), []).append(ep)
+        groups.setdefault((normalize_name(ep.name), ep.rtype.upper()), []).append(ep)
 
     names: dict[str, dict[str, Merged]] = {}
     for (name, rtype), eps in groups.items():
@@ -105,7 +106,7 @@ def merge(
         for ep in eps:
             for t in ep.targets:
                 seen.setdefault(t.value, t)
-        ttls = [ep.ttl for ep in eps if ep.ttl is not None and ep.ttl >= 0]
+        ttls = [min(ep.ttl, MAX_TTL) for ep in eps if ep.ttl is not None and ep.ttl >= 0]
         strategy = next((ep.strategy for ep in eps if ep.strategy is not None), None)
         sources = tuple(ep.source for ep in eps if ep.source is not None)
         merged = Merged(tuple(seen.values()), min(ttls) if ttls else settings.default_ttl, strategy, sources)

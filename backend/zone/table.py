@@ -61,6 +61,9 @@ T_OPT, T_IXFR, T_AXFR, T_MAILB, T_MAILA, T_ANY = 41, 251, 252, 253, 254, 255
 _OTHER = -1  # answer key: any qtype the node has nothing specific for
 _REFERRAL = -2
 MAX_CHAIN = 8  # CNAME hops followed inside our zones
+MAX_MESSAGE = 65535
+MAX_OPT = 11 + 4 + 4 + 16  # our OPT with an IPv6 client-subnet option
+TC = 0x0200
 
 NotifyCallback = Callable[[str, str], None]
 Pick = Callable[[str | None, int], tuple[int, int]]
@@ -138,29 +141,38 @@ class _Node:
 
 
 def _compile(recipe: _Recipe, anchor: bytes, qlen: int) -> _Answer:
-    """Write a recipe for a query name of `qlen` bytes that ends in `anchor`."""
+    """Write a recipe for a query name of `qlen` bytes that ends in `anchor`.
+
+    A reply that would not fit a DNS message (thousands of pod IPs) keeps the records that fit
+    and sets TC, so it is still a valid message.
+    """
     pick = next((rr.pick for _, rr in recipe.answer if rr.pick is not None), None)
     count = max(len(rr.variants) for _, rr in recipe.answer if rr.pick is pick) if pick else 1
-    flags = QR | (AA if recipe.aa else 0) | recipe.rcode
     base = 16 + qlen
+    limit = MAX_MESSAGE - base - MAX_OPT
     variants: list[Variant] = []
     for v in range(count):
+        flags = QR | (AA if recipe.aa else 0) | recipe.rcode
         out = bytearray()
         compress = seed(anchor, qlen)
-        counts = []
-        for section in (recipe.answer, recipe.authority, recipe.additional):
-            written = 0
-            for owner, rr in section:
-                fixed = struct.pack(">HHI", rr.rdtype, 1, rr.ttl)
-                for rd in rr.variants[v] if pick is not None and rr.pick is pick else rr.variants[0]:
-                    if owner is None:
-                        out += b"\xc0\x0c"
-                    else:
-                        put_name(out, base, compress, owner)
-                    out += fixed
-                    put_rdata(out, base, compress, rd)
-                    written += 1
-            counts.append(written)
+        counts = [0, 0, 0]
+        records = [(i, owner, rr, rd)
+                   for i, section in enumerate((recipe.answer, recipe.authority, recipe.additional))
+                   for owner, rr in section
+                   for rd in (rr.variants[v] if pick is not None and rr.pick is pick else rr.variants[0])]
+        for i, owner, rr, rd in records:
+            mark = len(out)
+            if owner is None:
+                out += b"\xc0\x0c"
+            else:
+                put_name(out, base, compress, owner)
+            out += struct.pack(">HHI", rr.rdtype, 1, rr.ttl)
+            put_rdata(out, base, compress, rd)
+            if len(out) > limit:
+                del out[mark:]
+                flags |= TC
+                break
+            counts[i] += 1
         an, ns, ar = counts
         variants.append((flags, struct.pack(">HHHH", 1, an, ns, ar), struct.pack(">HHHH", 1, an, ns, ar + 1),
                          bytes(out)))

@@ -405,3 +405,21 @@ def test_incremental_compile_matches_a_fresh_one(table: Table) -> None:
 def test_serial_grows() -> None:
     assert next_serial(0) > 1_700_000_000
     assert next_serial(4_000_000_000) == 4_000_000_001
+
+
+def test_oversized_rrsets_keep_what_fits_and_set_tc() -> None:
+    addresses = [f"2001:db8::{i:x}" for i in range(1, 4001)]
+    t = compile_table(SETTINGS, [ep("pods.foowidgets.k8s", "AAAA", *addresses)], 1)
+    query = dns.message.make_query(
+        "pods.foowidgets.k8s", "AAAA", use_edns=0, options=[dns.edns.ECSOption("2001:db8::", 56)]
+    )
+    wire = t.answer(query.to_wire())
+    assert len(wire) <= 65535
+    r = dns.message.from_wire(wire)
+    assert r.flags & dns.flags.TC and 2000 < len(r.answer[0]) < 4000
+
+
+def test_long_txt_and_huge_ttl() -> None:
+    t = compile_table(SETTINGS, [ep("t.foowidgets.k8s", "TXT", "x" * 600, ttl=2**40)], 1)
+    r = ask(t, "t.foowidgets.k8s", "TXT")
+    assert [len(s) for s in r.answer[0][0].strings] == [255, 255, 90] and r.answer[0].ttl == 2**31 - 1
