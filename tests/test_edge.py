@@ -219,6 +219,13 @@ def test_names_go_to_the_edge_with_externaldns_ownership_and_only_owned_records_
     assert glue(bind9, "nginx.foowidgets.k8s") == ["172.18.200.111"]
     assert glue(bind9, "v6.foowidgets.k8s", "AAAA") == [] and txt(bind9, "aaaa-v6.foowidgets.k8s") == []
     assert glue(bind9, "api.foowidgets.k8s") == ["172.18.201.102"], "nyc's name is not buf's to touch"
+
+    service(buf_store, "alias", "www.foowidgets.k8s", "172.18.200.120")  # the CNAME became an address
+    assert asyncio.run(buf.sync_once(force=False))
+    assert dig(bind9.address, "www.foowidgets.k8s", "CNAME", "+norecurse").values("CNAME") == []
+    assert glue(bind9, "www.foowidgets.k8s") == ["172.18.200.120"]
+    assert txt(bind9, "cname-www.foowidgets.k8s") == []
+    assert "owner=us-buf-dns" in txt(bind9, "a-www.foowidgets.k8s")[0]
     before = serial(bind9)
     assert asyncio.run(buf.sync_once()) and asyncio.run(nyc.sync_once())
     assert serial(bind9) == before, "nothing to do is nothing sent"

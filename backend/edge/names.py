@@ -181,22 +181,30 @@ def _claim_batches(claims: list[tuple[str, list[Change]]]) -> Iterable[tuple[lis
 
 async def sync_names(server: Server, zone: str, key: dns.tsig.Key | None, want: Mapping[RRKey, Want],
                      owner: str, reported: set[str]) -> int:
-    """One pass over one edge zone; `reported` keeps conflicts logged once, not every pass."""
-    p = plan(await zone_contents(server, zone, key), want, owner)
+    """Bring one edge zone in line; `reported` keeps conflicts logged once, not every pass.
+
+    A second pass follows when our own deletions may have freed a name we skipped (a Service whose
+    CNAME became an A record), so the switch does not wait for the next periodic check.
+    """
+    changed = 0
+    for _ in range(2):
+        p = plan(await zone_contents(server, zone, key), want, owner)
+        for deletes in _batches(p.deletes):
+            await send_update(server, zone, key, deletes, [])
+        for adds in _batches(p.adds):
+            await send_update(server, zone, key, [], adds)
+        for markers, changes in _claim_batches(p.claims):
+            await send_update(server, zone, key, [], changes, absent=markers)
+            changed += len(changes)
+        changed += len(p.deletes) + len(p.adds)
+        if not (p.deletes and p.skipped):
+            break
     for what in sorted(set(p.skipped) - reported):
         log.warning("edge zone %s: %s is held by another owner (or has no ExternalDNS marker): not touched",
                     zone, what)
     reported.clear()
     reported.update(p.skipped)
-    for deletes in _batches(p.deletes):
-        await send_update(server, zone, key, deletes, [])
-    for adds in _batches(p.adds):
-        await send_update(server, zone, key, [], adds)
-    claimed = 0
-    for markers, changes in _claim_batches(p.claims):
-        await send_update(server, zone, key, [], changes, absent=markers)
-        claimed += len(changes)
-    return len(p.deletes) + len(p.adds) + claimed
+    return changed
 
 
 def job(settings: Settings, store: Store, key: dns.tsig.Key | None, edge_zone: str) -> Job:
