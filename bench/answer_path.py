@@ -21,14 +21,19 @@ def endpoints(n: int) -> list[Endpoint]:
     eps = []
     for i in range(n):
         ref = ObjectRef("Service", "bench", f"svc{i}")
-        eps.append(Endpoint(f"svc{i}.foowidgets.k8s", "A", (Target(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"),),
-                            None, ref))
+        address = f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
+        eps.append(Endpoint(f"svc{i}.foowidgets.k8s", "A", (Target(address),), None, ref))
         gref = ObjectRef("Gslb", "bench", f"app{i}")
-        targets = (Target("10.2.1.167", "us-buf"), Target("10.2.1.168", "us-buf"), Target("10.2.1.98", "us-nyc"))
+        targets = (Target("10.2.1.167", "us-buf"), Target("10.2.1.168", "us-buf"),
+                   Target("10.2.1.98", "us-nyc"))
         strategy = [Strategy("roundRobin"), Strategy("failover", "us-buf"), Strategy("geoip"),
                     Strategy("roundRobin", weights=(("us-buf", 75), ("us-nyc", 25)))][i % 4]
         eps.append(Endpoint(f"app{i}.gb.foowidgets.k8s", "A", targets, 30, gref, strategy))
     return eps
+
+
+def queries(pattern: str, rtype: str, **options: object) -> list[bytes]:
+    return [dns.message.make_query(pattern.format(i), rtype, **options).to_wire() for i in range(100)]
 
 
 def geo(ip: str) -> str | None:
@@ -51,19 +56,23 @@ def main() -> None:
     ap.add_argument("--names", type=int, default=10000, help="plain and GSLB names each")
     ap.add_argument("--seconds", type=float, default=2.0)
     a = ap.parse_args()
-    t0 = time.perf_counter()
-    table = compile_table(SETTINGS, endpoints(a.names), 1, geo)
-    print(f"compile: {a.names} plain + {a.names} GSLB names in {time.perf_counter() - t0:.2f} s")
+    eps = endpoints(a.names)
+    t0 = time.process_time()
+    table = compile_table(SETTINGS, eps, 1, geo)
+    t1 = time.process_time()
+    eps[0] = Endpoint(eps[0].name, "A", (Target("192.0.2.1"),), None, eps[0].source)
+    table = compile_table(SETTINGS, eps, 2, geo, previous=table)
+    t2 = time.process_time()
+    print(f"compile {a.names} plain + {a.names} GSLB names: {t1 - t0:.2f} s CPU, "
+          f"after one change with previous=: {t2 - t1:.2f} s CPU")
     ecs = [dns.edns.ECSOption("192.0.2.0", 24)]
     mixes = {
-        "hit A (no EDNS)": [dns.message.make_query(f"svc{i}.foowidgets.k8s", "A").to_wire() for i in range(100)],
-        "hit A (EDNS)": [dns.message.make_query(f"svc{i}.foowidgets.k8s", "A", use_edns=0).to_wire()
-                         for i in range(100)],
-        "NODATA AAAA": [dns.message.make_query(f"svc{i}.foowidgets.k8s", "AAAA").to_wire() for i in range(100)],
-        "NXDOMAIN": [dns.message.make_query(f"nope{i}.foowidgets.k8s", "A").to_wire() for i in range(100)],
-        "REFUSED": [dns.message.make_query(f"x{i}.example.com", "A").to_wire() for i in range(100)],
-        "GSLB A (EDNS+ECS)": [dns.message.make_query(f"app{i}.gb.foowidgets.k8s", "A", use_edns=0, options=ecs)
-                              .to_wire() for i in range(100)],
+        "hit A (no EDNS)": queries("svc{}.foowidgets.k8s", "A"),
+        "hit A (EDNS)": queries("svc{}.foowidgets.k8s", "A", use_edns=0),
+        "NODATA AAAA": queries("svc{}.foowidgets.k8s", "AAAA"),
+        "NXDOMAIN": queries("nope{}.foowidgets.k8s", "A"),
+        "REFUSED": queries("x{}.example.com", "A"),
+        "GSLB A (EDNS+ECS)": queries("app{}.gb.foowidgets.k8s", "A", use_edns=0, options=ecs),
     }
     for label, packets in mixes.items():
         print(f"{label:22} {rate(table, packets, a.seconds):>10,.0f} answers/s")

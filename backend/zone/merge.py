@@ -96,9 +96,9 @@ def merge(
     zones = settings.all_zones
     groups: dict[tuple[str, str], list[Endpoint]] = {}
     for ep in [*zone_endpoints(settings, serial), *sorted(endpoints, key=_source_key)]:
-        if zone_of(normalize_name(ep.name), zones) is None:
-            continue
-        groups.setdefault((normalize_name(ep.name), ep.rtype.upper()), []).append(ep)
+        name = normalize_name(ep.name)
+        if zone_of(name, zones) is not None:
+            groups.setdefault((name, ep.rtype.upper()), []).append(ep)
 
     names: dict[str, dict[str, Merged]] = {}
     for (name, rtype), eps in groups.items():

@@ -416,19 +416,19 @@ class Table:
         return None if node.cut else node
 
     def _add(self, name: str, zone: _Zone, types: dict[str, Merged], previous: Table | None) -> None:
-        try:
-            key = name_wire(name)
-        except BadData as e:
-            self._reject(types, str(e))
-            return
-        node = self._node(key, zone)
         old = previous._inputs.get(name) if previous is not None else None
         if old is not None and old[0] == types:
             _, old_node, records, rejects = old
+            node = self._node(old_node.key, zone)
             node.rrsets = old_node.rrsets
             if old_node.cut is None and T_CNAME not in old_node.rrsets:
                 node.answers = old_node.answers  # kept only if _finish finds the node still plain
         else:
+            try:
+                node = self._node(name_wire(name), zone)
+            except BadData as e:
+                self._reject(types, str(e))
+                return
             before = len(self.conflicts)
             records = self._parse(node, name, types)
             rejects = self.conflicts[before:]
