@@ -11,7 +11,7 @@ import dns.message
 
 from backend.config import GslbZone, Settings
 from backend.model import Endpoint, ObjectRef, Strategy, Target
-from backend.zone.table import compile_table
+from backend.zone.table import Table, compile_table
 
 SETTINGS = Settings(zones=("foowidgets.k8s",), gslb_zones=(GslbZone("gb.foowidgets.k8s", "foowidgets.k8s"),),
                     cluster_geotag="us-buf", ext_gslb_clusters_geotags=("us-nyc",))
@@ -40,15 +40,20 @@ def geo(ip: str) -> str | None:
     return "us-nyc" if ip.startswith("192.") else "us-buf"
 
 
-def rate(table, packets: list[bytes], seconds: float) -> float:
+def rate(table: Table, packets: list[bytes], seconds: float) -> float:
+    """Best of several short rounds: the machine is shared, and the best round is the one that ran
+    without being preempted."""
     answer = table.answer
-    count = 0
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        for p in packets:
-            answer(p)
-        count += len(packets)
-    return count / seconds
+    best = float("inf")
+    rounds = 10
+    per_round = max(1, int(seconds * 200_000 / rounds / len(packets)))
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(per_round):
+            for p in packets:
+                answer(p)
+        best = min(best, time.perf_counter() - start)
+    return per_round * len(packets) / best
 
 
 def main() -> None:
