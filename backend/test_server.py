@@ -1,0 +1,100 @@
+"""DnsServer's HTTP side (/healthz, /readyz, /metrics, added routes) and its gRPC wiring, in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.error
+import urllib.request
+
+import dns.message
+import dns.opcode
+import dns.rcode
+import grpc
+
+from backend.config import Settings
+from backend.model import Endpoint, Target
+from backend.proto import dns_pb2, dns_pb2_grpc
+from backend.server import DnsServer, split_hostport
+from backend.zone.table import compile_table
+
+SETTINGS = Settings(zones=("foowidgets.k8s",), grpc_listen="127.0.0.1:0", http_listen="127.0.0.1:0")
+
+
+def http(port: int, path: str, method: str = "GET") -> tuple[int, str]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+async def query(port: int, wire: bytes) -> dns.message.Message:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = await dns_pb2_grpc.DnsServiceStub(channel).Query(dns_pb2.DnsPacket(msg=wire), timeout=5)
+    return dns.message.from_wire(reply.msg)
+
+
+async def scenario() -> None:
+    server = DnsServer(SETTINGS)
+    notified: list[tuple[str, str]] = []
+    server.on_notify(lambda zone, peer: notified.append((zone, peer)))
+    server.add_readiness_detail("edge", lambda: "last update failed: timeout")
+    server.add_readiness_detail("quiet", lambda: None)
+    server.add_route("/sync", lambda q: (200, "text/plain", q["name"][0].encode()))
+
+    async def slow(_q: dict[str, list[str]]) -> tuple[int, str, bytes]:
+        await asyncio.sleep(0)
+        return 200, "application/json", b"{}"
+
+    server.add_route("/async", slow)
+    server.add_route("/broken", lambda q: 1 / 0)  # type: ignore[arg-type, return-value]
+    await server.start()
+    try:
+        get = lambda path, method="GET": asyncio.to_thread(http, server.http_port, path, method)  # noqa: E731
+        assert await get("/healthz") == (200, "ok\n")
+        status, body = await get("/readyz")
+        assert (
+            status == 503 and "waiting for the first full sync" in body and "edge: last update failed" in body
+        )
+        assert "quiet" not in body
+        nx = await query(server.grpc_port, dns.message.make_query("nginx.foowidgets.k8s", "A").to_wire())
+        assert nx.rcode() == dns.rcode.SERVFAIL  # not ready yet
+
+        table = compile_table(SETTINGS, [Endpoint("nginx.foowidgets.k8s", "A", (Target("1.2.3.4"),))], 9)
+        server.set_table(table)
+        server.set_ready(True, {"sources": "4 informers synced"})
+        status, body = await get("/readyz")
+        assert status == 200 and body.startswith("ready\n") and "sources: 4 informers synced" in body
+        hit = await query(server.grpc_port, dns.message.make_query("nginx.foowidgets.k8s", "A").to_wire())
+        assert [rd.address for rd in hit.answer[0]] == ["1.2.3.4"]
+        notify = dns.message.make_query("foowidgets.k8s", "SOA")
+        notify.set_opcode(dns.opcode.NOTIFY)
+        assert (await query(server.grpc_port, notify.to_wire())).rcode() == dns.rcode.NOERROR
+        assert [z for z, _ in notified] == ["foowidgets.k8s"] and notified[0][1].startswith("ipv4:127.0.0.1:")
+
+        status, metrics = await get("/metrics")
+        assert status == 200
+        assert 'coredns_gslb_queries_total{qtype="A",rcode="NOERROR",zone="foowidgets.k8s"}' in metrics
+        assert (
+            "coredns_gslb_query_duration_seconds_bucket" in metrics
+            and f"coredns_gslb_records {table.records}.0" in metrics
+        )
+        assert await get("/sync?name=x") == (200, "x")
+        assert await get("/async") == (200, "{}")
+        assert (await get("/broken"))[0] == 500
+        assert (await get("/nothing"))[0] == 404
+        assert (await get("/healthz", "POST"))[0] == 400
+    finally:
+        await server.stop(1)
+    assert not server.ready
+
+
+def test_http_endpoints_readiness_metrics_and_notify() -> None:
+    asyncio.run(scenario())
+
+
+def test_split_hostport() -> None:
+    assert split_hostport("127.0.0.1:8053") == ("127.0.0.1", 8053)
+    assert split_hostport("[::1]:8080") == ("::1", 8080)
+    assert split_hostport("0.0.0.0:53") == ("0.0.0.0", 53)
