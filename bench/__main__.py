@@ -49,6 +49,7 @@ def machine() -> dict[str, Any]:
         "coredns": _version([binary("coredns"), "-version"]),
         "dnsperf": _version(["dnsperf", "-h"], "Version"),
         "grpcio": grpc.__version__,
+        "revision": _version(["git", "-C", str(HERE.parent), "describe", "--always", "--dirty"]),
     }
 
 

@@ -102,22 +102,27 @@ class Api:
 
     def call(self, method: str, path: str, body: Obj | None = None,
              content_type: str = "application/json") -> tuple[int, Obj]:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = http.client.HTTPSConnection(self.host, self.port, context=self.ssl,
-                                                                  timeout=30)
+        """One request on this thread's connection; a connection the server closed is reopened once."""
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Authorization": f"Bearer {self.token}", "Content-Type": content_type,
                    "Accept": "application/json"}
-        try:
-            conn.request(method, path, data, headers)
-            resp = conn.getresponse()
-            payload = resp.read()
-        except (OSError, http.client.HTTPException):
-            self._local.conn = None
-            conn.close()
-            raise
-        return resp.status, json.loads(payload or b"null")
+        for attempt in (1, 2):
+            conn = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = self._local.conn = http.client.HTTPSConnection(self.host, self.port, context=self.ssl,
+                                                                      timeout=30)
+            try:
+                conn.request(method, path, data, headers)
+                resp = conn.getresponse()
+                payload = resp.read()
+            except (OSError, http.client.HTTPException):
+                self._local.conn = None
+                conn.close()
+                if attempt == 2:
+                    raise
+                continue
+            return resp.status, json.loads(payload or b"null")
+        raise AssertionError("unreachable")
 
     def create(self, obj: Obj) -> None:
         """POST `obj`, then its status if it has one (the API ignores status on create); 409 is fine."""

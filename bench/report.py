@@ -124,7 +124,8 @@ def render(res: dict[str, Any]) -> str:
         "",
         f"- Command: `{res.get('command', 'python -m bench')}`",
         f"- Machine: {m.get('cores', '?')} cores ({m.get('cpu', '?')}); Python {m.get('python', '?')}, "
-        f"grpcio {m.get('grpcio', '?')}, {m.get('coredns', '?')}, dnsperf {m.get('dnsperf', '?')}",
+        f"grpcio {m.get('grpcio', '?')}, {m.get('coredns', '?')}, dnsperf {m.get('dnsperf', '?')}; "
+        f"code at `{m.get('revision', '?')}`",
         "- Everything runs on this one machine at once (dnsperf, CoreDNS, the backend, the control plane), "
         "over loopback; other people's tests may share the cores: see each part's load average.",
         "",

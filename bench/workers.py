@@ -1,7 +1,7 @@
 """Scaling across backend processes: (b) with N backends, two ways of spreading the load.
 
 - upstreams: N backends on N ports, listed in the grpc plugin (`grpc . A B C { policy round_robin }`);
-- reuseport: N backends on one port with SO_REUSEPORT (the server sets `grpc.so_reuseport`); the
+- reuseport: N backends on one port with SO_REUSEPORT (the server listens with reuse_port); the
   kernel spreads connections, not requests, and CoreDNS's grpc plugin keeps one HTTP/2 connection
   per upstream, so this shows whether one CoreDNS ever reaches more than one of them.
 """
