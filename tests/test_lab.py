@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from backend.lab.dig import dig
-from backend.lab.proc import PYTHON, ROOT, free_loopback_ip, free_port, port_free
+from backend.lab.proc import PYTHON, ROOT, free_loopback_ip, free_port, pid_running, port_free, read_pidfile
 
 pytestmark = pytest.mark.lab
 
@@ -34,14 +34,6 @@ def lab(folder: Path, *args: str, timeout: float = 400) -> subprocess.CompletedP
 def answers(output: str, observer: str) -> list[str]:
     """What the replay printed for fe.gb.foowidgets.k8s at one observer, in order."""
     return re.findall(rf"\[lab\]\s+{observer} .*?fe\.gb\.foowidgets\.k8s -> (\S+)", output)
-
-
-def alive(pid: int) -> bool:
-    """Running, not a zombie (the lab's processes are orphans; init reaps them in its own time)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 class Addresses:
@@ -99,14 +91,14 @@ def test_make_lab_replays_the_chapter_and_stops_cleanly(lab_dir: Path) -> None:
     assert dig(state["edge"]["dns"], "fe.gb.foowidgets.k8s").values("A") == ["10.2.1.167"]
     assert dig(state["clusters"]["us-buf"]["dns"], "nginx.foowidgets.k8s").values("A") == ["172.18.200.101"]
 
-    pids = [int(f.read_text().split()[0]) for f in lab_dir.rglob("*.pid")]
+    pids = [recorded for f in lab_dir.rglob("*.pid") if (recorded := read_pidfile(f))]
     assert len(pids) >= 15, "etcd, edge, and per cluster 4 kube components, lbpool, backend, CoreDNS"
     again = lab(lab_dir, "up", "--no-demo", *addr.args())
     assert again.returncode == 0 and "already running" in again.stdout, again.stdout + again.stderr
 
     stopped = lab(lab_dir, "down")
     assert stopped.returncode == 0, stopped.stderr
-    assert not [p for p in pids if alive(p)], "lab down leaves no process"
+    assert not [pid for pid, argv0 in pids if pid_running(pid, argv0)], "lab down leaves no process"
     assert not list(lab_dir.rglob("*.pid")) and not (lab_dir / "state.json").exists()
     edge_ip, edge_port = addr.edge.split(":")
     assert port_free(edge_ip, int(edge_port)) and port_free(addr.buf, 53) and port_free(addr.nyc, 53)

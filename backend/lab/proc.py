@@ -133,38 +133,41 @@ class Server:
         self.process.stop()
 
 
-def kill_pidfile(pidfile: Path, timeout: float = 10.0) -> str | None:
-    """Stop a detached child recorded in a pid file (its whole session); returns its argv0 if it ran.
-
-    The pid is only signalled while /proc says it still runs the recorded program, so a recycled pid
-    is never hit.
-    """
+def read_pidfile(pidfile: Path) -> tuple[int, str] | None:
     try:
         pid_text, argv0 = pidfile.read_text().split(maxsplit=1)
-        pid, argv0 = int(pid_text), argv0.strip()
+        return int(pid_text), argv0.strip()
     except (OSError, ValueError):
-        pidfile.unlink(missing_ok=True)
         return None
 
-    def running() -> bool:
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return False
-        return cmdline[0].decode(errors="replace") == argv0 and stat.rsplit(")", 1)[1].split()[0] != "Z"
 
-    was_running = running()
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        if not running():
-            break
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, sig)
-        deadline = time.monotonic() + wait
-        while running() and time.monotonic() < deadline:
-            time.sleep(0.1)
+def pid_running(pid: int, argv0: str) -> bool:
+    """Alive (not a zombie: the lab's processes are orphans, reaped by init in its own time) and still
+    running the recorded program, so a recycled pid is never taken for ours."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return cmdline[0].decode(errors="replace") == argv0 and stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def kill_pidfile(pidfile: Path, timeout: float = 10.0) -> str | None:
+    """Stop a detached child recorded in a pid file (its whole session); returns its argv0 if it ran."""
+    recorded = read_pidfile(pidfile)
+    was_running = recorded is not None and pid_running(*recorded)
+    if recorded is not None:
+        pid = recorded[0]
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+            if not pid_running(*recorded):
+                break
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, sig)
+            deadline = time.monotonic() + wait
+            while pid_running(*recorded) and time.monotonic() < deadline:
+                time.sleep(0.1)
     pidfile.unlink(missing_ok=True)
-    return argv0 if was_running else None
+    return recorded[1] if recorded and was_running else None
 
 
 def log_tail(path: Path, lines: int = 30) -> str:

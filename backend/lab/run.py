@@ -2,7 +2,7 @@
 
 Each cluster (us-buf, us-nyc) gets a control plane with a kwok node, the lbpool stand-in for MetalLB and
 the ingress controller, and CoreDNS with our backend on its own loopback address, port 53 (glue records
-carry no port). BIND9 on another loopback address is the edge DNS for foowidgets.k8s. All processes are
+carry no port). BIND9 on 127.0.0.1:1053 is the edge DNS for foowidgets.k8s. All processes are
 detached with pid files under the lab folder, so they outlive `make lab`; `lab down` stops them.
 """
 
@@ -23,7 +23,7 @@ from backend.lab.bind9 import Bind9
 from backend.lab.dig import dig, split_server
 from backend.lab.kube import ControlPlane, Etcd, Pki, kubectl
 from backend.lab.lbpool import LbPool
-from backend.lab.proc import ROOT, StartupError, kill_pidfile, port_free
+from backend.lab.proc import ROOT, StartupError, kill_pidfile, pid_running, port_free, read_pidfile
 from backend.lab.sidecar import DnsStack
 
 MANIFESTS = Path(__file__).parent / "manifests"
@@ -94,14 +94,7 @@ def running(lab: Path) -> bool:
     files = pidfiles(lab)
     if not files or not (lab / "state.json").exists():
         return False
-    for f in files:
-        try:
-            pid = int(f.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return False
-        if not Path(f"/proc/{pid}").exists():
-            return False
-    return True
+    return all((recorded := read_pidfile(f)) and pid_running(*recorded) for f in files)
 
 
 @dataclass
@@ -338,8 +331,8 @@ def status(lab: Path) -> int:
     if state_file.exists():
         print(state_file.read_text(), end="")
     for f in pidfiles(lab):
-        pid = f.read_text().split()[0]
-        alive = Path(f"/proc/{pid}").exists()
+        recorded = read_pidfile(f)
+        pid, alive = (recorded[0], pid_running(*recorded)) if recorded else ("?", False)
         print(f"{'running' if alive else 'DEAD   '} {pid:>7} {rel(f.with_suffix('.log'))}")
     return 0 if running(lab) else 1
 
