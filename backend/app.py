@@ -153,7 +153,8 @@ class Compiler:
         self.serial = next_serial(self.serial)
         start = time.perf_counter()
         try:
-            table = compile_table(self.ctx.settings, endpoints, self.serial, self.ctx.geo)
+            table = compile_table(self.ctx.settings, endpoints, self.serial, self.ctx.geo,
+                                  previous=self.ctx.server.table)
         except Exception:  # keep serving the previous table; the next change retries
             log.exception("compiling store version %d failed", version)
             return
