@@ -53,12 +53,15 @@ def zone_endpoints(settings: Settings, serial: int) -> list[Endpoint]:
     """The records every served zone has of its own: apex SOA and NS, and this server's address."""
     eps: list[Endpoint] = []
     tags = [settings.cluster_geotag, *settings.ext_gslb_clusters_geotags]
-    for zone in settings.zones:
+    gslb_zones = {gz.dns_zone for gz in settings.gslb_zones}
+    for zone in dict.fromkeys(settings.zones):  # a zone listed twice, or also as GSLB zone, gets one apex
+        if zone in gslb_zones:
+            continue
         ns = plain_ns_name(zone)
         eps += _apex(zone, [ns], settings.default_ttl, PLAIN_ZONE_MINIMUM, serial)
         if settings.nameserver_address:
             eps.append(_glue(ns, settings.nameserver_address, settings.default_ttl))
-    for gz in settings.gslb_zones:
+    for gz in {gz.dns_zone: gz for gz in reversed(settings.gslb_zones)}.values():
         names = [gz.ns_name(tag) for tag in tags if tag]
         eps += _apex(gz.dns_zone, names, settings.dns_ttl_seconds, settings.negative_ttl, serial)
         if settings.nameserver_address and settings.cluster_geotag:
@@ -95,10 +98,15 @@ def merge(
     """
     zones = settings.all_zones
     groups: dict[tuple[str, str], list[Endpoint]] = {}
+    conflicts: list[Conflict] = []
     for ep in [*zone_endpoints(settings, serial), *sorted(endpoints, key=_source_key)]:
         name = normalize_name(ep.name)
-        if zone_of(name, zones) is not None:
-            groups.setdefault((name, ep.rtype.upper()), []).append(ep)
+        if zone_of(name, zones) is None:
+            continue
+        if ep.rtype.upper() == "SOA" and ep.source is not None:
+            conflicts.append((ep.source, f"{name}: SOA records are the zone's own; ignored"))
+            continue
+        groups.setdefault((name, ep.rtype.upper()), []).append(ep)
 
     names: dict[str, dict[str, Merged]] = {}
     for (name, rtype), eps in groups.items():
@@ -112,7 +120,6 @@ def merge(
         merged = Merged(tuple(seen.values()), min(ttls) if ttls else settings.default_ttl, strategy, sources)
         names.setdefault(name, {})[rtype] = merged
 
-    conflicts: list[Conflict] = []
     for name, types in names.items():
         if "CNAME" in types:
             conflicts += _resolve_cname(name, types, groups[(name, "CNAME")])

@@ -423,3 +423,16 @@ def test_long_txt_and_huge_ttl() -> None:
     t = compile_table(SETTINGS, [ep("t.foowidgets.k8s", "TXT", "x" * 600, ttl=2**40)], 1)
     r = ask(t, "t.foowidgets.k8s", "TXT")
     assert [len(s) for s in r.answer[0][0].strings] == [255, 255, 90] and r.answer[0].ttl == 2**31 - 1
+
+
+def test_one_apex_per_zone_and_no_foreign_soa() -> None:
+    settings = Settings(
+        zones=("foowidgets.k8s", "foowidgets.k8s", "gb.foowidgets.k8s"),
+        gslb_zones=(GslbZone("gb.foowidgets.k8s", "foowidgets.k8s"),),
+        cluster_geotag="us-buf",
+    )
+    t = compile_table(settings, [ep("foowidgets.k8s", "SOA", "a. b. 1 2 3 4 5")], 7)
+    for zone in ("foowidgets.k8s", "gb.foowidgets.k8s"):
+        (soa,) = ask(t, zone, "SOA").answer
+        assert len(soa) == 1 and soa[0].serial == 7
+    assert [ref for ref, _ in t.conflicts] == [SVC]
