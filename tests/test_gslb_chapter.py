@@ -68,7 +68,7 @@ def nodata(r: DigResult) -> bool:
 @pytest.fixture
 def chapter(crds: ControlPlane) -> Iterator[ControlPlane]:
     """namespace demo with nginx (Deployment + Service), cleaned up afterwards (the plane is shared)."""
-    crds.apply(demo.CHAPTER_APP.read_text())
+    crds.apply(demo.CHAPTER_APP.read_text(), "--server-side")
     yield crds
     crds.kubectl("delete", "gslbs.k8gb.absa.oss", "--all", "-n", "demo", "--ignore-not-found")
     crds.kubectl("delete", "deployment,service,ingress", "--all", "-n", "demo", "--ignore-not-found")
@@ -76,7 +76,7 @@ def chapter(crds: ControlPlane) -> Iterator[ControlPlane]:
 
 def test_chapter_failover_gslb_follows_the_deployment(chapter: ControlPlane, stack: DnsStack) -> None:
     plane = chapter
-    plane.apply(demo.CHAPTER_GSLB.read_text())  # the chapter's manifest, unchanged
+    plane.apply(demo.CHAPTER_GSLB.read_text(), "--server-side")  # the chapter's manifest, unchanged
 
     # The backend creates and owns the Ingress, as k8gb does; an ingress controller fills its status.
     def owned() -> bool:
@@ -236,7 +236,7 @@ def test_gslb_writes_work_under_the_shipped_least_privilege_rbac(
     """The backend as the k8s/ ServiceAccount: owned Ingress, annotation-made Gslb, status, Events, Lease."""
     plane = crds
     for manifest in ("namespace.yaml", "serviceaccount.yaml", "rbac.yaml"):
-        plane.apply((demo.ROOT / "k8s" / manifest).read_text())
+        plane.apply((demo.ROOT / "k8s" / manifest).read_text(), "--server-side")
     kubeconfig = plane.kubeconfig_for("coredns-gslb", "coredns-gslb", tmp_path / "kubeconfig")
     flags = demo.backend_flags("us-buf", "--namespace", "coredns-gslb")
     stack = dns_stack_factory(kubeconfig, zones=(ZONE,), flags=flags)

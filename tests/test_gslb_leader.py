@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import pytest
 
 from backend.gslb import demo
 from backend.lab.kube import ControlPlane
 from backend.lab.lbpool import set_load_balancer
-from backend.lab.sidecar import DnsStack
+from backend.lab.sidecar import Backend, DnsStack
 
 pytestmark = pytest.mark.controlplane
 
@@ -68,3 +69,31 @@ def test_one_replica_writes_and_the_other_takes_over(
         lambda: health(plane, namespace) == {host: "Unhealthy"}, what="status from the new leader", timeout=60
     )
     assert follower.dig(host).values("A") == []
+
+
+def test_a_crashed_leaders_lease_is_taken_over_once_it_expires(
+    control_plane: ControlPlane, namespace: str, backend_factory: Callable[..., Backend]
+) -> None:
+    """A holder that died without releasing: its Lease is taken only after it stops being renewed."""
+    plane = control_plane
+    demo.install_crds(plane)
+    plane.apply(
+        json.dumps(
+            {
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {"name": "coredns-gslb", "namespace": namespace},
+                "spec": {
+                    "holderIdentity": "crashed-replica",
+                    "leaseDurationSeconds": 3,
+                    "leaseTransitions": 4,
+                    "renewTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                },
+            }
+        )
+    )
+    backend = backend_factory(plane, *demo.backend_flags("us-buf", "--namespace", namespace))
+    plane.wait_for(lambda: holder(plane, namespace) != "crashed-replica", what="the takeover", timeout=60)
+    lease = json.loads(plane.kubectl("get", "lease", "coredns-gslb", "-n", namespace, "-o", "json"))
+    assert lease["spec"]["leaseTransitions"] == 5
+    assert f"leader: {holder(plane, namespace)} now holds" in backend.process.log.read_text()

@@ -27,9 +27,11 @@ class Plane(Protocol):
 
 
 def install_crds(plane: Plane) -> None:
-    """Apply both Gslb CRDs and wait until the API serves them."""
+    """Apply both Gslb CRDs and wait until the API serves them. Server-side, as tests/test_manifests.py
+    dry-runs the same files on the shared plane: a client-side apply would leave a
+    last-applied-configuration annotation its server-side apply then trips over."""
     for crd in CRDS:
-        plane.apply(crd.read_text())
+        plane.apply(crd.read_text(), "--server-side")
     plane.kubectl(
         "wait", "--for=condition=Established", "--timeout=60s", "crd/gslbs.k8gb.absa.oss", "crd/gslbs.k8gb.io"
     )
