@@ -1,30 +1,52 @@
 """Where the backend's time goes under (b)'s load: py-spy samples the backend while dnsperf runs.
 
-`python -m bench profile [--seconds S]` writes a speedscope file and prints the functions with the
-most samples (own time and with callees), which is the evidence BENCHMARKS.md cites.
+`python -m bench profile [--seconds S]` writes py-spy's collapsed stacks and prints the functions with
+the most samples (own time and with callees), which is the evidence BENCHMARKS.md cites. `Sampler`
+also profiles the backend during the scale part's change -> answer trials.
 """
 
 from __future__ import annotations
 
 import collections
 import shutil
+import signal
 import subprocess
-import threading
+import time
 from pathlib import Path
 
 from bench import dnsperf
 from bench.env import Bed
 from bench.throughput import setup
 
+_WRAPPERS = ("(threading.py)", "(<frozen runpy>)", "(asyncio/runners.py)")
 
-def record(pid: int, seconds: float, out: Path, native: bool = False) -> Path:
-    """py-spy's collapsed stacks of `pid` for `seconds` (all threads, idle ones left out)."""
-    spy = shutil.which("py-spy", path=str(Path(__file__).resolve().parents[1] / ".venv" / "bin")) or "py-spy"
-    argv = [spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200",
-            "--format", "raw", "--output", str(out)]
-    argv.append("--native" if native else "--nonblocking")
-    subprocess.run(argv, check=True, capture_output=True, timeout=seconds + 60)
-    return out
+
+class Sampler:
+    """py-spy recording a process (collapsed stacks, idle threads left out) until the `with` ends."""
+
+    def __init__(self, pid: int, out: Path) -> None:
+        self.pid = pid
+        self.out = out
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Sampler:
+        venv = str(Path(__file__).resolve().parents[1] / ".venv" / "bin")
+        spy = shutil.which("py-spy", path=venv) or "py-spy"
+        self._proc = subprocess.Popen(
+            [spy, "record", "--pid", str(self.pid), "--duration", "900", "--rate", "200", "--format", "raw",
+             "--output", str(self.out), "--nonblocking"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)  # attached before the measured work starts
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        try:
+            self._proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(5)
 
 
 def summary(collapsed: Path, top: int = 25) -> list[tuple[str, float, float]]:
@@ -41,19 +63,17 @@ def summary(collapsed: Path, top: int = 25) -> list[tuple[str, float, float]]:
         own[frames[-1]] += n
         for f in set(frames):
             total[f] += n
-    # Frames under nearly every sample (runpy, the event loop's run_forever) say nothing.
-    rows = [(f, 100 * own[f] / samples, 100 * t / samples)
-            for f, t in total.most_common() if t < 0.95 * samples]
+    # Frames under nearly every sample (runpy, the event loop's run_forever) and thread start-up say nothing.
+    rows = [(f, round(100 * own[f] / samples, 1), round(100 * t / samples, 1))
+            for f, t in total.most_common() if t < 0.95 * samples and not f.endswith(_WRAPPERS)]
     return rows[:top]
 
 
-def run(bed: Bed, seconds: float, native: bool = False) -> list[tuple[str, float, float]]:
+def run(bed: Bed, seconds: float) -> list[tuple[str, float, float]]:
     s = setup(bed)
     out = bed.workdir / "backend-profile.txt"
-    load = threading.Thread(target=dnsperf.run, args=(s.uncached.address, s.mix, seconds + 4))
-    load.start()
-    record(s.backend_pid, seconds, out, native)
-    load.join()
+    with Sampler(s.backend_pid, out):
+        dnsperf.run(s.uncached.address, s.mix, seconds)
     rows = summary(out)
     for f, own_pct, total_pct in rows:
         print(f"{total_pct:6.1f}% {own_pct:6.1f}%  {f}")

@@ -8,6 +8,7 @@ from typing import Any
 TARGETS = (
     ("a_file", "(a) CoreDNS `file` plugin (ceiling)"),
     ("b_grpc", "(b) CoreDNS -> grpc -> backend"),
+    ("b_grpc_split", "(b2) as (b), ECS rewrite only on the GSLB zone"),
     ("c_grpc_cache", "(c) (b) with CoreDNS `cache`"),
     ("b_grpc_half_rate", "(b) at half its peak rate (`-Q`)"),
 )

@@ -23,6 +23,8 @@ from bench.dnsperf import percentile
 from bench.env import Bed
 from bench.objects import Api, Obj, endpoint_slice, gslb, namespace, service
 from bench.procstat import cpu_seconds, loadavg, rss_bytes
+from bench.profile import Sampler
+from bench.profile import summary as summary_rows
 
 NS = "scale"
 POLL = 0.002
@@ -102,21 +104,22 @@ def run(bed: Bed, n: int = 10_000, trials: int = 20) -> dict[str, object]:
 
     service_trials, gslb_trials = [], []
     load = loadavg()
-    for k in range(trials):
-        i = (k * 7919) % n
-        svc = services[i]
-        new = lb_ip(i, 1 + k)
-        service_trials.append(trial(
-            lambda svc=svc, new=new: api.patch_status(svc, {"loadBalancer": {"ingress": [{"ip": new}]}}),
-            lambda i=i, new=new: ask(server, f"s-{i}.{dataset.ZONE}") == [new]))
-        slc = slices[i]
-        host = f"g-{i}.{dataset.GSLB_ZONE}"
-        for ready in (False, True):
-            gslb_trials.append(trial(
-                lambda slc=slc, ready=ready: api.patch(
-                    slc, {"endpoints": [{"addresses": slc["endpoints"][0]["addresses"],
-                                         "conditions": {"ready": ready}}]}),
-                lambda host=host, ready=ready: bool(ask(server, host)) == ready))
+    with Sampler(pid, bed.workdir / "backend-profile-trials.txt") as sampler:
+        for k in range(trials):
+            i = (k * 7919) % n
+            svc = services[i]
+            new = lb_ip(i, 1 + k)
+            service_trials.append(trial(
+                lambda svc=svc, new=new: api.patch_status(svc, {"loadBalancer": {"ingress": [{"ip": new}]}}),
+                lambda i=i, new=new: ask(server, f"s-{i}.{dataset.ZONE}") == [new]))
+            slc = slices[i]
+            host = f"g-{i}.{dataset.GSLB_ZONE}"
+            for ready in (False, True):
+                gslb_trials.append(trial(
+                    lambda slc=slc, ready=ready: api.patch(
+                        slc, {"endpoints": [{"addresses": slc["endpoints"][0]["addresses"],
+                                             "conditions": {"ready": ready}}]}),
+                    lambda host=host, ready=ready: bool(ask(server, host)) == ready))
     result = {
         "services": n,
         "gslbs": n,
@@ -133,6 +136,7 @@ def run(bed: Bed, n: int = 10_000, trials: int = 20) -> dict[str, object]:
         "change_to_answer_gslb_health": summary(gslb_trials),
         "change_to_answer_all": summary(service_trials + gslb_trials),
         "apiserver_rss_mib": round(rss_bytes(bed.plane.apiserver.pid or 0) / 2**20, 1),
+        "profile_during_trials": summary_rows(sampler.out, 15),
     }
     print(f"  change -> answer: Service LB IP {result['change_to_answer_service']}, "
           f"GSLB health {result['change_to_answer_gslb_health']}", flush=True)

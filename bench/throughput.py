@@ -30,6 +30,20 @@ ${zones} {
 }
 """
 
+SPLIT_TEMPLATE = """# ECS rewrite only where geoip may need it; the ExternalDNS zone goes straight to grpc.
+${plain} {
+    bind ${bind}
+    errors
+    grpc . ${grpc}
+}
+${gslb} {
+    bind ${bind}
+    errors
+    rewrite edns0 subnet set 24 56
+    grpc . ${grpc}
+}
+"""
+
 
 def measure(label: str, server: str, mix: Path, seconds: float, pids: dict[str, int], out: Path,
             rate: float | None = None, warmup: float = WARMUP) -> dict[str, object]:
@@ -69,6 +83,7 @@ class Setup:
 
     backend: Backend
     uncached: CoreDNS
+    split: CoreDNS
     ceiling: CoreDNS
     cached: CoreDNS
     mix: Path
@@ -95,14 +110,16 @@ def setup(bed: Bed) -> Setup:
     files = dataset.write_zone_files(uncached.address, questions, bed.workdir)
     ceiling = bed.coredns(dataset.corefile_file(files), "coredns-file")
     cached = backend_stack(bed, backend.grpc, "coredns-grpc-cache", CACHED_TEMPLATE)
+    split = bed.coredns(SPLIT_TEMPLATE, "coredns-grpc-split", plain=dataset.ZONE, gslb=dataset.GSLB_ZONE,
+                        grpc=backend.grpc)
     want = dataset.answer_sets(uncached.address, questions)
-    for other in (ceiling, cached):
+    for other in (ceiling, cached, split):
         diff = dataset.differences(want, dataset.answer_sets(other.address, questions))
         if diff:
             raise RuntimeError(f"{other.process.name} answers unlike the backend:\n" + "\n".join(diff))
     print(f"set-up {time.monotonic() - t0:.1f} s; {len(questions)} distinct questions, all three servers "
           f"give the same answers", flush=True)
-    return Setup(backend, uncached, ceiling, cached, mix)
+    return Setup(backend, uncached, split, ceiling, cached, mix)
 
 
 def run(bed: Bed, seconds: float) -> dict[str, object]:
@@ -111,6 +128,7 @@ def run(bed: Bed, seconds: float) -> dict[str, object]:
     out = bed.workdir
     a = measure("a_file", s.ceiling.address, s.mix, seconds, {"coredns": s.ceiling.process.pid or 0}, out)
     b = measure("b_grpc", s.uncached.address, s.mix, seconds, s.pids(s.uncached), out)
+    b2 = measure("b_grpc_split", s.split.address, s.mix, seconds, s.pids(s.split), out)
     c = measure("c_grpc_cache", s.cached.address, s.mix, seconds, s.pids(s.cached), out)
     half = measure("b_grpc_half_rate", s.uncached.address, s.mix, seconds, s.pids(s.uncached), out,
                    rate=float(b["qps"]) / 2)
@@ -118,10 +136,11 @@ def run(bed: Bed, seconds: float) -> dict[str, object]:
         "mix": [{"what": x.what, "percent": x.percent, "names": len(x.questions)} for x in dataset.shares()],
         "a_file": a,
         "b_grpc": b,
+        "b_grpc_split": b2,
         "c_grpc_cache": c,
         "b_grpc_half_rate": half,
         "ratio_uncached": round(float(b["qps"]) / float(a["qps"]), 3),
         "ratio_cached": round(float(c["qps"]) / float(a["qps"]), 3),
         "corefiles": {"a": s.ceiling.corefile_text, "b": s.uncached.corefile_text,
-                      "c": s.cached.corefile_text},
+                      "b2": s.split.corefile_text, "c": s.cached.corefile_text},
     }
