@@ -31,7 +31,6 @@ import dns.rdatatype
 from backend.gslb import demo
 from backend.lab.coredns import GRPC_TEMPLATE, render
 from backend.lab.kube import ControlPlane
-from backend.lab.lbpool import set_load_balancer
 from backend.sources.informer import ENDPOINTSLICES, Informer
 from bench.env import Bed
 from bench.propagation import percentile
@@ -113,10 +112,7 @@ def main() -> None:
         corefile = render(GRPC_TEMPLATE, zones="gb.foowidgets.k8s", grpc=backend.grpc,
                           bind="${bind}", port="${port}")  # bed.coredns fills these two
         coredns = bed.coredns(corefile, "coredns")
-        plane.wait_for(lambda: plane.kubectl("get", "ingress", "gslb-failover-buf", "-n", "demo",
-                                             "--ignore-not-found"), what="the owned Ingress", timeout=60)
-        with plane.api_client() as api:
-            set_load_balancer(api, "Ingress", "demo", "gslb-failover-buf", [IP])
+        demo.announce_ingress(plane, "demo", "gslb-failover-buf", [IP])
 
         def healthy() -> bool:
             return answer(coredns.host, coredns.port) == [IP]

@@ -209,8 +209,7 @@ def test_bad_gslbs_get_conditions_and_events_and_the_rest_keeps_answering(
     docs.append(demo.gslb(namespace, "bad-host", {"type": "roundRobin"}, host=f"Bad_Host.{ZONE}",
                           service="good"))
     plane.apply("\n---\n".join(docs))
-    until(stack, exists(plane, "ingress", namespace, "good"), "the owned Ingress")
-    announce(plane, "Ingress", namespace, "good", ["10.3.0.1"])
+    demo.announce_ingress(plane, namespace, "good", ["10.3.0.1"])
     until(stack, answers(stack, f"good.{ZONE}", ["10.3.0.1"]), "the good Gslb answers")
 
     expected = {name: reason for name, (_, reason) in BAD.items()} | {"dangling": "ResourceNotFound"}

@@ -4,6 +4,7 @@ other takes over the writes (status follows health again) without a restart."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -11,7 +12,6 @@ import pytest
 
 from backend.gslb import demo
 from backend.lab.kube import ControlPlane
-from backend.lab.lbpool import set_load_balancer
 from backend.lab.sidecar import Backend, DnsStack
 
 pytestmark = pytest.mark.controlplane
@@ -28,8 +28,8 @@ def leads(stack: DnsStack, identity: str) -> bool:
     return f"leader: {identity} now holds" in stack.backend.process.log.read_text()
 
 
-def health(plane: ControlPlane, namespace: str) -> dict[str, str]:
-    obj = json.loads(plane.kubectl("get", "gslbs.k8gb.absa.oss", "web", "-n", namespace, "-o", "json"))
+def health(plane: ControlPlane, namespace: str, name: str = "web") -> dict[str, str]:
+    obj = json.loads(plane.kubectl("get", "gslbs.k8gb.absa.oss", name, "-n", namespace, "-o", "json"))
     return (obj.get("status") or {}).get("serviceHealth") or {}
 
 
@@ -49,13 +49,7 @@ def test_one_replica_writes_and_the_other_takes_over(
     leader, follower = sorted(stacks, key=lambda s: not leads(s, first))
     assert leads(leader, first) and not leads(follower, first)
 
-    plane.wait_for(
-        lambda: plane.kubectl("get", "ingress", "web", "-n", namespace, "--ignore-not-found"),
-        what="the owned Ingress",
-        timeout=60,
-    )
-    with plane.api_client() as api:
-        set_load_balancer(api, "Ingress", namespace, "web", ["10.4.0.1"])
+    demo.announce_ingress(plane, namespace, "web", ["10.4.0.1"])
     for stack in stacks:  # every replica serves DNS
         plane.wait_for(lambda s=stack: s.dig(host).values("A") == ["10.4.0.1"], what="answer", timeout=60)
     plane.wait_for(lambda: health(plane, namespace) == {host: "Healthy"}, what="status Healthy", timeout=60)
@@ -97,3 +91,41 @@ def test_a_crashed_leaders_lease_is_taken_over_once_it_expires(
     lease = json.loads(plane.kubectl("get", "lease", "coredns-gslb", "-n", namespace, "-o", "json"))
     assert lease["spec"]["leaseTransitions"] == 5
     assert f"leader: {holder(plane, namespace)} now holds" in backend.process.log.read_text()
+
+
+def test_gslb_survives_an_apiserver_outage_and_the_writes_resume(
+    control_plane_factory: Callable[..., ControlPlane], dns_stack_factory: Callable[..., DnsStack]
+) -> None:
+    """During the outage the last answers keep coming and the leader steps down (it cannot renew);
+    afterwards it leads again and health changes reach DNS and the status. Uses test_outage's plane."""
+    plane = control_plane_factory("outage")
+    demo.install_crds(plane)
+    namespace, host = "gslb-outage", f"steady.{ZONE}"
+    plane.apply(demo.app(namespace, "steady"))
+    plane.apply(demo.gslb(namespace, "steady", {"type": "roundRobin"}, host=host, service="steady"))
+    flags = demo.backend_flags("us-buf", "--namespace", namespace)
+    stack = dns_stack_factory(plane, zones=(ZONE,), flags=flags)
+    try:
+        demo.announce_ingress(plane, namespace, "steady", ["10.6.0.1"])
+        plane.wait_for(lambda: stack.dig(host).values("A") == ["10.6.0.1"], what="answer", timeout=60)
+
+        plane.stop_apiserver()
+        try:
+            answers = []
+            end = time.monotonic() + 14  # longer than the 10 s renew deadline
+            while time.monotonic() < end:
+                answers.append(stack.dig(host).values("A"))
+                time.sleep(1)
+        finally:
+            plane.start_apiserver()
+        assert answers and all(a == ["10.6.0.1"] for a in answers), answers
+        assert "stepping down" in stack.backend.process.log.read_text()
+
+        plane.kubectl("scale", "deploy", "steady", "-n", namespace, "--replicas=0")
+        plane.wait_for(lambda: stack.dig(host).rcode == "NOERROR" and not stack.dig(host).answer,
+                       what="NODATA after the outage", timeout=60)
+        plane.wait_for(lambda: health(plane, namespace, "steady") == {host: "Unhealthy"},
+                       what="status written by the re-elected leader", timeout=60)
+        assert stack.backend.process.log.read_text().count("now holds") >= 2
+    finally:
+        plane.kubectl("delete", "namespace", namespace, "--wait=false", "--ignore-not-found")

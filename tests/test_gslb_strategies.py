@@ -27,7 +27,6 @@ from backend.gslb.geoip import write_db
 from backend.lab.coredns import CoreDNS
 from backend.lab.dig import dig
 from backend.lab.kube import ControlPlane
-from backend.lab.lbpool import set_load_balancer
 from backend.lab.proc import free_port, wait_for
 from backend.model import Endpoint, Target
 
@@ -101,17 +100,6 @@ def gslb_app(plane: ControlPlane, namespace: str, host: str, strategy: dict[str,
     plane.apply(demo.gslb(namespace, "web", strategy, host=host, service="web"))
 
 
-def announce(plane: ControlPlane, namespace: str, ip: str) -> None:
-    """Once the running backend has created the Gslb's Ingress, fill its status as an ingress controller."""
-    plane.wait_for(
-        lambda: plane.kubectl("get", "ingress", "web", "-n", namespace, "--ignore-not-found"),
-        what="the owned Ingress",
-        timeout=60,
-    )
-    with plane.api_client() as api:
-        set_load_balancer(api, "Ingress", namespace, "web", [ip])
-
-
 def healthy_records(plane: ControlPlane, namespace: str) -> dict[str, list[str]]:
     obj = json.loads(plane.kubectl("get", "gslbs.k8gb.absa.oss", "web", "-n", namespace, "-o", "json"))
     return (obj.get("status") or {}).get("healthyRecords") or {}
@@ -129,7 +117,7 @@ def test_weighted_round_robin_holds_over_10000_queries(
     settings = settings_for(crds)
 
     def body(ctx: app.Context) -> None:
-        announce(crds, namespace, "10.2.1.167")
+        demo.announce_ingress(crds, namespace, "web", ["10.2.1.167"])
         inject_peer(ctx, host, "10.2.1.98")
         coredns = CoreDNS(tmp_path, zones=(ZONE,), grpc=settings.grpc_listen).start()
         try:
@@ -173,7 +161,7 @@ def test_geoip_answers_by_client_subnet(
     settings = settings_for(crds, geoip_db=str(db))
 
     def body(ctx: app.Context) -> None:
-        announce(crds, namespace, "10.2.1.167")
+        demo.announce_ingress(crds, namespace, "web", ["10.2.1.167"])
         inject_peer(ctx, host, "10.2.1.98")
         plain = CoreDNS(tmp_path, NO_REWRITE, zones=(ZONE,), grpc=settings.grpc_listen, name="plain").start()
         rewrite = CoreDNS(tmp_path, zones=(ZONE,), grpc=settings.grpc_listen, name="rewrite").start()

@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any, Protocol
 
+from backend.lab.lbpool import set_load_balancer
+
 ROOT = Path(__file__).resolve().parents[2]
 CRDS = (ROOT / "k8s" / "crds" / "gslb.k8gb.absa.oss.yaml", ROOT / "k8s" / "crds" / "gslb.k8gb.io.yaml")
 CHAPTER_APP = ROOT / "backend" / "lab" / "manifests" / "demo.yaml"
@@ -24,6 +26,10 @@ class Plane(Protocol):
     ) -> str: ...
 
     def apply(self, yaml_text: str, *args: str) -> str: ...
+
+    def wait_for(self, check: Any, *, what: str, timeout: float = 60.0) -> None: ...
+
+    def api_client(self) -> Any: ...
 
 
 def install_crds(plane: Plane) -> None:
@@ -102,3 +108,12 @@ def ingress(namespace: str, name: str, host: str, service: str, annotations: dic
     return json.dumps({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
                        "metadata": {"name": name, "namespace": namespace, "annotations": annotations},
                        "spec": {"rules": rules(host, service)}})
+
+
+def announce_ingress(plane: Plane, namespace: str, name: str, ips: list[str], timeout: float = 60) -> None:
+    """Once the backend has created a Gslb's Ingress, fill its load-balancer status as an ingress
+    controller would."""
+    plane.wait_for(lambda: plane.kubectl("get", "ingress", name, "-n", namespace, "--ignore-not-found"),
+                   what=f"Ingress {namespace}/{name}", timeout=timeout)
+    with plane.api_client() as api:
+        set_load_balancer(api, "Ingress", namespace, name, ips)
