@@ -49,25 +49,24 @@ def owned_ingress(gslb: Obj) -> Obj:
 
 
 def merge_into(current: Obj, desired: Obj) -> Obj | None:
-    """`current` updated to carry desired's spec, labels and ownerReference; None if it already does.
-    Everything else on the live object (status, other labels, annotations) is kept."""
+    """`current` updated to carry desired's spec, labels and controller ownerReference; None if it
+    already does. Everything else on the live object (status, other labels, annotations, other owners)
+    is kept; a controller reference to an earlier Gslb of the same name (deleted and re-created
+    before garbage collection ran) is replaced, as an object may have only one controller."""
     meta = current.setdefault("metadata", {})
     labels = meta.setdefault("labels", {})
     want_labels = desired["metadata"].get("labels") or {}
-    refs = meta.setdefault("ownerReferences", [])
-    want_refs = [
-        r
-        for r in desired["metadata"].get("ownerReferences") or ()
-        if all(r["uid"] != have.get("uid") for have in refs)
-    ]
+    (want_ref,) = desired["metadata"]["ownerReferences"]
+    refs = meta.get("ownerReferences") or []
     if (
         current.get("spec") == desired["spec"]
-        and not want_refs
+        and want_ref in refs
         and all(labels.get(k) == v for k, v in want_labels.items())
     ):
         return None
+    others = [r for r in refs if not r.get("controller") and r.get("uid") != want_ref["uid"]]
+    meta["ownerReferences"] = [*others, want_ref]
     labels.update(want_labels)
-    refs.extend(want_refs)
     current["spec"] = desired["spec"]
     return current
 

@@ -76,6 +76,10 @@ def test_owned_ingress_merge_keeps_foreign_fields() -> None:
     assert merged["status"]["loadBalancer"]["ingress"] == [{"ip": "10.0.0.1"}]
     assert objects.merge_into(merged, desired) is None
     assert objects.owned_by(merged, GSLB)
+    stale = {"metadata": {"ownerReferences": [{**desired["metadata"]["ownerReferences"][0], "uid": "old"},
+                                              {"kind": "Team", "uid": "t1"}]}, "spec": desired["spec"]}
+    refs = objects.merge_into(stale, desired)["metadata"]["ownerReferences"]  # type: ignore[index]
+    assert [r["uid"] for r in refs] == ["t1", "u1"]  # one controller: the Gslb that exists now
 
 
 def test_gslb_for_annotated_ingress() -> None:
