@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +51,13 @@ DRY_RUN = [*manifest_files(), *sorted(CHAPTER.glob("*.yaml"))]
 
 
 @pytest.fixture(scope="module")
-def cluster(control_plane: ControlPlane) -> ControlPlane:
-    """CRDs applied for real (so objects of their kinds validate) and every namespace the manifests use."""
+def cluster(control_plane_factory: Callable[..., ControlPlane]) -> ControlPlane:
+    """CRDs applied for real (so objects of their kinds validate) and every namespace the manifests use.
+
+    A plane of its own: other tests client-side-apply some of these files to the shared plane, and a
+    server-side apply over that warns about the last-applied annotation.
+    """
+    control_plane = control_plane_factory("manifests")
     control_plane.kubectl("apply", "--server-side", "-f", str(K8S / "crds"))
     control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(K8S / "crds"))
     control_plane.kubectl("apply", "--server-side", "-f", str(K8S / "namespace.yaml"))
