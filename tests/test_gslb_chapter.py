@@ -136,6 +136,18 @@ def test_chapter_failover_gslb_follows_the_deployment(chapter: ControlPlane, sta
     )
     assert stack.dig("localtargets-" + HOST).values("A") == ["10.2.1.167"]
 
+    # The Ingress belongs to the Gslb: an edit is put back, and so is a deleted one.
+    def host_of_ingress() -> str:
+        return plane.kubectl("get", "ingress", "gslb-failover-buf", "-n", "demo", "--ignore-not-found",
+                             "-o", "jsonpath={.spec.rules[0].host}")
+
+    edit = [{"op": "replace", "path": "/spec/rules/0/host", "value": f"edited.{ZONE}"}]
+    plane.kubectl("patch", "ingress", "gslb-failover-buf", "-n", "demo", "--type=json",
+                  "-p", json.dumps(edit))
+    until(stack, lambda: host_of_ingress() == HOST, "the edit reverted")
+    plane.kubectl("delete", "ingress", "gslb-failover-buf", "-n", "demo")
+    until(stack, lambda: host_of_ingress() == HOST, "the Ingress re-created")
+
 
 def exists(plane: ControlPlane, kind: str, namespace: str, name: str) -> Callable[[], bool]:
     return lambda: bool(plane.kubectl("get", kind, name, "-n", namespace, "--ignore-not-found"))
