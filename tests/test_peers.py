@@ -24,7 +24,7 @@ import pytest
 from backend.config import GslbZone, Settings
 from backend.gslb.strategy import plan
 from backend.model import Endpoint, ObjectRef, Store, Strategy, Target
-from backend.peers.exchange import PeerExchange, PeerZone
+from backend.peers.exchange import DIGEST_KEY, PeerExchange, PeerZone
 from backend.peers.query import parse_server
 
 ZONE = GslbZone("gb.foowidgets.k8s", "foowidgets.k8s")
@@ -198,6 +198,41 @@ async def test_fetches_peer_targets_and_refetches_only_when_the_serial_moves() -
         r.peer.serial += 1
         await r.poll()
         assert [t.value for t in r.targets()[0][2]] == ["10.2.1.98", "10.2.1.99"]
+
+
+@asynchronous
+async def test_with_a_digest_only_a_change_of_the_peers_localtargets_refetches() -> None:
+    with rig() as r:
+        r.peer.records[("_localtargets." + ZONE.dns_zone, "TXT")] = ['"v1 aaaa"']
+        await r.poll()
+        fetched = r.peer.queries("A")
+        r.peer.serial += 1  # the peer's zone changed elsewhere, or it learned our own change
+        await r.poll(1)
+        assert r.peer.queries("A") == fetched, "a serial change alone is no reason to refetch"
+        r.peer.records[("_localtargets." + ZONE.dns_zone, "TXT")] = ['"v1 bbbb"']
+        r.peer.records[("localtargets-" + HOST, "A")] = ["10.2.1.97"]
+        await r.poll(1)
+        assert r.targets() == [(HOST, "A", (Target("10.2.1.97", "us-nyc"),))]
+
+
+def test_our_digest_follows_our_localtargets_only() -> None:
+    with rig() as r:
+        def published() -> str:
+            (ep,) = r.store.snapshot()[1][DIGEST_KEY]
+            assert ep.name == "_localtargets." + ZONE.dns_zone and ep.rtype == "TXT"
+            return ep.targets[0].value
+
+        first = published()
+        other = Endpoint("other.foowidgets.k8s", "A", (Target("192.0.2.1"),))
+        r.store.replace("service/default/other", [other])
+        r.ex._refresh_local(notify=False)
+        assert published() == first
+        local_gslb(r.store, targets=("10.2.1.168",))
+        r.ex._refresh_local(notify=False)
+        assert published() != first
+        local_gslb(r.store)
+        r.ex._refresh_local(notify=False)
+        assert published() == first, "the same records give the same digest"
 
 
 @asynchronous

@@ -1,10 +1,13 @@
 """Other clusters' healthy targets, learned over DNS the way k8gb does, but in about a second.
 
 Per peer and load-balanced zone: find the peer's CoreDNS by resolving its gslb-ns name at the edge,
-then ask it for its zone's SOA every `peer_poll_seconds`. Only when the serial moved (or our own set
-of GSLB hosts changed, or the peer sent a NOTIFY) do we fetch `localtargets-<host>` A and AAAA for
-every local host. So an idle peer costs one SOA query per second, whatever the number of hosts.
-When our own healthy targets change we NOTIFY the peers, so they refetch at once instead of at their
+then ask it every `peer_poll_seconds` for the version of its localtargets: the TXT `_localtargets.<zone>`
+that each cluster publishes (a digest of its own localtargets records), or, from a peer without one
+(k8gb), its zone's SOA serial. Only when that version moved (or our own set of GSLB hosts changed) do
+we fetch `localtargets-<host>` A and AAAA for every local host. The digest, unlike the serial, stands
+still when the peer's other names change or when it learns our own change, so a change costs one
+refetch, not an echo, and an idle peer costs one query per second, whatever the number of hosts.
+When our own healthy targets change we NOTIFY the peers, so they look at once instead of at their
 next poll. A peer that stops answering keeps its last targets for `peer_grace_seconds`: one lost
 packet never moves an answer.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 import time
@@ -33,6 +37,8 @@ from backend.peers.query import QueryError, Server, ask, parse_server, rdata_tex
 log = logging.getLogger(__name__)
 
 LOCALTARGETS = "localtargets-"
+DIGEST_LABEL = "_localtargets"  # no host's localtargets name can start with an underscore
+DIGEST_KEY = "peers/digest"  # our Store key for the digest records
 RESOLVE_EVERY = 30.0  # re-resolve a healthy peer's address this often (its glue may move)
 RESOLVE_RETRY = 5.0  # ... and a failing peer's at most this often
 FETCH_CONCURRENCY = 16
@@ -69,6 +75,13 @@ def local_targets(by_key: Snapshot, zone: str) -> frozenset[tuple[str, str, tupl
     )
 
 
+def digest(targets: frozenset[tuple[str, str, tuple[Target, ...]]]) -> str:
+    """A short, order-free fingerprint of our localtargets records: equal sets, equal digests."""
+    text = "\n".join(sorted(f"{name} {rtype} {' '.join(sorted(t.value for t in ts))}"
+                            for name, rtype, ts in targets))
+    return "v1 " + hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
 @dataclass
 class PeerZone:
     """What we know of one peer in one load-balanced zone."""
@@ -77,7 +90,7 @@ class PeerZone:
     zone: GslbZone
     addresses: tuple[Server, ...] = ()
     resolved_at: float = -math.inf
-    serial: int | None = None
+    version: str | None = None  # "digest <hex>" or "soa <serial>": what the last fetch saw
     hosts: tuple[str, ...] | None = None  # the local hosts the last fetch asked for
     targets: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     last_ok: float | None = None
@@ -145,6 +158,7 @@ class PeerExchange:
             self._refresh_local(notify=True)
 
     def _refresh_local(self, *, notify: bool) -> None:
+        """Track our hosts and localtargets; publish their digest; NOTIFY peers when they change."""
         _, by_key = self.store.snapshot()
         for gz in self.settings.gslb_zones:
             hosts = local_hosts(by_key, gz.dns_zone)
@@ -156,6 +170,10 @@ class PeerExchange:
                 self._local[gz.dns_zone] = targets
                 if notify:
                     self._spawn(self._notify_peers(gz))
+        self.store.replace(DIGEST_KEY, [
+            Endpoint(f"{DIGEST_LABEL}.{gz.dns_zone}", "TXT", (Target(digest(self._local[gz.dns_zone])),),
+                     self.settings.dns_ttl_seconds)
+            for gz in self.settings.gslb_zones])
 
     def _spawn(self, coro: Coroutine[None, None, None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -163,8 +181,8 @@ class PeerExchange:
         task.add_done_callback(self._tasks.discard)
 
     async def _poll_loop(self, pz: PeerZone) -> None:
-        """Poll every peer_poll_seconds. After a NOTIFY, recheck soon while the serial stands still:
-        the sender may NOTIFY before its own recompiled zone (and new serial) is being served.
+        """Poll every peer_poll_seconds. After a NOTIFY, recheck soon while the version stands still:
+        the sender may NOTIFY before its recompiled zone (and new digest) is being served.
         MIN_GAP between polls bounds what a flood of NOTIFYs (anyone can send one) makes us send."""
         while True:
             pz.wake.clear()
@@ -190,10 +208,10 @@ class PeerExchange:
         moved = False
         try:
             await self._resolve(pz, now)
-            server, serial = await self._soa(pz)
-            if serial != pz.serial or hosts != pz.hosts:
+            server, version = await self._version(pz)
+            if version != pz.version or hosts != pz.hosts:
                 pz.targets = await self._fetch(server, pz, hosts)
-                pz.serial, pz.hosts = serial, hosts
+                pz.version, pz.hosts = version, hosts
                 moved = True
             pz.last_ok = now
             if pz.error:
@@ -205,11 +223,11 @@ class PeerExchange:
                             pz.zone.dns_zone, e, len(pz.targets), self.settings.peer_grace_seconds)
             pz.error = str(e)
             expired = pz.last_ok is None or now - pz.last_ok >= self.settings.peer_grace_seconds
-            if expired and (pz.targets or pz.serial is not None):
+            if expired and (pz.targets or pz.version is not None):
                 if pz.targets:
                     log.warning("peer %s: grace over, dropping its targets in %s",
                                 pz.geotag, pz.zone.dns_zone)
-                pz.targets, pz.serial, pz.hosts = {}, None, None
+                pz.targets, pz.version, pz.hosts = {}, None, None
         self._publish(pz.geotag)
         return moved
 
@@ -254,19 +272,28 @@ class PeerExchange:
             return
         raise QueryError("; ".join(errors) or f"no edge DNS servers to resolve {name}")
 
-    async def _soa(self, pz: PeerZone) -> tuple[Server, int]:
+    async def _version(self, pz: PeerZone) -> tuple[Server, str]:
+        """The peer's localtargets digest, else (a peer that has none) its zone's SOA serial."""
         zone = pz.zone.dns_zone
         errors: list[str] = []
         for server in pz.addresses:
             try:
+                name = f"{DIGEST_LABEL}.{zone}"
+                response = await ask(server, name, "TXT", timeout=self.timeout)
+                digest = rdata_texts(response, name, "TXT", authoritative=True)
+                if len(digest) > 1:
+                    raise QueryError(f"{server}: {len(digest)} TXT records at {name}")
+                if digest:
+                    _count(pz.geotag, "version", "ok")
+                    return server, "digest " + digest[0].strip('"')
                 response = await ask(server, zone, "SOA", timeout=self.timeout)
                 soa = rdata_texts(response, zone, "SOA", authoritative=True)
                 if len(soa) != 1:
                     raise QueryError(f"{server}: {len(soa)} SOA records for {zone}")
-                _count(pz.geotag, "soa", "ok")
-                return server, int(soa[0].split()[2])
+                _count(pz.geotag, "version", "ok")
+                return server, "soa " + soa[0].split()[2]
             except QueryError as e:
-                _count(pz.geotag, "soa", "error")
+                _count(pz.geotag, "version", "error")
                 errors.append(str(e))
         raise QueryError("; ".join(errors))
 
@@ -294,7 +321,7 @@ class PeerExchange:
         await asyncio.gather(*(self._notify(s, gz.dns_zone) for s in servers))
 
     async def _notify(self, server: Server, zone: str) -> None:
-        """RFC 1996 NOTIFY: a hint only (the peer checks our serial), so a few quick tries suffice."""
+        """RFC 1996 NOTIFY: a hint only (the peer checks our version), so a few quick tries suffice."""
         message = dns.message.make_query(zone, "SOA")
         message.flags = dns.flags.AA  # the opcode lives in the flags word: set it after
         message.set_opcode(dns.opcode.NOTIFY)
@@ -317,7 +344,7 @@ class PeerExchange:
         def one(pz: PeerZone) -> dict[str, object]:
             st: dict[str, object] = {"ok": not pz.error and pz.last_ok is not None,
                                      "addresses": [str(s) for s in pz.addresses],
-                                     "serial": pz.serial, "records": len(pz.targets)}
+                                     "version": pz.version, "records": len(pz.targets)}
             if pz.error:
                 st["error"] = pz.error
                 st["last_ok_seconds_ago"] = None if pz.last_ok is None else round(now - pz.last_ok, 1)
@@ -338,5 +365,5 @@ class PeerExchange:
                 elif not st["ok"]:
                     parts.append(f"{tag} {zone} not polled yet")
                 else:
-                    parts.append(f"{tag} {zone} ok, serial {st['serial']}, {st['records']} records")
+                    parts.append(f"{tag} {zone} ok, {st['version']}, {st['records']} records")
         return "; ".join(parts) or None
