@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deployfiles import K8S
 
 from backend.config import from_args
 from backend.explain import Explainer, lab_addresses, render, why
 from backend.lab.kube import ControlPlane
 from backend.lab.lbpool import set_load_balancer
 from backend.lab.proc import PYTHON, ROOT
+from backend.lab.run import prepare_cluster
 from backend.lab.sidecar import Backend
 from backend.model import Endpoint, ObjectRef, Store, Strategy, Target
 
@@ -95,14 +95,9 @@ def test_cli_says_when_the_backend_is_unreachable() -> None:
 # --- through a real backend and apiserver -------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def least_privilege(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """CRDs, the namespace, ServiceAccount and RBAC from k8s/; a kubeconfig with the account's token."""
-    control_plane.kubectl("apply", "--server-side", "-f", str(K8S / "crds"))
-    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(K8S / "crds"))
-    for name in ("namespace.yaml", "serviceaccount.yaml", "rbac.yaml"):
-        control_plane.kubectl("apply", "--server-side", "-f", str(K8S / name))
-    path = tmp_path_factory.mktemp("sa") / "kubeconfig"
-    return control_plane.kubeconfig_for("coredns-gslb", "coredns-gslb", path)
+def least_privilege(control_plane: ControlPlane) -> Path:
+    """CRDs, namespace, ServiceAccount and RBAC from k8s/ (as the lab does); the account's kubeconfig."""
+    return prepare_cluster(control_plane)
 
 
 def _poll_report(plane: ControlPlane, backend: Backend, name: str, ready: Callable[[dict[str, Any]], bool],

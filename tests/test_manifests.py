@@ -33,6 +33,7 @@ from deployfiles import (
 
 from backend.lab.kube import ControlPlane
 from backend.lab.proc import binary
+from backend.lab.run import prepare_cluster
 
 NAMESPACE = "coredns-gslb"
 ACCOUNT = "coredns-gslb"
@@ -143,13 +144,11 @@ FORBIDDEN = [
 
 
 @pytest.fixture(scope="module")
-def backend_api(cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """An API client authenticated as the backend's ServiceAccount (token from the TokenRequest API)."""
+def backend_api(cluster: ControlPlane) -> Iterator[Any]:
+    """An API client authenticated as the backend's ServiceAccount (a TokenRequest token, as the lab uses)."""
     import kubernetes.config
 
-    for name in ("serviceaccount.yaml", "rbac.yaml"):
-        cluster.kubectl("apply", "--server-side", "-f", str(K8S / name))
-    path = cluster.kubeconfig_for(ACCOUNT, NAMESPACE, tmp_path_factory.mktemp("rbac") / "kubeconfig")
+    path = prepare_cluster(cluster)
     with kubernetes.config.new_client_from_config(config_file=str(path)) as api_client:
         yield api_client
 
