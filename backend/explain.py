@@ -14,9 +14,12 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import dns.message
+import dns.rcode
 
 from backend.config import Settings
 from backend.config import parser as settings_parser
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
 ROUTE = "/explain"
 LAB = Path(__file__).resolve().parents[1] / ".lab"
 Report = dict[str, Any]
+Answer = Callable[[bytes], bytes]  # a DNS query in wire format -> the reply the backend serves now
 
 
 def _ref(ref: ObjectRef) -> dict[str, str]:
@@ -96,14 +100,24 @@ def _answers(merged: Merged) -> list[list[str]]:
 
 
 class Explainer:
-    """Builds the explain report from the Store, the GSLB engine's health results and the peers' state."""
+    """Builds the explain report from the Store, the GSLB engine's health results and the peers' state,
+    and asks the served answer table what a query gets right now (the proof the reasoning matches)."""
 
     def __init__(self, settings: Settings, store: Store, engine: GslbEngine | None = None,
-                 peers: PeerExchange | None = None) -> None:
+                 peers: PeerExchange | None = None, answer: Answer | None = None) -> None:
         self.settings = settings
         self.store = store
         self.engine = engine
         self.peers = peers
+        self.answer = answer
+
+    def served(self, name: str, rtype: str) -> dict[str, Any] | None:
+        """What a query for (name, rtype) is answered now, from the compiled table."""
+        if self.answer is None:
+            return None
+        reply = dns.message.from_wire(self.answer(dns.message.make_query(name, rtype).to_wire()))
+        return {"rcode": dns.rcode.to_text(reply.rcode()),
+                "answer": [rd.to_text() for rrset in reply.answer for rd in rrset]}
 
     def report(self, name: str) -> Report:
         name = normalize_name(name)
@@ -111,6 +125,7 @@ class Explainer:
         zone = zone_of(name, self.settings.all_zones)
         out: Report = {"name": name, "cluster": self.settings.cluster_geotag, "zone": zone,
                        "version": version, "records": [], "wildcard": None}
+        out["served"] = self.served(name, "A")
         if zone is None:
             out["rcode"] = "REFUSED"
             out["why"] = f"not in a zone this backend serves ({', '.join(self.settings.all_zones) or 'none'})"
@@ -139,6 +154,7 @@ class Explainer:
                 "producers": producers,
                 "targets": self._targets(merged, gslb, rtype),
                 "answers": _answers(merged),
+                "served": self.served(name, rtype),
                 "why": why(merged.strategy, merged.targets, self.settings.negative_ttl) if merged.sources
                 else "the zone's own record (apex SOA and NS, or this server's glue)",
             })
@@ -208,7 +224,8 @@ class Explainer:
 def attach(ctx: Context) -> None:
     """The app's seam: serve GET /explain from this backend's own model. Listed after the GSLB and peers
     producers in app.PRODUCERS, so their engine and exchange are on the Context by now."""
-    explainer = Explainer(ctx.settings, ctx.store, ctx.gslb_engine, ctx.peer_exchange)
+    explainer = Explainer(ctx.settings, ctx.store, ctx.gslb_engine, ctx.peer_exchange,
+                          lambda query: ctx.server.table.answer(query))
     ctx.server.add_route(ROUTE, explainer.handle)
 
 
@@ -219,12 +236,19 @@ def _holds(ep: Endpoint, name: str, rtype: str) -> bool:
 # --- the CLI ---------------------------------------------------------------------------------------
 
 
+def _served_line(served: dict[str, Any] | None, indent: str) -> list[str]:
+    if served is None:
+        return []
+    return [f"{indent}a query now gets: {served['rcode']} {', '.join(served['answer'])}".rstrip()]
+
+
 def render(report: Report) -> str:
     """The report as a person reads it: the answer and the reason first, the evidence under it."""
     head = f"{report['name']}  (cluster {report['cluster'] or '-'}, zone {report['zone'] or '-'})"
     lines = [head]
     if not report["records"]:
         lines.append(f"  {report['rcode']}: {report['why']}")
+        lines += _served_line(report["served"], "  ")
         return "\n".join(lines)
     if report["wildcard"]:
         lines.append(f"  matched wildcard {report['wildcard']}")
@@ -232,6 +256,7 @@ def render(report: Report) -> str:
         answers = " | ".join(", ".join(a) or "(none)" for a in rec["answers"])
         lines.append(f"  {rec['type']} ttl {rec['ttl']}: {answers}")
         lines.append(f"    why: {rec['why']}")
+        lines += _served_line(rec["served"], "    ")
         for ref in rec["sources"]:
             lines.append(f"    from {ref['kind']} {ref['namespace']}/{ref['name']} ({ref['apiVersion']})")
         for p in rec["producers"]:

@@ -19,6 +19,7 @@ from backend.lab.proc import PYTHON, ROOT
 from backend.lab.run import prepare_cluster
 from backend.lab.sidecar import Backend
 from backend.model import Endpoint, ObjectRef, Store, Strategy, Target
+from backend.zone.table import compile_table
 
 GSLB_FLAGS = ("--zones", "foowidgets.k8s", "--dns-zone", "gb.foowidgets.k8s", "--edge-dns-zone",
               "foowidgets.k8s", "--cluster-geo-tag", "us-buf", "--ext-gslb-clusters-geo-tags", "us-nyc")
@@ -55,11 +56,14 @@ def test_report_merges_producers_and_says_refused_or_nxdomain() -> None:
     store.replace("peer/us-nyc", [Endpoint("fe.gb.foowidgets.k8s", "A", (NYC,))])
     store.replace("dnsendpoint/demo/wild", [Endpoint("*.apps.foowidgets.k8s", "A", (Target("192.0.2.7"),), 60,
                                                      ObjectRef("DNSEndpoint", "demo", "wild"))])
-    explainer = Explainer(from_args(list(GSLB_FLAGS)), store)
+    settings = from_args(list(GSLB_FLAGS))
+    table = compile_table(settings, store.endpoints(), 1)
+    explainer = Explainer(settings, store, answer=table.answer)
 
     report = explainer.report("FE.gb.foowidgets.k8s.")
     [record] = report["records"]
     assert record["answers"] == [["10.2.1.98"]]
+    assert record["served"] == {"rcode": "NOERROR", "answer": ["10.2.1.98"]}  # the table agrees
     assert record["why"] == "failover: primary us-buf has no healthy target -> answering us-nyc's 10.2.1.98"
     assert record["producers"] == [{"key": "gslb/demo/gslb-failover-buf", "targets": []},
                                    {"key": "peer/us-nyc", "targets": ["10.2.1.98"]}]
@@ -70,6 +74,7 @@ def test_report_merges_producers_and_says_refused_or_nxdomain() -> None:
 
     assert explainer.report("x.apps.foowidgets.k8s")["wildcard"] == "*.apps.foowidgets.k8s"
     assert explainer.report("nope.foowidgets.k8s")["rcode"] == "NXDOMAIN"
+    assert explainer.report("nope.foowidgets.k8s")["served"]["rcode"] == "NXDOMAIN"
     assert explainer.report("example.org")["rcode"] == "REFUSED"
     assert explainer.handle({})[0] == 400
 
@@ -143,6 +148,7 @@ spec:
     assert f"from Service {namespace}/nginx-ext-dns (v1)" in run.stdout
     assert f"store service/{namespace}/nginx-ext-dns: 172.18.200.101" in run.stdout
     assert "A ttl" in run.stdout and "172.18.200.101" in run.stdout.splitlines()[1]
+    assert "a query now gets: NOERROR 172.18.200.101" in run.stdout
 
 
 @pytest.mark.controlplane
@@ -198,11 +204,13 @@ spec:
     assert record["why"] == "failover: primary us-buf is healthy -> answering us-buf's 10.2.1.167"
     assert healthy["gslb"][0]["health"] == "Healthy"
     assert healthy["gslb"][0]["services"] == [f"{namespace}/nginx"]
+    assert record["served"] == {"rcode": "NOERROR", "answer": ["10.2.1.167"]}
 
     control_plane.kubectl("scale", "deployment", "nginx", "--replicas=0", "-n", namespace)
     down = _poll_report(control_plane, backend, host,
-                        lambda r: bool(r["gslb"]) and r["gslb"][0]["health"] == "Unhealthy",
-                        "explain sees the host Unhealthy")
+                        lambda r: bool(r["gslb"]) and r["gslb"][0]["health"] == "Unhealthy"
+                        and r["records"][0]["served"] == {"rcode": "NOERROR", "answer": []},
+                        "explain sees the host Unhealthy and the table answering NODATA")
     [record] = down["records"]
     assert record["why"] == NODATA
     unhealthy = {"value": "10.2.1.167", "geotag": "us-buf", "health": "Unhealthy", "origin": "local"}
