@@ -112,3 +112,12 @@ def test_lab_refuses_a_taken_port_and_starts_nothing(lab_dir: Path) -> None:
     assert run.returncode == 1
     assert f"{addr.buf}:53 already taken" in run.stderr
     assert not list(lab_dir.rglob("*.pid"))
+
+
+def test_lab_stops_what_it_started_when_a_component_dies(lab_dir: Path) -> None:
+    run = lab(lab_dir, "up", "--no-demo", *Addresses().args(), "--backend-arg=--no-such-flag", timeout=180)
+    assert run.returncode == 1
+    assert "us-buf-backend exited" in run.stderr, run.stderr
+    assert "unrecognized arguments: --no-such-flag" in run.stderr, "the component's log tail is shown"
+    assert "stopped everything" in run.stdout
+    assert not list(lab_dir.rglob("*.pid")) and not (lab_dir / "state.json").exists()

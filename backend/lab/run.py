@@ -121,7 +121,9 @@ class Lab:
         }
 
 
-def start_all(lab: Path, edge_address: str, specs: list[ClusterSpec]) -> Lab:
+def start_all(
+    lab: Path, edge_address: str, specs: list[ClusterSpec], backend_args: Sequence[str] = ()
+) -> Lab:
     """Start every component; on any failure stop what was started and re-raise (the message names it)."""
     started: list[Stoppable] = []
 
@@ -173,9 +175,11 @@ def start_all(lab: Path, edge_address: str, specs: list[ClusterSpec]) -> Lab:
                 str(edge.key_file),
                 "--namespace",
                 SA_NAMESPACE,
+                *backend_args,
             ]
+            zones = (EDGE_ZONE, GSLB_ZONE)
             stack = DnsStack(
-                folder, kubeconfig, (EDGE_ZONE, GSLB_ZONE), flags, host=spec.ip, port=53, detached=True
+                folder, kubeconfig, zones, flags, host=spec.ip, port=53, name=spec.geotag, detached=True
             )
             start(
                 f"{spec.geotag} CoreDNS on {stack.address} + backend (gRPC {stack.backend.grpc})",
@@ -285,7 +289,9 @@ def demo(state: dict) -> bool:
     return ok
 
 
-def up(lab: Path, edge_address: str, specs: list[ClusterSpec], replay: bool) -> int:
+def up(
+    lab: Path, edge_address: str, specs: list[ClusterSpec], replay: bool, backend_args: Sequence[str]
+) -> int:
     state_file = lab / "state.json"
     if running(lab):
         say(f"already running (state: {rel(state_file)}); `make lab-down` stops it")
@@ -305,7 +311,7 @@ def up(lab: Path, edge_address: str, specs: list[ClusterSpec], replay: bool) -> 
         return 1
     t0 = time.monotonic()
     try:
-        started = start_all(lab, edge_address, specs)
+        started = start_all(lab, edge_address, specs, backend_args)
         for spec in specs:
             apply_manifests(started.planes[spec.geotag], spec)
     except (StartupError, RuntimeError) as e:
@@ -347,10 +353,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--buf-ip", default="127.0.0.21", help="us-buf CoreDNS's loopback address (port 53)")
     p.add_argument("--nyc-ip", default="127.0.0.22", help="us-nyc CoreDNS's loopback address (port 53)")
     p.add_argument("--no-demo", action="store_true", help="start the lab without replaying the chapter")
+    p.add_argument(
+        "--backend-arg",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="one more flag for every backend, e.g. --backend-arg=--negative-ttl=10 (repeatable)",
+    )
     a = p.parse_args(argv)
     lab = a.dir.resolve()
     if a.action == "down":
         return down(lab)
     if a.action == "status":
         return status(lab)
-    return up(lab, a.edge, clusters(a.buf_ip, a.nyc_ip), not a.no_demo)
+    return up(lab, a.edge, clusters(a.buf_ip, a.nyc_ip), not a.no_demo, a.backend_arg)
