@@ -39,21 +39,38 @@ def _cpu(r: dict[str, Any], who: str) -> str:
     return "-" if v is None else f"{v:.0f}"
 
 
+def _servers_cpu(r: dict[str, Any]) -> float:
+    """CPU µs per query of everything but the load generator."""
+    return sum(v for k, v in (r.get("cpu_us_per_query") or {}).items() if k != "dnsperf")
+
+
+def _others(r: dict[str, Any]) -> str:
+    return ", ".join(f"{float(x['qps']):,.0f}" for x in r.get("rounds") or () if x["qps"] != r["qps"]) or "-"
+
+
 def _throughput(t: dict[str, Any]) -> list[str]:
     a = float(t["a_file"]["qps"])
     lines = [
-        "| target | queries/s | vs (a) | lost | p50 ms | p99 ms | backend CPU µs/query "
-        "| CoreDNS CPU µs/query |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| target | queries/s (best round) | other rounds | vs (a) | lost | p50 ms | p99 ms "
+        "| CPU µs/query: backend | CoreDNS | dnsperf |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key, label in TARGETS:
         r = t.get(key)
         if not r:
             continue
-        lines.append(f"| {label} | {float(r['qps']):,.0f} | {float(r['qps']) / a:.2f} | {r['lost']} | "
-                     f"{_ms(r['p50_ms'])} | {_ms(r['p99_ms'])} | {_cpu(r, 'backend')} | "
-                     f"{_cpu(r, 'coredns')} |")
+        lines.append(f"| {label} | {float(r['qps']):,.0f} | {_others(r)} | {float(r['qps']) / a:.2f} | "
+                     f"{r['lost']} | {_ms(r['p50_ms'])} | {_ms(r['p99_ms'])} | {_cpu(r, 'backend')} | "
+                     f"{_cpu(r, 'coredns')} | {_cpu(r, 'dnsperf')} |")
     return lines
+
+
+def _cost(t: dict[str, Any]) -> str:
+    """The qps ratio that CPU cost alone predicts: robust to other load, unlike queries/s."""
+    a, b, c = (_servers_cpu(t[k]) for k in ("a_file", "b_grpc", "c_grpc_cache"))
+    return (f"Server CPU per query (CoreDNS + backend, the part that does not depend on who else uses the "
+            f"machine): (a) {a:.0f} µs, (b) {b:.0f} µs, (c) {c:.0f} µs, so by cost alone (b)/(a) = "
+            f"{a / b:.2f} and (c)/(a) = {a / c:.2f}.")
 
 
 def _goals(res: dict[str, Any]) -> list[str]:
@@ -82,15 +99,16 @@ def _goals(res: dict[str, Any]) -> list[str]:
 
 
 def _workers(w: dict[str, Any]) -> list[str]:
-    lines = ["| backends | how | queries/s | p50 ms | p99 ms | backends busy | CPU µs/query (each backend) |",
-             "|---:|---|---:|---:|---:|---:|---|"]
+    lines = ["| backends | how | queries/s (best round) | other rounds | p50 ms | p99 ms | backends busy "
+             "| CPU µs/query (each backend) | CoreDNS |",
+             "|---:|---|---:|---:|---:|---:|---:|---|---:|"]
     for key, r in w.items():
         if not isinstance(r, dict) or "qps" not in r:
             continue
         mode, n = key.rsplit("_", 1)
         cpu = ", ".join(f"{v:.0f}" for k, v in r["cpu_us_per_query"].items() if k.startswith("backend"))
-        lines.append(f"| {n} | {mode} | {float(r['qps']):,.0f} | {_ms(r['p50_ms'])} | {_ms(r['p99_ms'])} | "
-                     f"{r.get('busy_backends', '?')} | {cpu} |")
+        lines.append(f"| {n} | {mode} | {float(r['qps']):,.0f} | {_others(r)} | {_ms(r['p50_ms'])} | "
+                     f"{_ms(r['p99_ms'])} | {r.get('busy_backends', '?')} | {cpu} | {_cpu(r, 'coredns')} |")
     return lines
 
 
@@ -139,14 +157,18 @@ def render(res: dict[str, Any]) -> str:
         out += [
             f"## Throughput and latency ({t['date']}, load average at start {t['loadavg_at_start']})",
             "",
-            f"dnsperf, {t['a_file']['seconds']:g} s per target after a 2 s warm-up, up to 100 queries "
-            "outstanding, UDP, no EDNS. Latency percentiles are over every answered query (`dnsperf -v`). "
-            "CPU per query = the process's utime+stime during the run / answered queries.",
+            f"dnsperf, {t['seconds_per_target']:g} s per target as {t['rounds']} interleaved rounds of "
+            f"{t['a_file']['seconds']:g} s (each after a 2 s warm-up; the best round is shown, the others "
+            "beside it), up to 100 queries outstanding, UDP, no EDNS. Latency percentiles are over every "
+            "answered query of the round (`dnsperf -v`). CPU per query = the process's utime+stime during "
+            "the round / answered queries.",
             "",
             *_throughput(t),
             "",
             f"Ratios: **(b)/(a) = {t['ratio_uncached']:.3f}** (`ratio_uncached`), "
             f"**(c)/(a) = {t['ratio_cached']:.3f}** (`ratio_cached`).",
+            "",
+            _cost(t),
             "",
             "Query mix (dnsperf input, shuffled, fixed seed; (a), (b) and (c) are checked to give the same "
             "rcode and record set for every question before measuring):",

@@ -57,10 +57,10 @@ def measure(label: str, server: str, mix: Path, seconds: float, pids: dict[str, 
     result = run.as_dict()
     result["label"] = label
     result["loadavg_before"] = load
-    result["cpu_us_per_query"] = {
-        name: round((after[name] - before[name]) * 1e6 / max(run.completed, 1), 1) for name in pids
-    }
-    result["cpu_share"] = {name: round((after[name] - before[name]) / seconds, 2) for name in pids}
+    spent = {name: after[name] - before[name] for name in pids} | {"dnsperf": run.cpu_seconds}
+    scale = 1e6 / max(run.completed, 1)
+    result["cpu_us_per_query"] = {name: round(v * scale, 1) for name, v in spent.items()}
+    result["cpu_share"] = {name: round(v / seconds, 2) for name, v in spent.items()}
     print(f"  {label:28} {run.qps:>9,.0f} q/s  lost {run.lost:>5}  p50 {run.p50_ms:.3f} ms  "
           f"p99 {run.p99_ms:.3f} ms  cpu/query {result['cpu_us_per_query']}", flush=True)
     return result
@@ -122,25 +122,56 @@ def setup(bed: Bed) -> Setup:
     return Setup(backend, uncached, split, ceiling, cached, mix)
 
 
-def run(bed: Bed, seconds: float) -> dict[str, object]:
+Target = tuple[str, dict[str, int], float | None]  # server, pids to account, rate limit
+
+
+def best_of(label: str, runs: list[dict[str, object]]) -> dict[str, object]:
+    """The best round (highest q/s; lowest p99 when the rate was fixed), the others' figures beside it.
+
+    Others' tests share this machine's two cores; the best of interleaved rounds is the figure least
+    disturbed by them, and every round is kept in results.json.
+    """
+    limited = "-Q" in str(runs[0]["command"])
+    best = dict(min(runs, key=lambda r: float(r["p99_ms"])) if limited  # type: ignore[arg-type]
+                else max(runs, key=lambda r: float(r["qps"])))  # type: ignore[arg-type]
+    best["label"] = label
+    best["rounds"] = [{k: r[k] for k in ("qps", "lost", "p50_ms", "p99_ms", "loadavg_before")} for r in runs]
+    return best
+
+
+def interleaved(targets: dict[str, Target], mix: Path, seconds: float, rounds: int, out: Path,
+                ) -> dict[str, dict[str, object]]:
+    """Every target once per round, round after round, so a burst of outside load hits all alike."""
+    runs: dict[str, list[dict[str, object]]] = {label: [] for label in targets}
+    for k in range(rounds):
+        for label, (server, pids, rate) in targets.items():
+            runs[label].append(measure(f"{label}-{k}", server, mix, seconds, pids, out, rate=rate))
+    return {label: best_of(label, r) for label, r in runs.items()}
+
+
+def run(bed: Bed, seconds: float, rounds: int = 3) -> dict[str, object]:
     """Everything of point 1 of issue 7; returns the raw figures for bench/results.json."""
     s = setup(bed)
     out = bed.workdir
-    a = measure("a_file", s.ceiling.address, s.mix, seconds, {"coredns": s.ceiling.process.pid or 0}, out)
-    b = measure("b_grpc", s.uncached.address, s.mix, seconds, s.pids(s.uncached), out)
-    b2 = measure("b_grpc_split", s.split.address, s.mix, seconds, s.pids(s.split), out)
-    c = measure("c_grpc_cache", s.cached.address, s.mix, seconds, s.pids(s.cached), out)
-    half = measure("b_grpc_half_rate", s.uncached.address, s.mix, seconds, s.pids(s.uncached), out,
-                   rate=float(b["qps"]) / 2)
+    each = seconds / rounds
+    peak = interleaved({
+        "a_file": (s.ceiling.address, {"coredns": s.ceiling.process.pid or 0}, None),
+        "b_grpc": (s.uncached.address, s.pids(s.uncached), None),
+        "b_grpc_split": (s.split.address, s.pids(s.split), None),
+        "c_grpc_cache": (s.cached.address, s.pids(s.cached), None),
+    }, s.mix, each, rounds, out)
+    b_peak = float(peak["b_grpc"]["qps"])  # type: ignore[arg-type]
+    half = interleaved({"b_grpc_half_rate": (s.uncached.address, s.pids(s.uncached), b_peak / 2)},
+                       s.mix, each, rounds, out)
+    a, b, c = (float(peak[k]["qps"]) for k in ("a_file", "b_grpc", "c_grpc_cache"))  # type: ignore[arg-type]
     return {
         "mix": [{"what": x.what, "percent": x.percent, "names": len(x.questions)} for x in dataset.shares()],
-        "a_file": a,
-        "b_grpc": b,
-        "b_grpc_split": b2,
-        "c_grpc_cache": c,
-        "b_grpc_half_rate": half,
-        "ratio_uncached": round(float(b["qps"]) / float(a["qps"]), 3),
-        "ratio_cached": round(float(c["qps"]) / float(a["qps"]), 3),
+        **peak,
+        **half,
+        "seconds_per_target": seconds,
+        "rounds": rounds,
+        "ratio_uncached": round(b / a, 3),
+        "ratio_cached": round(c / a, 3),
         "corefiles": {"a": s.ceiling.corefile_text, "b": s.uncached.corefile_text,
                       "b2": s.split.corefile_text, "c": s.cached.corefile_text},
     }

@@ -12,8 +12,7 @@ from backend.lab.proc import free_port, wait_for
 from backend.lab.sidecar import Backend
 from bench import dataset
 from bench.env import Bed
-from bench.procstat import cpu_seconds
-from bench.throughput import backend_stack, load_dataset, measure
+from bench.throughput import Target, backend_stack, interleaved, load_dataset
 
 
 def grpc_upstreams(addresses: list[str]) -> str:
@@ -23,34 +22,33 @@ def grpc_upstreams(addresses: list[str]) -> str:
     return " ".join(addresses) + " {\n        policy round_robin\n    }"
 
 
-def run(bed: Bed, seconds: float, counts: list[int]) -> dict[str, object]:
+def run(bed: Bed, seconds: float, counts: list[int], rounds: int = 3) -> dict[str, object]:
+    """One set of backends shared by every configuration; the configurations' rounds interleaved."""
     load_dataset(bed)
     mix = bed.workdir / "queries.txt"
     dataset.write_mix(mix)
-    out: dict[str, object] = {}
-    for mode in ("upstreams", "reuseport"):
-        for n in counts:
-            if mode == "reuseport" and n == 1:
-                continue
-            shared = f"127.0.0.1:{free_port()}"
-            backends: list[Backend] = []
-            for k in range(n):
-                flags = [*dataset.BACKEND_FLAGS, *(("--grpc-listen", shared) if mode == "reuseport" else ())]
-                backends.append(bed.backend(flags, name=f"backend-{mode}-{n}-{k}"))
-            targets = [shared] if mode == "reuseport" else [b.grpc for b in backends]
-            coredns = backend_stack(bed, grpc_upstreams(targets), f"coredns-{mode}-{n}")
-            wait_for(lambda c=coredns: dataset.ready(c.address), what="bench names through CoreDNS",
-                     timeout=90, watch=[b.process for b in backends])
-            pids = {f"backend{k}": b.process.pid or 0 for k, b in enumerate(backends)}
-            pids["coredns"] = coredns.process.pid or 0
-            label = f"{mode}_{n}"
-            before = {k: cpu_seconds(p) for k, p in pids.items()}
-            result = measure(label, coredns.address, mix, seconds, pids, bed.workdir)
-            spent = {k: cpu_seconds(p) - before[k] for k, p in pids.items() if k.startswith("backend")}
-            result["busy_backends"] = sum(1 for v in spent.values() if v > 0.1 * seconds)
-            out[label] = result
-            for item in (coredns, *backends):
-                bed.stop(item)
-    best = max(out.values(), key=lambda r: float(r["qps"]))  # type: ignore[arg-type]
-    out["best"] = best["label"]
+    own = [bed.backend(dataset.BACKEND_FLAGS, name=f"backend-{k}") for k in range(max(counts))]
+    shared = f"127.0.0.1:{free_port()}"
+    reuse_n = max(counts)
+    reusing = [bed.backend([*dataset.BACKEND_FLAGS, "--grpc-listen", shared], name=f"backend-reuseport-{k}")
+               for k in range(reuse_n if reuse_n > 1 else 0)]
+    configs: dict[str, tuple[list[Backend], str]] = {
+        f"upstreams_{n}": (own[:n], grpc_upstreams([b.grpc for b in own[:n]])) for n in counts
+    }
+    if reusing:
+        configs[f"reuseport_{reuse_n}"] = (reusing, shared)
+    targets: dict[str, Target] = {}
+    for label, (backends, upstreams) in configs.items():
+        coredns = backend_stack(bed, upstreams, f"coredns-{label}")
+        wait_for(lambda c=coredns: dataset.ready(c.address), what=f"bench names through CoreDNS ({label})",
+                 timeout=90, watch=[b.process for b in backends])
+        pids = {f"backend{k}": b.process.pid or 0 for k, b in enumerate(backends)}
+        pids["coredns"] = coredns.process.pid or 0
+        targets[label] = (coredns.address, pids, None)
+    out: dict[str, object] = dict(interleaved(targets, mix, seconds / rounds, rounds, bed.workdir))
+    for r in out.values():
+        assert isinstance(r, dict)
+        cpu = r["cpu_us_per_query"]
+        r["busy_backends"] = sum(1 for k, v in cpu.items() if k.startswith("backend") and v > 1)
+    out["best"] = max(out.values(), key=lambda r: float(r["qps"]))["label"]  # type: ignore[index]
     return out
