@@ -3,6 +3,7 @@ ServiceAccount of k8s/rbac.yaml; plus the report's reasoning on an in-process St
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from collections.abc import Callable
@@ -76,7 +77,10 @@ def test_report_merges_producers_and_says_refused_or_nxdomain() -> None:
     assert explainer.report("nope.foowidgets.k8s")["rcode"] == "NXDOMAIN"
     assert explainer.report("nope.foowidgets.k8s")["served"]["rcode"] == "NXDOMAIN"
     assert explainer.report("example.org")["rcode"] == "REFUSED"
-    assert explainer.handle({})[0] == 400
+    assert asyncio.run(explainer.handle({}))[0] == 400
+    status, content_type, body = asyncio.run(explainer.handle({"name": ["fe.gb.foowidgets.k8s"]}))
+    assert (status, content_type) == (200, "application/json")
+    assert json.loads(body)["records"][0]["answers"] == [["10.2.1.98"]]
 
 
 def test_cluster_addresses_come_from_the_lab(tmp_path: Path) -> None:
