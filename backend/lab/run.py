@@ -272,6 +272,12 @@ def demo(state: dict) -> bool:
     ok = watch("nginx.foowidgets.k8s", ["172.18.200.101"], at_clusters[:1], time.monotonic())
     say(f"$ dig {dig_args(state['edge']['dns'])} {HOST}")
     ok &= watch(HOST, ["10.2.1.167"], [edge, *at_clusters], time.monotonic())
+    for geotag, c in state["clusters"].items():
+        say(f"$ kubectl --kubeconfig {c['kubeconfig']} get gslb,ingress -n demo   # {geotag}")
+        for line in kubectl(
+            ROOT / c["kubeconfig"], "get", "gslb,ingress", "-n", "demo", check=False
+        ).splitlines():
+            say(f"  {line}".rstrip())
     steps = (
         (0, "10.2.1.98", "Buffalo's nginx is down: failover to NYC"),
         (1, "10.2.1.167", "Buffalo is back: the primary again"),
