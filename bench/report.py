@@ -11,23 +11,79 @@ TARGETS = (
     ("b_grpc_split", "(b2) as (b), ECS rewrite only on the GSLB zone"),
     ("c_grpc_cache", "(c) (b) with CoreDNS `cache`"),
     ("b_grpc_half_rate", "(b) at half its peak rate (`-Q`)"),
+    ("a_file_same_rate", "(a) at that same rate (control)"),
 )
 
-NOTES = """\
-## Where the time goes
+GRPCIO_HISTORY = (
+    "Before `backend/h2grpc.py` (commit 69fe8f5) the backend used grpcio's asyncio server: in this harness "
+    "it cost 170-270 µs of backend CPU per query and py-spy put over 90% of the backend's samples in "
+    "cygrpc and asyncio hand-offs, 4% in the DnsService handler; (b) was 3,500 q/s on a busy machine."
+)
 
-- The backend's own answer path is not the bottleneck: `Table.answer` does 0.2-0.8 M answers/s
-  in-process (`python -m bench.answer_path`), i.e. 1-5 µs of the backend's CPU per query. The rest of
-  the backend's CPU per query in the table above is gRPC: HTTP/2 framing, the Cython/C-core call path and
-  the asyncio hand-off. `python -m bench profile` samples the backend with py-spy under (b)'s load:
-  the DnsService handler (`_Servicer.Query`, which includes the table lookup) is a few percent of the
-  samples; asyncio's `Handle._run` into cygrpc and grpc's poller thread hold the rest.
-- CoreDNS itself spends several times more CPU per query in (b) than in (a): its grpc plugin's Go gRPC
-  client (a stream per query, protobuf, HTTP/2) costs more than answering from the `file` plugin. On this
-  2-core machine dnsperf, CoreDNS and the backend share both cores, so that cost alone caps (b).
-- (c): with `cache` the backend is asked once per TTL per name; CoreDNS answers the rest from memory,
-  which is why (c) comes close to (a) and the backend's CPU per query drops to almost nothing.
-"""
+
+def _share(rows: list[list[Any]], prefix: str) -> float | None:
+    return next((tot for fn, _own, tot in rows if fn.startswith(prefix)), None)
+
+
+def _notes(res: dict[str, Any]) -> list[str]:
+    """Where the time goes, computed from this run's figures (so it never disagrees with the tables)."""
+    out = ["## Where the time goes", ""]
+    t, w, s, p = (res.get(k) or {} for k in ("throughput", "workers", "scale", "profile"))
+    if t:
+        a, b = t["a_file"]["cpu_us_per_query"], t["b_grpc"]["cpu_us_per_query"]
+        handled = _share(p.get("top") or [], "DnsServer.handle")
+        where = ""
+        if handled is not None:
+            where = (f"; py-spy puts {handled:.0f}% of the backend's samples in `DnsServer.handle` "
+                     "(table lookup and metrics), the rest in HTTP/2 framing and asyncio socket I/O "
+                     "(`backend/h2grpc.py`)")
+        out.append(f"- (b) costs {b['backend']:.0f} µs of backend CPU per query{where}. {GRPCIO_HISTORY}")
+        out.append(
+            f"- CoreDNS is now the larger cost of (b): {b['coredns']:.0f} µs per query against "
+            f"{a['coredns']:.0f} µs when it answers from its `file` plugin in (a). The grpc plugin's "
+            "Go client (a stream per query, protobuf, HTTP/2, unpacking our reply) runs on the same "
+            "two cores as dnsperf and the backend, so it caps (b) whatever the backend does.")
+        b2 = t.get("b_grpc_split")
+        if b2:
+            c2 = b2["cpu_us_per_query"]
+            gain = float(b2["qps"]) / float(t["b_grpc"]["qps"])
+            out.append(
+                f"- `rewrite edns0 subnet` costs CoreDNS {b['coredns'] - c2['coredns']:.0f} µs and the "
+                f"backend {b['backend'] - c2['backend']:.0f} µs per query ((b) vs (b2)); only geoip "
+                f"needs it, so a Corefile that keeps it off ExternalDNS-only zones gains {gain:.1f}x here.")
+        half, ctl = t.get("b_grpc_half_rate"), t.get("a_file_same_rate")
+        if half and ctl:
+            out.append(
+                f"- At half of (b)'s peak, (b)'s p99 is {half['p99_ms']:.2f} ms; CoreDNS's own `file` "
+                f"plugin at the same rate has p99 {ctl['p99_ms']:.2f} ms, the tail this machine gives "
+                "any server at that load; the difference is the grpc hop's extra work per query.")
+        cached = t["c_grpc_cache"]["cpu_us_per_query"]["backend"]
+        out.append(
+            f"- (c): with `cache` the backend is asked about once per TTL per name ({cached:.1f} µs "
+            "backend CPU per query); CoreDNS's cache answers more cheaply than its file plugin, "
+            "which is why (c) can beat (a).")
+    if w and w.get("best"):
+        out.append(
+            f"- Several backend processes: best here is `{w['best']}`. On two cores a second backend "
+            "only takes CPU from CoreDNS and dnsperf, and CoreDNS pays for each extra upstream "
+            "connection; with SO_REUSEPORT one CoreDNS keeps one HTTP/2 connection, so the kernel "
+            "hands all of it to one process. More processes pay off only with idle cores (the "
+            "backend's gRPC port is opened with SO_REUSEPORT; listing several in the grpc plugin is "
+            "the way that spreads load).")
+    if s:
+        rows = s.get("profile_during_trials") or []
+        compiling, writing = _share(rows, "Compiler._compile"), _share(rows, "Controller._write_status")
+        c = s["change_to_answer_all"]
+        if compiling is not None:
+            out.append(
+                f"- Change -> answer with {s['services']:,} + {s['gslbs']:,} objects (p50 "
+                f"{c['p50_ms']} ms): {compiling:.0f}% of the backend's samples during the trials are "
+                "the full recompile of the answer table per change (`compile_table`: `merge` over "
+                f"every Endpoint, then `Table._add` per name), {writing or 0:.0f}% the leader writing "
+                "Gslb statuses. The compile is O(all names) per change even with `previous=`; "
+                "compiling only the names whose Store keys changed (a change log in the Store, a "
+                "name -> keys index) would make it O(change).")
+    return [*out, ""]
 
 
 def _ms(v: Any) -> str:
@@ -127,7 +183,16 @@ def _scale(s: dict[str, Any]) -> list[str]:
         ("change -> answer, all trials", _trials(s["change_to_answer_all"])),
         ("kube-apiserver RSS", f"{s['apiserver_rss_mib']} MiB"),
     ]
-    return ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
+    lines = ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
+    if s.get("profile_during_trials"):
+        lines += ["", "Where the backend spent its time during the trials (py-spy, all threads):", "",
+                  *_profile_table(s["profile_during_trials"][:12])]
+    return lines
+
+
+def _profile_table(rows: list[list[Any]]) -> list[str]:
+    return ["| total % | own % | function |", "|---:|---:|---|",
+            *(f"| {tot:.1f} | {own:.1f} | `{fn}` |" for fn, own, tot in rows)]
 
 
 def _trials(t: dict[str, Any]) -> str:
@@ -195,9 +260,8 @@ def render(res: dict[str, Any]) -> str:
         out += [f"## Profile of the backend under (b)'s load ({p['date']})", "",
                 "py-spy, 200 samples/s, Python frames; total = with callees, own = in the function itself.",
                 "",
-                "| total % | own % | function |", "|---:|---:|---|",
-                *(f"| {tot:.1f} | {own:.1f} | `{fn}` |" for fn, own, tot in p["top"]), ""]
-    out.append(NOTES)
+                *_profile_table(p["top"]), ""]
+    out += _notes(res)
     return "\n".join(out)
 
 

@@ -161,7 +161,10 @@ def run(bed: Bed, seconds: float, rounds: int = 3) -> dict[str, object]:
         "c_grpc_cache": (s.cached.address, s.pids(s.cached), None),
     }, s.mix, each, rounds, out)
     b_peak = float(peak["b_grpc"]["qps"])  # type: ignore[arg-type]
-    half = interleaved({"b_grpc_half_rate": (s.uncached.address, s.pids(s.uncached), b_peak / 2)},
+    # (a) at the same fixed rate is the control: the latency tail this machine gives any server then.
+    half = interleaved({"b_grpc_half_rate": (s.uncached.address, s.pids(s.uncached), b_peak / 2),
+                        "a_file_same_rate": (s.ceiling.address, {"coredns": s.ceiling.process.pid or 0},
+                                             b_peak / 2)},
                        s.mix, each, rounds, out)
     a, b, c = (float(peak[k]["qps"]) for k in ("a_file", "b_grpc", "c_grpc_cache"))  # type: ignore[arg-type]
     return {
