@@ -11,7 +11,7 @@ import bisect
 from collections.abc import Iterator
 
 import dns.rdatatype
-from prometheus_client import REGISTRY, Counter, Gauge
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
@@ -85,6 +85,8 @@ GSLB_ERRORS = Counter("k8gb_gslb_errors_total", "Number of errors", ["namespace"
 PEER_QUERIES = Counter("coredns_gslb_peer_queries_total", "DNS queries sent for the peer exchange, by peer, "
                        "kind (resolve, soa, localtargets, notify) and result (ok, error)",
                        ["peer", "kind", "result"])
+PEER_FETCH = Histogram("coredns_gslb_peer_fetch_seconds", "Time to refetch a peer's localtargets (all hosts)",
+                       ["peer"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 PEER_UP = Gauge("coredns_gslb_peer_up", "1 while the peer answers its SOA polls in every zone", ["peer"])
 PEER_RECORDS = Gauge("coredns_gslb_peer_records", "Records (host, type) currently learned from the peer",
                      ["peer"])

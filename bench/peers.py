@@ -62,6 +62,13 @@ def counter(http: str, metric: str, **labels: str) -> float:
     return total
 
 
+def extra_gslbs(n: int) -> str:
+    """n copies of the chapter's Gslb, each with its own host fe-<i>.gb.foowidgets.k8s."""
+    text = demo.CHAPTER_GSLB.read_text()
+    return "\n---\n".join(text.replace("gslb-failover-buf", f"gslb-failover-buf-{i}")
+                           .replace(demo.HOST, f"fe-{i}.{ZONE}") for i in range(n))
+
+
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
@@ -72,6 +79,8 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--idle-seconds", type=float, default=30.0)
     ap.add_argument("--poll-seconds", type=float, default=1.0, help="--peer-poll-seconds of both clusters")
+    ap.add_argument("--hosts", type=int, default=0,
+                    help="extra failover Gslbs on the same nginx, so a trial flips 1 + N hosts at once")
     a = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-peers-"))
@@ -90,6 +99,8 @@ def main() -> None:
             demo.install_crds(plane)
             plane.apply(demo.CHAPTER_APP.read_text())
             plane.apply(demo.CHAPTER_GSLB.read_text())
+            if a.hosts:
+                plane.apply(extra_gslbs(a.hosts))
             started.append(LbPool(work / tag, plane.kubeconfig, ingress=[INGRESS[tag]]).start())
             ip = free_loopback_ip()
             flags = ["--dns-zone", ZONE, "--edge-dns-zone", EDGE_ZONE, "--edge-dns-servers", edge.address,
@@ -101,7 +112,8 @@ def main() -> None:
             stacks[tag], planes[tag] = stack, plane
         buf, nyc = stacks["us-buf"].coredns.host, stacks["us-nyc"].coredns.host
         deadline = time.monotonic() + TRIAL_TIMEOUT
-        while addresses(nyc, demo.HOST) != ("10.2.1.167",) and time.monotonic() < deadline:
+        last = demo.HOST if not a.hosts else f"fe-{a.hosts - 1}.{ZONE}"
+        while addresses(nyc, last) != ("10.2.1.167",) and time.monotonic() < deadline:
             time.sleep(0.1)
 
         remote, exchange = [], []
@@ -127,8 +139,10 @@ def main() -> None:
                   flush=True)
             time.sleep(0.5)
 
-        time.sleep(2)
         nyc_http, buf_http = stacks["us-nyc"].backend.http, stacks["us-buf"].backend.http
+        fetches = counter(nyc_http, "coredns_gslb_peer_fetch_seconds_count")
+        fetch_seconds = counter(nyc_http, "coredns_gslb_peer_fetch_seconds_sum")
+        time.sleep(2)
         before = counter(nyc_http, "coredns_gslb_queries_total")
         edge_before = counter(buf_http, "coredns_gslb_peer_queries_total", kind="resolve")
         time.sleep(a.idle_seconds)
@@ -137,11 +151,14 @@ def main() -> None:
             / a.idle_seconds
         summary = {
             "trials": a.trials,
+            "gslb_hosts": 1 + a.hosts,
             "peer_poll_seconds": a.poll_seconds,
             "health_to_remote_answer_p50_s": round(statistics.median(remote), 3),
             "health_to_remote_answer_p99_s": round(pct(remote, 99), 3),
             "exchange_only_p50_s": round(statistics.median(exchange), 3),
             "exchange_only_p99_s": round(pct(exchange, 99), 3),
+            "nyc_refetches": int(fetches),
+            "nyc_refetch_mean_s": round(fetch_seconds / max(fetches, 1), 3),
             "idle_peer_qps_received": round(idle_qps, 2),
             "idle_edge_qps_for_resolution": round(edge_qps, 3),
         }

@@ -127,7 +127,7 @@ def test_two_clusters_delegate_and_fail_over_through_the_edge(clusters) -> None:
 
     until(everywhere(cs, ["10.2.1.167"]), "both clusters answer buf's ingress", cs)
     until(lambda: edge_answer(edge) == ["10.2.1.167"], "the edge answers buf's ingress", cs)
-    assert f"us-buf {ZONE} ok, digest v1 " in nyc.readyz(), "peers follow each other's localtargets digest"
+    assert f"us-buf {ZONE} ok, index " in nyc.readyz(), "peers follow each other's localtargets index"
 
     buf.scale(0)
     until(everywhere(cs, ["10.2.1.98"]), "both clusters fail over to nyc", cs)

@@ -24,7 +24,8 @@ import pytest
 from backend.config import GslbZone, Settings
 from backend.gslb.strategy import plan
 from backend.model import Endpoint, ObjectRef, Store, Strategy, Target
-from backend.peers.exchange import DIGEST_KEY, PeerExchange, PeerZone
+from backend.peers import shards
+from backend.peers.exchange import INDEX_KEY, PeerExchange, PeerZone
 from backend.peers.query import parse_server
 
 ZONE = GslbZone("gb.foowidgets.k8s", "foowidgets.k8s")
@@ -200,27 +201,64 @@ async def test_fetches_peer_targets_and_refetches_only_when_the_serial_moves() -
         assert [t.value for t in r.targets()[0][2]] == ["10.2.1.98", "10.2.1.99"]
 
 
+def publish(double: DnsDouble, targets: dict[str, list[str]]) -> None:
+    """Give the double a localtargets index and shards, as a cluster of ours publishes them."""
+    localtargets = [("localtargets-" + host, "A", tuple(Target(v) for v in values))
+                    for host, values in targets.items()]
+    for key in [k for k in double.records if k[0].startswith(shards.LABEL)]:
+        del double.records[key]
+    for ep in shards.publication(localtargets, ZONE.dns_zone, "localtargets-", 30):
+        double.records[(ep.name, "TXT")] = [f'"{t.value}"' for t in ep.targets]
+
+
 @asynchronous
-async def test_with_a_digest_only_a_change_of_the_peers_localtargets_refetches() -> None:
+async def test_with_an_index_only_changed_shards_are_fetched_and_serials_do_not_matter() -> None:
+    many = {f"app{i}.gb.foowidgets.k8s": [f"10.3.0.{i}"] for i in range(100)}
     with rig() as r:
-        r.peer.records[("_localtargets." + ZONE.dns_zone, "TXT")] = ['"v1 aaaa"']
+        publish(r.peer, {HOST: ["10.2.1.98"], **many})
         await r.poll()
-        fetched = r.peer.queries("A")
+        assert r.targets() == NYC, "only our own hosts are taken from the peer's shards"
+        first = r.peer.queries("TXT")
+        assert first <= 1 + shards.SHARDS_MIN
+        assert not [n for _, n, _ in r.peer.seen if n.startswith("localtargets-")], "no per-host queries"
         r.peer.serial += 1  # the peer's zone changed elsewhere, or it learned our own change
         await r.poll(1)
-        assert r.peer.queries("A") == fetched, "a serial change alone is no reason to refetch"
-        r.peer.records[("_localtargets." + ZONE.dns_zone, "TXT")] = ['"v1 bbbb"']
-        r.peer.records[("localtargets-" + HOST, "A")] = ["10.2.1.97"]
+        assert r.peer.queries("TXT") == first + 1, "an unchanged index costs one query"
+        publish(r.peer, {HOST: ["10.2.1.97", "2001:db8::97"], **many})
         await r.poll(1)
-        assert r.targets() == [(HOST, "A", (Target("10.2.1.97", "us-nyc"),))]
+        assert r.peer.queries("TXT") == first + 3, "one changed host: the index and one shard"
+        assert r.targets() == [(HOST, "A", (Target("10.2.1.97", "us-nyc"),)),
+                               (HOST, "AAAA", (Target("2001:db8::97", "us-nyc"),))]
 
 
-def test_our_digest_follows_our_localtargets_only() -> None:
+@pytest.mark.parametrize("index", ['"v2 2 0123456789"', '"v9 1 0123456789"', '"v2 1 zz"', '"v2 1 x" "y"'])
+@asynchronous
+async def test_a_malformed_index_is_unreachable_never_trusted(index: str) -> None:
+    with rig() as r:
+        await r.poll()
+        r.peer.records[(shards.index_name(ZONE.dns_zone), "TXT")] = [index]
+        await r.poll(1)
+        assert r.nyc.error and r.targets() == NYC
+
+
+@asynchronous
+async def test_a_shard_with_foreign_hosts_is_rejected() -> None:
+    with rig() as r:
+        publish(r.peer, {HOST: ["10.2.1.98"]})
+        await r.poll()
+        (key,) = [k for k in r.peer.records if k[0].startswith(shards.LABEL + "-")]
+        r.peer.records[key] = ['"evil.example 10.6.6.6"']
+        r.peer.records[(shards.index_name(ZONE.dns_zone), "TXT")] = [
+            '"v2 16 ' + " ".join(["0" * 10] * 16) + '"']
+        await r.poll(1)
+        assert "unexpected shard line" in r.nyc.error and r.targets() == NYC
+
+
+def test_our_index_follows_our_localtargets_only() -> None:
     with rig() as r:
         def published() -> str:
-            (ep,) = r.store.snapshot()[1][DIGEST_KEY]
-            assert ep.name == "_localtargets." + ZONE.dns_zone and ep.rtype == "TXT"
-            return ep.targets[0].value
+            eps = r.store.snapshot()[1][INDEX_KEY]
+            return next(ep for ep in eps if ep.name == shards.index_name(ZONE.dns_zone)).targets[0].value
 
         first = published()
         other = Endpoint("other.foowidgets.k8s", "A", (Target("192.0.2.1"),))
@@ -232,7 +270,7 @@ def test_our_digest_follows_our_localtargets_only() -> None:
         assert published() != first
         local_gslb(r.store)
         r.ex._refresh_local(notify=False)
-        assert published() == first, "the same records give the same digest"
+        assert published() == first, "the same records give the same index"
 
 
 @asynchronous

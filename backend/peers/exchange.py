@@ -1,12 +1,12 @@
-"""Other clusters' healthy targets, learned over DNS the way k8gb does, but in about a second.
+"""Other clusters' healthy targets, learned over DNS the way k8gb does, but in well under a second.
 
 Per peer and load-balanced zone: find the peer's CoreDNS by resolving its gslb-ns name at the edge,
-then ask it every `peer_poll_seconds` for the version of its localtargets: the TXT `_localtargets.<zone>`
-that each cluster publishes (a digest of its own localtargets records), or, from a peer without one
-(k8gb), its zone's SOA serial. Only when that version moved (or our own set of GSLB hosts changed) do
-we fetch `localtargets-<host>` A and AAAA for every local host. The digest, unlike the serial, stands
-still when the peer's other names change or when it learns our own change, so a change costs one
-refetch, not an echo, and an idle peer costs one query per second, whatever the number of hosts.
+then ask it every `peer_poll_seconds` for its localtargets index (`shards.py`): one small TXT with a
+digest per shard of its hosts. Only shards whose digest moved are fetched, one query each. The index,
+unlike the SOA serial, stands still when the peer's other names change or when it learns our own
+change, so a change costs one small refetch, not an echo, and an idle peer costs one query a second.
+A peer without an index (k8gb) is polled for its SOA serial and asked `localtargets-<host>` A and
+AAAA for every local host when the serial or our host set moved, as k8gb does.
 When our own healthy targets change we NOTIFY the peers, so they look at once instead of at their
 next poll. A peer that stops answering keeps its last targets for `peer_grace_seconds`: one lost
 packet never moves an answer.
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import math
 import time
@@ -32,13 +31,13 @@ import dns.opcode
 from backend import metrics
 from backend.config import GslbZone, Settings
 from backend.model import Endpoint, Store, Target
-from backend.peers.query import QueryError, Server, ask, parse_server, rdata_texts
+from backend.peers import shards
+from backend.peers.query import QueryError, Server, ask, parse_server, rdata_texts, txt_strings
 
 log = logging.getLogger(__name__)
 
 LOCALTARGETS = "localtargets-"
-DIGEST_LABEL = "_localtargets"  # no host's localtargets name can start with an underscore
-DIGEST_KEY = "peers/digest"  # our Store key for the digest records
+INDEX_KEY = "peers/index"  # our Store key for the localtargets index and shards
 RESOLVE_EVERY = 30.0  # re-resolve a healthy peer's address this often (its glue may move)
 RESOLVE_RETRY = 5.0  # ... and a failing peer's at most this often
 FETCH_CONCURRENCY = 16
@@ -51,6 +50,21 @@ Snapshot = Mapping[str, tuple[Endpoint, ...]]
 
 def _count(peer: str, kind: str, result: str) -> None:
     metrics.PEER_QUERIES.labels(peer, kind, result).inc()
+
+
+def _from_shards(by_shard: Mapping[int, Mapping[str, tuple[str, ...]]], hosts: tuple[str, ...]
+                 ) -> dict[tuple[str, str], tuple[str, ...]]:
+    """Our hosts' targets at the peer, as A and AAAA, from its shards."""
+    wanted = set(hosts)
+    out: dict[tuple[str, str], tuple[str, ...]] = {}
+    for shard in by_shard.values():
+        for host, values in shard.items():
+            if host in wanted:
+                for rtype in RTYPES:
+                    family = [v for v in values if (":" in v) == (rtype == "AAAA")]
+                    if family:
+                        out[(host, rtype)] = tuple(family)
+    return out
 
 
 def in_zone(name: str, zone: str) -> bool:
@@ -75,13 +89,6 @@ def local_targets(by_key: Snapshot, zone: str) -> frozenset[tuple[str, str, tupl
     )
 
 
-def digest(targets: frozenset[tuple[str, str, tuple[Target, ...]]]) -> str:
-    """A short, order-free fingerprint of our localtargets records: equal sets, equal digests."""
-    text = "\n".join(sorted(f"{name} {rtype} {' '.join(sorted(t.value for t in ts))}"
-                            for name, rtype, ts in targets))
-    return "v1 " + hashlib.sha256(text.encode()).hexdigest()[:24]
-
-
 @dataclass
 class PeerZone:
     """What we know of one peer in one load-balanced zone."""
@@ -90,7 +97,9 @@ class PeerZone:
     zone: GslbZone
     addresses: tuple[Server, ...] = ()
     resolved_at: float = -math.inf
-    version: str | None = None  # "digest <hex>" or "soa <serial>": what the last fetch saw
+    version: str | None = None  # "index <hash>" or "soa <serial>": what the last fetch saw
+    shards: dict[int, dict[str, tuple[str, ...]]] = field(default_factory=dict)  # from the index path
+    shard_digests: tuple[str, ...] = ()  # digest of each shard as fetched ("" = not fetched)
     hosts: tuple[str, ...] | None = None  # the local hosts the last fetch asked for
     targets: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     last_ok: float | None = None
@@ -158,7 +167,7 @@ class PeerExchange:
             self._refresh_local(notify=True)
 
     def _refresh_local(self, *, notify: bool) -> None:
-        """Track our hosts and localtargets; publish their digest; NOTIFY peers when they change."""
+        """Track our hosts and localtargets; publish their index; NOTIFY peers when they change."""
         _, by_key = self.store.snapshot()
         for gz in self.settings.gslb_zones:
             hosts = local_hosts(by_key, gz.dns_zone)
@@ -170,10 +179,10 @@ class PeerExchange:
                 self._local[gz.dns_zone] = targets
                 if notify:
                     self._spawn(self._notify_peers(gz))
-        self.store.replace(DIGEST_KEY, [
-            Endpoint(f"{DIGEST_LABEL}.{gz.dns_zone}", "TXT", (Target(digest(self._local[gz.dns_zone])),),
-                     self.settings.dns_ttl_seconds)
-            for gz in self.settings.gslb_zones])
+        self.store.replace(INDEX_KEY, [
+            ep for gz in self.settings.gslb_zones
+            for ep in shards.publication(self._local[gz.dns_zone], gz.dns_zone, LOCALTARGETS,
+                                         self.settings.dns_ttl_seconds)])
 
     def _spawn(self, coro: Coroutine[None, None, None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -182,7 +191,7 @@ class PeerExchange:
 
     async def _poll_loop(self, pz: PeerZone) -> None:
         """Poll every peer_poll_seconds. After a NOTIFY, recheck soon while the version stands still:
-        the sender may NOTIFY before its recompiled zone (and new digest) is being served.
+        the sender may NOTIFY before its recompiled zone (and new index) is being served.
         MIN_GAP between polls bounds what a flood of NOTIFYs (anyone can send one) makes us send."""
         while True:
             pz.wake.clear()
@@ -208,11 +217,18 @@ class PeerExchange:
         moved = False
         try:
             await self._resolve(pz, now)
-            server, version = await self._version(pz)
-            if version != pz.version or hosts != pz.hosts:
-                pz.targets = await self._fetch(server, pz, hosts)
-                pz.version, pz.hosts = version, hosts
-                moved = True
+            server, index = await self._index(pz)
+            if index is not None:
+                moved = await self._fetch_shards(server, pz, index)
+                if moved or hosts != pz.hosts:
+                    pz.targets = _from_shards(pz.shards, hosts)
+                    pz.hosts = hosts
+            else:
+                version = await self._soa(server, pz)
+                if version != pz.version or hosts != pz.hosts:
+                    pz.targets = await self._fetch(server, pz, hosts)
+                    pz.version, pz.hosts = version, hosts
+                    moved = True
             pz.last_ok = now
             if pz.error:
                 log.info("peer %s answers again for %s", pz.geotag, pz.zone.dns_zone)
@@ -223,11 +239,12 @@ class PeerExchange:
                             pz.zone.dns_zone, e, len(pz.targets), self.settings.peer_grace_seconds)
             pz.error = str(e)
             expired = pz.last_ok is None or now - pz.last_ok >= self.settings.peer_grace_seconds
-            if expired and (pz.targets or pz.version is not None):
+            if expired and (pz.targets or pz.version is not None or pz.shard_digests):
                 if pz.targets:
                     log.warning("peer %s: grace over, dropping its targets in %s",
                                 pz.geotag, pz.zone.dns_zone)
                 pz.targets, pz.version, pz.hosts = {}, None, None
+                pz.shards, pz.shard_digests = {}, ()
         self._publish(pz.geotag)
         return moved
 
@@ -272,30 +289,72 @@ class PeerExchange:
             return
         raise QueryError("; ".join(errors) or f"no edge DNS servers to resolve {name}")
 
-    async def _version(self, pz: PeerZone) -> tuple[Server, str]:
-        """The peer's localtargets digest, else (a peer that has none) its zone's SOA serial."""
-        zone = pz.zone.dns_zone
+    async def _index(self, pz: PeerZone) -> tuple[Server, tuple[str, ...] | None]:
+        """The first address that answers, and the peer's shard digests (None: it has no index)."""
+        name = shards.index_name(pz.zone.dns_zone)
         errors: list[str] = []
         for server in pz.addresses:
             try:
-                name = f"{DIGEST_LABEL}.{zone}"
-                response = await ask(server, name, "TXT", timeout=self.timeout)
-                digest = rdata_texts(response, name, "TXT", authoritative=True)
-                if len(digest) > 1:
-                    raise QueryError(f"{server}: {len(digest)} TXT records at {name}")
-                if digest:
-                    _count(pz.geotag, "version", "ok")
-                    return server, "digest " + digest[0].strip('"')
-                response = await ask(server, zone, "SOA", timeout=self.timeout)
-                soa = rdata_texts(response, zone, "SOA", authoritative=True)
-                if len(soa) != 1:
-                    raise QueryError(f"{server}: {len(soa)} SOA records for {zone}")
-                _count(pz.geotag, "version", "ok")
-                return server, "soa " + soa[0].split()[2]
-            except QueryError as e:
-                _count(pz.geotag, "version", "error")
-                errors.append(str(e))
+                texts = txt_strings(await ask(server, name, "TXT", timeout=self.timeout), name)
+                if len(texts) > 1:
+                    raise QueryError(f"{server}: {len(texts)} TXT records at {name}")
+                index = shards.parse_index(texts[0]) if texts else None
+            except (QueryError, ValueError) as e:
+                _count(pz.geotag, "index", "error")
+                errors.append(f"{server}: {e}" if isinstance(e, ValueError) else str(e))
+                continue
+            _count(pz.geotag, "index", "ok")
+            return server, index
         raise QueryError("; ".join(errors))
+
+    async def _fetch_shards(self, server: Server, pz: PeerZone, index: tuple[str, ...]) -> bool:
+        """Fetch the shards whose digest moved; True if any did. Each shard's digest is recomputed
+        from what arrived, so a shard caught mid-change is fetched again at the next poll."""
+        zone, n = pz.zone.dns_zone, len(index)
+        if len(pz.shard_digests) != n:  # first contact, or the peer re-sharded
+            pz.shards, pz.shard_digests = {}, ("",) * n
+        changed = [i for i in range(n) if pz.shard_digests[i] != index[i]]
+        if not changed:
+            return False
+        limit = asyncio.Semaphore(FETCH_CONCURRENCY)
+
+        async def one(i: int) -> dict[str, tuple[str, ...]]:
+            name = shards.shard_name(zone, i)
+            async with limit:
+                response = await ask(server, name, "TXT", timeout=self.timeout)
+            texts = txt_strings(response, name, max_records=shards.MAX_SHARD_LINES)
+            try:
+                return shards.parse_shard(texts, zone, n, i)
+            except ValueError as e:
+                raise QueryError(f"{server}: {name}: {e}") from e
+
+        try:
+            with metrics.PEER_FETCH.labels(pz.geotag).time():
+                fetched = await asyncio.gather(*(one(i) for i in changed))
+        except QueryError:
+            _count(pz.geotag, "shards", "error")
+            raise
+        _count(pz.geotag, "shards", "ok")
+        digests = list(pz.shard_digests)
+        for i, shard in zip(changed, fetched, strict=True):
+            pz.shards[i] = shard
+            digests[i] = shards.digest(shard)
+        pz.shard_digests = tuple(digests)
+        pz.version = "index " + shards.digest({str(i): (d,) for i, d in enumerate(index)})
+        return True
+
+    async def _soa(self, server: Server, pz: PeerZone) -> str:
+        zone = pz.zone.dns_zone
+        try:
+            soa = rdata_texts(await ask(server, zone, "SOA", timeout=self.timeout), zone, "SOA",
+                              authoritative=True)
+            if len(soa) != 1:
+                raise QueryError(f"{server}: {len(soa)} SOA records for {zone}")
+        except QueryError:
+            _count(pz.geotag, "soa", "error")
+            raise
+        _count(pz.geotag, "soa", "ok")
+        return "soa " + soa[0].split()[2]
 
     async def _fetch(self, server: Server, pz: PeerZone, hosts: tuple[str, ...]
                      ) -> dict[tuple[str, str], tuple[str, ...]]:
@@ -309,7 +368,8 @@ class PeerExchange:
             return (host, rtype), rdata_texts(response, name, rtype, authoritative=True)
 
         try:
-            results = await asyncio.gather(*(one(h, t) for h in hosts for t in RTYPES))
+            with metrics.PEER_FETCH.labels(pz.geotag).time():
+                results = await asyncio.gather(*(one(h, t) for h in hosts for t in RTYPES))
         except QueryError:
             _count(pz.geotag, "localtargets", "error")
             raise

@@ -17,6 +17,7 @@ import dns.flags
 import dns.message
 import dns.name
 import dns.rcode
+import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 
@@ -77,13 +78,8 @@ async def ask(server: Server, qname: str, rdtype: str, *, timeout: float, tries:
     raise QueryError(f"{server}: {qname} {rdtype}: {last}")
 
 
-def rdata_texts(response: dns.message.Message, qname: str, rdtype: str, *, authoritative: bool,
-                sections: tuple[str, ...] = ("answer",)) -> tuple[str, ...]:
-    """The values of `qname`/`rdtype` in the response, after checking that nothing else is there.
-
-    NXDOMAIN and NODATA give an empty tuple. `sections` adds "authority" for a referral (the edge
-    answers the NS set of a delegated zone from its parent side).
-    """
+def _rdatas(response: dns.message.Message, qname: str, rdtype: str, *, authoritative: bool,
+            sections: tuple[str, ...], max_records: int) -> list[dns.rdata.Rdata]:
     rcode = response.rcode()
     if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
         raise QueryError(f"{qname} {rdtype}: rcode {dns.rcode.to_text(rcode)}")
@@ -95,11 +91,33 @@ def rdata_texts(response: dns.message.Message, qname: str, rdtype: str, *, autho
         if rrset.name != want_name or rrset.rdtype != want_type or rrset.rdclass != dns.rdataclass.IN:
             raise QueryError(f"{qname} {rdtype}: unexpected record {rrset.name} "
                              f"{dns.rdatatype.to_text(rrset.rdtype)} in the answer")
-    values: list[str] = []
+    found: list[dns.rdata.Rdata] = []
     for section in sections:
         for rrset in getattr(response, section):
             if rrset.name == want_name and rrset.rdtype == want_type and rrset.rdclass == dns.rdataclass.IN:
-                values.extend(rd.to_text() for rd in rrset)
-    if len(values) > MAX_RECORDS:
-        raise QueryError(f"{qname} {rdtype}: {len(values)} records, more than {MAX_RECORDS}")
-    return tuple(sorted(set(values)))
+                found.extend(rrset)
+    if len(found) > max_records:
+        raise QueryError(f"{qname} {rdtype}: {len(found)} records, more than {max_records}")
+    return found
+
+
+def rdata_texts(response: dns.message.Message, qname: str, rdtype: str, *, authoritative: bool,
+                sections: tuple[str, ...] = ("answer",), max_records: int = MAX_RECORDS) -> tuple[str, ...]:
+    """The values of `qname`/`rdtype` in the response, after checking that nothing else is there.
+
+    NXDOMAIN and NODATA give an empty tuple. `sections` adds "authority" for a referral (the edge
+    answers the NS set of a delegated zone from its parent side).
+    """
+    found = _rdatas(response, qname, rdtype, authoritative=authoritative, sections=sections,
+                    max_records=max_records)
+    return tuple(sorted({rd.to_text() for rd in found}))
+
+
+def txt_strings(response: dns.message.Message, qname: str, *,
+                max_records: int = MAX_RECORDS) -> tuple[str, ...]:
+    """Each TXT record at `qname` as one text (its 255-byte strings joined), checked like rdata_texts."""
+    found = _rdatas(response, qname, "TXT", authoritative=True, sections=("answer",), max_records=max_records)
+    try:
+        return tuple(sorted({b"".join(rd.strings).decode() for rd in found}))  # type: ignore[attr-defined]
+    except UnicodeDecodeError as e:
+        raise QueryError(f"{qname} TXT: not UTF-8") from e

@@ -1,0 +1,100 @@
+"""Our localtargets in bulk: an index and a few shards, so a peer refetches what changed in a few queries.
+
+k8gb's exchange asks `localtargets-<host>` A and AAAA per host: 2 queries per host on every change,
+thousands for a large cluster. Beside those records (still served, for k8gb peers) each cluster
+publishes in every load-balanced zone:
+
+- `_localtargets.<zone>` TXT `v2 <n> <d0> ... <dn-1>`: the digest of each of n shards;
+- `_localtargets-<i>.<zone>` TXT, one record per host of shard i: `<host> <ip> [<ip> ...]`.
+
+A host's shard is a hash of its name; n grows with the number of hosts (about 400 per shard, so a
+shard fits one TCP answer). A peer polls the index (one small query), fetches only the shards whose
+digest moved, and keeps the rest. Digests are over canonical text, so both sides compute the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Iterable, Mapping
+
+from backend.model import Endpoint, Target
+
+LABEL = "_localtargets"  # no host's localtargets name can start with an underscore
+VERSION = "v2"
+SHARDS_MIN = 16
+HOSTS_PER_SHARD = 400
+MAX_SHARDS = 4096
+MAX_SHARD_LINES = 4 * HOSTS_PER_SHARD  # a peer's shard beyond this is garbage, not data
+
+Lines = Mapping[str, tuple[str, ...]]  # host -> its addresses (A and AAAA), canonical and sorted
+
+
+def index_name(zone: str) -> str:
+    return f"{LABEL}.{zone}"
+
+
+def shard_name(zone: str, i: int) -> str:
+    return f"{LABEL}-{i}.{zone}"
+
+
+def shard_count(hosts: int) -> int:
+    n = SHARDS_MIN
+    while n * HOSTS_PER_SHARD < hosts and n < MAX_SHARDS:
+        n *= 2
+    return n
+
+
+def shard_of(host: str, n: int) -> int:
+    return int.from_bytes(hashlib.sha256(host.encode()).digest()[:4], "big") % n
+
+
+def digest(shard: Lines) -> str:
+    text = "\n".join(f"{host} {' '.join(ips)}" for host, ips in sorted(shard.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def _canonical(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(sorted({str(ipaddress.ip_address(v)) for v in values}))
+
+
+def publication(localtargets: Iterable[tuple[str, str, tuple[Target, ...]]], zone: str, prefix: str,
+                ttl: int) -> list[Endpoint]:
+    """The index and shard records for our own `localtargets-<host>` records of one zone."""
+    by_host: dict[str, list[str]] = {}
+    for name, _rtype, targets in localtargets:
+        by_host.setdefault(name.removeprefix(prefix), []).extend(t.value for t in targets)
+    n = shard_count(len(by_host))
+    shards: list[dict[str, tuple[str, ...]]] = [{} for _ in range(n)]
+    for host, values in by_host.items():
+        shards[shard_of(host, n)][host] = _canonical(values)
+    index = " ".join([VERSION, str(n), *(digest(s) for s in shards)])
+    eps = [Endpoint(index_name(zone), "TXT", (Target(index),), ttl)]
+    eps += [Endpoint(shard_name(zone, i), "TXT",
+                     tuple(Target(f"{host} {' '.join(ips)}") for host, ips in sorted(s.items())), ttl)
+            for i, s in enumerate(shards) if s]
+    return eps
+
+
+def parse_index(text: str) -> tuple[str, ...]:
+    """The shard digests of a peer's index; ValueError for anything but a well-formed v2 index."""
+    parts = text.split()
+    if len(parts) < 2 or parts[0] != VERSION or not parts[1].isdigit():
+        raise ValueError(f"not a {VERSION} localtargets index: {text[:60]!r}")
+    n = int(parts[1])
+    if not 0 < n <= MAX_SHARDS or len(parts) != n + 2:
+        raise ValueError(f"index announces {parts[1]} shards and lists {len(parts) - 2}")
+    if not all(len(d) == 10 and all(c in "0123456789abcdef" for c in d) for d in parts[2:]):
+        raise ValueError("index digests are not hex")
+    return tuple(parts[2:])
+
+
+def parse_shard(texts: Iterable[str], zone: str, n: int, i: int) -> dict[str, tuple[str, ...]]:
+    """One shard's records; a host outside the zone or the shard, or a bad address, is ValueError."""
+    shard: dict[str, tuple[str, ...]] = {}
+    for text in texts:
+        host, *values = text.split()
+        if not (host.endswith("." + zone) and shard_of(host, n) == i and values) or host in shard:
+            raise ValueError(f"unexpected shard line {text[:60]!r}")
+        shard[host] = _canonical(values)
+    return shard
