@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from backend.lab.coredns import FILE_TEMPLATE, CoreDNS
 from backend.lab.dig import dig
 from backend.lab.kube import ControlPlane
 from backend.lab.lbpool import LbPool
-from backend.lab.proc import free_loopback_ip
+from backend.lab.proc import ROOT, free_loopback_ip
 
 DEPLOYMENT = """
 apiVersion: apps/v1
@@ -264,3 +265,13 @@ def test_lbpool_fills_load_balancer_status_like_metallb_and_an_ingress_controlle
     control_plane.wait_for(
         lambda: _lb(control_plane, "ingress", namespace, "fe") == "10.2.1.167", what="ingress address"
     )
+
+
+def test_installer_second_run_does_nothing() -> None:
+    """`make test` ran `deps/install.sh all` already: running it again builds, copies and installs nothing."""
+    run = subprocess.run(
+        [str(ROOT / "deps" / "install.sh"), "all"], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    lines = [line for line in run.stderr.splitlines() if line.startswith("[deps]")]
+    assert len(lines) == 1 and lines[0].startswith("[deps] ready:"), run.stderr
