@@ -25,7 +25,7 @@ import dns.rcode
 from backend.config import Settings
 from backend.config import parser as settings_parser
 from backend.gslb.strategy import plan
-from backend.model import Endpoint, ObjectRef, Store, Strategy, Target, normalize_name
+from backend.model import ObjectRef, Store, Strategy, Target, normalize_name
 from backend.zone.merge import Merged, merge, zone_endpoints, zone_of
 
 if TYPE_CHECKING:
@@ -139,13 +139,15 @@ class Explainer:
             out["rcode"] = "NXDOMAIN"
             out["why"] = f"no Kubernetes object publishes {name} -> NXDOMAIN with the SOA of {zone}"
             return out
-        names, _ = merge(self.settings, [ep for ep in endpoints if ep.name == owner], version)
+        held = sorted(((key, ep) for key, eps in by_key.items() for ep in eps if ep.name == owner),
+                      key=lambda held_by: held_by[0])
+        names, _ = merge(self.settings, [ep for _, ep in held], version)
         out["rcode"] = "NOERROR"
         out["wildcard"] = owner if owner != name else None
         gslb = self._gslb_hosts(owner)
         for rtype, merged in sorted(names[owner].items()):
             producers = [{"key": key, "targets": [t.value for t in ep.targets]}
-                         for key, eps in sorted(by_key.items()) for ep in eps if _holds(ep, owner, rtype)]
+                         for key, ep in held if ep.rtype.upper() == rtype]
             out["records"].append({
                 "type": rtype,
                 "ttl": merged.ttl,
@@ -231,10 +233,6 @@ def attach(ctx: Context) -> None:
     explainer = Explainer(ctx.settings, ctx.store, ctx.gslb_engine, ctx.peer_exchange,
                           lambda query: ctx.server.table.answer(query))
     ctx.server.add_route(ROUTE, explainer.handle)
-
-
-def _holds(ep: Endpoint, name: str, rtype: str) -> bool:
-    return ep.name == name and ep.rtype.upper() == rtype
 
 
 # --- the CLI ---------------------------------------------------------------------------------------
