@@ -178,19 +178,21 @@ def test_service_account_may_do_nothing_else(backend_api: Any) -> None:
 
 
 @pytest.mark.controlplane
-def test_service_account_rules_are_exactly_the_needed_ones(backend_api: Any) -> None:
-    """The whole rule set the apiserver resolves for the account in namespace demo, beyond what every
-    authenticated user has: a widened ClusterRole fails here even if no FORBIDDEN line names it."""
+@pytest.mark.parametrize("namespace", ["demo", NAMESPACE])
+def test_service_account_rules_are_exactly_the_needed_ones(backend_api: Any, namespace: str) -> None:
+    """The whole rule set the apiserver resolves for the account in a namespace, beyond what every
+    authenticated user has: a widened role fails here even if no FORBIDDEN line names it. In its own
+    namespace the Role adds the Lease and the one Secret, by name."""
     from kubernetes import client
 
-    review = client.V1SelfSubjectRulesReview(spec=client.V1SelfSubjectRulesReviewSpec(namespace="demo"))
+    review = client.V1SelfSubjectRulesReview(spec=client.V1SelfSubjectRulesReviewSpec(namespace=namespace))
     status = client.AuthorizationV1Api(backend_api).create_self_subject_rules_review(review).status
-    rules = status.resource_rules
     everyone = {"authorization.k8s.io", "authentication.k8s.io"}
-    granted = {(verb, group, resource) for rule in rules for group in rule.api_groups if group not in everyone
-               for resource in rule.resources for verb in rule.verbs}
-    expected = {(verb, group, resource) for verb, group, resource, namespace, _ in ALLOWED
-                if namespace in ("", "demo")}
+    granted = {(verb, group, resource, name) for rule in status.resource_rules
+               for group in rule.api_groups if group not in everyone
+               for resource in rule.resources for verb in rule.verbs for name in rule.resource_names or [""]}
+    scopes = {"", "demo", namespace}  # ALLOWED's "demo" lines stand for every namespace
+    expected = {(verb, group, resource, name) for verb, group, resource, ns, name in ALLOWED if ns in scopes}
     assert granted == expected
 
 
