@@ -133,8 +133,16 @@ def test_edge_accepts_updates_with_the_key_the_backends_read(services: dict[str,
 
 
 def test_dependencies_name_real_services(services: dict[str, dict[str, Any]]) -> None:
+    """And the rules compose enforces or users trip over: a one-shot job that others wait for to finish
+    must not restart, and a service in another's network namespace publishes no ports of its own."""
+    conditions = {"service_started", "service_healthy", "service_completed_successfully"}
     for name, svc in services.items():
-        assert set(svc.get("depends_on", {})) <= set(services), name
+        for dependency, spec in svc.get("depends_on", {}).items():
+            assert dependency in services and spec["condition"] in conditions, (name, dependency)
+            if spec["condition"] == "service_completed_successfully":
+                assert "restart" not in services[dependency], dependency
+        if "network_mode" in svc:
+            assert "ports" not in svc and "networks" not in svc, name
 
 
 def test_readme_says_compose_is_not_run_in_ci() -> None:
