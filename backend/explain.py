@@ -323,6 +323,11 @@ def main(argv: Sequence[str]) -> int:
     for cluster, http in targets.items():
         try:
             report = fetch(http, a.name)
+        except urllib.error.HTTPError as e:  # it answered, but not with a report (e.g. an older backend)
+            body = e.read().decode(errors="replace").strip()
+            print(f"explain: the backend of {cluster} at {http} said {e.code}: {body}", file=sys.stderr)
+            failed += 1
+            continue
         except (urllib.error.URLError, OSError, ValueError) as e:
             print(f"explain: cannot reach the backend of {cluster} at {http}: {e}", file=sys.stderr)
             failed += 1

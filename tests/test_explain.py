@@ -151,6 +151,8 @@ spec:
     run = explain_cli("nginx.foowidgets.k8s", "--http", backend.http.removeprefix("http://"))
     assert run.returncode == 0, run.stderr
     assert f"from Service {namespace}/nginx-ext-dns (v1)" in run.stdout
+    wrong = explain_cli("nginx.foowidgets.k8s", "--http", backend.http.removeprefix("http://") + "/nowhere")
+    assert wrong.returncode == 1 and "said 404: not found" in wrong.stderr
     assert f"store service/{namespace}/nginx-ext-dns: 172.18.200.101" in run.stdout
     assert "A ttl" in run.stdout and "172.18.200.101" in run.stdout.splitlines()[1]
     served = next(line for line in run.stdout.splitlines() if "a query now gets:" in line)
@@ -222,5 +224,6 @@ spec:
     unhealthy = {"value": "10.2.1.167", "geotag": "us-buf", "health": "Unhealthy", "origin": "local"}
     assert unhealthy in record["targets"]
     run = explain_cli(host, "--http", backend.http.removeprefix("http://"))
+    assert run.returncode == 0, run.stderr
     assert f"from Gslb {namespace}/gslb-failover-buf (k8gb.absa.oss/v1beta1)" in run.stdout
     assert "10.2.1.167       geotag us-buf   Unhealthy local" in run.stdout
