@@ -35,11 +35,11 @@ FAILOVER = Strategy("failover", "us-buf")
 
 @dataclass
 class DnsDouble:
-    """A UDP DNS server on loopback answering from `records`; `mode` makes it misbehave on purpose."""
+    """A DNS server (UDP and TCP) on loopback answering from `records`; `mode` makes it misbehave."""
 
     records: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     serial: int = 1
-    mode: str = "ok"  # ok | silent | garbage | wrong-name | wrong-type | huge | not-aa | drop-one
+    mode: str = "ok"  # ok silent garbage wrong-name wrong-type huge not-aa drop-one small-buffer
     seen: list[tuple[str, str, str]] = field(default_factory=list)  # (opcode, name, type)
     port: int = 0
 
@@ -75,7 +75,12 @@ class DnsDouble:
             response.flags &= ~dns.flags.AA
         if values:
             response.answer.append(dns.rrset.from_text_list(name + ".", 30, "IN", rtype, values))
-        return response.to_wire()
+        reply = response.to_wire(max_size=65535)
+        if self.mode == "small-buffer" and len(reply) > (query.payload if query.edns >= 0 else 512):
+            response.answer.clear()  # as our backend does: sized by the asker's EDNS buffer, TC set
+            response.flags |= dns.flags.TC
+            reply = response.to_wire()
+        return reply
 
     def queries(self, rtype: str | None = None) -> int:
         return sum(1 for op, _, t in self.seen if op == "QUERY" and (rtype is None or t == rtype))
@@ -95,20 +100,50 @@ class _Server(socketserver.UDPServer):
     double: DnsDouble
 
 
+class _TcpHandler(socketserver.BaseRequestHandler):
+    server: _TcpServer
+
+    def handle(self) -> None:
+        size = int.from_bytes(self.request.recv(2), "big")
+        data = b""
+        while len(data) < size and (chunk := self.request.recv(size - len(data))):
+            data += chunk
+        reply = self.server.double.answer(data)
+        if reply is not None:
+            self.request.sendall(len(reply).to_bytes(2, "big") + reply)
+
+
+class _TcpServer(socketserver.ThreadingTCPServer):
+    double: DnsDouble
+    daemon_threads = True
+    allow_reuse_address = True
+
+
 @contextlib.contextmanager
 def serving(double: DnsDouble) -> Iterator[DnsDouble]:
-    """The double on 127.0.0.1 (a free port) in a thread, so asyncio code and subprocesses can ask it."""
-    server = _Server(("127.0.0.1", 0), _Handler)
-    server.double = double
-    double.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
+    """The double on 127.0.0.1 (a free port, UDP and TCP) in threads, for asyncio code and subprocesses."""
+    while True:  # a port free for both
+        udp = _Server(("127.0.0.1", 0), _Handler)
+        double.port = udp.server_address[1]
+        try:
+            tcp = _TcpServer(("127.0.0.1", double.port), _TcpHandler)
+            break
+        except OSError:
+            udp.server_close()
+    servers: list[_Server | _TcpServer] = [udp, tcp]
+    threads = []
+    for server in servers:
+        server.double = double
+        threads.append(threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True))
+        threads[-1].start()
     try:
         yield double
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+        for server, thread in zip(servers, threads, strict=True):
+            server.shutdown()
+            server.server_close()
+            thread.join(5)
 
 
 class Clock:
@@ -229,6 +264,18 @@ async def test_with_an_index_only_changed_shards_are_fetched_and_serials_do_not_
         assert r.peer.queries("TXT") == first + 3, "one changed host: the index and one shard"
         assert r.targets() == [(HOST, "A", (Target("10.2.1.97", "us-nyc"),)),
                                (HOST, "AAAA", (Target("2001:db8::97", "us-nyc"),))]
+
+
+@asynchronous
+async def test_an_answer_too_big_for_udp_is_fetched_whole_over_tcp() -> None:
+    many = {f"app{i}.gb.foowidgets.k8s": [f"10.3.{i // 250}.{i % 250}"] for i in range(1500)}
+    with rig(small_buffer := nyc_double()) as r:
+        publish(small_buffer, {HOST: ["10.2.1.98"], **many})
+        small_buffer.mode = "small-buffer"
+        await r.poll()
+        assert not r.nyc.error and r.targets() == NYC
+        assert r.nyc.shard_digests == shards.parse_index(
+            small_buffer.records[(shards.index_name(ZONE.dns_zone), "TXT")][0].strip('"'))
 
 
 @pytest.mark.parametrize("index", ['"v2 2 0123456789"', '"v9 1 0123456789"', '"v2 1 zz"', '"v2 1 x" "y"'])

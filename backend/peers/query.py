@@ -55,26 +55,43 @@ def parse_server(text: str, default_port: int = 53) -> Server:
     return Server(host, port)
 
 
-async def ask(server: Server, qname: str, rdtype: str, *, timeout: float, tries: int = 2,
-              recursion: bool = False) -> dns.message.Message:
-    """Send one query (UDP, TCP when truncated); timeouts are retried, anything odd is not."""
-    query = dns.message.make_query(qname, rdtype, use_edns=0, payload=PAYLOAD)
+def _query(qname: str, rdtype: str, payload: int, recursion: bool) -> dns.message.Message:
+    query = dns.message.make_query(qname, rdtype, use_edns=0, payload=payload)
     if not recursion:
         query.flags &= ~dns.flags.RD
+    return query
+
+
+async def _exchange(server: Server, qname: str, rdtype: str, timeout: float,
+                    recursion: bool) -> dns.message.Message:
+    """UDP first; a truncated answer is asked again over TCP, announcing a 64 KiB buffer (a server
+    that sizes its answer by EDNS would cut a TCP answer short at our UDP size)."""
+    response = await dns.asyncquery.udp(_query(qname, rdtype, PAYLOAD, recursion), server.host,
+                                        timeout=timeout, port=server.port)
+    if response.flags & dns.flags.TC:
+        response = await dns.asyncquery.tcp(_query(qname, rdtype, 65535, recursion), server.host,
+                                            timeout=timeout, port=server.port)
+        if response.flags & dns.flags.TC:
+            raise QueryError(f"{server}: {qname} {rdtype}: truncated even over TCP")
+    return response
+
+
+async def ask(server: Server, qname: str, rdtype: str, *, timeout: float, tries: int = 2,
+              recursion: bool = False) -> dns.message.Message:
+    """One question, answered in full (a truncated answer is never used); timeouts are retried,
+    anything odd is not."""
     last = "no attempt"
     for _ in range(max(1, tries)):
         try:
-            response, _tcp = await dns.asyncquery.udp_with_fallback(
-                query, server.host, timeout=timeout, port=server.port)
+            return await _exchange(server, qname, rdtype, timeout, recursion)
+        except QueryError:
+            raise
         except dns.exception.Timeout:
             last = f"timeout after {timeout:g}s"
-            continue
-        except OSError as e:
+        except (OSError, EOFError) as e:
             last = f"{type(e).__name__}: {e}"
-            continue
         except Exception as e:  # garbage: dnspython raises many kinds for bytes that do not parse
             raise QueryError(f"{server}: bad answer to {qname} {rdtype}: {type(e).__name__}: {e}") from e
-        return response
     raise QueryError(f"{server}: {qname} {rdtype}: {last}")
 
 
