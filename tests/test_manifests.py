@@ -304,3 +304,19 @@ def test_dockerfile_copies_what_serve_needs(tmp_path: Path) -> None:
               "backend/proto/dns_pb2_grpc.py", "backend/lab/lbpool.py"}
     assert needed <= names
     assert "coredns-gslb = backend.cli:main" in entry_points
+
+
+def test_readme_overlay_builds_a_second_cluster(tmp_path: Path) -> None:
+    """The per-cluster overlay k8s/README.md shows, built by kubectl's kustomize against a copy of k8s/."""
+    readme = (K8S / "README.md").read_text()
+    overlay = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    shutil.copytree(K8S, tmp_path / "k8s")
+    (tmp_path / "clusters" / "us-nyc").mkdir(parents=True)
+    (tmp_path / "clusters" / "us-nyc" / "kustomization.yaml").write_text(overlay)
+    run = subprocess.run([binary("kubectl"), "kustomize", str(tmp_path / "clusters" / "us-nyc")],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    [config] = [d for d in yaml.safe_load_all(run.stdout) if d["metadata"]["name"] == "coredns-gslb-config"]
+    settings = settings_from_env(config["data"])
+    assert (settings.cluster_geotag, settings.ext_gslb_clusters_geotags) == ("us-nyc", ("us-buf",))
+    assert settings.nameserver_address == "10.2.1.221"
