@@ -1,6 +1,6 @@
 # The two commands a fresh machine needs are `make lab` and `make test`; each installs what is missing.
 PY := .venv/bin/python
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=10
 
 .PHONY: deps test lab lab-down lab-status bench lint proto
 
