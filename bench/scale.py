@@ -12,8 +12,6 @@ import statistics
 import time
 from collections.abc import Callable
 
-import dns.message
-import dns.query
 import dns.rdatatype
 
 from backend.lab.coredns import GRPC_TEMPLATE
@@ -46,10 +44,9 @@ def objects(n: int) -> tuple[list[Obj], list[Obj], list[Obj]]:
     return services, slices, gslbs
 
 
-def ask(server: str, name: str, rtype: str = "A") -> list[str]:
-    host, _, port = server.rpartition(":")
-    reply = dns.query.udp(dns.message.make_query(name, rtype), host, port=int(port), timeout=1)
+def addresses(server: str, name: str, rtype: str = "A") -> list[str]:
     want = dns.rdatatype.from_text(rtype)
+    reply = dataset.ask(server, name, rtype)
     return sorted(rd.to_text() for rr in reply.answer if rr.rdtype == want for rd in rr)
 
 
@@ -93,12 +90,12 @@ def run(bed: Bed, n: int = 10_000, trials: int = 20) -> dict[str, object]:
     rss_ready = rss_bytes(pid)
     cpu_ready = cpu_seconds(pid)
     last = n - 1
-    complete = (ask(server, f"s-{last}.{dataset.ZONE}") == [lb_ip(last)]
-                and bool(ask(server, f"g-{last}.{dataset.GSLB_ZONE}")))
+    complete = (addresses(server, f"s-{last}.{dataset.ZONE}") == [lb_ip(last)]
+                and bool(addresses(server, f"g-{last}.{dataset.GSLB_ZONE}")))
     print(f"  backend ready (/readyz 200) {sync:.1f} s after start, RSS {rss_ready / 2**20:.0f} MiB, "
           f"CPU {cpu_ready:.1f} s; the last Service and Gslb answer at once: {complete}", flush=True)
-    wait_for(lambda: ask(server, f"s-{last}.{dataset.ZONE}") == [lb_ip(last)]
-             and bool(ask(server, f"g-{last}.{dataset.GSLB_ZONE}")),
+    wait_for(lambda: addresses(server, f"s-{last}.{dataset.ZONE}") == [lb_ip(last)]
+             and bool(addresses(server, f"g-{last}.{dataset.GSLB_ZONE}")),
              what="the last Service and Gslb answering", timeout=120, watch=[backend.process])
     all_served = time.monotonic() - t0
 
@@ -111,7 +108,7 @@ def run(bed: Bed, n: int = 10_000, trials: int = 20) -> dict[str, object]:
             new = lb_ip(i, 1 + k)
             service_trials.append(trial(
                 lambda svc=svc, new=new: api.patch_status(svc, {"loadBalancer": {"ingress": [{"ip": new}]}}),
-                lambda i=i, new=new: ask(server, f"s-{i}.{dataset.ZONE}") == [new]))
+                lambda i=i, new=new: addresses(server, f"s-{i}.{dataset.ZONE}") == [new]))
             slc = slices[i]
             host = f"g-{i}.{dataset.GSLB_ZONE}"
             for ready in (False, True):
@@ -119,7 +116,7 @@ def run(bed: Bed, n: int = 10_000, trials: int = 20) -> dict[str, object]:
                     lambda slc=slc, ready=ready: api.patch(
                         slc, {"endpoints": [{"addresses": slc["endpoints"][0]["addresses"],
                                              "conditions": {"ready": ready}}]}),
-                    lambda host=host, ready=ready: bool(ask(server, host)) == ready))
+                    lambda host=host, ready=ready: bool(addresses(server, host)) == ready))
     result = {
         "services": n,
         "gslbs": n,
