@@ -22,6 +22,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import dns.exception
 import dns.flags
 import dns.message
 import dns.query
@@ -33,6 +34,7 @@ from backend.lab.kube import ControlPlane, Etcd, Pki
 from backend.lab.lbpool import LbPool
 from backend.lab.proc import free_loopback_ip
 from backend.lab.sidecar import DnsStack
+from backend.peers import shards
 
 ZONE, EDGE_ZONE = "gb.foowidgets.k8s", "foowidgets.k8s"
 INGRESS = {"us-buf": "10.2.1.167", "us-nyc": "10.2.1.98"}
@@ -48,6 +50,27 @@ def addresses(server: str, name: str) -> tuple[str, ...]:
     except dns.exception.Timeout:
         return ()
     return tuple(sorted(rd.address for rrset in reply.answer for rd in rrset if hasattr(rd, "address")))
+
+
+def index(server: str) -> str:
+    """A cluster's localtargets index (backend/peers/shards.py): it moves with every health change."""
+    query = dns.message.make_query(shards.index_name(ZONE), "TXT")
+    query.flags &= ~dns.flags.RD
+    try:
+        return dns.query.udp(query, server, port=53, timeout=0.5).to_text()
+    except dns.exception.Timeout:
+        return ""
+
+
+def settle(servers: list[str], quiet: float = 3.0, timeout: float = 180.0) -> None:
+    """Wait until no cluster's index has moved for `quiet` seconds (start-up of many Gslbs takes a while)."""
+    deadline = time.monotonic() + timeout
+    last, since = [index(s) for s in servers], time.monotonic()
+    while time.monotonic() - since < quiet and time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = [index(s) for s in servers]
+        if now != last:
+            last, since = now, time.monotonic()
 
 
 def counter(http: str, metric: str, **labels: str) -> float:
@@ -115,6 +138,7 @@ def main() -> None:
         last = demo.HOST if not a.hosts else f"fe-{a.hosts - 1}.{ZONE}"
         while addresses(nyc, last) != ("10.2.1.167",) and time.monotonic() < deadline:
             time.sleep(0.1)
+        settle([buf, nyc])
 
         remote, exchange = [], []
         for i in range(a.trials):
@@ -137,15 +161,19 @@ def main() -> None:
             exchange.append(max(0.0, t_remote - t_local))
             print(f"trial {i:2d} replicas={replicas}: local {t_local - t0:.3f}s, remote {t_remote - t0:.3f}s",
                   flush=True)
-            time.sleep(0.5)
+            settle([buf, nyc], quiet=1.0)
 
         nyc_http, buf_http = stacks["us-nyc"].backend.http, stacks["us-buf"].backend.http
         fetches = counter(nyc_http, "coredns_gslb_peer_fetch_seconds_count")
         fetch_seconds = counter(nyc_http, "coredns_gslb_peer_fetch_seconds_sum")
-        time.sleep(2)
+        settle([buf, nyc])
         before = counter(nyc_http, "coredns_gslb_queries_total")
         edge_before = counter(buf_http, "coredns_gslb_peer_queries_total", kind="resolve")
+        kinds = ("index", "shards", "soa", "localtargets", "notify")
+        sent_before = {k: counter(buf_http, "coredns_gslb_peer_queries_total", kind=k) for k in kinds}
         time.sleep(a.idle_seconds)
+        sent = {k: round((counter(buf_http, "coredns_gslb_peer_queries_total", kind=k) - sent_before[k])
+                         / a.idle_seconds, 2) for k in kinds}
         idle_qps = (counter(nyc_http, "coredns_gslb_queries_total") - before) / a.idle_seconds
         edge_qps = (counter(buf_http, "coredns_gslb_peer_queries_total", kind="resolve") - edge_before) \
             / a.idle_seconds
@@ -161,6 +189,7 @@ def main() -> None:
             "nyc_refetch_mean_s": round(fetch_seconds / max(fetches, 1), 3),
             "idle_peer_qps_received": round(idle_qps, 2),
             "idle_edge_qps_for_resolution": round(edge_qps, 3),
+            "idle_exchange_qps_sent_by_kind": sent,
         }
         print(json.dumps(summary, indent=2))
     finally:

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import dns.asyncquery
@@ -43,6 +43,7 @@ RESOLVE_RETRY = 5.0  # ... and a failing peer's at most this often
 FETCH_CONCURRENCY = 16
 NOTIFY_RECHECKS = (0.02, 0.04, 0.08, 0.16, 0.32)  # delays between rechecks after a NOTIFY
 MIN_GAP = 0.02  # at most 50 polls a second per peer and zone, however many NOTIFYs arrive
+NOTIFY_GAP = 0.1  # we send at most 10 NOTIFY rounds a second per zone
 RTYPES = ("A", "AAAA")
 
 Snapshot = Mapping[str, tuple[Endpoint, ...]]
@@ -124,7 +125,8 @@ class PeerExchange:
         self._local: dict[str, frozenset[tuple[str, str, tuple[Target, ...]]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._local_changed = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._notifying: dict[GslbZone, bool] = {}  # zone -> another NOTIFY round is wanted
+        self._tasks: set[asyncio.Task[None]] = set()  # the loop holds tasks weakly
 
     # --- inputs -------------------------------------------------------------------------------
 
@@ -178,16 +180,31 @@ class PeerExchange:
             if targets != self._local.get(gz.dns_zone):
                 self._local[gz.dns_zone] = targets
                 if notify:
-                    self._spawn(self._notify_peers(gz))
+                    self._notify_soon(gz)
         self.store.replace(INDEX_KEY, [
             ep for gz in self.settings.gslb_zones
             for ep in shards.publication(self._local[gz.dns_zone], gz.dns_zone, LOCALTARGETS,
                                          self.settings.dns_ttl_seconds)])
 
-    def _spawn(self, coro: Coroutine[None, None, None]) -> None:
-        task = asyncio.ensure_future(coro)
+    def _notify_soon(self, gz: GslbZone) -> None:
+        """NOTIFY at once, then at most every NOTIFY_GAP while changes keep coming (a Deployment
+        backing hundreds of hosts flips them one by one: one NOTIFY round, not hundreds)."""
+        if gz in self._notifying:
+            self._notifying[gz] = True
+            return
+        self._notifying[gz] = False
+        task = asyncio.ensure_future(self._notify_rounds(gz))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _t: self._notifying.pop(gz, None))
+
+    async def _notify_rounds(self, gz: GslbZone) -> None:
+        while True:
+            await self._notify_peers(gz)
+            await asyncio.sleep(NOTIFY_GAP)
+            if not self._notifying.get(gz):
+                return
+            self._notifying[gz] = False
 
     async def _poll_loop(self, pz: PeerZone) -> None:
         """Poll every peer_poll_seconds. After a NOTIFY, recheck soon while the version stands still:
