@@ -121,6 +121,18 @@ def _throughput(t: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _sweep(t: dict[str, Any]) -> list[str]:
+    rows = t.get("b_grpc_rate_sweep") or []
+    half = t.get("b_grpc_half_rate")
+    if not rows or not half:
+        return []
+    rows = [*rows, half]
+    return ["(b)'s latency at fixed rates below its peak (one round each; 50% is the goal's run):", "",
+            "| rate q/s | p50 ms | p99 ms | CPU µs/query: backend | CoreDNS |", "|---:|---:|---:|---:|---:|",
+            *(f"| {float(r['qps']):,.0f} | {_ms(r['p50_ms'])} | {_ms(r['p99_ms'])} | {_cpu(r, 'backend')} | "
+              f"{_cpu(r, 'coredns')} |" for r in rows), ""]
+
+
 def _cost(t: dict[str, Any]) -> str:
     """The qps ratio that CPU cost alone predicts: robust to other load, unlike queries/s."""
     a, b, c = (_servers_cpu(t[k]) for k in ("a_file", "b_grpc", "c_grpc_cache"))
@@ -235,6 +247,7 @@ def render(res: dict[str, Any]) -> str:
             "",
             _cost(t),
             "",
+            *_sweep(t),
             "Query mix (dnsperf input, shuffled, fixed seed; (a), (b) and (c) are checked to give the same "
             "rcode and record set for every question before measuring):",
             "",
