@@ -25,6 +25,11 @@ def _share(rows: list[list[Any]], prefix: str) -> float | None:
     return next((tot for fn, _own, tot in rows if fn.startswith(prefix)), None)
 
 
+def _busy(r: dict[str, Any], cores: int) -> float:
+    """Share of the machine the whole chain (load generator included) used during a run."""
+    return sum((r.get("cpu_us_per_query") or {}).values()) * float(r["qps"]) / 1e6 / cores
+
+
 def _notes(res: dict[str, Any]) -> list[str]:
     """Where the time goes, computed from this run's figures (so it never disagrees with the tables)."""
     out = ["## Where the time goes", ""]
@@ -53,10 +58,14 @@ def _notes(res: dict[str, Any]) -> list[str]:
                 f"needs it, so a Corefile that keeps it off ExternalDNS-only zones gains {gain:.1f}x here.")
         half, ctl = t.get("b_grpc_half_rate"), t.get("a_file_same_rate")
         if half and ctl:
+            cores = (res.get("machine") or {}).get("cores") or 2
+            busy = {k: _busy(r, cores) for k, r in (("b", half), ("a", ctl))}
             out.append(
-                f"- At half of (b)'s peak, (b)'s p99 is {half['p99_ms']:.2f} ms; CoreDNS's own `file` "
-                f"plugin at the same rate has p99 {ctl['p99_ms']:.2f} ms, the tail this machine gives "
-                "any server at that load; the difference is the grpc hop's extra work per query.")
+                f"- At half of (b)'s peak, (b)'s p99 is {half['p99_ms']:.2f} ms; CoreDNS's `file` plugin at "
+                f"the same rate has p99 {ctl['p99_ms']:.2f} ms. The tail follows the load (the sweep): at a "
+                "fixed rate each query costs more than at the peak (fewer replies share a wake-up and a "
+                f"write), so dnsperf + CoreDNS + backend keep the {cores} cores {busy['b']:.0%} busy for (b) "
+                f"against {busy['a']:.0%} for (a), and queueing grows the tail.")
         cached = t["c_grpc_cache"]["cpu_us_per_query"]["backend"]
         out.append(
             f"- (c): with `cache` the backend is asked about once per TTL per name ({cached:.1f} µs "
