@@ -1,4 +1,4 @@
-"""`coredns-gslb serve | lab up|down | explain NAME | edge leave`: one entry point, each verb in its own module.
+"""`coredns-gslb serve | lab up|down | explain NAME | edge leave`: one entry point, a module per verb.
 
 Verbs import their module lazily so `lab down` works even where the serving dependencies are broken.
 """

@@ -71,10 +71,14 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="coredns-gslb serve", description="Serve DNS answers to CoreDNS's grpc plugin.")
+    p = argparse.ArgumentParser(
+        prog="coredns-gslb serve", description="Serve DNS answers to CoreDNS's grpc plugin."
+    )
     p.add_argument("--zones", default=_env("ZONES", ""), help="ExternalDNS-style zones, comma-separated")
     p.add_argument("--dns-zone", default=_env("DNS_ZONE", ""), help="k8gb dnsZone(s), comma-separated")
-    p.add_argument("--edge-dns-zone", default=_env("EDGE_DNS_ZONE", ""), help="k8gb edgeDNSZone(s), one per dnsZone")
+    p.add_argument(
+        "--edge-dns-zone", default=_env("EDGE_DNS_ZONE", ""), help="k8gb edgeDNSZone(s), one per dnsZone"
+    )
     p.add_argument("--edge-dns-servers", default=_env("EDGE_DNS_SERVERS", ""), help="host[:port],...")
     p.add_argument("--cluster-geo-tag", default=_env("CLUSTER_GEO_TAG", ""))
     p.add_argument("--ext-gslb-clusters-geo-tags", default=_env("EXT_GSLB_CLUSTERS_GEO_TAGS", ""))
@@ -100,7 +104,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--txt-owner-id", default=_env("TXT_OWNER_ID", ""),
                    help="ExternalDNS owner id in the edge's TXT registry (default: the cluster geotag)")
     p.add_argument("--tsig-key-file", default=_env("TSIG_KEY_FILE"), help="BIND key file; never a flag value")
-    p.add_argument("--tsig-secret", default=_env("TSIG_SECRET"), help="namespace/name of a Secret with the key")
+    p.add_argument(
+        "--tsig-secret", default=_env("TSIG_SECRET"), help="namespace/name of a Secret with the key"
+    )
     return p
 
 

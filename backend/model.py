@@ -23,7 +23,8 @@ class ObjectRef:
     api_version: str = "v1"
 
     def __str__(self) -> str:
-        return f"{self.kind.lower()}/{self.namespace}/{self.name}" if self.namespace else self.kind.lower() + "/" + self.name
+        scope = f"{self.namespace}/" if self.namespace else ""
+        return f"{self.kind.lower()}/{scope}{self.name}"
 
 
 @dataclass(frozen=True, slots=True)
