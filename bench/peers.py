@@ -57,9 +57,10 @@ def index(server: str) -> str:
     query = dns.message.make_query(shards.index_name(ZONE), "TXT")
     query.flags &= ~dns.flags.RD
     try:
-        return dns.query.udp(query, server, port=53, timeout=0.5).to_text()
+        reply = dns.query.udp(query, server, port=53, timeout=0.5)
     except dns.exception.Timeout:
         return ""
+    return " ".join(rrset.to_text() for rrset in reply.answer)
 
 
 def settle(servers: list[str], quiet: float = 3.0, timeout: float = 180.0) -> None:
