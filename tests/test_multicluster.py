@@ -144,6 +144,12 @@ def test_two_clusters_delegate_and_fail_over_through_the_edge(clusters) -> None:
     until(lambda: f"delegation {EDGE_ZONE} in sync" in buf.readyz(), "the restarted updater's check", cs)
     assert edge_serial(edge) == serial, "a restarted updater must not change the edge zone"
 
+    drift = dns.update.UpdateMessage(EDGE_ZONE, keyring=edge.keyring(), keyalgorithm=dns.tsig.HMAC_SHA256)
+    drift.delete(ZONE + ".", "NS", ns_name("us-buf") + ".")
+    dns.query.tcp(drift, edge.host, port=edge.port, timeout=5)
+    assert edge_ns_set(edge) == [ns_name("us-nyc")]
+    until(lambda: edge_ns_set(edge) == both, "the periodic check repairs the NS set", cs)
+
     buf.stack.stop()
     run = subprocess.run([str(PYTHON), "-m", "backend.cli", "edge", "leave", *buf.flags], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
