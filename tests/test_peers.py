@@ -411,3 +411,15 @@ def test_failover_with_three_clusters_takes_the_primary_while_it_has_targets_any
     assert plan(FAILOVER, (buf, nyc, sfo)).variants == [(buf,)]
     assert sorted(plan(FAILOVER, (nyc, sfo)).variants[0], key=lambda t: t.geotag) == [nyc, sfo]
     assert plan(FAILOVER, (sfo,)).variants == [(sfo,)]
+
+
+@asynchronous
+async def test_peer_records_carry_our_gslbs_strategy_and_ttl() -> None:
+    """The zone merges per (name, type): a peer's AAAA for a host we serve over IPv4 only must still be
+    answered by the Gslb's strategy and TTL."""
+    with rig() as r:
+        publish(r.peer, {HOST: ["10.2.1.98", "2001:db8::98"]})
+        await r.poll()
+        peer = r.store.snapshot()[1]["peer/us-nyc"]
+        assert {(ep.rtype, ep.ttl, ep.strategy) for ep in peer} == {("A", 30, FAILOVER),
+                                                                    ("AAAA", 30, FAILOVER)}

@@ -30,7 +30,7 @@ import dns.opcode
 
 from backend import metrics
 from backend.config import GslbZone, Settings
-from backend.model import Endpoint, Store, Target
+from backend.model import Endpoint, Store, Strategy, Target
 from backend.peers import shards
 from backend.peers.query import QueryError, Server, ask, parse_server, rdata_texts, txt_strings
 
@@ -72,13 +72,17 @@ def in_zone(name: str, zone: str) -> bool:
     return name == zone or name.endswith("." + zone)
 
 
-def local_hosts(by_key: Snapshot, zone: str) -> tuple[str, ...]:
-    """Our GSLB hosts in `zone`: names the GSLB engine publishes with a strategy."""
-    return tuple(sorted({
-        ep.name for key, eps in by_key.items() if key.startswith("gslb/") for ep in eps
+HostPolicy = tuple[int | None, Strategy]  # the TTL and strategy our Gslb gives a host
+
+
+def local_hosts(by_key: Snapshot, zone: str) -> dict[str, HostPolicy]:
+    """Our GSLB hosts in `zone` (names the GSLB engine publishes with a strategy), with their policy."""
+    return {
+        ep.name: (ep.ttl, ep.strategy)
+        for key in sorted(by_key) if key.startswith("gslb/") for ep in by_key[key]
         if ep.strategy is not None and ep.source is not None and ep.source.kind == "Gslb"
         and in_zone(ep.name, zone)
-    }))
+    }
 
 
 def local_targets(by_key: Snapshot, zone: str) -> frozenset[tuple[str, str, tuple[Target, ...]]]:
@@ -122,6 +126,7 @@ class PeerExchange:
         tags = dict.fromkeys(t for t in settings.ext_gslb_clusters_geotags if t != settings.cluster_geotag)
         self.peers = {tag: [PeerZone(tag, z) for z in settings.gslb_zones] for tag in tags}
         self._hosts: dict[str, tuple[str, ...]] = {}
+        self._policy: dict[str, HostPolicy] = {}
         self._local: dict[str, frozenset[tuple[str, str, tuple[Target, ...]]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._local_changed = asyncio.Event()
@@ -171,8 +176,11 @@ class PeerExchange:
     def _refresh_local(self, *, notify: bool) -> None:
         """Track our hosts and localtargets; publish their index; NOTIFY peers when they change."""
         _, by_key = self.store.snapshot()
+        policy: dict[str, HostPolicy] = {}
         for gz in self.settings.gslb_zones:
-            hosts = local_hosts(by_key, gz.dns_zone)
+            zone_policy = local_hosts(by_key, gz.dns_zone)
+            policy.update(zone_policy)
+            hosts = tuple(sorted(zone_policy))
             if hosts != self._hosts.get(gz.dns_zone):
                 self._hosts[gz.dns_zone] = hosts
                 self._wake_zone(gz.dns_zone)
@@ -181,6 +189,10 @@ class PeerExchange:
                 self._local[gz.dns_zone] = targets
                 if notify:
                     self._notify_soon(gz)
+        if policy != self._policy:
+            self._policy = policy
+            for geotag in self.peers:
+                self._publish(geotag)
         self.store.replace(INDEX_KEY, [
             ep for gz in self.settings.gslb_zones
             for ep in shards.publication(self._local[gz.dns_zone], gz.dns_zone, LOCALTARGETS,
@@ -266,11 +278,16 @@ class PeerExchange:
         return moved
 
     def _publish(self, geotag: str) -> None:
+        """The peer's targets under `peer/<geotag>`, with our own Gslb's TTL and strategy for the host:
+        the zone merges per (name, type), and a peer's AAAA for a host we serve over IPv4 only must
+        still be answered by that strategy and TTL, not as a plain record."""
         zones = self.peers[geotag]
-        endpoints = [
-            Endpoint(host, rtype, tuple(Target(v, geotag) for v in values))
-            for pz in zones for (host, rtype), values in sorted(pz.targets.items())
-        ]
+        endpoints = []
+        for pz in zones:
+            for (host, rtype), values in sorted(pz.targets.items()):
+                ttl, strategy = self._policy.get(host, (None, None))
+                endpoints.append(Endpoint(host, rtype, tuple(Target(v, geotag) for v in values), ttl=ttl,
+                                          strategy=strategy))
         self.store.replace(f"peer/{geotag}", endpoints)
         metrics.PEER_RECORDS.labels(geotag).set(len(endpoints))
         metrics.PEER_UP.labels(geotag).set(int(all(not pz.error and pz.last_ok is not None for pz in zones)))
