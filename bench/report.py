@@ -84,14 +84,16 @@ def _notes(res: dict[str, Any]) -> list[str]:
         compiling, writing = _share(rows, "Compiler._compile"), _share(rows, "Controller._write_status")
         c = s["change_to_answer_all"]
         if compiling is not None:
+            also = f", {writing:.0f}% the leader writing Gslb statuses" if writing and writing >= 1 else ""
             out.append(
                 f"- Change -> answer with {s['services']:,} + {s['gslbs']:,} objects (p50 "
                 f"{c['p50_ms']} ms): {compiling:.0f}% of the backend's samples during the trials are "
                 "the full recompile of the answer table per change (`compile_table`: `merge` over "
-                f"every Endpoint, then `Table._add` per name), {writing or 0:.0f}% the leader writing "
-                "Gslb statuses. The compile is O(all names) per change even with `previous=`; "
-                "compiling only the names whose Store keys changed (a change log in the Store, a "
-                "name -> keys index) would make it O(change).")
+                f"every Endpoint, then `Table._add` per name){also}. The compile is O(all names) per "
+                "change even with `previous=`; compiling only the names whose Store keys changed (a "
+                "change log in the Store, a name -> keys index, copy-on-write nodes) would make it "
+                "O(change): grouping 30,000 Endpoints by name and comparing them with the previous "
+                "table's takes about 25 ms on this machine, against 0.3-0.45 s CPU for a full compile.")
     return [*out, ""]
 
 
@@ -170,8 +172,8 @@ def _goals(res: dict[str, Any]) -> list[str]:
         row("backend RSS with all of them", "< 500 MB", f"{s['rss_mib_after_trials']} MiB",
             s["rss_mib_after_trials"] * 2**20 < 500e6)
         c = s["change_to_answer_all"]
-        row("change -> answer p99, everything loaded", "< 1 s", f"{c['p99_ms']} ms ({c['trials']} trials)",
-            c["p99_ms"] < 1000)
+        row("change -> answer p99, everything loaded (backend idle)", "< 1 s",
+            f"{c['p99_ms']} ms ({c['trials']} trials)", c["p99_ms"] < 1000)
     return ["| goal | target | measured | |", "|---|---|---|---|", *rows] if rows else []
 
 
@@ -198,15 +200,18 @@ def _scale(s: dict[str, Any]) -> list[str]:
         ("backend CPU until ready", f"{s['backend_cpu_seconds_to_ready']} s"),
         ("backend RSS at ready / after the trials",
          f"{s['rss_mib_at_ready']} / {s['rss_mib_after_trials']} MiB"),
-        ("change -> answer, Service LB IP patched", _trials(s["change_to_answer_service"])),
-        ("change -> answer, GSLB host health flipped (EndpointSlice ready)",
+        ("change -> answer once idle, Service LB IP patched", _trials(s["change_to_answer_service"])),
+        ("change -> answer once idle, GSLB host health flipped (EndpointSlice ready)",
          _trials(s["change_to_answer_gslb_health"])),
-        ("change -> answer, all trials", _trials(s["change_to_answer_all"])),
+        ("change -> answer once idle, all trials", _trials(s["change_to_answer_all"])),
+        ("start-up work done (backend idle) after", f"{s.get('backend_idle_after_seconds')} s"),
+        ("change -> answer right after /readyz, during that start-up work",
+         _trials(s["startup_change_to_answer_all"]) if s.get("startup_change_to_answer_all") else "-"),
         ("kube-apiserver RSS", f"{s['apiserver_rss_mib']} MiB"),
     ]
     lines = ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
     if s.get("profile_during_trials"):
-        lines += ["", "Where the backend spent its time during the trials (py-spy, all threads):", "",
+        lines += ["", "The backend's time during the trials once idle (py-spy, all threads):", "",
                   *_profile_table(s["profile_during_trials"][:12])]
     return lines
 
