@@ -157,7 +157,7 @@ class Explainer:
                 "targets": self._targets(merged, gslb, rtype),
                 "answers": _answers(merged),
                 "served": self.served(name, rtype),
-                "why": why(merged.strategy, merged.targets, self.settings.negative_ttl) if merged.sources
+                "why": why(merged.strategy, merged.targets, self.settings.negative_ttl) if producers
                 else "the zone's own record (apex SOA and NS, or this server's glue)",
             })
         out["gslb"] = gslb

@@ -73,6 +73,14 @@ def test_report_merges_producers_and_says_refused_or_nxdomain() -> None:
                                   "origin": "peer"}]
     assert "from Gslb demo/gslb-failover-buf" in render(report)
 
+    nyc6 = Target("fd00::98", "us-nyc")  # a peer-only AAAA carries our Gslb's strategy (peers/exchange.py)
+    store.replace("peer/us-nyc", [Endpoint("fe.gb.foowidgets.k8s", "A", (NYC,)),
+                                  Endpoint("fe.gb.foowidgets.k8s", "AAAA", (nyc6,), 30,
+                                           strategy=Strategy("failover", "us-buf"))])
+    aaaa = explainer.report("fe.gb.foowidgets.k8s")["records"][1]
+    assert aaaa["why"] == "failover: primary us-buf has no healthy target -> answering us-nyc's fd00::98"
+    assert explainer.report("gb.foowidgets.k8s")["records"][0]["why"].startswith("the zone's own record")
+
     assert explainer.report("x.apps.foowidgets.k8s")["wildcard"] == "*.apps.foowidgets.k8s"
     assert explainer.report("nope.foowidgets.k8s")["rcode"] == "NXDOMAIN"
     assert explainer.report("nope.foowidgets.k8s")["served"]["rcode"] == "NXDOMAIN"
