@@ -10,7 +10,8 @@ deps:
 proto: deps
 	$(PY) -m backend.proto.build
 
-test: deps
+# Lint first: a style slip fails in seconds, not after the suite.
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: deps
