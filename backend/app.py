@@ -34,7 +34,7 @@ from backend.server import DnsServer
 from backend.sources import kubeapi
 from backend.sources.informer import DNSENDPOINTS, ENDPOINTSLICES, INGRESSES, SERVICES, Informer, Resource
 from backend.sources.producer import ExternalDnsSources
-from backend.zone.table import compile_table, next_serial
+from backend.zone.table import Recompiler, next_serial
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,7 @@ class Compiler:
         self._dirty = threading.Event()
         self._stop = threading.Event()
         self._reported: set[tuple[ObjectRef, str]] = set()
+        self._recompiler = Recompiler(ctx.settings, ctx.geo)
         self._thread = threading.Thread(target=self._run, name="compiler", daemon=True)
 
     def poke(self, _version: int = 0) -> None:
@@ -149,12 +150,10 @@ class Compiler:
     def _compile(self) -> None:
         self._dirty.clear()
         version, by_key = self.ctx.store.snapshot()
-        endpoints = [ep for eps in by_key.values() for ep in eps]
         self.serial = next_serial(self.serial)
         start = time.perf_counter()
         try:
-            table = compile_table(self.ctx.settings, endpoints, self.serial, self.ctx.geo,
-                                  previous=self.ctx.server.table)
+            table = self._recompiler.compile(by_key, self.serial)
         except Exception:  # keep serving the previous table; the next change retries
             log.exception("compiling store version %d failed", version)
             return

@@ -23,7 +23,7 @@ import dns.rdatatype
 
 from backend.config import Settings
 from backend.gslb.strategy import GeoLookup, plan
-from backend.model import Endpoint, ObjectRef
+from backend.model import Endpoint, ObjectRef, normalize_name
 from backend.zone import wire
 from backend.zone.encode import (
     BadData,
@@ -127,11 +127,11 @@ class _Zone:
 
 
 class _Node:
-    __slots__ = ("answers", "any_type", "cut", "default", "key", "lazy", "rrsets", "zone")
+    __slots__ = ("answers", "any_type", "apex", "cut", "default", "key", "lazy", "rrsets")
 
     def __init__(self, key: bytes, zone: _Zone) -> None:
         self.key = key  # lowercase wire name
-        self.zone = zone
+        self.apex = zone.apex  # not the _Zone: a node outlives its table's zones (and their SOA serial)
         self.rrsets: dict[int, _RRset] = {}
         self.cut: _Node | None = None  # the delegation this node is at or below
         self.any_type = 0  # the RRset an ANY query gets (RFC 8482), 0: none
@@ -198,6 +198,8 @@ class Table:
         self._geo: GeoLookup | None = None
         # name -> (merged input, its node, records, rejections): lets the next compile reuse the work
         self._inputs: dict[str, tuple[dict[str, Merged], _Node, int, list[Conflict]]] = {}
+        self._present: set[int] = {T_ANY}  # every type some node holds
+        self._cnames: list[bytes] = []  # CNAME nodes outside delegations: their answers read other nodes
 
     @classmethod
     def not_ready(cls, settings: Settings) -> Table:
@@ -271,15 +273,15 @@ class Table:
         qlen = qend - 12
         node = self._nodes.get(key)
         if node is not None:
-            ans = node.answers.get(qtype) or node.default or node.zone.negative(NOERROR, qlen)
-            zone = node.zone
+            zone = self._zones[node.apex]
+            ans = node.answers.get(qtype) or node.default or zone.negative(NOERROR, qlen)
         else:
             ce, pos = self._closest(key)
             if ce is None:
                 if not self.ready and (zone := self._zone_for(key)) is not None:
                     return self._bare(req, q_end, SERVFAIL, edns), zone.name, qtype
                 return self._bare(req, q_end, REFUSED, edns), "", qtype
-            zone = ce.zone
+            zone = self._zones[ce.apex]
             ans = self._miss(ce, key, pos, qtype, qlen)
         if qtype in (T_AXFR, T_IXFR):
             return self._bare(req, q_end, REFUSED, edns, aa=False), zone.name, qtype
@@ -345,10 +347,10 @@ class Table:
             return self._lazy(ce, _REFERRAL, qlen, ce.key)
         wild = self._nodes.get(b"\x01*" + key[pos:])
         if wild is None:
-            return ce.zone.negative(NXDOMAIN, qlen)
+            return self._zones[ce.apex].negative(NXDOMAIN, qlen)
         kind = qtype if qtype in wild.answers else _OTHER
         if kind == _OTHER and wild.default is None:
-            return ce.zone.negative(NOERROR, qlen)
+            return self._zones[ce.apex].negative(NOERROR, qlen)
         return self._lazy(wild, kind, qlen, ce.key)
 
     def _lazy(self, node: _Node, kind: int, qlen: int, anchor: bytes) -> _Answer:
@@ -376,7 +378,7 @@ class Table:
                 return _Recipe(answer=answer)
             cname = cur.rrsets.get(T_CNAME)
             if cname is None:
-                return _Recipe(answer=answer, authority=self._soa(cur.zone))
+                return _Recipe(answer=answer, authority=self._soa(self._zones[cur.apex]))
             answer.append((owner, cname))
             owner = _names(cname.variants[0][0])[0]
             nxt = self._find(owner)
@@ -412,7 +414,7 @@ class Table:
                 return None
             node = None if ce.cut else self._nodes.get(b"\x01*" + key[pos:])
             if node is None:
-                return None if ce.cut else ce.zone
+                return None if ce.cut else self._zones[ce.apex]
         return None if node.cut else node
 
     def _add(self, name: str, zone: _Zone, types: dict[str, Merged], previous: Table | None) -> None:
@@ -481,23 +483,80 @@ class Table:
             types = sorted(node.rrsets)
             node.any_type = T_CNAME if T_CNAME in node.rrsets else (types[0] if types else 0)
             cur: _Node | None = node
-            while cur is not None and cur.key != cur.zone.apex:
+            while cur is not None and cur.key != cur.apex:
                 if T_NS in cur.rrsets:
                     node.cut = cur
                 cur = self._nodes.get(parent(cur.key))
-        present = {t for node in self._nodes.values() for t in node.rrsets} | {T_ANY}
+        self._present = {t for node in self._nodes.values() for t in node.rrsets} | {T_ANY}
         for node in self._nodes.values():
-            qlen = len(node.key)
-            if node.cut is not None or T_CNAME in node.rrsets:
-                node.answers = {}
             if node.cut is not None:
-                node.default = _compile(self._referral(node.cut), node.key, qlen)
+                node.answers = {}
+                node.default = _compile(self._referral(node.cut), node.key, len(node.key))
             elif T_CNAME in node.rrsets:
-                node.answers = {t: _compile(self._recipe(node, t), node.key, qlen) for t in present}
-                node.default = _compile(self._recipe(node, 0), node.key, qlen)
+                self._cnames.append(node.key)
+                self._plain(node)
             elif node.rrsets and not node.answers:
-                node.answers = {t: _compile(self._recipe(node, t), node.key, qlen) for t in node.rrsets}
-                node.answers[T_ANY] = node.answers[node.any_type]
+                self._plain(node)
+
+    def _patched(self, serial: int, changed: dict[str, dict[str, Merged]],
+                 settings: Settings) -> Table | None:
+        """This table with the names in `changed` recompiled and a new serial, sharing every other
+        node; None when the change reaches beyond its own names (a new, deleted, CNAME, NS, SOA or
+        wildcard name, or a type no name had), which the caller answers with a full compile."""
+        if not self.ready or any(
+            name not in self._inputs or not types or name.startswith("*.")
+            or not set(types) <= _PLAIN or self._inputs[name][1].cut is not None
+            or not {dns.rdatatype.from_text(t) for t in types} <= self._present
+            or not set(self._inputs[name][0]) <= _PLAIN
+            for name, types in changed.items()
+        ):
+            return None
+        table = Table(settings, serial)
+        table._geo = self._geo
+        table._nodes = dict(self._nodes)
+        table._inputs = dict(self._inputs)
+        table._present = self._present
+        table._cnames = self._cnames
+        table.records = self.records
+        apexes, _ = merge(settings, (), serial)
+        changed = dict(changed)
+        for zone in table._zones.values():
+            types = changed.get(zone.name, self._inputs[zone.name][0])
+            changed[zone.name] = {**types, "SOA": apexes[zone.name]["SOA"]}
+        dropped = {c for name in changed for c in self._inputs[name][3]}
+        table.conflicts = [c for c in self.conflicts if c not in dropped]
+        for name, types in changed.items():
+            _, old, records, _ = table._inputs[name]
+            table.records -= records
+            node = table._nodes[old.key] = _Node(old.key, table._zones[old.apex])
+            before = len(table.conflicts)
+            records = table._parse(node, name, types)
+            table.records += records
+            table._inputs[name] = (types, node, records, table.conflicts[before:])
+            table._plain(node)
+        for zone in table._zones.values():
+            zone.soa = table._nodes[zone.apex].rrsets.get(T_SOA)
+        for key in table._cnames:  # their chains may end in a changed name or a negative with our SOA
+            old = table._nodes[key]
+            node = table._nodes[key] = _Node(key, table._zones[old.apex])
+            node.rrsets, node.cut = old.rrsets, old.cut
+            table._plain(node)
+        return table
+
+    def _plain(self, node: _Node) -> None:
+        """any_type and the precompiled answers of a node that is not below a delegation."""
+        types = sorted(node.rrsets)
+        node.any_type = T_CNAME if T_CNAME in node.rrsets else (types[0] if types else 0)
+        qlen = len(node.key)
+        if T_CNAME in node.rrsets:
+            node.answers = {t: _compile(self._recipe(node, t), node.key, qlen) for t in self._present}
+            node.default = _compile(self._recipe(node, 0), node.key, qlen)
+        elif node.rrsets:
+            node.answers = {t: _compile(self._recipe(node, t), node.key, qlen) for t in node.rrsets}
+            node.answers[T_ANY] = node.answers[node.any_type]
+
+
+_PLAIN = {"A", "AAAA", "TXT", "SRV", "MX"}  # types whose change stays inside their own name
 
 
 def _names(rd: Rdata) -> tuple[bytes, ...]:
@@ -532,3 +591,66 @@ def compile_table(settings: Settings, endpoints: Iterable[Endpoint], serial: int
         if collecting:
             gc.enable()
     return table
+
+
+class Recompiler:
+    """Compiles Store snapshots one after another, re-merging and re-encoding only the names the
+    changed keys touch; the new table shares every other node with the last one. Anything the
+    patch cannot do alone (see `Table._patched`) and big changes (a relist) take a full compile."""
+
+    FULL_ABOVE = 1000  # touched names beyond which a full compile is cheaper than per-name merges
+
+    def __init__(self, settings: Settings, geo: GeoLookup | None = None) -> None:
+        self.settings = settings
+        self.geo = geo
+        self.full = 0  # full compiles done, for the bench and tests
+        self._by_key: dict[str, tuple[Endpoint, ...]] = {}
+        self._keys: dict[str, set[str]] = {}  # name -> the Store keys with an Endpoint there
+        self._table: Table | None = None  # the table `_by_key` compiled to
+
+    def compile(self, by_key: dict[str, tuple[Endpoint, ...]], serial: int) -> Table:
+        old, last = self._by_key, self._table
+        self._table = None  # until this compile succeeds, the index may not match a table
+        changed = [k for k in old.keys() | by_key.keys() if old.get(k) is not by_key.get(k)
+                   and old.get(k) != by_key.get(k)]
+        touched: set[str] = set()
+        for key in changed:
+            before = {normalize_name(ep.name) for ep in old.get(key, ())}
+            after = {normalize_name(ep.name) for ep in by_key.get(key, ())}
+            for name in before - after:
+                keys = self._keys[name]
+                keys.discard(key)
+                if not keys:
+                    del self._keys[name]
+            for name in after:
+                self._keys.setdefault(name, set()).add(key)
+            touched |= before | after
+        self._by_key = dict(by_key)
+        # a CNAME or SOA leaving a name took a merge conflict with it, which only a full compile drops
+        gone = {ep.rtype.upper() for key in changed for ep in old.get(key, ())}
+        patch = last is not None and not gone & {"CNAME", "SOA"}
+        table = self._patch(last, touched, serial) if last is not None and patch else None
+        if table is None:
+            table = compile_table(self.settings, [ep for eps in by_key.values() for ep in eps], serial,
+                                  self.geo, previous=last)
+            self.full += 1
+        self._table = table
+        return table
+
+    def _patch(self, last: Table, touched: set[str], serial: int) -> Table | None:
+        if len(touched) > self.FULL_ABOVE:
+            return None
+        zones = self.settings.all_zones
+        order = {key: i for i, key in enumerate(self._by_key)}  # the full compile's order of ties
+        changed: dict[str, dict[str, Merged]] = {}
+        for name in touched:
+            if zone_of(name, zones) is None:
+                continue
+            eps = [ep for key in sorted(self._keys.get(name, ()), key=order.__getitem__)
+                   for ep in self._by_key[key]
+                   if normalize_name(ep.name) == name]
+            names, conflicts = merge(self.settings, eps, serial)
+            if conflicts:
+                return None
+            changed[name] = names.get(name, {})
+        return last._patched(serial, changed, self.settings)

@@ -14,7 +14,7 @@ import pytest
 
 from backend.config import GslbZone, Settings
 from backend.model import Endpoint, ObjectRef, Strategy, Target
-from backend.zone.table import Table, compile_table, next_serial
+from backend.zone.table import Recompiler, Table, compile_table, next_serial
 
 SETTINGS = Settings(
     zones=("foowidgets.k8s", "example.org"),
@@ -436,3 +436,59 @@ def test_one_apex_per_zone_and_no_foreign_soa() -> None:
         (soa,) = ask(t, zone, "SOA").answer
         assert len(soa) == 1 and soa[0].serial == 7
     assert [ref for ref, _ in t.conflicts] == [SVC]
+
+
+def _same_answers(fresh: Table, patched: Table) -> None:
+    names = {"foowidgets.k8s", "gb.foowidgets.k8s", "example.org", "nope.foowidgets.k8s",
+             "x.wild.foowidgets.k8s", "ent.foowidgets.k8s", "x.sub.foowidgets.k8s",
+             "new.foowidgets.k8s", "app.gb.foowidgets.k8s"}
+    names |= {e.name for e in BASE}
+    types = ["A", "AAAA", "TXT", "MX", "SRV", "NS", "SOA", "CNAME", "ANY"]
+    ecs = [dns.edns.ECSOption("192.0.2.0", 24)]
+    for name in sorted(names):
+        for rtype in types:
+            for kw in ({}, {"use_edns": 0, "options": ecs}):
+                q = dns.message.make_query(name, rtype, **kw).to_wire()
+                assert fresh.answer(q) == patched.answer(q), (name, rtype)
+    assert fresh.records == patched.records
+    assert sorted(fresh.conflicts, key=str) == sorted(patched.conflicts, key=str)
+
+
+def test_recompiler_patches_changed_names_and_matches_a_full_compile() -> None:
+    nyc = ObjectRef("Gslb", "demo", "app")
+    by_key: dict[str, tuple[Endpoint, ...]] = {f"service/k/{i}": (e,) for i, e in enumerate(BASE)}
+    by_key["gslb/demo/app"] = (ep("app.gb.foowidgets.k8s", "A", "10.2.1.167", ttl=30, geotag="us-buf",
+                                  source=nyc, strategy=Strategy("failover", "us-buf")),)
+    by_key["peer/us-nyc"] = (ep("app.gb.foowidgets.k8s", "A", "10.2.1.98", ttl=30, geotag="us-nyc",
+                                source=None),)
+    by_key["peer/eu"] = (ep("app.gb.foowidgets.k8s", "A", "10.2.1.99", ttl=30, geotag="us-nyc", source=None),)
+    other = ObjectRef("Service", "a", "a")
+    steps: list[tuple[dict[str, tuple[Endpoint, ...]], bool]] = [  # (change, patched without a full compile)
+        ({"service/k/0": (ep("nginx.foowidgets.k8s", "A", "172.18.200.7"),)}, True),  # alias follows it
+        ({"peer/us-nyc": (ep("app.gb.foowidgets.k8s", "A", "10.2.1.50", ttl=30, geotag="us-nyc",
+                             source=None),)}, True),
+        ({"peer/eu": ()}, True),  # a peer leaves; the name stays
+        ({"service/k/1": (ep("v6.foowidgets.k8s", "TXT", "now text"),)}, True),
+        ({"service/k/1": ()}, False),  # delete: the name goes
+        ({"service/x": (ep("nginx.foowidgets.k8s", "CNAME", "v6.foowidgets.k8s", source=other),)}, False),
+        ({"service/y": (ep("alias.foowidgets.k8s", "A", "10.9.9.9", source=other),)}, False),  # CNAME loses
+        ({"service/x": ()}, False),
+        ({"service/k/5": (ep("*.wild.foowidgets.k8s", "A", "4.3.2.1"),)}, False),
+        ({"service/k/10": (ep("ns.sub.foowidgets.k8s", "A", "8.8.8.8"),)}, False),
+        ({"service/new": (ep("new.foowidgets.k8s", "A", "1.1.1.1"),)}, False),
+        ({"service/k/7": (ep("mail.foowidgets.k8s", "MX", "20 mx.foowidgets.k8s."),)}, True),
+    ]
+    rc = Recompiler(SETTINGS)
+    serial = 2000000000
+    _same_answers(compile_table(SETTINGS, [e for eps in by_key.values() for e in eps], serial),
+                  rc.compile(by_key, serial))
+    for change, patched in steps:
+        by_key = {**by_key, **change}
+        by_key = {k: v for k, v in by_key.items() if v}
+        serial += 1
+        full = rc.full
+        table = rc.compile(by_key, serial)
+        assert (rc.full == full) == patched, change
+        _same_answers(compile_table(SETTINGS, [e for eps in by_key.values() for e in eps], serial), table)
+        reply = ask(table, "nope.foowidgets.k8s")
+        assert reply.authority[0][0].serial == serial
