@@ -94,16 +94,14 @@ def _notes(res: dict[str, Any]) -> list[str]:
             out.append(
                 f"- Change -> answer with {s['services']:,} + {s['gslbs']:,} objects (p50 "
                 f"{c['p50_ms']} ms): {compiling:.0f}% of the backend's samples during the trials are "
-                "the full recompile of the answer table per change (`compile_table`: `merge` over "
-                f"every Endpoint, then `Table._add` per name){also}. The compile is O(all names) per "
-                "change even with `previous=`; compiling only the names whose Store keys changed (a "
-                "change log in the Store, a name -> keys index, copy-on-write nodes) would make it "
-                "O(change): grouping 30,000 Endpoints by name and comparing them with the previous "
-                "table's takes about 25 ms on this machine, against 0.3-0.45 s CPU for a full compile. "
-                f"The full compile is also why RSS grows from {s['rss_mib_at_ready']} MiB at sync to "
-                f"{s['rss_mib_after_trials']} MiB after the trials: each change builds a whole new table "
-                "beside the old one (both live while it swaps), and CPython most likely keeps the freed "
-                "memory in its arenas.")
+                f"recompiling the answer table (`Compiler._compile`){also}. Since the incremental "
+                "`Recompiler` (130b3e5) a change to an existing name costs milliseconds, but a GSLB "
+                "health flip adds or removes that host's `localtargets-<host>` name, and a new or "
+                "deleted name still takes the full compile (0.3-0.45 s CPU with this many names): "
+                "that is the next thing to make incremental. RSS still grows from "
+                f"{s['rss_mib_at_ready']} MiB at sync to {s['rss_mib_after_trials']} MiB after the "
+                "trials; the full compiles (two tables alive while one swaps) and the leader's status "
+                "writes are the suspects, not yet measured apart.")
     return [*out, ""]
 
 
