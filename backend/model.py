@@ -7,6 +7,7 @@ replaces its whole list at once, so a deleted object is one `Store.replace(key, 
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -62,6 +63,11 @@ class Endpoint:
     ttl: int | None = None  # None: the zone's default
     source: ObjectRef | None = None
     strategy: Strategy | None = None
+
+
+def address_type(address: str) -> str:
+    """"A" or "AAAA" for an IP address; ValueError for anything else."""
+    return "AAAA" if ipaddress.ip_address(address).version == 6 else "A"
 
 
 def normalize_name(name: str) -> str:

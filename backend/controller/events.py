@@ -8,7 +8,6 @@ caller, and a full queue drops the Event rather than stall a watch thread.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import queue
 import threading
@@ -23,10 +22,6 @@ from backend.sources import kubeapi
 log = logging.getLogger(__name__)
 
 _Key = tuple[ObjectRef, str, str, str]
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class EventRecorder:
@@ -51,7 +46,7 @@ class EventRecorder:
     def record(self, ref: ObjectRef, type_: str, reason: str, message: str) -> None:
         """Queue an Event on `ref` (type_ "Normal" or "Warning"); returns at once."""
         try:
-            self._queue.put_nowait(((ref, type_, reason, message), _now()))
+            self._queue.put_nowait(((ref, type_, reason, message), kubeapi.timestamp()))
         except queue.Full:
             log.warning("event queue full, dropping %s %s on %s: %s", type_, reason, ref, message)
 

@@ -8,7 +8,6 @@ between nodes cannot make two leaders.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import threading
 import time
@@ -22,10 +21,6 @@ from backend.sources import kubeapi
 log = logging.getLogger(__name__)
 
 LEASES = ("coordination.k8s.io", "v1", "leases")
-
-
-def _micro_now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class LeaderElector:
@@ -104,7 +99,7 @@ class LeaderElector:
 
     def _try(self) -> bool:
         """One acquire-or-renew round; True if we hold the Lease afterwards."""
-        now = _micro_now()
+        now = kubeapi.timestamp(micro=True)
         try:
             lease = kubeapi.request(self.api, "GET", self._path(self.name), timeout=self.renew_deadline)
         except kubeapi.KubeError as e:
@@ -151,5 +146,5 @@ class LeaderElector:
         spec = lease.setdefault("spec", {})
         if spec.get("holderIdentity") != self.identity:
             return
-        spec.update(holderIdentity="", leaseDurationSeconds=1, renewTime=_micro_now())
+        spec.update(holderIdentity="", leaseDurationSeconds=1, renewTime=kubeapi.timestamp(micro=True))
         kubeapi.request(self.api, "PUT", self._path(self.name), body=lease, timeout=5)

@@ -6,21 +6,17 @@ only a difference, so an idle cluster causes no API writes at all.
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from backend.gslb.engine import GslbResult
 from backend.gslb.health import HEALTHY
 from backend.gslb.strategy import plan
 from backend.model import Target
+from backend.sources import kubeapi
 
 Obj = dict[str, Any]
 Event = tuple[str, str, str]  # (Normal|Warning, reason, message)
 TRANSIENT = ("Unhealthy", "NoAddress")  # Ready=False states of a correct Gslb: no Warning of their own
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def ready_condition(result: GslbResult) -> tuple[str, str, str]:
@@ -79,7 +75,7 @@ def desired_status(
     state, reason, message = ready_condition(result)
     generation = (result.obj.get("metadata") or {}).get("generation")
     old = next((c for c in (current or {}).get("conditions") or () if c.get("type") == "Ready"), None)
-    since = old["lastTransitionTime"] if old and old.get("status") == state else _now()
+    since = old["lastTransitionTime"] if old and old.get("status") == state else kubeapi.timestamp()
     ready = {
         "type": "Ready",
         "status": state,

@@ -9,7 +9,6 @@ serves DNS); only the leader's controller turns the results into status and Even
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -20,7 +19,7 @@ from backend import metrics
 from backend.config import Settings
 from backend.gslb.health import HEALTHY, NOT_FOUND, UNHEALTHY, HostState, evaluate
 from backend.gslb.spec import GslbSpec, SpecError, parse
-from backend.model import Endpoint, Store, Target
+from backend.model import Endpoint, Store, Target, address_type
 from backend.sources.informer import ENDPOINTSLICES, GSLBS, Informer, key_of
 from backend.zone.merge import zone_of
 
@@ -98,7 +97,7 @@ def host_endpoints(spec: GslbSpec, state: HostState, geotag: str) -> list[Endpoi
     localtargets-<host> with this cluster's healthy addresses for the peers, only while healthy."""
     by_type: dict[str, list[str]] = {"A": [], "AAAA": []}
     for ip in state.targets:
-        by_type["AAAA" if ipaddress.ip_address(ip).version == 6 else "A"].append(ip)
+        by_type[address_type(ip)].append(ip)
     live = state.healthy
     eps = []
     for rtype, ips in by_type.items():

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from backend.model import Endpoint, ObjectRef, Target, normalize_name
+from backend.model import Endpoint, ObjectRef, Target, address_type, normalize_name
 
 PREFIXES = ("external-dns.alpha.kubernetes.io/", "external-dns.kubernetes.io/")
 TTL_MAX = 2**31 - 1
@@ -116,10 +116,9 @@ def ttl(annotations: Mapping[str, str]) -> tuple[int | None, list[Problem]]:
 def target_type(value: str) -> str:
     """ExternalDNS's rule for a bare target: IPv4 -> A, IPv6 -> AAAA, anything else -> CNAME."""
     try:
-        ip = ipaddress.ip_address(value)
+        return address_type(value)
     except ValueError:
         return "CNAME"
-    return "A" if ip.version == 4 else "AAAA"
 
 
 def typed_targets(values: Iterable[str], what: str) -> tuple[dict[str, list[str]], list[Problem]]:

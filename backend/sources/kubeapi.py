@@ -7,6 +7,7 @@ The ApiClient still does what it is good at: kubeconfig / in-cluster auth, TLS, 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -53,6 +54,11 @@ def resource_path(group: str, version: str, plural: str, namespace: str | None =
         path += f"/namespaces/{namespace}"
     path += f"/{plural}"
     return path + (f"/{name}" if name else "")
+
+
+def timestamp(micro: bool = False) -> str:
+    """Now as Kubernetes writes Time (seconds) or MicroTime (Leases need the microseconds)."""
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ" if micro else "%Y-%m-%dT%H:%M:%SZ")
 
 
 def open_(

@@ -6,12 +6,11 @@ single place that decides what the name holds, so the answer does not depend on 
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from backend.config import Settings
-from backend.model import Endpoint, ObjectRef, Strategy, Target, normalize_name
+from backend.model import Endpoint, ObjectRef, Strategy, Target, address_type, normalize_name
 
 SOA_REFRESH, SOA_RETRY, SOA_EXPIRE = 7200, 1800, 86400  # CoreDNS's own plugins use the same
 MAX_TTL = 2**31 - 1  # RFC 2181 section 8
@@ -43,10 +42,6 @@ def zone_of(name: str, zones: Iterable[str]) -> str | None:
 def plain_ns_name(zone: str) -> str:
     """The NS of an ExternalDNS-style zone: `ns.dns.<zone>`, as CoreDNS's etcd and kubernetes plugins."""
     return f"ns.dns.{zone}"
-
-
-def _address_type(address: str) -> str:
-    return "AAAA" if ipaddress.ip_address(address).version == 6 else "A"
 
 
 def zone_endpoints(settings: Settings, serial: int) -> list[Endpoint]:
@@ -81,7 +76,7 @@ def _apex(zone: str, ns_names: list[str], ns_ttl: int, minimum: int, serial: int
 
 
 def _glue(name: str, address: str, ttl: int) -> Endpoint:
-    return Endpoint(name, _address_type(address), (Target(address),), ttl)
+    return Endpoint(name, address_type(address), (Target(address),), ttl)
 
 
 def _source_key(ep: Endpoint) -> str:
