@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?= --durations=10
 
-.PHONY: deps test lab lab-down lab-status bench lint proto
+.PHONY: deps test lab lab-down lab-status bench lint proto fuzz
 
 deps:
 	deps/install.sh all
@@ -15,7 +15,7 @@ test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: deps
-	$(PY) -m ruff check backend tests bench
+	$(PY) -m ruff check backend tests bench fuzz
 
 lab: deps
 	$(PY) -m backend.cli lab up
@@ -28,3 +28,7 @@ lab-status:
 
 bench: deps
 	$(PY) -m bench
+
+# Long fuzz runs (minutes): not part of `make test`.
+fuzz: deps
+	$(PY) -m fuzz
