@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import socket
 import struct
 from collections.abc import Callable
 
@@ -41,6 +42,15 @@ MAX_OPEN_CALLS = 1000  # calls whose request has not fully arrived, per connecti
 GRPC_UNIMPLEMENTED, GRPC_INTERNAL, GRPC_RESOURCE_EXHAUSTED, GRPC_UNAVAILABLE = 12, 13, 8, 14
 
 Handler = Callable[[bytes, str], bytes]  # (DNS request, peer) -> DNS reply
+
+
+class GrpcError(Exception):
+    """Raised by a handler to answer the call with a gRPC status instead of a reply. CoreDNS's grpc
+    plugin treats any status but NOT_FOUND as a failed upstream and tries the next one."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class ProtocolError(Exception):
@@ -403,6 +413,9 @@ class Connection(asyncio.Protocol):
             return
         try:
             answer = self.server.handler(request.msg, self.peer)
+        except GrpcError as e:
+            self._trailers_only(stream, e.status, str(e).encode())
+            return
         except Exception:
             log.exception("DNS handler failed")
             self._trailers_only(stream, GRPC_INTERNAL, b"handler failed")
@@ -468,10 +481,18 @@ class H2GrpcServer:
         self.idle = asyncio.Event()
         self._server: asyncio.Server | None = None
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, sock: socket.socket | None = None) -> int:
+        """Listen on host:port, or on `sock`, a bound listening socket handed over by another process."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: Connection(self), host, port, reuse_port=True)
+        if sock is not None:
+            self._server = await loop.create_server(lambda: Connection(self), sock=sock)
+        else:
+            self._server = await loop.create_server(lambda: Connection(self), host, port, reuse_port=True)
         return self._server.sockets[0].getsockname()[1]
+
+    @property
+    def serving(self) -> bool:
+        return self._server is not None
 
     async def stop(self, grace: float) -> None:
         if self._server is None:

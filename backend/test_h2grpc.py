@@ -15,7 +15,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend.h2grpc import PREFACE, SETTINGS, H2GrpcServer, HpackDecoder, ProtocolError, frame
+from backend.h2grpc import (
+    GRPC_UNAVAILABLE,
+    PREFACE,
+    SETTINGS,
+    GrpcError,
+    H2GrpcServer,
+    HpackDecoder,
+    ProtocolError,
+    frame,
+)
 from backend.proto import dns_pb2, dns_pb2_grpc
 
 HEADER = st.tuples(
@@ -51,6 +60,8 @@ def test_hpack_rejects_garbage() -> None:
 
 
 def reply_for(request: bytes, peer: str) -> bytes:
+    if request == b"unavailable":
+        raise GrpcError(GRPC_UNAVAILABLE, "not synced yet")
     if request.startswith(b"big:"):
         return bytes(int(request[4:]))
     return request[::-1] + peer.encode()
@@ -94,6 +105,17 @@ async def unary_calls(port: int) -> None:
             *(stub.Query(dns_pb2.DnsPacket(msg=b"big:%d" % n), timeout=10) for n in sizes)
         )
         assert [len(r.msg) for r in big] == sizes
+
+
+def test_a_handler_error_is_a_grpc_status_not_a_reply() -> None:
+    with_server(handler_status)
+
+
+async def handler_status(port: int) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call(port, b"unavailable")
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE and err.value.details() == "not synced yet"
+    assert (await call(port, b"abc")).startswith(b"cba")  # the connection stays usable
 
 
 def test_unknown_method_is_unimplemented() -> None:
