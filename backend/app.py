@@ -58,6 +58,10 @@ class Context:
     recompile: Callable[[], None] = lambda: None
     gslb_engine: GslbEngine | None = None  # set by the gslb producer; explain reads health from it
     peer_exchange: PeerExchange | None = None  # set by peers.attach; explain reads the peers' state
+    # Set once every source has completed its first full list and the first table is compiled. Nothing
+    # writes outside this process before (edge, Gslb status, persisted peers): an unsynced backend
+    # sees an empty model, and writing it would delete what the cluster really has.
+    first_sync: threading.Event = field(default_factory=threading.Event)
 
     def informer(self, resource: Resource) -> Informer:
         """The one shared Informer for `resource`, created on first ask (before the informers start)."""
@@ -87,6 +91,16 @@ class Context:
 
         self.start_hooks.append(start)
         self.stop_hooks.append(stop)
+
+    def after_first_sync(self, run: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """`run`, started only once `first_sync` is set (for `background`: the edge updater)."""
+
+        async def gated() -> None:
+            while not self.first_sync.is_set():
+                await asyncio.sleep(0.1)
+            await run()
+
+        return gated
 
     def synced(self) -> bool:
         return all(i.synced.is_set() for i in self.informers.values()) and all(c() for c in self.ready_checks)
@@ -139,9 +153,10 @@ class Compiler:
                 self._stop.wait(0.05)
                 continue
             self._compile()
-            if not self.ctx.server.ready:
+            if not self.ctx.first_sync.is_set():
                 log.info("first full sync done: %d objects watched, serving",
                          sum(len(i.objects) for i in self.ctx.informers.values()))
+                self.ctx.first_sync.set()
                 self.ctx.server.set_ready(True)
             self._dirty.wait()
             if self._stop.wait(self.debounce):
@@ -198,6 +213,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    ctx.server.on_handover(stop.set)
     await ctx.server.start()
     try:
         for informer in ctx.informers.values():
@@ -208,7 +224,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         await stop.wait()
         log.info("shutting down")
     finally:
-        await ctx.server.stop()  # unready first, then drain in-flight queries
+        await ctx.server.stop()  # unready, answer until CoreDNS leaves, then GOAWAY
         for hook in reversed(ctx.stop_hooks):
             try:
                 await _call(hook)

@@ -14,6 +14,7 @@ import heapq
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes import client
@@ -99,12 +100,14 @@ class Controller:
         engine: GslbEngine,
         ingresses: Informer,
         recorder: EventRecorder,
+        gate: Callable[[], bool] | None = None,
     ) -> None:
         self.api = api
         self.settings = settings
         self.engine = engine
         self.ingresses = ingresses
         self.recorder = recorder
+        self.gate = gate or engine.synced
         self.queue = WorkQueue()
         self.elector = LeaderElector(api, settings.namespace, identity=settings.identity,
                                      on_started=self._resync)
@@ -156,8 +159,9 @@ class Controller:
     # -- doing it ------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        # Nothing is written from a half-synced view: it would report NotFound for Services not yet listed.
-        while not self.engine.synced():
+        # Nothing is written from a half-synced view: it would report NotFound for Services not yet
+        # listed, or drop other clusters' targets from healthyRecords before their first poll.
+        while not self.gate():
             if self.queue.closed.wait(0.1):
                 return
         while (item := self.queue.get()) is not None:

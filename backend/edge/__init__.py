@@ -69,12 +69,13 @@ def publisher(settings: Settings, store: Store | None = None) -> EdgePublisher |
 
 
 def attach(ctx: Context) -> None:
-    """`serve`'s updater: its state shows on /readyz (never gating it); Store changes wake it."""
+    """`serve`'s updater: its state shows on /readyz (never gating it); Store changes wake it. It starts
+    after the first full sync: before, the Store is empty and a pass would delete our names."""
     pub = publisher(ctx.settings, ctx.store)
     if pub is not None:
         ctx.server.add_readiness_detail("edge", pub.readiness)
         ctx.store.subscribe(pub.wake)
-        ctx.background(pub.run)
+        ctx.background(ctx.after_first_sync(pub.run))
 
 
 async def leave(settings: Settings) -> int:

@@ -23,6 +23,8 @@ def gslb(ctx: Context) -> None:
         ctx.informer(ENDPOINTSLICES),
     )
     ctx.gslb_engine = engine
-    controller = Controller(ctx.api, ctx.settings, engine, ctx.informer(INGRESSES), ctx.recorder)
+    controller = Controller(ctx.api, ctx.settings, engine, ctx.informer(INGRESSES), ctx.recorder,
+                            gate=lambda: ctx.first_sync.is_set() and (
+                                ctx.peer_exchange is None or ctx.peer_exchange.settled()))
     ctx.start_hooks.append(controller.start)
     ctx.stop_hooks.append(controller.stop)

@@ -132,6 +132,7 @@ class PeerExchange:
         self._local_changed = asyncio.Event()
         self._notifying: dict[GslbZone, bool] = {}  # zone -> another NOTIFY round is wanted
         self._tasks: set[asyncio.Task[None]] = set()  # the loop holds tasks weakly
+        self._started: float | None = None
 
     # --- inputs -------------------------------------------------------------------------------
 
@@ -160,8 +161,17 @@ class PeerExchange:
 
     # --- main loop ----------------------------------------------------------------------------
 
+    def settled(self) -> bool:
+        """Every peer answered once, or has been failing for the grace since we started: until then
+        an empty `peer/<geotag>` is our ignorance, not the peer's state (the Gslb status waits)."""
+        if self._started is None:
+            return False
+        waited = self.clock() - self._started >= self.settings.peer_grace_seconds
+        return all(pz.last_ok is not None or waited for zones in self.peers.values() for pz in zones)
+
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._started = self.clock()
         self._refresh_local(notify=False)
         self.store.subscribe(self.on_store_change)
         loops = [self._watch_local()] + [self._poll_loop(pz) for zones in self.peers.values() for pz in zones]
