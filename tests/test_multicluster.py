@@ -6,6 +6,7 @@ recursive for loopback. Every check is what dig answers at the edge or at a clus
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -187,6 +188,27 @@ def test_a_dead_peer_keeps_its_targets_for_the_grace_then_drops(clusters) -> Non
     assert "us-nyc " + ZONE + " unreachable" in buf.readyz()
     buf.scale(1)
     until(lambda: buf.answer() == ["10.2.1.167"], "buf answers for itself, with nyc gone", [buf])
+
+
+def test_peers_survive_an_edge_outage_through_a_restart(clusters) -> None:  # type: ignore[no-untyped-def]
+    """The edge (BIND9) down and nyc's backend restarted: nyc finds buf at its last known address,
+    kept on the Lease in nyc's own cluster, and both keep answering buf's ingress (before: nyc answered
+    its own 10.2.1.98 for the whole outage)."""
+    edge, cs = clusters(["us-buf", "us-nyc"])
+    buf, nyc = cs
+    until(everywhere(cs, ["10.2.1.167"]), "both clusters answer buf's ingress", cs)
+    lease = ("get", "lease", "coredns-gslb", "-n", "default", "-o",
+             "jsonpath={.metadata.annotations.coredns-gslb\\.io/peer-addresses}")
+    until(lambda: buf.stack.coredns.host in nyc.plane.kubectl(*lease, check=False),
+          "nyc remembers buf's address on its Lease", cs)
+    edge.stop()
+    nyc.stack.backend.stop()
+    nyc.stack.backend.start()
+    until(lambda: nyc.answer() == ["10.2.1.167"], "the restarted nyc answers buf's ingress", cs, timeout=30)
+    for _ in range(10):
+        assert buf.answer() == nyc.answer() == ["10.2.1.167"]
+        time.sleep(0.5)
+    assert "last known address" in nyc.stack.backend.process.log.read_text()
 
 
 @pytest.mark.parametrize("mode", ["garbage", "wrong-name", "huge"])

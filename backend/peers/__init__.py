@@ -6,6 +6,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from backend.peers.exchange import PeerExchange
+from backend.peers.persist import PeerBook
 
 if TYPE_CHECKING:
     from backend.app import Context
@@ -22,7 +23,8 @@ def attach(ctx: Context) -> None:
         log.warning("peers %s configured but no --edge-dns-servers to find them through",
                     ", ".join(s.ext_gslb_clusters_geotags))
         return
-    exchange = PeerExchange(s, ctx.store)
+    exchange = PeerExchange(s, ctx.store, book=PeerBook(ctx.api, s.namespace),
+                            may_write=ctx.first_sync.is_set)
     ctx.peer_exchange = exchange
     ctx.server.on_notify(exchange.on_notify)
     ctx.server.add_readiness_detail("peers", exchange.readiness)

@@ -19,8 +19,9 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import dns.asyncquery
 import dns.exception
@@ -32,6 +33,7 @@ from backend import metrics
 from backend.config import GslbZone, Settings
 from backend.model import Endpoint, Store, Strategy, Target
 from backend.peers import shards
+from backend.peers.persist import PeerBook
 from backend.peers.query import QueryError, Server, ask, parse_server, rdata_texts, txt_strings
 
 log = logging.getLogger(__name__)
@@ -117,10 +119,13 @@ class PeerExchange:
     """Runs the polls, publishes `peer/<geotag>` into the Store, NOTIFYs peers on local change."""
 
     def __init__(self, settings: Settings, store: Store, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, book: PeerBook | None = None,
+                 may_write: Callable[[], bool] = lambda: True) -> None:
         self.settings = settings
         self.store = store
         self.clock = clock
+        self.book = book  # last known peer addresses in the cluster, for when the edge is away
+        self.may_write = may_write  # False until our first full sync: nothing unsynced writes
         self.edge = [parse_server(s) for s in settings.edge_dns_servers]
         self.timeout = max(0.2, min(1.0, settings.peer_poll_seconds / 2))
         tags = dict.fromkeys(t for t in settings.ext_gslb_clusters_geotags if t != settings.cluster_geotag)
@@ -325,13 +330,45 @@ class PeerExchange:
             if found:
                 pz.addresses = tuple(Server(a, self.settings.peer_dns_port) for a in found)
                 pz.resolved_at = now
+                if self.book is not None and self.may_write():
+                    self._background(self._remember(pz, found))
                 return
             errors.append(f"{edge}: no A/AAAA for {name}")
         if pz.addresses:
             log.warning("keeping %s's old address: %s", pz.geotag, "; ".join(errors) or "no edge DNS servers")
             pz.resolved_at = now
             return
+        remembered = await self._remembered(pz)
+        if remembered:
+            log.warning("edge unreachable (%s): using %s's last known address %s from the cluster",
+                        "; ".join(errors), pz.geotag, ", ".join(remembered))
+            pz.addresses = tuple(Server(a, self.settings.peer_dns_port) for a in remembered)
+            pz.resolved_at = now
+            return
         raise QueryError("; ".join(errors) or f"no edge DNS servers to resolve {name}")
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _remember(self, pz: PeerZone, found: list[str]) -> None:
+        assert self.book is not None
+        try:
+            await asyncio.to_thread(self.book.remember, pz.geotag, pz.zone.dns_zone, sorted(found))
+        except Exception as e:  # the API away: the next resolve tries again
+            log.info("could not remember %s's address in the cluster: %s", pz.geotag, e)
+
+    async def _remembered(self, pz: PeerZone) -> list[str]:
+        if self.book is None:
+            return []
+        if self.book.known is None:
+            try:
+                await asyncio.to_thread(self.book.load)
+            except Exception as e:
+                log.info("no last known peer addresses: the API is away too (%s)", e)
+                return []
+        return list((self.book.known or {}).get(pz.geotag, {}).get(pz.zone.dns_zone, ()))
 
     async def _index(self, pz: PeerZone) -> tuple[Server, tuple[str, ...] | None]:
         """The first address that answers, and the peer's shard digests (None: it has no index)."""
