@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from backend.peers.exchange import PeerExchange
 
 ROUTE = "/explain"
+NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_*.")
 LAB = Path(__file__).resolve().parents[1] / ".lab"
 Report = dict[str, Any]
 Answer = Callable[[bytes], bytes]  # a DNS query in wire format -> the reply the backend serves now
@@ -221,10 +222,30 @@ class Explainer:
         The report is built on a worker thread: over a large model it takes tens of milliseconds, which
         must not stall the DNS answers on the serving loop."""
         names = query.get("name") or []
-        if not names or not names[0].strip():
+        if len(names) != 1 or not names[0].strip():
             return 400, "text/plain", b"usage: /explain?name=NAME\n"
+        problem = name_problem(names[0])
+        if problem is not None:
+            return 400, "text/plain", f"bad name: {problem}\n".encode()
         report = await asyncio.to_thread(self.report, names[0])
         return 200, "application/json", json.dumps(report).encode()
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` is no DNS name we could hold (one line), None if it is fine."""
+    name = normalize_name(name)
+    bad = sorted(set(name) - NAME_CHARS)
+    if bad:
+        return f"character {bad[0]!r} not allowed (letters, digits, '-', '_', '*', '.')"
+    if len(name) > 253:
+        return f"{len(name)} characters, at most 253"
+    labels = name.split(".")
+    if "" in labels:
+        return "empty label"
+    longest = max(labels, key=len)
+    if len(longest) > 63:
+        return f"label of {len(longest)} characters, at most 63"
+    return None
 
 
 def attach(ctx: Context) -> None:
@@ -317,7 +338,7 @@ def main(argv: Sequence[str]) -> int:
     if a.http:
         targets = {a.cluster or a.http: a.http}
     else:
-        local = settings_parser().get_default("http_listen")  # a `coredns-gslb serve` on this machine
+        local = settings_parser().get_default("admin_listen")  # a `coredns-gslb serve` on this machine
         targets = lab_addresses(a.cluster, a.lab.resolve()) or {"local": local}
     failed = 0
     for cluster, http in targets.items():

@@ -156,10 +156,21 @@ spec:
             "172.18.200.101" in r["served"]["answer"] for r in report["records"])
 
     _poll_report(control_plane, backend, "nginx.foowidgets.k8s", mine, "explain lists the Service")
-    run = explain_cli("nginx.foowidgets.k8s", "--http", backend.http.removeprefix("http://"))
+    # /explain is on the admin listener (127.0.0.1 in a pod) only; the pod port has probes and /metrics
+    assert backend.get("/explain?name=nginx.foowidgets.k8s", admin=False)[0] == 404
+    assert backend.get("/readyz", admin=False)[0] == 200 and backend.get("/metrics", admin=False)[0] == 200
+    for bad, reason in (("a..b.foowidgets.k8s", "empty label"), ("a%00b.foowidgets.k8s", "character '\\x00'"),
+                        ("x" * 64 + ".foowidgets.k8s", "label of 64 characters"),
+                        (".".join(["abcdefgh"] * 32), "at most 253"), ("a b", "character ' '")):
+        status, body = backend.get(f"/explain?name={bad.replace(' ', '%20')}")
+        assert status == 400 and body.startswith("bad name: ") and reason in body, (bad, status, body)
+        assert body.count("\n") == 1, body
+    assert backend.get("/explain?name=a&name=b")[0] == 400
+    assert "Traceback" not in backend.process.log.read_text()
+    run = explain_cli("nginx.foowidgets.k8s", "--http", backend.admin.removeprefix("http://"))
     assert run.returncode == 0, run.stderr
     assert f"from Service {namespace}/nginx-ext-dns (v1)" in run.stdout
-    wrong = explain_cli("nginx.foowidgets.k8s", "--http", backend.http.removeprefix("http://") + "/nowhere")
+    wrong = explain_cli("nginx.foowidgets.k8s", "--http", backend.admin.removeprefix("http://") + "/nowhere")
     assert wrong.returncode == 1 and "said 404: not found" in wrong.stderr
     assert f"store service/{namespace}/nginx-ext-dns: 172.18.200.101" in run.stdout
     assert "A ttl" in run.stdout and "172.18.200.101" in run.stdout.splitlines()[1]
@@ -231,7 +242,7 @@ spec:
     assert record["why"] == NODATA
     unhealthy = {"value": "10.2.1.167", "geotag": "us-buf", "health": "Unhealthy", "origin": "local"}
     assert unhealthy in record["targets"]
-    run = explain_cli(host, "--http", backend.http.removeprefix("http://"))
+    run = explain_cli(host, "--http", backend.admin.removeprefix("http://"))
     assert run.returncode == 0, run.stderr
     assert f"from Gslb {namespace}/gslb-failover-buf (k8gb.absa.oss/v1beta1)" in run.stdout
     assert "10.2.1.167       geotag us-buf   Unhealthy local" in run.stdout
