@@ -1,4 +1,5 @@
-"""`coredns-gslb serve | lab up|down | explain NAME | edge leave`: one entry point, a module per verb.
+"""`coredns-gslb serve | listen | lab up|down | explain NAME | edge leave`: one entry point, a module
+per verb.
 
 Verbs import their module lazily so `lab down` works even where the serving dependencies are broken.
 """
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 
 VERBS = {
     "serve": ("backend.app", "serve the zones to CoreDNS's grpc plugin"),
+    "listen": ("backend.listener", "hold serve's sockets across restarts (--listener-socket PATH)"),
     "lab": ("backend.lab", "the local lab: up | down | status"),
     "explain": ("backend.explain", "why a name answers what it answers"),
     "edge": ("backend.edge", "edge delegation by RFC 2136: leave"),

@@ -37,7 +37,10 @@ class Settings:
     ext_gslb_clusters_geotags: tuple[str, ...] = ()
     nameserver_address: str = ""  # this cluster's CoreDNS address, published as glue
     grpc_listen: str = "127.0.0.1:8053"
-    http_listen: str = "127.0.0.1:8080"
+    http_listen: str = "127.0.0.1:8080"  # probes and /metrics: the pod port kubelet and Prometheus reach
+    admin_listen: str = "127.0.0.1:8081"  # /explain and the rest: inside the pod only ("" = off)
+    listener_socket: str = ""  # unix socket of a `coredns-gslb listen` holding our sockets ("" = bind them)
+    shutdown_drain_seconds: float = 10.0  # on SIGTERM keep answering until CoreDNS leaves, at most this long
     kubeconfig: str | None = None  # None: in-cluster
     namespace: str = "default"  # where Leases and created objects live
     identity: str = field(default_factory=lambda: os.environ.get("POD_NAME") or os.uname().nodename)
@@ -85,7 +88,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--nameserver-address", default=_env("NAMESERVER_ADDRESS", ""),
                    help="this cluster's CoreDNS IP, published as glue for its gslb-ns name")
     p.add_argument("--grpc-listen", default=_env("GRPC_LISTEN", "127.0.0.1:8053"))
-    p.add_argument("--http-listen", default=_env("HTTP_LISTEN", "127.0.0.1:8080"))
+    p.add_argument("--http-listen", default=_env("HTTP_LISTEN", "127.0.0.1:8080"),
+                   help="/healthz, /readyz, /metrics (the pod port)")
+    p.add_argument("--admin-listen", default=_env("ADMIN_LISTEN", "127.0.0.1:8081"),
+                   help="/explain and the probes: keep it on 127.0.0.1 (port-forward reaches it); '' = off")
+    p.add_argument("--listener-socket", default=_env("LISTENER_SOCKET", ""),
+                   help="take the listening sockets from `coredns-gslb listen` at this unix socket")
+    p.add_argument("--shutdown-drain-seconds", type=float,
+                   default=float(_env("SHUTDOWN_DRAIN_SECONDS", "10") or 10),
+                   help="on SIGTERM: unready, answer until CoreDNS disconnects, at most this long")
     p.add_argument("--kubeconfig", default=_env("KUBECONFIG"))
     p.add_argument("--namespace", default=_env("POD_NAMESPACE", "default"))
     p.add_argument("--default-ttl", type=int, default=int(_env("DEFAULT_TTL", "300") or 300))
@@ -134,6 +145,9 @@ def from_args(argv: Sequence[str] | None = None) -> Settings:
         nameserver_address=a.nameserver_address,
         grpc_listen=a.grpc_listen,
         http_listen=a.http_listen,
+        admin_listen=a.admin_listen,
+        listener_socket=a.listener_socket,
+        shutdown_drain_seconds=a.shutdown_drain_seconds,
         kubeconfig=a.kubeconfig,
         namespace=a.namespace,
         default_ttl=a.default_ttl,

@@ -64,6 +64,8 @@ def _qtype_name(qtype: int) -> str:
 QUERIES = QueryMetrics()
 REGISTRY.register(QUERIES)
 
+UNSYNCED_CALLS = Counter("coredns_gslb_unsynced_calls_total",
+                         "Queries refused with gRPC UNAVAILABLE before the first full sync")
 RECORDS = Gauge("coredns_gslb_records", "Resource records held in the answer table")
 TABLE_SERIAL = Gauge("coredns_gslb_table_serial", "SOA serial of the answer table in use")
 CONFLICTS = Gauge("coredns_gslb_conflicts", "Records dropped by the conflict rule in the answer table")

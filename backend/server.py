@@ -11,18 +11,21 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from backend import metrics
+from backend import listener, metrics
 from backend.config import Settings
-from backend.h2grpc import H2GrpcServer
+from backend.h2grpc import GRPC_UNAVAILABLE, GrpcError, H2GrpcServer
 from backend.zone.table import NotifyCallback, Table
 
 log = logging.getLogger(__name__)
+SERVFAIL = 2
 
 HttpReply = tuple[int, str, bytes]  # status, content type, body
 HttpHandler = Callable[[dict[str, list[str]]], HttpReply | Awaitable[HttpReply]]
@@ -49,8 +52,16 @@ class DnsServer:
         self._notify: list[NotifyCallback] = []
         self._grpc: H2GrpcServer | None = None
         self._http: asyncio.Server | None = None
+        self._admin: asyncio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handoff: listener.Handoff | None = None  # sockets from `coredns-gslb listen`, if used
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._on_handover: list[Callable[[], None]] = []
+        self.handed_over = False  # a newer backend serves: stop without the drain wait
+        self._failed_routes: set[tuple[str, str]] = set()  # (path, exception type) already logged in full
         self.grpc_port = 0
         self.http_port = 0
+        self.admin_port = 0
 
     # -- wiring for other components ---------------------------------------------------------
 
@@ -65,13 +76,21 @@ class DnsServer:
         self.ready = ready
         if detail is not None:
             self._detail = dict(detail)
+        if ready and self._handoff is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._task, self._serve_handed_grpc())
+
+    def on_handover(self, callback: Callable[[], None]) -> None:
+        """Called (on the loop) when the listener holder says a newer backend serves: time to stop."""
+        self._on_handover.append(callback)
 
     def add_readiness_detail(self, name: str, fn: Callable[[], str | None]) -> None:
         """A line `name: fn()` in /readyz (e.g. the edge updater's last error); None hides it."""
         self._detail_fns[name] = fn
 
     def add_route(self, path: str, handler: HttpHandler) -> None:
-        """Serve GET `path` with `handler(query_params) -> (status, content_type, body)`, sync or async."""
+        """Serve GET `path` with `handler(query_params) -> (status, content_type, body)`, sync or async,
+        on the admin listener only (--admin-listen, 127.0.0.1 by default: inside the pod, or through
+        `kubectl port-forward`); the HTTP port serves only probes and /metrics to the network."""
         self._routes[path] = handler
 
     def on_notify(self, callback: NotifyCallback) -> None:
@@ -81,11 +100,18 @@ class DnsServer:
     # -- DNS ---------------------------------------------------------------------------------
 
     def handle(self, msg: bytes, peer: str = "") -> bytes:
+        """The DNS reply. Before the first full sync a name in our zones gets gRPC UNAVAILABLE instead
+        (others stay REFUSED): CoreDNS's grpc plugin takes that as a failed upstream and tries the
+        next one (SERVFAIL only when none is left), while a SERVFAIL reply from us would be final."""
         start = time.perf_counter()
+        table = self.table
         if len(msg) > 2 and (msg[2] >> 3) & 0xF == 4:  # NOTIFY: rare, worth the callback plumbing
-            reply, zone, qtype = self.table.resolve(msg, self._notified, peer)
+            reply, zone, qtype = table.resolve(msg, self._notified, peer)
         else:
-            reply, zone, qtype = self.table.resolve(msg)
+            reply, zone, qtype = table.resolve(msg)
+        if not table.ready and reply[3] & 0xF == SERVFAIL:  # a name of ours we know nothing of yet
+            metrics.UNSYNCED_CALLS.inc()
+            raise GrpcError(GRPC_UNAVAILABLE, "backend has not completed its first full sync")
         metrics.QUERIES.observe(zone, qtype, reply[3] & 0xF, time.perf_counter() - start)
         return reply
 
@@ -97,28 +123,86 @@ class DnsServer:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Listen. With --listener-socket the sockets come from the holder, and gRPC is accepted only
+        from the first full sync on (until then the holder answers UNAVAILABLE); without it we bind
+        them, and answer UNAVAILABLE ourselves until synced."""
+        self._loop = asyncio.get_running_loop()
         self._grpc = H2GrpcServer(self.handle)
-        self.grpc_port = await self._grpc.start(*split_hostport(self.settings.grpc_listen))
-        host, port = split_hostport(self.settings.http_listen)
-        self._http = await asyncio.start_server(self._serve_http, host, port)
+        socks: dict[str, socket.socket] = {}
+        if self.settings.listener_socket:
+            self._handoff = await listener.receive(self.settings.listener_socket)
+            socks = self._handoff.sockets
+            self.grpc_port = socks["grpc"].getsockname()[1]
+            self._task(self._follow_holder())
+        else:
+            self.grpc_port = await self._grpc.start(*split_hostport(self.settings.grpc_listen))
+        self._http = await self._http_server(self.settings.http_listen, socks.get("http"), admin=False)
         self.http_port = self._http.sockets[0].getsockname()[1]
-        log.info("serving DNS over gRPC on port %d, HTTP on port %d", self.grpc_port, self.http_port)
+        if self.settings.admin_listen or "admin" in socks:
+            self._admin = await self._http_server(self.settings.admin_listen, socks.get("admin"), admin=True)
+            self.admin_port = self._admin.sockets[0].getsockname()[1]
+        log.info("serving DNS over gRPC on port %d, HTTP on port %d, admin HTTP on port %d",
+                 self.grpc_port, self.http_port, self.admin_port)
+
+    async def _http_server(self, address: str, sock: socket.socket | None, *, admin: bool) -> asyncio.Server:
+        def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> Awaitable[None]:
+            return self._serve_http(r, w, admin=admin)
+
+        if sock is not None:
+            return await asyncio.start_server(serve, sock=sock)
+        return await asyncio.start_server(serve, *split_hostport(address))
+
+    def _task(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve_handed_grpc(self) -> None:
+        if self._handoff is None or self._grpc is None or self._grpc.serving:
+            return
+        await self._grpc.start("", 0, sock=self._handoff.sockets["grpc"])
+        self._handoff.say("serving")
+        log.info("first full sync done: accepting gRPC on the holder's socket")
+
+    async def _follow_holder(self) -> None:
+        assert self._handoff is not None
+        while line := await self._handoff.reader.readline():
+            if line.strip() == b"handover":
+                log.info("a newer backend serves: handing over")
+                self.handed_over = True
+                for callback in self._on_handover:
+                    callback()
+        log.warning("the listener holder went away; serving on with the sockets we hold")
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Go unready first (so probes drain traffic away), then let in-flight queries finish."""
+        """Go unready first (probes and the Service move traffic away), keep answering until CoreDNS
+        has gone (its connections closed) or --shutdown-drain-seconds passed (no wait when a newer
+        backend took over), then stop accepting, GOAWAY, and let in-flight calls finish."""
         self.ready = False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (0 if self.handed_over else self.settings.shutdown_drain_seconds)
+        while self._grpc is not None and self._grpc.connections and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self._handoff is not None:
+            self._handoff.say("stopping")  # the holder's standby takes new connections from now on
         if self._grpc is not None:
             await self._grpc.stop(grace)
             self._grpc = None
-        if self._http is not None:
-            self._http.close()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._http.wait_closed(), grace)
-            self._http = None
+        for http in (self._http, self._admin):
+            if http is not None:
+                http.close()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(http.wait_closed(), grace)
+        self._http = self._admin = None
+        if self._handoff is not None:
+            self._handoff.writer.close()
+        for task in list(self._tasks):
+            task.cancel()
 
     # -- HTTP --------------------------------------------------------------------------------
 
-    async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+                          admin: bool) -> None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             method, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
@@ -126,7 +210,7 @@ class DnsServer:
             if method not in ("GET", "HEAD"):
                 status, ctype, body = 400, "text/plain", b"only GET\n"
             else:
-                status, ctype, body = await self._route(url.path, parse_qs(url.query))
+                status, ctype, body = await self._route(url.path, parse_qs(url.query), admin)
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError,
                 ConnectionError):
             status, ctype, body, method = 400, "text/plain", b"bad request\n", "GET"
@@ -141,22 +225,27 @@ class DnsServer:
         finally:
             writer.close()
 
-    async def _route(self, path: str, query: dict[str, list[str]]) -> HttpReply:
+    async def _route(self, path: str, query: dict[str, list[str]], admin: bool) -> HttpReply:
         if path == "/healthz":
             return 200, "text/plain", b"ok\n"
         if path == "/readyz":
             return self._readyz()
         if path == "/metrics":
             return 200, CONTENT_TYPE_LATEST, generate_latest(REGISTRY)
-        handler = self._routes.get(path)
+        handler = self._routes.get(path) if admin else None
         if handler is None:
             return 404, "text/plain", b"not found\n"
         try:
             reply = handler(query)
             return await reply if inspect.isawaitable(reply) else reply
-        except Exception as e:
-            log.exception("HTTP handler for %s failed", path)
-            return 500, "text/plain", f"{type(e).__name__}: {e}\n".encode()
+        except Exception as e:  # a bug: the client learns nothing of our internals, the log once per kind
+            kind = (path, type(e).__name__)
+            if kind in self._failed_routes:
+                log.error("HTTP handler for %s failed again: %s", path, type(e).__name__)
+            else:
+                self._failed_routes.add(kind)
+                log.exception("HTTP handler for %s failed", path)
+            return 500, "text/plain", b"internal error (see the backend's log)\n"
 
     def _readyz(self) -> HttpReply:
         lines = ["ready" if self.ready else "not ready: waiting for the first full sync"]

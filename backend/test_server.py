@@ -17,7 +17,8 @@ from backend.proto import dns_pb2, dns_pb2_grpc
 from backend.server import DnsServer, split_hostport
 from backend.zone.table import compile_table
 
-SETTINGS = Settings(zones=("foowidgets.k8s",), grpc_listen="127.0.0.1:0", http_listen="127.0.0.1:0")
+SETTINGS = Settings(zones=("foowidgets.k8s",), grpc_listen="127.0.0.1:0", http_listen="127.0.0.1:0",
+                    admin_listen="127.0.0.1:0")
 
 
 def http(port: int, path: str, method: str = "GET") -> tuple[int, str]:
@@ -50,6 +51,7 @@ async def scenario() -> None:
     server.add_route("/async", slow)
     server.add_route("/broken", lambda q: 1 / 0)  # type: ignore[arg-type, return-value]
     await server.start()
+    assert server.admin_port and server.admin_port != server.http_port
     try:
         get = lambda path, method="GET": asyncio.to_thread(http, server.http_port, path, method)  # noqa: E731
         assert await get("/healthz") == (200, "ok\n")
@@ -58,8 +60,13 @@ async def scenario() -> None:
             status == 503 and "waiting for the first full sync" in body and "edge: last update failed" in body
         )
         assert "quiet" not in body
-        nx = await query(server.grpc_port, dns.message.make_query("nginx.foowidgets.k8s", "A").to_wire())
-        assert nx.rcode() == dns.rcode.SERVFAIL  # not ready yet
+        try:  # not synced yet: an error CoreDNS's grpc plugin fails over on, not a (final) SERVFAIL reply
+            await query(server.grpc_port, dns.message.make_query("nginx.foowidgets.k8s", "A").to_wire())
+            raise AssertionError("an unsynced backend answered")
+        except grpc.aio.AioRpcError as e:
+            assert e.code() == grpc.StatusCode.UNAVAILABLE, e
+        outside = await query(server.grpc_port, dns.message.make_query("www.example.com", "A").to_wire())
+        assert outside.rcode() == dns.rcode.REFUSED
 
         table = compile_table(SETTINGS, [Endpoint("nginx.foowidgets.k8s", "A", (Target("1.2.3.4"),))], 9)
         server.set_table(table)
@@ -80,9 +87,12 @@ async def scenario() -> None:
             "coredns_gslb_query_duration_seconds_bucket" in metrics
             and f"coredns_gslb_records {table.records}.0" in metrics
         )
-        assert await get("/sync?name=x") == (200, "x")
-        assert await get("/async") == (200, "{}")
-        assert (await get("/broken"))[0] == 500
+        assert await get("/sync?name=x") == (404, "not found\n")  # added routes: admin listener only
+        admin = lambda path: asyncio.to_thread(http, server.admin_port, path)  # noqa: E731
+        assert await admin("/sync?name=x") == (200, "x")
+        assert await admin("/async") == (200, "{}")
+        assert await admin("/broken") == (500, "internal error (see the backend's log)\n")  # no internals
+        assert (await admin("/readyz"))[0] == 200
         assert (await get("/nothing"))[0] == 404
         assert (await get("/healthz", "POST"))[0] == 400
     finally:

@@ -189,7 +189,7 @@ def start_all(
             result.planes[spec.geotag] = plane
             result.stacks[spec.geotag] = stack
             # state.json's shape is fixed; `coredns-gslb explain --cluster` reads the backend's HTTP here
-            (folder / "http").write_text(stack.backend.http.removeprefix("http://") + "\n")
+            (folder / "http").write_text(stack.backend.admin.removeprefix("http://") + "\n")
         return result
     except BaseException:
         for item in reversed(started):

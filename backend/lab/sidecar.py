@@ -4,6 +4,7 @@ the backend plus a CoreDNS that forwards its zones to it over gRPC, as in a clus
 
 from __future__ import annotations
 
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -14,6 +15,36 @@ from backend.lab.dig import DigResult, dig
 from backend.lab.proc import PYTHON, ROOT, Process, free_port, wait_for
 
 START_TIMEOUT = 60.0
+
+
+class Listener:
+    """`coredns-gslb listen`: holds a backend's gRPC, HTTP and admin sockets across its restarts."""
+
+    def __init__(self, workdir: Path, *, name: str = "listener") -> None:
+        self.workdir = workdir
+        self.grpc_port, self.http_port, self.admin_port = free_port(), free_port(), free_port()
+        self.grpc = f"127.0.0.1:{self.grpc_port}"
+        # a short path: unix socket names have a 108-byte limit, pytest's folders are long
+        self.path = Path(tempfile.gettempdir()) / f"coredns-gslb-{self.grpc_port}.sock"
+        self.process = Process(
+            name,
+            [PYTHON, "-m", "backend.cli", "listen", "--listener-socket", str(self.path), "--grpc-listen",
+             self.grpc, "--http-listen", f"127.0.0.1:{self.http_port}", "--admin-listen",
+             f"127.0.0.1:{self.admin_port}"],
+            workdir / f"{name}.log",
+            cwd=ROOT,
+            env={"PYTHONUNBUFFERED": "1"},
+        )
+
+    def start(self) -> Listener:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.process.start()
+        wait_for(self.path.exists, what=f"listener socket {self.path}", timeout=START_TIMEOUT,
+                 watch=[self.process], interval=0.1)
+        return self
+
+    def stop(self) -> None:
+        self.process.stop()
 
 
 class Backend:
@@ -28,12 +59,18 @@ class Backend:
         name: str = "backend",
         detached: bool = False,
         env: dict[str, str] | None = None,
+        listener: Listener | None = None,
     ) -> None:
         self.workdir = workdir
-        self.grpc_port = free_port()
-        self.http_port = free_port()
+        if listener is not None:  # its sockets, handed over; the addresses only name them
+            self.grpc_port, self.http_port, self.admin_port = (listener.grpc_port, listener.http_port,
+                                                               listener.admin_port)
+            flags = ("--listener-socket", str(listener.path), *flags)
+        else:
+            self.grpc_port, self.http_port, self.admin_port = free_port(), free_port(), free_port()
         self.grpc = f"127.0.0.1:{self.grpc_port}"
-        self.http = f"http://127.0.0.1:{self.http_port}"
+        self.http = f"http://127.0.0.1:{self.http_port}"  # probes and /metrics
+        self.admin = f"http://127.0.0.1:{self.admin_port}"  # those and /explain
         self.process = Process(
             name,
             [
@@ -47,28 +84,33 @@ class Backend:
                 self.grpc,
                 "--http-listen",
                 f"127.0.0.1:{self.http_port}",
+                "--admin-listen",
+                f"127.0.0.1:{self.admin_port}",
                 *flags,
             ],
             workdir / f"{name}.log",
             cwd=ROOT,
-            env={"PYTHONUNBUFFERED": "1", **(env or {})},
+            # a short drain: tests stop backends while their CoreDNS stays (k8s/ uses the default)
+            env={"PYTHONUNBUFFERED": "1", "SHUTDOWN_DRAIN_SECONDS": "1", **(env or {})},
             detached=detached,
         )
 
-    def get(self, path: str) -> tuple[int, str]:
-        """GET on the backend's HTTP port: (status, body); HTTP errors are returned, not raised."""
+    def get(self, path: str, *, admin: bool = True) -> tuple[int, str]:
+        """GET on the backend's admin port (or its HTTP port): (status, body); HTTP errors are returned."""
         try:
-            with urllib.request.urlopen(self.http + path, timeout=5) as r:
+            with urllib.request.urlopen((self.admin if admin else self.http) + path, timeout=5) as r:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
 
-    def start(self) -> Backend:
+    def start(self, *, ready: bool = True) -> Backend:
+        """Start and wait for /readyz 200 (`ready=False`: only for /healthz, e.g. with the API away)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.process.start()
+        probe = "/readyz" if ready else "/healthz"
         wait_for(
-            lambda: self.get("/readyz")[0] == 200,
-            what=f"backend /readyz on {self.http}",
+            lambda: self.get(probe)[0] == 200,
+            what=f"backend {probe} on {self.admin}",
             timeout=START_TIMEOUT,
             watch=[self.process],
             interval=0.2,
