@@ -1,0 +1,81 @@
+"""The listener holder in-process with grpcio as the client: standby UNAVAILABLE, hand-off of the
+sockets, `serving` moves the calls to the backend, a newer backend makes the older hand over."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import pytest
+
+from backend.config import Settings
+from backend.h2grpc import H2GrpcServer
+from backend.lab.proc import free_port
+from backend.listener import Holder, receive
+from backend.proto import dns_pb2, dns_pb2_grpc
+
+
+async def call(channel: grpc.aio.Channel, msg: bytes = b"q") -> bytes:
+    return (await dns_pb2_grpc.DnsServiceStub(channel).Query(dns_pb2.DnsPacket(msg=msg), timeout=5)).msg
+
+
+def test_standby_hand_off_serving_and_handover(tmp_path: Path) -> None:
+    settings = Settings(grpc_listen=f"127.0.0.1:{free_port()}", http_listen=f"127.0.0.1:{free_port()}",
+                        admin_listen="")
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        holder = Holder(settings, str(tmp_path / "l.sock"))
+        running = asyncio.ensure_future(holder.run(stop))
+        while not (tmp_path / "l.sock").exists():
+            await asyncio.sleep(0.01)
+        async with grpc.aio.insecure_channel(settings.grpc_listen) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call(channel)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE  # nobody serves: the standby says so
+
+            first = await receive(str(tmp_path / "l.sock"))
+            assert set(first.sockets) == {"grpc", "http"}
+            assert first.sockets["grpc"].getsockname()[1] == int(settings.grpc_listen.rsplit(":", 1)[1])
+            one = H2GrpcServer(lambda m, _p: b"one:" + m)
+            await one.start("", 0, sock=first.sockets["grpc"])
+            first.say("serving")
+            for _ in range(100):  # GOAWAY from the standby, then grpc-core reconnects to the backend
+                try:
+                    if await call(channel) == b"one:q":
+                        break
+                except grpc.aio.AioRpcError:
+                    pass
+                await asyncio.sleep(0.05)
+            assert await call(channel) == b"one:q"
+
+            second = await receive(str(tmp_path / "l.sock"))
+            two = H2GrpcServer(lambda m, _p: b"two:" + m)
+            await two.start("", 0, sock=second.sockets["grpc"])
+            second.say("serving")
+            assert await asyncio.wait_for(first.reader.readline(), 5) == b"handover\n"
+            await one.stop(1)  # what `serve` does on handover: GOAWAY, no new calls
+            first.writer.close()
+            for _ in range(100):
+                if await call(channel) == b"two:q":
+                    break
+                await asyncio.sleep(0.05)
+            assert await call(channel) == b"two:q"
+
+            second.say("stopping")
+            await two.stop(1)
+            for _ in range(100):  # the standby is back
+                try:
+                    await call(channel)
+                except grpc.aio.AioRpcError as e:
+                    assert e.code() == grpc.StatusCode.UNAVAILABLE
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the standby did not come back")
+            second.writer.close()
+        stop.set()
+        await asyncio.wait_for(running, 10)
+
+    asyncio.run(scenario())
