@@ -90,9 +90,9 @@ def test_backend_shares_the_coredns_network_and_its_grpc_port(services: dict[str
         backend = services[f"{cluster}-backend"]
         assert backend["network_mode"] == f"service:{cluster}-coredns"
         assert backend["environment"]["GRPC_LISTEN"] == grpc_target
-        http_port = backend["environment"]["HTTP_LISTEN"].rsplit(":", 1)[1]
+        admin_port = backend["environment"]["ADMIN_LISTEN"].rsplit(":", 1)[1]
         published = [p.rsplit(":", 1)[1] for p in services[f"{cluster}-coredns"]["ports"]]
-        assert http_port in published  # explain --http reaches it from the host
+        assert admin_port in published  # explain --http reaches it from the host
 
 
 def test_backend_environment_uses_settings_names(services: dict[str, dict[str, Any]]) -> None:
