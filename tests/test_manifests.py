@@ -242,6 +242,26 @@ def test_corefile_grpc_and_probe_ports_match_the_pod() -> None:
     assert containers["backend"]["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
 
+def test_listener_holds_the_backend_sockets_and_shutdown_drains() -> None:
+    """The listener container binds what the backend serves on and shares the hand-off socket; the
+    backend keeps answering through preStop while CoreDNS's lameduck runs; /explain stays on loopback."""
+    containers = _containers()
+    env = {name: {e["name"]: e.get("value") for e in c.get("env", [])} for name, c in containers.items()}
+    for key in ("GRPC_LISTEN", "HTTP_LISTEN", "ADMIN_LISTEN", "LISTENER_SOCKET"):
+        assert env["listener"][key] == env["backend"][key], key
+    assert env["backend"]["ADMIN_LISTEN"].startswith("127.0.0.1:")
+    assert containers["listener"]["args"] == ["listen"]
+    mounts = {n: {m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])}
+              for n, c in containers.items()}
+    folder = env["backend"]["LISTENER_SOCKET"].rsplit("/", 1)[0]
+    assert mounts["listener"]["run"] == mounts["backend"]["run"] == folder
+    assert containers["backend"]["lifecycle"]["preStop"]["sleep"]["seconds"] >= 5
+    body = corefile_body(COREFILE.read_text())
+    assert "lameduck 5s" in body
+    spec = find("Deployment", "coredns-gslb")["spec"]["template"]["spec"]
+    assert spec["terminationGracePeriodSeconds"] >= 5 + float(env["backend"]["SHUTDOWN_DRAIN_SECONDS"]) + 5
+
+
 def test_pod_is_hardened_and_pinned() -> None:
     spec = find("Deployment", "coredns-gslb")["spec"]["template"]["spec"]
     assert spec["securityContext"]["runAsNonRoot"] is True
