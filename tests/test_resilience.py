@@ -47,7 +47,7 @@ def axfr(edge: Bind9) -> list[str]:
     """The whole edge zone, as BIND9 transfers it (TSIG-signed), one sorted line per record."""
     keyring = dns.tsig.Key(edge.key_name, edge.secret, dns.tsig.HMAC_SHA256)
     zone = dns.zone.from_xfr(dns.query.xfr(edge.host, edge.zone, port=edge.port, keyring=keyring, timeout=10))
-    return sorted(zone.to_text().decode().splitlines())
+    return sorted(zone.to_text().splitlines())
 
 
 def test_an_unsynced_backend_changes_nothing_at_the_edge(
