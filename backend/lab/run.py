@@ -206,6 +206,7 @@ def prepare_cluster(plane: ControlPlane) -> Path:
         plane.kubectl("apply", "-f", str(crd))
     if crds:
         plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+    plane.install_gateway_api()
     for name in ("namespace.yaml", "serviceaccount.yaml", "rbac.yaml"):
         if (K8S / name).exists():
             plane.kubectl("apply", "-f", str(K8S / name))
