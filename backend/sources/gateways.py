@@ -212,7 +212,7 @@ def gateway_addresses(gw: Obj) -> tuple[list[str], list[Problem]]:
                 values.append(str(ipaddress.ip_address(value)))
             except ValueError:
                 problems.append(Problem("InvalidAddress", f"{key}: IPAddress {value!r} is not an IP address"))
-        elif type_ == "Hostname" and ann.check_name(value):
+        elif type_ == "Hostname" and ann.check_name(value) and not value.startswith("*"):
             values.append(value)
         else:
             why = f"{key}: {type_} address {value!r} cannot be a DNS target"
