@@ -32,6 +32,7 @@ from backend.model import ObjectRef, Store
 from backend.peers.exchange import PeerExchange
 from backend.server import DnsServer
 from backend.sources import kubeapi
+from backend.sources.gateway_producer import gateway_routes
 from backend.sources.informer import DNSENDPOINTS, ENDPOINTSLICES, INGRESSES, SERVICES, Informer, Resource
 from backend.sources.producer import ExternalDnsSources
 from backend.zone.table import Recompiler, next_serial
@@ -115,7 +116,7 @@ def external_dns(ctx: Context) -> None:
 
 
 Producer = Callable[[Context], None]
-PRODUCERS: list[Producer] = [external_dns, gslb, peers.attach, edge.attach, explain.attach]
+PRODUCERS: list[Producer] = [external_dns, gateway_routes, gslb, peers.attach, edge.attach, explain.attach]
 
 
 class Compiler:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from backend.model import normalize_name
+from backend.sources import selectors
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,10 @@ class Settings:
     txt_owner_id: str = ""  # ExternalDNS's --txt-owner-id for those names; "" = clusterGeoTag
     tsig_key_file: str | None = None
     tsig_secret: str | None = None  # namespace/name of a Secret holding the TSIG key
+    # ExternalDNS's Gateway filters for the gateway-*route sources ("" = any)
+    gateway_name: str = ""
+    gateway_namespace: str = ""
+    gateway_label_filter: str = ""  # a label selector on Gateways
 
     @property
     def all_zones(self) -> tuple[str, ...]:
@@ -118,6 +123,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tsig-secret", default=_env("TSIG_SECRET"), help="namespace/name of a Secret with the key"
     )
+    # ExternalDNS's Gateway filters: only routes attached to matching Gateways are published
+    p.add_argument("--gateway-name", default=_env("GATEWAY_NAME", ""), help="only Gateways of this name")
+    p.add_argument("--gateway-namespace", default=_env("GATEWAY_NAMESPACE", ""),
+                   help="only Gateways in this namespace")
+    p.add_argument("--gateway-label-filter", default=_env("GATEWAY_LABEL_FILTER", ""),
+                   help="only Gateways matching this label selector")
     return p
 
 
@@ -136,6 +147,10 @@ def from_args(argv: Sequence[str] | None = None) -> Settings:
             p.error(f"dnsZone {dz} is not inside edgeDNSZone {ez}")
     if dns_zones and not a.cluster_geo_tag:
         p.error("--cluster-geo-tag (clusterGeoTag) is required with --dns-zone")
+    try:
+        selectors.parse(a.gateway_label_filter)
+    except ValueError as e:
+        p.error(f"--gateway-label-filter: {e}")
     return Settings(
         zones=tuple(normalize_name(z) for z in _split(a.zones)),
         gslb_zones=tuple(GslbZone(dz, ez) for dz, ez in zip(dns_zones, edge_zones, strict=True)),
@@ -164,4 +179,7 @@ def from_args(argv: Sequence[str] | None = None) -> Settings:
         txt_owner_id=a.txt_owner_id,
         tsig_key_file=a.tsig_key_file,
         tsig_secret=a.tsig_secret,
+        gateway_name=a.gateway_name,
+        gateway_namespace=a.gateway_namespace,
+        gateway_label_filter=a.gateway_label_filter,
     )

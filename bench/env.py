@@ -15,6 +15,7 @@ from typing import Protocol, TypeVar
 from backend.gslb.demo import install_crds
 from backend.lab.coredns import CoreDNS
 from backend.lab.kube import ControlPlane, Etcd, Pki
+from backend.lab.lbpool import LbPool
 from backend.lab.sidecar import Backend
 
 
@@ -58,6 +59,12 @@ class Bed(contextlib.AbstractContextManager["Bed"]):
         c = self._add(CoreDNS(self.workdir, template, name=name, **values))
         c.start()
         return c
+
+    def lbpool(self, services: Sequence[str]) -> LbPool:
+        """The lab's MetalLB stand-in and gateway controller (GatewayClasses of lbpool's controllerName)."""
+        pool = self._add(LbPool(self.workdir, self.plane.kubeconfig, services=services))
+        pool.start()
+        return pool
 
     def stop(self, item: Stoppable) -> None:
         item.stop()

@@ -17,6 +17,7 @@ COREDNS_VERSION=v1.14.7
 KUBE_VERSION=v1.34.4
 KWOK_VERSION=v0.7.0
 ETCD_VERSION=v3.6.16
+GATEWAY_API_VERSION=v1.6.0  # CRDs, standard channel (TCPRoute/UDPRoute are v1 there since v1.6)
 
 log() { printf '[deps] %s\n' "$*" >&2; }
 
@@ -100,6 +101,26 @@ kube() {
   for c in "${todo[@]}"; do keep "${c##*/}" $KUBE_VERSION; done
 }
 
+# The Gateway API CRDs from the Go module (Apache-2.0), standard channel, into $DEPS_DIR/crds/gateway-api:
+# the control planes of the tests and the lab apply them (backend/lab/kube.py: install_gateway_api).
+gateway_api() {
+  local dest=$DEPS_DIR/crds/gateway-api cached=$CACHE_DIR/gateway-api-crds-$GATEWAY_API_VERSION
+  [[ -f $dest/.version && $(cat "$dest/.version") == "$GATEWAY_API_VERSION" ]] && return 0
+  if [[ ! -d $cached ]]; then
+    need_go
+    log "Gateway API $GATEWAY_API_VERSION CRDs (go mod download)"
+    local dir
+    dir=$(cd "$root/deps/kube" && go mod download -json "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION" |
+      sed -nE 's/^\s*"Dir": "(.*)",?$/\1/p')
+    [[ -d $dir/config/crd/standard ]] || { log "no config/crd/standard in $dir"; exit 1; }
+    mkdir -p "$cached.tmp"
+    cp "$dir"/config/crd/standard/gateway.networking.k8s.io_*.yaml "$dir/LICENSE" "$cached.tmp/"
+    chmod -R u+w "$cached.tmp" && mv "$cached.tmp" "$cached"
+  fi
+  rm -rf "$dest" && mkdir -p "$dest" && cp "$cached"/* "$dest/"
+  echo "$GATEWAY_API_VERSION" >"$dest/.version"
+}
+
 venv() {
   local py=$root/.venv/bin/python stamp=$root/.venv/.installed
   [[ -x $py ]] || python3 -m venv "$root/.venv"
@@ -113,9 +134,9 @@ venv() {
 
 what=${1:-all}
 case $what in
-  all) apt_packages; venv; coredns; kwok; etcd; kube ;;
+  all) apt_packages; venv; coredns; kwok; etcd; kube; gateway_api ;;
   apt) apt_packages ;;
-  venv | coredns | kwok | etcd | kube) $what ;;
-  *) log "usage: $0 [all|apt|venv|coredns|kwok|etcd|kube]"; exit 2 ;;
+  venv | coredns | kwok | etcd | kube | gateway_api) $what ;;
+  *) log "usage: $0 [all|apt|venv|coredns|kwok|etcd|kube|gateway_api]"; exit 2 ;;
 esac
 log "ready: $(ls "$BIN" | tr '\n' ' ')"

@@ -31,9 +31,9 @@ def lab(folder: Path, *args: str, timeout: float = 400) -> subprocess.CompletedP
     )
 
 
-def answers(output: str, observer: str) -> list[str]:
-    """What the replay printed for fe.gb.foowidgets.k8s at one observer, in order."""
-    return re.findall(rf"\[lab\]\s+{observer} .*?fe\.gb\.foowidgets\.k8s -> (\S+)", output)
+def answers(output: str, observer: str, host: str = "fe.gb.foowidgets.k8s") -> list[str]:
+    """What the replay printed for a host (fe.gb.foowidgets.k8s) at one observer, in order."""
+    return re.findall(rf"\[lab\]\s+{observer} .*?{re.escape(host)} -> (\S+)", output)
 
 
 class Addresses:
@@ -64,6 +64,9 @@ def test_make_lab_replays_the_chapter_and_stops_cleanly(lab_dir: Path) -> None:
     assert answers(out, "edge") == ["10.2.1.167", "10.2.1.98", "10.2.1.167"], out
     assert answers(out, "us-buf") == ["10.2.1.167", "10.2.1.98", "10.2.1.167"], out
     assert answers(out, "us-nyc") == ["10.2.1.167", "10.2.1.98", "10.2.1.167"], out
+    shop = ["172.18.200.102", "172.18.201.102", "172.18.200.102"]  # the Gateway-API host beside it
+    for observer in ("edge", "us-buf", "us-nyc"):
+        assert answers(out, observer, "shop.gb.foowidgets.k8s") == shop, out
     assert re.search(r"fe\.gb\.foowidgets\.k8s -> 10\.2\.1\.98\s+\(\d+\.\ds\)", out), (
         "switch times are printed"
     )

@@ -105,6 +105,9 @@ ALLOWED = [
     *_reads("externaldns.k8s.io", "dnsendpoints"),
     *_reads("k8gb.absa.oss", "gslbs"),
     *_reads("k8gb.io", "gslbs"),
+    *[r for kind in ("gateways", "httproutes", "grpcroutes", "tlsroutes", "tcproutes", "udproutes")
+      for r in _reads("gateway.networking.k8s.io", kind)],
+    *_reads("", "namespaces"),
     *[(verb, "networking.k8s.io", "ingresses", "demo", "") for verb in WRITES],
     *[(verb, group, "gslbs", "demo", "") for group in K8GB for verb in ("create", "update")],
     *[(verb, group, "gslbs/status", "demo", "") for group in K8GB
@@ -136,7 +139,10 @@ FORBIDDEN = [
     ("list", "", "pods", "", ""),
     ("list", "", "nodes", "", ""),
     ("get", "", "configmaps", NAMESPACE, ""),
-    ("list", "", "namespaces", "", ""),
+    ("create", "", "namespaces", "", ""),
+    ("patch", "gateway.networking.k8s.io", "gateways/status", "demo", ""),
+    ("update", "gateway.networking.k8s.io", "httproutes", "demo", ""),
+    ("list", "gateway.networking.k8s.io", "gatewayclasses", "", ""),
     ("create", "apiextensions.k8s.io", "customresourcedefinitions", "", ""),
     ("create", "rbac.authorization.k8s.io", "clusterrolebindings", "", ""),
     ("create", "", "serviceaccounts/token", NAMESPACE, ACCOUNT),

@@ -32,7 +32,8 @@ def ready_condition(result: GslbResult) -> tuple[str, str, str]:
         return "False", "Unhealthy", "; ".join(sick)
     if not all(h.targets for h in result.hosts):
         # e.g. the ingress controller has not announced an address yet, or announced only a hostname
-        return "False", "NoAddress", "no load-balancer IP address (status.loadBalancer.ingress[].ip) yet"
+        return "False", "NoAddress", ("no load-balancer IP address (status.loadBalancer.ingress[].ip, or the "
+                                      "Gateway's status.addresses) yet")
     return "True", "Healthy", f"{len(result.hosts)} host(s) healthy and served"
 
 

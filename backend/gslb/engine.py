@@ -76,11 +76,13 @@ class _Recording:
 
     def get(self, kind: str, key: str) -> Obj | None:
         self.deps.add((kind, key))
-        return self.informers[kind].get(key)
+        informer = self.informers.get(kind)  # None: a kind this cluster does not serve
+        return informer.get(key) if informer is not None else None
 
     def select(self, kind: str, namespace: str, labels: dict[str, str]) -> list[Obj]:
         self.deps.add((kind, f"{namespace}/*"))
-        return [o for o in self.informers[kind].list()
+        informer = self.informers.get(kind)
+        return [o for o in (informer.list() if informer is not None else ())
                 if (o.get("metadata") or {}).get("namespace") == namespace and _labels_match(o, labels)]
 
     def slices(self, service_key: str) -> list[Obj]:
@@ -132,14 +134,16 @@ def _observe(obj: Obj, result: GslbResult | None) -> None:
 
 
 class GslbEngine:
-    """Attach to the informers (Gslbs of both groups, Ingresses, Services, EndpointSlices)."""
+    """Attach to the informers (Gslbs of both groups, Ingresses, Services, EndpointSlices, and the
+    Gateway API's Gateways and routes by kind where the cluster serves them)."""
 
     def __init__(self, store: Store, settings: Settings, gslbs: list[Informer], ingresses: Informer,
-                 services: Informer, endpointslices: Informer) -> None:
+                 services: Informer, endpointslices: Informer,
+                 gateway_api: dict[str, Informer] | None = None) -> None:
         self.store = store
         self.settings = settings
         self.gslb_informers = gslbs
-        self._informers = {"Ingress": ingresses, "Service": services}
+        self._informers = {"Ingress": ingresses, "Service": services, **(gateway_api or {})}
         self._slices = endpointslices
         self._lock = threading.RLock()
         self._deps: dict[str, set[Dep]] = {}
@@ -152,8 +156,8 @@ class GslbEngine:
         endpointslices.add_index(SLICE_INDEX, _slice_services)
         for informer in gslbs:
             informer.add_handler(self._on_gslb)
-        ingresses.add_handler(self._dependency_handler("Ingress"))
-        services.add_handler(self._dependency_handler("Service"))
+        for kind, informer in self._informers.items():
+            informer.add_handler(self._dependency_handler(kind))
         endpointslices.add_handler(self._on_slice)
 
     def subscribe(self, listener: Listener) -> None:

@@ -12,8 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from backend.gslb.spec import HOSTNAME, GslbSpec, SpecError
+from backend.gslb.spec import HOSTNAME, ROUTE_KINDS, GslbSpec, SpecError
 from backend.model import normalize_name
+from backend.sources.gateways import parent_keys
 
 Obj = dict[str, Any]
 
@@ -71,9 +72,14 @@ def combine(states: Iterable[str], policy: str) -> str:
 
 
 def lb_addresses(obj: Obj | None) -> list[str]:
-    """status.loadBalancer.ingress[].ip: what MetalLB or an ingress controller announced."""
+    """status.loadBalancer.ingress[].ip: what MetalLB or an ingress controller announced; for a
+    Gateway its status.addresses of type IPAddress (Hostname addresses are not resolved here)."""
     if obj is None:
         return []
+    if obj.get("kind") == "Gateway":
+        addresses = (obj.get("status") or {}).get("addresses") or ()
+        return [str(a.get("value")) for a in addresses
+                if isinstance(a, dict) and (a.get("type") or "IPAddress") == "IPAddress" and a.get("value")]
     lb = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or ()
     return [entry["ip"] for entry in lb if isinstance(entry, dict) and entry.get("ip")]
 
@@ -127,6 +133,8 @@ def _sources(spec: GslbSpec, view: View) -> list[tuple[Obj | None, dict[str, set
         raise SpecError("ResourceNotFound", f"spec.resourceRef: no {wanted}")
     if ref.kind == "Ingress":
         return [(obj, _ingress_hosts(obj.get("spec") or {}, ns)) for obj in objs]
+    if ref.kind in ROUTE_KINDS:
+        return [_route_source(view, obj) for obj in objs]
     out = []
     for obj in objs:
         names = ((obj.get("metadata") or {}).get("annotations") or {}).get(HOSTNAME, "")
@@ -135,6 +143,31 @@ def _sources(spec: GslbSpec, view: View) -> list[tuple[Obj | None, dict[str, set
             raise SpecError("MissingHostname", f"Service {_key(obj)} has no {HOSTNAME} annotation")
         out.append((obj, {h: {_key(obj)} for h in hosts}))
     return out
+
+
+def _route_source(view: View, route: Obj) -> tuple[Obj | None, dict[str, set[str]]]:
+    """k8gb's rules for a Gateway API route: exactly one Gateway parent, whose status.addresses are
+    the targets; hosts from spec.hostnames (TCPRoute/UDPRoute: the k8gb.io/hostname annotation);
+    backend Services from the rules' backendRefs."""
+    meta = route.get("metadata") or {}
+    ns, kind = meta.get("namespace", ""), route.get("kind", "")
+    spec = route.get("spec") or {}
+    parents = parent_keys(route)
+    if len(parents) != 1:
+        raise SpecError("InvalidParentRefs", f"{kind} {_key(route)} has {len(parents)} Gateway parents "
+                        f"({', '.join(parents) or 'none'}); exactly one is needed to know its addresses")
+    if kind in ("TCPRoute", "UDPRoute"):
+        names = [h for h in ((meta.get("annotations") or {}).get(HOSTNAME) or "").split(",") if h.strip()]
+        if not names:
+            raise SpecError("MissingHostname", f"{kind} {_key(route)} has no {HOSTNAME} annotation")
+    else:
+        names = [h for h in spec.get("hostnames") or () if h]
+        if not names:
+            raise SpecError("MissingHostname", f"{kind} {_key(route)} has no spec.hostnames")
+    services = {f"{ref.get('namespace') or ns}/{ref['name']}"
+                for rule in spec.get("rules") or () for ref in rule.get("backendRefs") or ()
+                if ref.get("name") and not ref.get("group") and (ref.get("kind") or "Service") == "Service"}
+    return view.get("Gateway", parents[0]), {normalize_name(h): set(services) for h in names}
 
 
 def evaluate(spec: GslbSpec, view: View) -> tuple[HostState, ...]:

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 from backend.controller.manager import Controller
 from backend.gslb.engine import GslbEngine
+from backend.sources import gateways
+from backend.sources.gateway_producer import served_kinds
 from backend.sources.informer import ENDPOINTSLICES, GSLBS, GSLBS_IO, INGRESSES, SERVICES
 
 if TYPE_CHECKING:
@@ -14,6 +16,8 @@ if TYPE_CHECKING:
 
 
 def gslb(ctx: Context) -> None:
+    served = served_kinds(ctx.api)
+    resources = {"Gateway": gateways.GATEWAYS, **gateways.ROUTES} if "Gateway" in served else {}
     engine = GslbEngine(
         ctx.store,
         ctx.settings,
@@ -21,6 +25,7 @@ def gslb(ctx: Context) -> None:
         ctx.informer(INGRESSES),
         ctx.informer(SERVICES),
         ctx.informer(ENDPOINTSLICES),
+        {kind: ctx.informer(res) for kind, res in resources.items() if kind in served},
     )
     ctx.gslb_engine = engine
     controller = Controller(ctx.api, ctx.settings, engine, ctx.informer(INGRESSES), ctx.recorder,

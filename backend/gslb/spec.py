@@ -18,6 +18,7 @@ STRATEGIES = ("roundRobin", "failover", "geoip")
 POLICIES = ("Any", "All")
 EXPOSED_IPS = "k8gb.io/exposed-ip-addresses"
 HOSTNAME = "k8gb.io/hostname"
+ROUTE_KINDS = ("HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute", "UDPRoute")  # Gateway API, as k8gb v0.17+
 
 
 class SpecError(ValueError):
@@ -31,7 +32,7 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class ResourceRef:
-    kind: str  # "Ingress" | "Service"
+    kind: str  # "Ingress" | "Service" | one of ROUTE_KINDS
     namespace: str
     name: str = ""
     match_labels: tuple[tuple[str, str], ...] = ()
@@ -80,8 +81,9 @@ def _strategy(raw: Any, default_ttl: int) -> tuple[Strategy, int]:
 
 def _resource_ref(raw: Any, namespace: str) -> ResourceRef:
     kind = raw.get("kind") or "Ingress"
-    if kind not in ("Ingress", "Service"):
-        raise SpecError("UnsupportedResource", f"spec.resourceRef.kind {kind!r}: only Ingress or Service")
+    if kind not in ("Ingress", "Service", *ROUTE_KINDS):
+        raise SpecError("UnsupportedResource",
+                        f"spec.resourceRef.kind {kind!r}: only Ingress, Service or {', '.join(ROUTE_KINDS)}")
     labels = raw.get("matchLabels") or {}
     name = raw.get("name") or ""
     if not name and not labels:

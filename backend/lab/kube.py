@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from backend.lab.proc import Process, StartupError, binary, free_port, wait_for
+from backend.lab.proc import ROOT, Process, StartupError, binary, free_port, wait_for
 
 if TYPE_CHECKING:
     import kubernetes.client
@@ -35,6 +35,7 @@ CONTROLLERS = (
     "root-ca-certificate-publisher-controller",
 )
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
+GATEWAY_API_CRDS = ROOT / ".deps" / "crds" / "gateway-api"  # pinned by deps/install.sh (gateway_api)
 START_TIMEOUT = 90.0
 
 
@@ -442,6 +443,19 @@ class ControlPlane:
 
     def apply(self, yaml_text: str, *args: str) -> str:
         return self.kubectl("apply", "-f", "-", *args, input=yaml_text)
+
+    def install_gateway_api(self) -> None:
+        """The pinned Gateway API CRDs (standard channel), as a cluster with a gateway implementation
+        has them; server-side, as the CRDs are too large for the last-applied annotation."""
+        files = sorted(GATEWAY_API_CRDS.glob("gateway.networking.k8s.io_*.yaml"))
+        if not files:
+            raise StartupError(f"no Gateway API CRDs in {GATEWAY_API_CRDS}: run make deps")
+        args = [a for f in files for a in ("-f", str(f))]
+        self.kubectl("apply", "--server-side", "--force-conflicts", *args)
+        # gateway.networking.k8s.io_httproutes.yaml -> crd/httproutes.gateway.networking.k8s.io
+        names = [f.stem.split("_", 1) for f in files if "_vap_" not in f.name]
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                     *(f"crd/{plural}.{group}" for group, plural in names))
 
     def token_for(self, service_account: str, namespace: str = "default", duration: str = "24h") -> str:
         """A TokenRequest token for a ServiceAccount (created if missing): RBAC applies to it."""

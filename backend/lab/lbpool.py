@@ -2,7 +2,8 @@
 
 Services of type LoadBalancer get the next free address of the service pool (a fixed one by name if
 configured, as the chapter's 172.18.200.101 for nginx-ext-dns); every Ingress gets the ingress
-controller's address. The addresses are answer data only; nothing ever connects to them. Run it as
+controller's address. It is also the gateway controller of its own GatewayClass (gatewayctl.py).
+The addresses are answer data only; nothing ever connects to them. Run it as
 `python -m backend.lab.lbpool --kubeconfig K ...`, or call `set_load_balancer` once from a test.
 """
 
@@ -17,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from backend.lab.gatewayctl import GatewayController
 from backend.lab.proc import PYTHON, ROOT, Process, wait_for
 
 START_TIMEOUT = 30.0
@@ -131,6 +133,7 @@ def run(kubeconfig: str, pools: Pools, *, ready: Callable[[], None] = lambda: No
 
     for lister, handle in kinds:
         threading.Thread(target=loop, args=(lister, handle), daemon=True).start()
+    GatewayController(api, pools.for_service).start()  # Gateways take addresses from the Service pool
     synced.wait()
     ready()
     threading.Event().wait()

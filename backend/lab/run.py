@@ -31,6 +31,8 @@ K8S = ROOT / "k8s"
 EDGE_ZONE = "foowidgets.k8s"
 GSLB_ZONE = "gb.foowidgets.k8s"
 HOST = "fe.gb.foowidgets.k8s"
+SHOP = "shop.gb.foowidgets.k8s"  # the same failover over a Gateway API HTTPRoute (manifests/shop.yaml)
+SHOP_GATEWAY = {"us-buf": "172.18.200.102", "us-nyc": "172.18.201.102"}  # the Gateways' addresses
 SA_NAMESPACE = SA_NAME = "coredns-gslb"
 WAIT = 60.0  # bound for each step of the demo; the edge's cache alone may take the TTL (30 s)
 
@@ -52,16 +54,16 @@ def clusters(buf_ip: str, nyc_ip: str) -> list[ClusterSpec]:
             buf_ip,
             "10.2.1.167",
             tuple(f"172.18.200.{i}" for i in range(101, 111)),
-            {"default/nginx-ext-dns": "172.18.200.101"},
-            ("nginx-lb.yaml", "demo.yaml", "gslb-failover-buf.yaml"),
+            {"default/nginx-ext-dns": "172.18.200.101", "gateway:demo/shop": SHOP_GATEWAY["us-buf"]},
+            ("nginx-lb.yaml", "demo.yaml", "gslb-failover-buf.yaml", "shop.yaml"),
         ),
         ClusterSpec(
             "us-nyc",
             nyc_ip,
             "10.2.1.98",
             tuple(f"172.18.201.{i}" for i in range(101, 111)),
-            {},
-            ("demo.yaml", "gslb-failover-nyc.yaml"),
+            {"gateway:demo/shop": SHOP_GATEWAY["us-nyc"]},
+            ("demo.yaml", "gslb-failover-nyc.yaml", "shop.yaml"),
         ),
     ]
 
@@ -206,6 +208,7 @@ def prepare_cluster(plane: ControlPlane) -> Path:
         plane.kubectl("apply", "-f", str(crd))
     if crds:
         plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+    plane.install_gateway_api()
     for name in ("namespace.yaml", "serviceaccount.yaml", "rbac.yaml"):
         if (K8S / name).exists():
             plane.kubectl("apply", "-f", str(K8S / name))
@@ -230,23 +233,25 @@ class Observer:
     options: tuple[str, ...] = ()
 
 
-def watch(name: str, want: list[str], observers: list[Observer], since: float) -> bool:
-    """Poll every observer until each answers `want`; print when each switched, counted from `since`."""
-    pending = list(observers)
-    last: dict[str, str] = {}
+def watch(name: str, want: list[str], observers: list[Observer], since: float,
+          more: dict[str, list[str]] | None = None) -> bool:
+    """Poll every observer until each answers `want` (and each name of `more` its answer); print when
+    each switched, counted from `since`."""
+    pending = [(obs, n, w) for n, w in {name: want, **(more or {})}.items() for obs in observers]
+    last: dict[tuple[str, str], str] = {}
     deadline = time.monotonic() + WAIT
     while pending and time.monotonic() < deadline:
-        for obs in list(pending):
-            answer = dig(obs.server, name, "A", *obs.options, timeout=1)
+        for obs, n, w in list(pending):
+            answer = dig(obs.server, n, "A", *obs.options, timeout=1)
             got = answer.values("A")
-            last[obs.label] = " ".join(got) if got else (answer.rcode or "no reply")
-            if got == want:
-                pending.remove(obs)
-                say(f"  {obs.label:<30} {name} -> {' '.join(got)}   ({time.monotonic() - since:.1f}s)")
+            last[(obs.label, n)] = " ".join(got) if got else (answer.rcode or "no reply")
+            if got == w:
+                pending.remove((obs, n, w))
+                say(f"  {obs.label:<30} {n} -> {' '.join(got)}   ({time.monotonic() - since:.1f}s)")
         if pending:
             time.sleep(0.2)
-    for obs in pending:
-        say(f"  {obs.label:<30} {name}: {last.get(obs.label)!r} after {WAIT:.0f}s, want {' '.join(want)}")
+    for obs, n, w in pending:
+        say(f"  {obs.label:<30} {n}: {last.get((obs.label, n))!r} after {WAIT:.0f}s, want {' '.join(w)}")
     return not pending
 
 
@@ -271,18 +276,20 @@ def demo(state: dict) -> bool:
     say(f"$ dig {dig_args(buf['dns'])} nginx.foowidgets.k8s")
     ok = watch("nginx.foowidgets.k8s", ["172.18.200.101"], at_clusters[:1], time.monotonic())
     say(f"$ dig {dig_args(state['edge']['dns'])} {HOST}")
-    ok &= watch(HOST, ["10.2.1.167"], [edge, *at_clusters], time.monotonic())
+    ok &= watch(HOST, ["10.2.1.167"], [edge, *at_clusters], time.monotonic(),
+                {SHOP: [SHOP_GATEWAY["us-buf"]]})
     for geotag, c in state["clusters"].items():
-        say(f"$ kubectl --kubeconfig {c['kubeconfig']} get gslb,ingress -n demo   # {geotag}")
+        kinds = "gslb,ingress,gateway,httproute"
+        say(f"$ kubectl --kubeconfig {c['kubeconfig']} get {kinds} -n demo   # {geotag}")
         for line in kubectl(
-            ROOT / c["kubeconfig"], "get", "gslb,ingress", "-n", "demo", check=False
+            ROOT / c["kubeconfig"], "get", kinds, "-n", "demo", check=False
         ).splitlines():
             say(f"  {line}".rstrip())
     steps = (
-        (0, "10.2.1.98", "Buffalo's nginx is down: failover to NYC"),
-        (1, "10.2.1.167", "Buffalo is back: the primary again"),
+        (0, "10.2.1.98", "us-nyc", "Buffalo's nginx is down: failover to NYC"),
+        (1, "10.2.1.167", "us-buf", "Buffalo is back: the primary again"),
     )
-    for replicas, want, why in steps:
+    for replicas, want, shop_at, why in steps:
         say(
             f"$ kubectl --kubeconfig {buf['kubeconfig']} -n demo scale deployment nginx --replicas={replicas}"
             f"   # {why}"
@@ -291,7 +298,7 @@ def demo(state: dict) -> bool:
         kubectl(
             ROOT / buf["kubeconfig"], "-n", "demo", "scale", "deployment", "nginx", f"--replicas={replicas}"
         )
-        ok &= watch(HOST, [want], [*at_clusters, edge], t0)
+        ok &= watch(HOST, [want], [*at_clusters, edge], t0, {SHOP: [SHOP_GATEWAY[shop_at]]})
     return ok
 
 

@@ -36,6 +36,28 @@ def slice_service(obj: Obj) -> list[str]:
     return [f"{meta.get('namespace', '')}/{name}"] if name else []
 
 
+class ProblemReporter:
+    """Tells the user each problem once per appearance, not on every unrelated change to the object."""
+
+    def __init__(self, recorder: EventRecorder | None) -> None:
+        self.recorder = recorder
+        self._problems: dict[str, set[Problem]] = {}
+
+    def report(self, key: str, obj: Obj, problems: Sequence[Problem]) -> None:
+        new = set(problems)
+        for p in sorted(new - self._problems.get(key, set()), key=lambda p: (p.reason, p.message)):
+            log.warning("%s: %s: %s", key, p.reason, p.message)
+            if self.recorder is not None:
+                self.recorder.record(ann.object_ref(obj), "Warning", p.reason, p.message)
+        if new:
+            self._problems[key] = new
+        else:
+            self._problems.pop(key, None)
+
+    def forget(self, key: str) -> None:
+        self._problems.pop(key, None)
+
+
 class ExternalDnsSources:
     def __init__(
         self,
@@ -54,7 +76,7 @@ class ExternalDnsSources:
         self.services = services_
         self.slices = endpointslices
         self._lock = threading.Lock()  # derive + replace as one step, or a stale derive can land last
-        self._problems: dict[str, set[Problem]] = {}
+        self._reporter = ProblemReporter(recorder)
         endpointslices.add_index(SLICES_BY_SERVICE, slice_service)
         services_.add_handler(self._handler("service", self._service))
         endpointslices.add_handler(self._on_slice)
@@ -79,11 +101,11 @@ class ExternalDnsSources:
             with self._lock:
                 if type_ == "DELETED":
                     self.store.replace(key, ())
-                    self._problems.pop(key, None)
+                    self._reporter.forget(key)
                     return
                 eps, problems = derive(obj)
                 self.store.replace(key, eps)
-                self._report(key, obj, problems)
+                self._reporter.report(key, obj, problems)
 
         return handle
 
@@ -94,16 +116,4 @@ class ExternalDnsSources:
                 with self._lock:
                     eps, problems = self._service(svc)
                     self.store.replace(f"service/{svc_key}", eps)
-                    self._report(f"service/{svc_key}", svc, problems)
-
-    def _report(self, key: str, obj: Obj, problems: Sequence[Problem]) -> None:
-        """Tell the user each problem once per appearance, not on every unrelated change to the object."""
-        new = set(problems)
-        for p in sorted(new - self._problems.get(key, set()), key=lambda p: (p.reason, p.message)):
-            log.warning("%s: %s: %s", key, p.reason, p.message)
-            if self.recorder is not None:
-                self.recorder.record(ann.object_ref(obj), "Warning", p.reason, p.message)
-        if new:
-            self._problems[key] = new
-        else:
-            self._problems.pop(key, None)
+                    self._reporter.report(f"service/{svc_key}", svc, problems)

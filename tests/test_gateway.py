@@ -1,0 +1,427 @@
+"""Gateway API through the real apiserver (with the pinned v1.6 CRDs), the lab's gateway controller
+(lbpool), our backend and real CoreDNS: names from every route kind as ExternalDNS makes them, the
+Gateway filter flags, bad input, and Gslbs over routes (one cluster and failover between two)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+from test_multicluster import clusters  # noqa: F401  (the two-cluster fixture)
+from test_multicluster import until as mc_until
+
+from backend.gslb import demo
+from backend.lab.bind9 import Bind9
+from backend.lab.dig import DigResult
+from backend.lab.kube import ControlPlane
+from backend.lab.lbpool import LbPool
+from backend.lab.proc import wait_for
+from backend.lab.sidecar import DnsStack
+
+pytestmark = pytest.mark.controlplane
+
+ZONES = ("foowidgets.k8s", "example.com")
+CLASS = "lbpool"
+CONTROLLER = "lab.coredns-gslb.io/lbpool"
+ALPHA = "external-dns.alpha.kubernetes.io/"
+WAIT = 45.0
+StackFactory = Callable[..., DnsStack]
+
+
+@pytest.fixture(scope="module")
+def gwapi(control_plane: ControlPlane) -> ControlPlane:
+    """The Gateway API CRDs and the lab controller's GatewayClass (plus the one ExternalDNS's docs use)."""
+    control_plane.install_gateway_api()
+    for name in (CLASS, "cilium"):
+        control_plane.apply(f"""
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: {name}}}
+spec: {{controllerName: {CONTROLLER}}}
+""")
+    return control_plane
+
+
+@pytest.fixture
+def pool(gwapi: ControlPlane, lbpool_factory: Callable[..., LbPool]) -> LbPool:
+    return lbpool_factory(gwapi, services=[f"172.18.210.{i}" for i in range(1, 40)])
+
+
+def until(check: Callable[[], Any], what: str, stack: DnsStack | None = None, timeout: float = WAIT) -> None:
+    watch = [stack.backend.process, stack.coredns.process] if stack else []
+    wait_for(check, what=what, timeout=timeout, watch=watch)
+
+
+def answer(stack: DnsStack, name: str, rtype: str = "A") -> DigResult:
+    return stack.dig(name, rtype)
+
+
+def wait_answer(stack: DnsStack, name: str, want: list[str] | str, rtype: str = "A",
+                timeout: float = WAIT) -> None:
+    """Until dig says `want`: the sorted data (a list) or the rcode (a str)."""
+    last: list[DigResult] = []
+
+    def check() -> bool:
+        r = answer(stack, name, rtype)
+        last[:] = [r]
+        return r.rcode == want if isinstance(want, str) else (
+            r.rcode == "NOERROR" and sorted(r.values(rtype)) == sorted(want))
+
+    try:
+        until(check, f"{name} {rtype} -> {want}", stack, timeout)
+    except Exception as e:
+        raise AssertionError(f"{e}\nlast answer:\n{last[0].output if last else None}") from None
+
+
+def events(plane: ControlPlane, ns: str, name: str) -> list[tuple[str, str, str]]:
+    out = plane.kubectl("get", "events", "-n", ns, "--field-selector", f"involvedObject.name={name}",
+                        "-o", "json")
+    return [(e["type"], e["reason"], e.get("message", "")) for e in json.loads(out)["items"]]
+
+
+def wait_event(plane: ControlPlane, ns: str, name: str, reason: str, stack: DnsStack) -> str:
+    found: list[str] = []
+
+    def check() -> bool:
+        found[:] = [m for t, r, m in events(plane, ns, name) if t == "Warning" and r == reason]
+        return bool(found)
+
+    until(check, f"Warning Event {reason} on {ns}/{name}", stack)
+    return found[0]
+
+
+def gateway(name: str, ns: str, listeners: str = "", cls: str = CLASS, labels: str = "{}",
+            annotations: str = "{}", addresses: str = "") -> str:
+    listeners = listeners or """
+  - name: http
+    protocol: HTTP
+    port: 80
+    allowedRoutes: {namespaces: {from: All}}"""
+    return f"""
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: {name}, namespace: {ns}, labels: {labels}, annotations: {annotations}}}
+spec:
+  gatewayClassName: {cls}{addresses}
+  listeners:{listeners}
+"""
+
+
+def http_route(name: str, ns: str, gw: str, gw_ns: str, hostnames: Sequence[str], backend: str = "web",
+               kind: str = "HTTPRoute", annotations: str = "{}") -> str:
+    hosts = f"\n  hostnames: {json.dumps(list(hostnames))}" if hostnames else ""
+    return f"""
+apiVersion: gateway.networking.k8s.io/v1
+kind: {kind}
+metadata: {{name: {name}, namespace: {ns}, annotations: {annotations}}}
+spec:
+  parentRefs: [{{name: {gw}, namespace: {gw_ns}}}]{hosts}
+  rules:
+  - backendRefs: [{{name: {backend}, port: 80}}]
+"""
+
+
+def gateway_address(plane: ControlPlane, ns: str, name: str) -> list[str]:
+    gw = json.loads(plane.kubectl("get", "gateway", name, "-n", ns, "-o", "json"))
+    return [a["value"] for a in (gw.get("status") or {}).get("addresses") or ()]
+
+
+def wait_address(plane: ControlPlane, ns: str, name: str) -> str:
+    until(lambda: gateway_address(plane, ns, name), f"the lbpool gives Gateway {ns}/{name} an address")
+    return gateway_address(plane, ns, name)[0]
+
+
+def patch_status(plane: ControlPlane, kind: str, ns: str, name: str, status: dict[str, Any]) -> None:
+    plane.kubectl("patch", kind, name, "-n", ns, "--subresource=status", "--type=merge",
+                  "-p", json.dumps({"status": status}))
+
+
+def test_each_route_kind_gives_its_names(gwapi: ControlPlane, pool: LbPool, namespace: str,
+                                         dns_stack_factory: StackFactory) -> None:
+    plane, ns = gwapi, namespace
+    plane.apply(gateway("gw", ns, listeners="""
+  - {name: http, protocol: HTTP, port: 80}
+  - {name: tls, protocol: TLS, port: 443, tls: {mode: Passthrough}}
+  - {name: tcp, protocol: TCP, port: 5432}
+  - {name: udp, protocol: UDP, port: 5353}"""))
+    stack = dns_stack_factory(plane, ZONES)
+    address = wait_address(plane, ns, "gw")
+    tcp_host = json.dumps({ALPHA + "hostname": f"tcp-{ns}.foowidgets.k8s"})
+    udp_host = json.dumps({ALPHA + "hostname": f"udp-{ns}.foowidgets.k8s"})
+    plane.apply(http_route("h", ns, "gw", ns, [f"http-{ns}.foowidgets.k8s"]))
+    plane.apply(http_route("g", ns, "gw", ns, [f"grpc-{ns}.foowidgets.k8s"], kind="GRPCRoute"))
+    plane.apply(http_route("t", ns, "gw", ns, [f"tls-{ns}.foowidgets.k8s"], kind="TLSRoute"))
+    plane.apply(http_route("c", ns, "gw", ns, [], kind="TCPRoute", annotations=tcp_host))
+    plane.apply(http_route("u", ns, "gw", ns, [], kind="UDPRoute", annotations=udp_host))
+    for host in ("http", "grpc", "tls", "tcp", "udp"):
+        wait_answer(stack, f"{host}-{ns}.foowidgets.k8s", [address])
+    # A route hostname edit moves the name; deleting the route takes it away.
+    plane.apply(http_route("h", ns, "gw", ns, [f"http2-{ns}.foowidgets.k8s"]))
+    wait_answer(stack, f"http2-{ns}.foowidgets.k8s", [address])
+    wait_answer(stack, f"http-{ns}.foowidgets.k8s", "NXDOMAIN")
+    plane.kubectl("delete", "grpcroute", "g", "-n", ns)
+    wait_answer(stack, f"grpc-{ns}.foowidgets.k8s", "NXDOMAIN")
+
+
+def test_listener_hostname_narrows_and_not_allowed_routes_get_nothing(
+    gwapi: ControlPlane, pool: LbPool, namespace: str, dns_stack_factory: StackFactory
+) -> None:
+    plane, ns = gwapi, namespace
+    other = f"{ns}-b"
+    plane.kubectl("create", "namespace", other)
+    try:
+        plane.apply(gateway("gw", ns, listeners="""
+  - {name: shop, protocol: HTTP, port: 80, hostname: "*.shop.foowidgets.k8s"}"""))
+        stack = dns_stack_factory(plane, ZONES)
+        address = wait_address(plane, ns, "gw")
+        plane.apply(http_route("r", ns, "gw", ns, [f"a-{ns}.shop.foowidgets.k8s", f"b-{ns}.foowidgets.k8s"]))
+        wait_answer(stack, f"a-{ns}.shop.foowidgets.k8s", [address])
+        assert answer(stack, f"b-{ns}.foowidgets.k8s").rcode == "NXDOMAIN"
+        # The listener allows routes from its own namespace only: the controller does not accept it.
+        plane.apply(http_route("r", other, "gw", ns, [f"c-{ns}.shop.foowidgets.k8s"]))
+        message = wait_event(plane, other, "r", "RouteNotAccepted", stack)
+        assert "NotAllowedByListeners" in message
+        assert answer(stack, f"c-{ns}.shop.foowidgets.k8s").rcode == "NXDOMAIN"
+        # A route hostname no listener matches: not accepted either, and an Event saying so.
+        plane.apply(http_route("miss", ns, "gw", ns, [f"m-{ns}.elsewhere.foowidgets.k8s"]))
+        message = wait_event(plane, ns, "miss", "RouteNotAccepted", stack)
+        assert "NoMatchingListenerHostname" in message
+        assert answer(stack, f"m-{ns}.elsewhere.foowidgets.k8s").rcode == "NXDOMAIN"
+        # A route without hostnames takes the listener's: the wildcard answers below shop.
+        plane.apply(http_route("any", ns, "gw", ns, []))
+        wait_answer(stack, f"x-{ns}.shop.foowidgets.k8s", [address])
+    finally:
+        plane.kubectl("delete", "namespace", other, "--wait=false")
+
+
+def test_status_rules_target_annotation_hostname_address_and_bad_input(
+    gwapi: ControlPlane, namespace: str, dns_stack_factory: StackFactory
+) -> None:
+    """A Gateway of a class nobody implements, its status and the routes' written here as a controller
+    would: Accepted decides, the target annotation wins, Hostname addresses become CNAMEs, and each
+    bad input costs only its own name, with a Warning Event."""
+    plane, ns = gwapi, namespace
+    stack = dns_stack_factory(plane, ZONES)
+    target = json.dumps({ALPHA + "target": "203.0.113.9"})
+    plane.apply(gateway("byname", ns, cls="none"))
+    plane.apply(gateway("annotated", ns, cls="none", annotations=target))
+    plane.apply(gateway("empty", ns, cls="none"))
+    plane.apply(gateway("broken", ns, cls="none"))
+    patch_status(plane, "gateway", ns, "byname", {"addresses": [{"type": "Hostname",
+                                                                 "value": "lb.example.net"}]})
+    patch_status(plane, "gateway", ns, "annotated", {"addresses": [{"value": "10.7.0.1"}]})
+    # The CRD refuses a malformed IP; a NamedAddress passes it but is no DNS target.
+    patch_status(plane, "gateway", ns, "broken", {"addresses": [{"type": "IPAddress", "value": "10.7.0.2"},
+                                                                {"type": "NamedAddress", "value": "vip-1"}]})
+    routes = {"cname": "byname", "annotated": "annotated", "refused": "annotated", "noaddr": "empty",
+              "broken": "broken", "missing": "nosuchgateway"}
+    for name, gw in routes.items():
+        plane.apply(http_route(name, ns, gw, ns, [f"{name}-{ns}.foowidgets.k8s"]))
+        route = json.loads(plane.kubectl("get", "httproute", name, "-n", ns, "-o", "json"))
+        accepted = "False" if name == "refused" else "True"
+        patch_status(plane, "httproute", ns, name, {"parents": [{
+            "parentRef": route["spec"]["parentRefs"][0], "controllerName": "example.com/none",
+            "conditions": [{"type": "Accepted", "status": accepted, "reason": "Test", "message": "test",
+                            "observedGeneration": route["metadata"]["generation"],
+                            "lastTransitionTime": "2026-01-01T00:00:00Z"}]}]})
+    wait_answer(stack, f"cname-{ns}.foowidgets.k8s", ["lb.example.net."], "CNAME")
+    wait_answer(stack, f"annotated-{ns}.foowidgets.k8s", ["203.0.113.9"])
+    wait_answer(stack, f"broken-{ns}.foowidgets.k8s", ["10.7.0.2"])  # the good address stays
+    for name, reason in (("refused", "RouteNotAccepted"), ("noaddr", "GatewayNoAddress"),
+                         ("broken", "InvalidAddress"), ("missing", "GatewayNotFound")):
+        wait_event(plane, ns, name, reason, stack)
+        if name != "broken":
+            assert answer(stack, f"{name}-{ns}.foowidgets.k8s").rcode == "NXDOMAIN", name
+    log = stack.backend.process.log.read_text()
+    assert f"httproute/{ns}/missing: GatewayNotFound" in log
+    # The Gateway gets an address: its route answers, nothing else changed.
+    patch_status(plane, "gateway", ns, "empty", {"addresses": [{"type": "IPAddress", "value": "10.7.0.3"}]})
+    wait_answer(stack, f"noaddr-{ns}.foowidgets.k8s", ["10.7.0.3"])
+    assert answer(stack, f"annotated-{ns}.foowidgets.k8s").values("A") == ["203.0.113.9"]
+
+
+@pytest.mark.parametrize("flag", ["--gateway-name=keep", "--gateway-namespace",
+                                  "--gateway-label-filter=dns in (yes)"])
+def test_gateway_filter_flags(gwapi: ControlPlane, pool: LbPool, namespace: str,
+                              dns_stack_factory: StackFactory, flag: str) -> None:
+    """ExternalDNS's meaning: only routes attached to the selected Gateways are published."""
+    plane, ns = gwapi, namespace
+    other = f"{ns}-o"
+    plane.kubectl("create", "namespace", other)
+    try:
+        if flag == "--gateway-namespace":
+            flag = f"--gateway-namespace={ns}"
+            kept, dropped = ("gw", ns), ("gw", other)
+        else:
+            kept, dropped = ("keep", ns), ("drop", ns)
+        plane.apply(gateway(kept[0], kept[1], labels="{dns: 'yes'}"))
+        plane.apply(gateway(dropped[0], dropped[1], labels="{dns: 'no'}"))
+        stack = dns_stack_factory(plane, ZONES, [flag])
+        address = wait_address(plane, *kept[::-1])
+        wait_address(plane, *dropped[::-1])
+        plane.apply(http_route("in", ns, kept[0], kept[1], [f"in-{ns}.foowidgets.k8s"]))
+        plane.apply(http_route("out", ns, dropped[0], dropped[1], [f"out-{ns}.foowidgets.k8s"]))
+        wait_answer(stack, f"in-{ns}.foowidgets.k8s", [address])
+        until(lambda: "Accepted" in plane.kubectl("get", "httproute", "out", "-n", ns, "-o", "json"),
+              "the controller accepts the other route")
+        assert answer(stack, f"out-{ns}.foowidgets.k8s").rcode == "NXDOMAIN"
+    finally:
+        plane.kubectl("delete", "namespace", other, "--wait=false")
+
+
+def test_external_dns_docs_example_applies_unchanged_and_answers(
+    gwapi: ControlPlane, pool: LbPool, dns_stack_factory: StackFactory
+) -> None:
+    """ExternalDNS's Gateway API page (docs/sources/gateway-api.md, "Cloudflare Proxied Records"), as
+    written: Gateway my-gateway (class cilium, target annotation, listener *.example.com) and HTTPRoute
+    my-route for api.example.com with a TTL annotation."""
+    plane = gwapi
+    manifest = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: my-gateway
+  namespace: default
+  annotations:
+    # ✅ Correct: target annotation on Gateway
+    external-dns.alpha.kubernetes.io/target: "203.0.113.1"
+spec:
+  gatewayClassName: cilium
+  listeners:
+    - name: https
+      hostname: "*.example.com"
+      protocol: HTTPS
+      port: 443
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: my-route
+  annotations:
+    # ✅ Correct: provider-specific annotations on HTTPRoute
+    external-dns.alpha.kubernetes.io/cloudflare-proxied: "true"
+    external-dns.alpha.kubernetes.io/ttl: "300"
+spec:
+  parentRefs:
+    - name: my-gateway
+      namespace: default
+  hostnames:
+    - api.example.com
+  rules:
+    - backendRefs:
+        - name: api-service
+          port: 8080
+"""
+    stack = dns_stack_factory(plane, ZONES)
+    plane.apply(manifest, "-n", "default")
+    try:
+        wait_answer(stack, "api.example.com", ["203.0.113.1"])
+        assert answer(stack, "api.example.com").answer[0].ttl == 300
+    finally:
+        plane.kubectl("delete", "-n", "default", "-f", "-", input=manifest)
+
+
+def test_sources_off_without_the_crds(control_plane_factory: Callable[..., ControlPlane],
+                                      dns_stack_factory: StackFactory) -> None:
+    plane = control_plane_factory("no-gateway-api")
+    plane.apply("""
+apiVersion: v1
+kind: Service
+metadata:
+  name: plain
+  annotations: {external-dns.alpha.kubernetes.io/hostname: plain.foowidgets.k8s}
+spec: {type: ExternalName, externalName: elsewhere.example.net}
+""", "-n", "default")
+    stack = dns_stack_factory(plane, ZONES)
+    wait_answer(stack, "plain.foowidgets.k8s", ["elsewhere.example.net."], "CNAME")
+    log = stack.backend.process.log.read_text()
+    assert log.count("gateway-*route sources off") == 1, log
+    assert "gateway.networking.k8s.io" not in log.replace("gateway.networking.k8s.io/v1 gateways", ""), log
+
+
+# -- Gslbs over routes (k8gb's resourceRef) ----------------------------------------------------------
+
+def shop(ns: str, parents: Sequence[str] = ("shop",), addresses: str = "") -> str:
+    refs = ", ".join(f"{{name: {p}}}" for p in parents)
+    return gateway("shop", ns, addresses=addresses) + f"""
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: shop, namespace: {ns}}}
+spec:
+  parentRefs: [{refs}]
+  hostnames: [shop-{ns}.gb.foowidgets.k8s]
+  rules:
+  - backendRefs: [{{name: nginx, port: 80}}]
+---
+apiVersion: k8gb.absa.oss/v1beta1
+kind: Gslb
+metadata: {{name: shop, namespace: {ns}}}
+spec:
+  resourceRef: {{apiVersion: gateway.networking.k8s.io/v1, kind: HTTPRoute, name: shop}}
+  strategy: {{type: failover, primaryGeoTag: us-buf, dnsTtlSeconds: 2}}
+"""
+
+
+def gslb_ready(plane: ControlPlane, ns: str, name: str) -> dict[str, Any]:
+    obj = json.loads(plane.kubectl("get", "gslbs.k8gb.absa.oss", name, "-n", ns, "-o", "json"))
+    return next((c for c in (obj.get("status") or {}).get("conditions") or () if c["type"] == "Ready"), {})
+
+
+def test_gslb_over_an_httproute_and_two_gateway_parents(
+    gwapi: ControlPlane, pool: LbPool, namespace: str, dns_stack_factory: StackFactory
+) -> None:
+    plane, ns = gwapi, namespace
+    demo.install_crds(plane)
+    plane.apply(demo.CHAPTER_APP.read_text().replace("namespace: demo", f"namespace: {ns}").replace(
+        "name: demo\n", f"name: {ns}\n"))
+    plane.apply(shop(ns))
+    stack = dns_stack_factory(plane, ("gb.foowidgets.k8s",), demo.backend_flags("us-buf"))
+    address = wait_address(plane, ns, "shop")
+    host = f"shop-{ns}.gb.foowidgets.k8s"
+    wait_answer(stack, host, [address])
+    until(lambda: gslb_ready(plane, ns, "shop").get("status") == "True", "Gslb shop Ready", stack)
+    plane.kubectl("scale", "deployment", "nginx", "-n", ns, "--replicas=0")
+    wait_answer(stack, host, [])  # NODATA: the only cluster has nothing healthy
+    plane.kubectl("scale", "deployment", "nginx", "-n", ns, "--replicas=1")
+    wait_answer(stack, host, [address])
+    # Two Gateway parents: k8gb cannot tell which addresses are the route's.
+    plane.apply(gateway("second", ns))
+    plane.apply(shop(ns, parents=("shop", "second")))
+    until(lambda: gslb_ready(plane, ns, "shop").get("reason") == "InvalidParentRefs",
+          "Ready=False InvalidParentRefs on the Gslb", stack)
+    assert "2 Gateway parents" in gslb_ready(plane, ns, "shop")["message"]
+    wait_event(plane, ns, "shop", "InvalidParentRefs", stack)
+
+
+def test_gslb_over_an_httproute_fails_over_between_two_clusters(
+    control_plane_factory: Callable[..., ControlPlane], clusters: Any  # noqa: F811  (the imported fixture)
+) -> None:
+    """test_multicluster's two clusters behind a BIND9 edge; in each, Gateway shop (the lab controller
+    gives it the address it asks for), HTTPRoute shop over the chapter's nginx and a failover Gslb."""
+    addresses = {"us-buf": "10.2.3.167", "us-nyc": "10.2.3.98"}
+    for tag in addresses:
+        control_plane_factory(f"mc-{tag}").install_gateway_api()
+    edge, cs = clusters(list(addresses))
+    for c in cs:
+        c.plane.apply(f"""
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: {CLASS}}}
+spec: {{controllerName: {CONTROLLER}}}
+""")
+        wanted = f"\n  addresses: [{{type: IPAddress, value: {addresses[c.geotag]}}}]"
+        c.plane.apply(shop("demo", addresses=wanted).replace("shop-demo.gb", "shop.gb"))
+    host = "shop.gb.foowidgets.k8s"
+
+    def everywhere(want: list[str]) -> Callable[[], bool]:
+        return lambda: all(sorted(c.stack.dig(host, "A", "+norecurse").addresses) == want for c in cs)
+
+    mc_until(everywhere([addresses["us-buf"]]), "both clusters answer buf's Gateway", cs)
+    cs[0].scale(0)
+    mc_until(everywhere([addresses["us-nyc"]]), "both clusters fail over to nyc's Gateway", cs)
+    cs[0].scale(1)
+    mc_until(everywhere([addresses["us-buf"]]), "both clusters fail back to buf's Gateway", cs)
+    assert isinstance(edge, Bind9)
