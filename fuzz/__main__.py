@@ -1,4 +1,4 @@
-"""`python -m fuzz [NAME ...]`: run every fuzz module in this package (or the named ones); exit 1 on any crash."""
+"""`python -m fuzz [NAME ...]`: run every fuzz module here (or the named ones); exit 1 on any crash."""
 
 from __future__ import annotations
 
