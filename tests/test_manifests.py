@@ -61,6 +61,7 @@ def cluster(control_plane_factory: Callable[..., ControlPlane]) -> ControlPlane:
     control_plane = control_plane_factory("manifests")
     control_plane.kubectl("apply", "--server-side", "-f", str(K8S / "crds"))
     control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(K8S / "crds"))
+    control_plane.install_gateway_api()  # the lab's shop.yaml uses Gateway API kinds
     control_plane.kubectl("apply", "--server-side", "-f", str(K8S / "namespace.yaml"))
     namespaces = {doc["metadata"].get("namespace") for p in DRY_RUN for doc in documents(p)} - {None}
     for ns in sorted(namespaces):
