@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from backend import listener, metrics
 from backend.config import Settings
@@ -29,6 +29,7 @@ SERVFAIL = 2
 
 HttpReply = tuple[int, str, bytes]  # status, content type, body
 HttpHandler = Callable[[dict[str, list[str]]], HttpReply | Awaitable[HttpReply]]
+WRITE_TIMEOUT = 10.0  # a client that reads slower than this gets cut off, its buffer freed
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 500: "Internal Server Error",
             503: "Service Unavailable"}
 
@@ -59,6 +60,7 @@ class DnsServer:
         self._on_handover: list[Callable[[], None]] = []
         self.handed_over = False  # a newer backend serves: stop without the drain wait
         self._failed_routes: set[tuple[str, str]] = set()  # (path, exception type) already logged in full
+        self._exposing: asyncio.Future[bytes] | None = None  # the /metrics body being built
         self.grpc_port = 0
         self.http_port = 0
         self.admin_port = 0
@@ -141,6 +143,7 @@ class DnsServer:
         if self.settings.admin_listen or "admin" in socks:
             self._admin = await self._http_server(self.settings.admin_listen, socks.get("admin"), admin=True)
             self.admin_port = self._admin.sockets[0].getsockname()[1]
+        self._task(metrics.LAG.run())
         log.info("serving DNS over gRPC on port %d, HTTP on port %d, admin HTTP on port %d",
                  self.grpc_port, self.http_port, self.admin_port)
 
@@ -219,9 +222,9 @@ class DnsServer:
                          f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode())
             if method != "HEAD":
                 writer.write(body)
-            await writer.drain()
-        except ConnectionError:
-            pass
+            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+        except (ConnectionError, TimeoutError):  # a client that does not read loses its reply
+            writer.transport.abort()
         finally:
             writer.close()
 
@@ -231,7 +234,7 @@ class DnsServer:
         if path == "/readyz":
             return self._readyz()
         if path == "/metrics":
-            return 200, CONTENT_TYPE_LATEST, generate_latest(REGISTRY)
+            return 200, CONTENT_TYPE_LATEST, await self._metrics()
         handler = self._routes.get(path) if admin else None
         if handler is None:
             return 404, "text/plain", b"not found\n"
@@ -246,6 +249,13 @@ class DnsServer:
                 self._failed_routes.add(kind)
                 log.exception("HTTP handler for %s failed", path)
             return 500, "text/plain", b"internal error (see the backend's log)\n"
+
+    async def _metrics(self) -> bytes:
+        """The exposition, built on a worker thread; scrapes that arrive meanwhile share that one."""
+        if self._exposing is None:
+            self._exposing = asyncio.ensure_future(asyncio.to_thread(metrics.exposition))
+            self._exposing.add_done_callback(lambda _f: setattr(self, "_exposing", None))
+        return await asyncio.shield(self._exposing)
 
     def _readyz(self) -> HttpReply:
         lines = ["ready" if self.ready else "not ready: waiting for the first full sync"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import urllib.error
 import urllib.request
 
@@ -50,6 +51,7 @@ async def scenario() -> None:
 
     server.add_route("/async", slow)
     server.add_route("/broken", lambda q: 1 / 0)  # type: ignore[arg-type, return-value]
+    server.add_route("/hold", lambda q: (time.sleep(0.3), (200, "text/plain", b"held"))[1])
     await server.start()
     assert server.admin_port and server.admin_port != server.http_port
     try:
@@ -93,6 +95,13 @@ async def scenario() -> None:
         assert await admin("/async") == (200, "{}")
         assert await admin("/broken") == (500, "internal error (see the backend's log)\n")  # no internals
         assert (await admin("/readyz"))[0] == 200
+        assert await admin("/hold") == (200, "held")  # holds the answer loop for 0.3 s: the lag shows it
+        await asyncio.sleep(0.2)  # the lag timer's next tick after the hold
+        metrics = (await get("/metrics"))[1]
+        assert "coredns_gslb_loop_lag_seconds_bucket" in metrics
+        (lag_max,) = [float(line.split()[1]) for line in metrics.splitlines()
+                      if line.startswith("coredns_gslb_loop_lag_max_seconds ")]
+        assert lag_max >= 0.2, metrics
         assert (await get("/nothing"))[0] == 404
         assert (await get("/healthz", "POST"))[0] == 400
     finally:
@@ -108,3 +117,20 @@ def test_split_hostport() -> None:
     assert split_hostport("127.0.0.1:8053") == ("127.0.0.1", 8053)
     assert split_hostport("[::1]:8080") == ("::1", 8080)
     assert split_hostport("0.0.0.0:53") == ("0.0.0.0", 53)
+
+
+def test_per_object_series_text() -> None:
+    from backend.metrics import SeriesText
+
+    series = SeriesText("k8gb_gslb_errors", "Number of errors", "counter", ("namespace", "name"))
+    assert series.text() == b""
+    series.inc(("demo", "fe"))
+    series.inc(("demo", "fe"), 2)
+    series.set(("demo", 'q"x'), 1)
+    assert series.text().decode().splitlines() == [
+        "# HELP k8gb_gslb_errors_total Number of errors", "# TYPE k8gb_gslb_errors_total counter",
+        'k8gb_gslb_errors_total{name="fe",namespace="demo"} 3.0',
+        'k8gb_gslb_errors_total{name="q\\"x",namespace="demo"} 1.0']
+    series.remove(("demo", "fe"))
+    series.remove(("demo", "gone"))
+    assert "fe" not in series.text().decode() and series.value(("demo", 'q"x')) == 1.0

@@ -8,7 +8,6 @@ serves DNS); only the leader's controller turns the results into status and Even
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -117,20 +116,18 @@ def _observe(obj: Obj, result: GslbResult | None) -> None:
     labels = (meta.get("namespace", ""), meta.get("name", ""))
     statuses = (HEALTHY, UNHEALTHY, NOT_FOUND)
     if result is None:
-        series = [(m, labels) for m in (metrics.GSLB_HEALTHY_RECORDS, metrics.GSLB_RECONCILIATION_LOOPS,
-                                        metrics.GSLB_ERRORS)]
-        series += [(metrics.GSLB_SERVICE_STATUS, (*labels, status)) for status in statuses]
-        for metric, values in series:
-            with contextlib.suppress(KeyError):  # a series never set
-                metric.remove(*values)
+        for family in (metrics.GSLB_HEALTHY_RECORDS, metrics.GSLB_RECONCILIATION_LOOPS, metrics.GSLB_ERRORS):
+            family.remove(labels)
+        for status in statuses:
+            metrics.GSLB_SERVICE_STATUS.remove((*labels, status))
         return
     if result.error is not None:
-        metrics.GSLB_ERRORS.labels(*labels).inc()
+        metrics.GSLB_ERRORS.inc(labels)
     else:
-        metrics.GSLB_RECONCILIATION_LOOPS.labels(*labels).inc()
-    metrics.GSLB_HEALTHY_RECORDS.labels(*labels).set(sum(len(h.targets) for h in result.hosts if h.healthy))
+        metrics.GSLB_RECONCILIATION_LOOPS.inc(labels)
+    metrics.GSLB_HEALTHY_RECORDS.set(labels, sum(len(h.targets) for h in result.hosts if h.healthy))
     for status in statuses:
-        metrics.GSLB_SERVICE_STATUS.labels(*labels, status).set(sum(h.health == status for h in result.hosts))
+        metrics.GSLB_SERVICE_STATUS.set((*labels, status), sum(h.health == status for h in result.hosts))
 
 
 class GslbEngine:
