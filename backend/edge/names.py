@@ -19,6 +19,7 @@ from typing import TypeVar
 
 import dns.name
 import dns.query
+import dns.rdata
 import dns.rdatatype
 import dns.tsig
 import dns.zone
@@ -68,26 +69,57 @@ def _absolute(name: str) -> str:
     return name if name.endswith(".") else name + "."
 
 
+Contribution = tuple[RRKey, frozenset[Record], int, str]  # what one Store key asks for: values, TTL, resource
+
+
+def _contributions(key: str, eps: tuple[Endpoint, ...], settings: Settings, edge_zone: str,
+                   delegated: list[str]) -> list[Contribution]:
+    out: list[Contribution] = []
+    for ep in eps:
+        rtype = ep.rtype.upper()
+        if (rtype not in MANAGED_TYPES or not ep.targets or not in_zone(ep.name, edge_zone)
+                or any(in_zone(ep.name, z) for z in delegated)):
+            continue
+        values = frozenset(Record.of(ep.name, rtype, _absolute(t.value) if rtype == "CNAME" else t.value)
+                           for t in ep.targets)
+        out.append(((ep.name, rtype), values, ep.ttl or settings.default_ttl, str(ep.source or key)))
+    return out
+
+
+class Wanted:
+    """What the Store's ExternalDNS-style names ask for in one edge zone (GSLB zones are delegated away).
+
+    Each Store key's share is parsed once and kept while its Endpoints are the same objects, so a
+    pass over 10,000 Services re-parses only the ones that changed. Not thread-safe: one caller.
+    """
+
+    def __init__(self, settings: Settings, edge_zone: str) -> None:
+        self.settings = settings
+        self.edge_zone = edge_zone
+        self._delegated = [gz.dns_zone for gz in settings.gslb_zones]
+        self._by_key: dict[str, tuple[tuple[Endpoint, ...], list[Contribution]]] = {}
+
+    def __call__(self, by_key: Mapping[str, tuple[Endpoint, ...]]) -> dict[RRKey, Want]:
+        cache: dict[str, tuple[tuple[Endpoint, ...], list[Contribution]]] = {}
+        merged: dict[RRKey, Want] = {}
+        for key in sorted(k for k in by_key if k.startswith(SOURCE_KEYS)):
+            eps = by_key[key]
+            held = self._by_key.get(key)
+            if held is None or held[0] is not eps:
+                held = (eps, _contributions(key, eps, self.settings, self.edge_zone, self._delegated))
+            cache[key] = held
+            for rrkey, values, ttl, resource in held[1]:
+                first = merged.get(rrkey)
+                merged[rrkey] = (Want(values, ttl, resource) if first is None
+                                 else Want(first.values | values, first.ttl, first.resource))
+        self._by_key = cache
+        return merged
+
+
 def wanted(by_key: Mapping[str, tuple[Endpoint, ...]], settings: Settings,
            edge_zone: str) -> dict[RRKey, Want]:
-    """What the Store's ExternalDNS-style names ask for in one edge zone (GSLB zones are delegated away)."""
-    delegated = [gz.dns_zone for gz in settings.gslb_zones]
-    merged: dict[RRKey, Want] = {}
-    for key in sorted(by_key):
-        if not key.startswith(SOURCE_KEYS):
-            continue
-        for ep in by_key[key]:
-            rtype = ep.rtype.upper()
-            if (rtype not in MANAGED_TYPES or not ep.targets or not in_zone(ep.name, edge_zone)
-                    or any(in_zone(ep.name, z) for z in delegated)):
-                continue
-            values = frozenset(Record.of(ep.name, rtype, _absolute(t.value) if rtype == "CNAME" else t.value)
-                               for t in ep.targets)
-            first = merged.get((ep.name, rtype))
-            merged[(ep.name, rtype)] = (
-                Want(values, ep.ttl or settings.default_ttl, str(ep.source or key)) if first is None
-                else Want(first.values | values, first.ttl, first.resource))
-    return merged
+    """What the Store's ExternalDNS-style names ask for in one edge zone, computed afresh."""
+    return Wanted(settings, edge_zone)(by_key)
 
 
 def _transfer(server: Server, zone: str, key: dns.tsig.Key | None) -> dict[RRKey, frozenset[str]]:
@@ -179,26 +211,70 @@ def _claim_batches(claims: list[tuple[str, list[Change]]]) -> Iterable[tuple[lis
         yield markers, changes
 
 
+class View:
+    """What we believe the edge zone holds: read by AXFR at the first pass and at every drift check
+    (`forget`), and in between kept up to date with our own successful updates, so a change costs
+    only its update, not a zone transfer. Any failed update forgets it (the edge may differ)."""
+
+    def __init__(self) -> None:
+        self.held: dict[RRKey, frozenset[str]] | None = None
+
+    def forget(self) -> None:
+        self.held = None
+
+    async def read(self, server: Server, zone: str, key: dns.tsig.Key | None) -> dict[RRKey, frozenset[str]]:
+        if self.held is None:
+            self.held = await zone_contents(server, zone, key)
+        return self.held
+
+    def apply(self, deletes: Iterable[Record], adds: Iterable[Change]) -> None:
+        if self.held is None:
+            return
+        changed: dict[RRKey, set[str]] = {}
+        for r, add in [*((r, False) for r in deletes), *((r, True) for r, _ttl in adds)]:
+            values = changed.setdefault((r.name, r.rtype), set(self.held.get((r.name, r.rtype), ())))
+            (values.add if add else values.discard)(_held_text(r))
+        for k, values in changed.items():
+            if values:
+                self.held[k] = frozenset(values)
+            else:
+                self.held.pop(k, None)
+
+
+def _held_text(r: Record) -> str:
+    """A record's value as `_transfer` spells it (TXT keeps its case)."""
+    return r.value if r.rtype != "TXT" else dns.rdata.from_text("IN", "TXT", r.value).to_text()
+
+
 async def sync_names(server: Server, zone: str, key: dns.tsig.Key | None, want: Mapping[RRKey, Want],
-                     owner: str, reported: set[str]) -> int:
+                     owner: str, reported: set[str], view: View | None = None) -> int:
     """Bring one edge zone in line; `reported` keeps conflicts logged once, not every pass.
 
     A second pass follows when our own deletions may have freed a name we skipped (a Service whose
-    CNAME became an A record), so the switch does not wait for the next periodic check.
+    CNAME became an A record), so the switch does not wait for the next periodic check. Planning
+    walks the whole zone and runs on a worker thread, off the loop that answers DNS.
     """
+    view = view or View()
     changed = 0
-    for _ in range(2):
-        p = plan(await zone_contents(server, zone, key), want, owner)
-        for deletes in _batches(p.deletes):
-            await send_update(server, zone, key, deletes, [])
-        for adds in _batches(p.adds):
-            await send_update(server, zone, key, [], adds)
-        for markers, changes in _claim_batches(p.claims):
-            await send_update(server, zone, key, [], changes, absent=markers)
-            changed += len(changes)
-        changed += len(p.deletes) + len(p.adds)
-        if not (p.deletes and p.skipped):
-            break
+    try:
+        for _ in range(2):
+            p = await asyncio.to_thread(plan, await view.read(server, zone, key), want, owner)
+            for deletes in _batches(p.deletes):
+                await send_update(server, zone, key, deletes, [])
+                view.apply(deletes, ())
+            for adds in _batches(p.adds):
+                await send_update(server, zone, key, [], adds)
+                view.apply((), adds)
+            for markers, changes in _claim_batches(p.claims):
+                await send_update(server, zone, key, [], changes, absent=markers)
+                view.apply((), changes)
+                changed += len(changes)
+            changed += len(p.deletes) + len(p.adds)
+            if not (p.deletes and p.skipped):
+                break
+    except BaseException:
+        view.forget()
+        raise
     for what in sorted(set(p.skipped) - reported):
         log.warning("edge zone %s: %s is held by another owner (or has no ExternalDNS marker): not touched",
                     zone, what)
@@ -211,12 +287,14 @@ def job(settings: Settings, store: Store, key: dns.tsig.Key | None, edge_zone: s
     """The names of one edge zone, re-planned when the Store's wanted set for it changes."""
     owner = settings.txt_owner_id or settings.cluster_geotag
     reported: set[str] = set()
+    view = View()
+    wanted_now = Wanted(settings, edge_zone)
 
     def want() -> dict[RRKey, Want]:
-        return wanted(store.snapshot()[1], settings, edge_zone)
+        return wanted_now(store.snapshot()[1])
 
     async def apply(server: Server, w: object) -> int:
         assert isinstance(w, dict)
-        return await sync_names(server, edge_zone, key, w, owner, reported)
+        return await sync_names(server, edge_zone, key, w, owner, reported, view)
 
-    return Job("names", edge_zone, want, apply)
+    return Job("names", edge_zone, want, apply, forget=view.forget)

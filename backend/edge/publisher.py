@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 TIMEOUT = 3.0
 MAX_BACKOFF = 60.0
+DEBOUNCE = 0.25  # seconds a wake-up waits for more changes before the pass
 
 _TSIG_ERRORS = {
     dns.tsig.PeerBadKey: "BADKEY",
@@ -178,13 +179,16 @@ def delegation_job(claim: Claim, key: dns.tsig.Key | None) -> Job:
 
 @dataclass
 class Job:
-    """One thing kept at the edge. `wanted()` is cheap; when it has not changed since the last success,
-    a wake-up (not the periodic check) skips the job, so a busy Store does not mean a busy edge."""
+    """One thing kept at the edge. `wanted()` runs on a worker thread (it may read the whole Store);
+    when it has not changed since the last success, a wake-up (not the periodic check) skips the job,
+    so a busy Store does not mean a busy edge. `forget()` runs before each periodic check: drop any
+    kept view of the edge, so drift is read afresh."""
 
     kind: str  # delegation | names
     zone: str  # the edge zone
     wanted: Callable[[], object]
     apply: Callable[[Server, object], Awaitable[int]]
+    forget: Callable[[], None] = lambda: None
 
     @property
     def label(self) -> str:
@@ -199,6 +203,12 @@ class JobStatus:
     last_sync: float | None = None
     changed_total: int = 0
     wanted: object = None
+
+
+def _wanted(job: Job, last: object) -> tuple[object, bool]:
+    """The job's wanted state and whether it equals `last` (both may walk the whole Store)."""
+    wanted = job.wanted()
+    return wanted, wanted == last
 
 
 @dataclass
@@ -224,9 +234,11 @@ class EdgePublisher:
         all_ok = True
         for job in self.jobs:
             st = self.status.setdefault(job.label, JobStatus())
-            wanted = job.wanted()
-            if not force and st.ok and st.wanted == wanted:
+            wanted, same = await asyncio.to_thread(lambda j=job, s=st: _wanted(j, s.wanted))
+            if not force and st.ok and same:
                 continue
+            if force:
+                job.forget()
             try:
                 changed = await on_first_server(self.servers, lambda s, w=wanted, j=job: j.apply(s, w))
             except EdgeError as e:
@@ -262,6 +274,7 @@ class EdgePublisher:
                 next_full = time.monotonic() + self.interval
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, next_full - time.monotonic()))
+            await asyncio.sleep(DEBOUNCE)  # a burst of Store changes is one pass, not one each
 
     def readiness(self) -> str:
         """The /readyz detail line: per job, in sync or the edge's last rcode. Never gates readiness."""
