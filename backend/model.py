@@ -76,6 +76,7 @@ def normalize_name(name: str) -> str:
 
 
 Listener = Callable[[int], None]
+KeysListener = Callable[[frozenset[str]], None]
 
 
 class Store:
@@ -91,6 +92,7 @@ class Store:
         self._by_key: dict[str, tuple[Endpoint, ...]] = {}
         self._version = 0
         self._listeners: list[Listener] = []
+        self._key_listeners: list[KeysListener] = []
 
     @property
     def version(self) -> int:
@@ -98,6 +100,11 @@ class Store:
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
+
+    def subscribe_keys(self, listener: KeysListener) -> None:
+        """Also called after each change, with the keys it changed: a consumer that keeps its own
+        view up to date redoes those keys instead of walking the whole Store."""
+        self._key_listeners.append(listener)
 
     def replace(self, key: str, endpoints: Iterable[Endpoint]) -> bool:
         """Set everything `key` produces; an empty list removes the key. True if anything changed."""
@@ -111,9 +118,14 @@ class Store:
                 del self._by_key[key]
             self._version += 1
             version = self._version
+        self._notify(version, frozenset((key,)))
+        return True
+
+    def _notify(self, version: int, keys: frozenset[str]) -> None:
+        for keys_listener in self._key_listeners:
+            keys_listener(keys)
         for listener in self._listeners:
             listener(version)
-        return True
 
     def replace_prefix(self, prefix: str, by_key: dict[str, Sequence[Endpoint]]) -> bool:
         """Set every key under `prefix` at once (a relist): keys not in `by_key` are removed."""
@@ -127,8 +139,7 @@ class Store:
             self._by_key.update(new)
             self._version += 1
             version = self._version
-        for listener in self._listeners:
-            listener(version)
+        self._notify(version, frozenset(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)))
         return True
 
     def snapshot(self) -> tuple[int, dict[str, tuple[Endpoint, ...]]]:

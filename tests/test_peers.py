@@ -320,6 +320,42 @@ def test_our_index_follows_our_localtargets_only() -> None:
         assert published() == first, "the same records give the same index"
 
 
+def test_local_index_kept_incrementally_equals_one_built_afresh() -> None:
+    """Random Gslb changes (hosts added, moved, made unhealthy, deleted; two Gslbs sharing a host):
+    the exchange that followed them one by one publishes what a fresh one reads from the same Store."""
+    import random
+
+    rnd = random.Random(12)
+    settings = Settings(gslb_zones=(ZONE,), edge_dns_servers=("127.0.0.1:1",), cluster_geotag="us-buf",
+                        ext_gslb_clusters_geotags=("us-nyc",))
+    store = Store()
+    kept = PeerExchange(settings, store)
+    kept._refresh_local(notify=False)
+    for step in range(300):
+        i, host = rnd.randrange(12), f"h{rnd.randrange(600)}.gb.foowidgets.k8s"
+        ref = ObjectRef("Gslb", "demo", f"g{i}")
+        if rnd.random() < 0.2:
+            store.replace(f"gslb/demo/g{i}", [])
+        else:
+            eps = [ep for ep in store.snapshot()[1].get(f"gslb/demo/g{i}", ())
+                   if ep.name.removeprefix("localtargets-") != host]
+            targets = tuple(Target(f"10.9.{rnd.randrange(3)}.{rnd.randrange(3)}", "us-buf")
+                            for _ in range(rnd.randrange(3)))
+            eps.append(Endpoint(host, "A", targets, rnd.choice((30, 60)), ref, FAILOVER))
+            if targets:
+                eps.append(Endpoint("localtargets-" + host, "A", targets, 30, ref))
+            store.replace(f"gslb/demo/g{i}", eps)
+        kept._refresh_local(notify=False)
+        if step % 25 == 0 or step == 299:
+            index = store.snapshot()[1][INDEX_KEY]
+            fresh = PeerExchange(settings, Store())
+            fresh.store.replace_prefix("gslb/", {k: v for k, v in store.snapshot()[1].items()
+                                                 if k.startswith("gslb/")})
+            fresh._refresh_local(notify=False)
+            assert fresh.store.snapshot()[1][INDEX_KEY] == index, step
+            assert (fresh._hosts, fresh._policy) == (kept._hosts, kept._policy), step
+
+
 @asynchronous
 async def test_a_new_local_host_is_fetched_without_a_serial_change() -> None:
     with rig() as r:

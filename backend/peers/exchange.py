@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -75,25 +76,26 @@ def in_zone(name: str, zone: str) -> bool:
 
 
 HostPolicy = tuple[int | None, Strategy]  # the TTL and strategy our Gslb gives a host
+LocalTargets = frozenset[tuple[str, tuple[Target, ...]]]  # a localtargets name's (type, targets)
 
 
-def local_hosts(by_key: Snapshot, zone: str) -> dict[str, HostPolicy]:
-    """Our GSLB hosts in `zone` (names the GSLB engine publishes with a strategy), with their policy."""
-    return {
-        ep.name: (ep.ttl, ep.strategy)
-        for key in sorted(by_key) if key.startswith("gslb/") for ep in by_key[key]
-        if ep.strategy is not None and ep.source is not None and ep.source.kind == "Gslb"
-        and in_zone(ep.name, zone)
-    }
+@dataclass(frozen=True, slots=True)
+class _Share:
+    """What one `gslb/` Store key gives the exchange, parsed once per change of that key."""
+
+    eps: tuple[Endpoint, ...]
+    policy: dict[str, HostPolicy]  # our GSLB hosts (names published with a strategy) and their policy
+    targets: dict[str, list[tuple[str, tuple[Target, ...]]]]  # our `localtargets-` names
 
 
-def local_targets(by_key: Snapshot, zone: str) -> frozenset[tuple[str, str, tuple[Target, ...]]]:
-    """Our own `localtargets-` records in `zone`: what peers fetch, so a change is worth a NOTIFY."""
-    return frozenset(
-        (ep.name, ep.rtype, ep.targets)
-        for key, eps in by_key.items() if key.startswith("gslb/") for ep in eps
-        if ep.name.startswith(LOCALTARGETS) and in_zone(ep.name, zone)
-    )
+def _share(eps: tuple[Endpoint, ...], zones: list[str]) -> _Share:
+    ours = [ep for ep in eps if any(in_zone(ep.name, z) for z in zones)]
+    targets: dict[str, list[tuple[str, tuple[Target, ...]]]] = {}
+    for ep in ours:
+        if ep.name.startswith(LOCALTARGETS):
+            targets.setdefault(ep.name, []).append((ep.rtype, ep.targets))
+    return _Share(eps, {ep.name: (ep.ttl, ep.strategy) for ep in ours if ep.strategy is not None
+                        and ep.source is not None and ep.source.kind == "Gslb"}, targets)
 
 
 @dataclass
@@ -130,9 +132,19 @@ class PeerExchange:
         self.timeout = max(0.2, min(1.0, settings.peer_poll_seconds / 2))
         tags = dict.fromkeys(t for t in settings.ext_gslb_clusters_geotags if t != settings.cluster_geotag)
         self.peers = {tag: [PeerZone(tag, z) for z in settings.gslb_zones] for tag in tags}
-        self._hosts: dict[str, tuple[str, ...]] = {}
+        self._hosts: dict[str, tuple[str, ...]] = {}  # zone -> our GSLB hosts there, sorted
         self._policy: dict[str, HostPolicy] = {}
-        self._local: dict[str, frozenset[tuple[str, str, tuple[Target, ...]]]] = {}
+        # the incremental view of our `gslb/` Store keys (see _refresh_local)
+        self._shares: dict[str, _Share] = {}
+        self._policy_keys: dict[str, set[str]] = {}  # host -> the keys giving it a policy
+        self._target_keys: dict[str, set[str]] = {}  # localtargets name -> the keys publishing it
+        self._targets: dict[str, LocalTargets] = {}
+        self._publication = {gz.dns_zone: shards.Publication(gz.dns_zone, settings.dns_ttl_seconds)
+                       for gz in settings.gslb_zones}
+        self._indexed = False
+        self._dirty: set[str] = set()  # gslb/ keys changed since the last refresh
+        self._dirty_lock = threading.Lock()
+        store.subscribe_keys(self.on_store_keys)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._local_changed = asyncio.Event()
         self._notifying: dict[GslbZone, bool] = {}  # zone -> another NOTIFY round is wanted
@@ -141,8 +153,14 @@ class PeerExchange:
 
     # --- inputs -------------------------------------------------------------------------------
 
-    def on_store_change(self, _version: int) -> None:
-        """Store listener (any thread): our hosts or health may have changed."""
+    def on_store_keys(self, keys: frozenset[str]) -> None:
+        """Store listener (any thread): our hosts or health may have changed. Our own writes
+        (index, peers' records) are not `gslb/` keys and do not wake us."""
+        ours = [k for k in keys if k.startswith("gslb/")]
+        if not ours:
+            return
+        with self._dirty_lock:
+            self._dirty.update(ours)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._local_changed.set)
 
@@ -178,7 +196,6 @@ class PeerExchange:
         self._loop = asyncio.get_running_loop()
         self._started = self.clock()
         self._refresh_local(notify=False)
-        self.store.subscribe(self.on_store_change)
         loops = [self._watch_local()] + [self._poll_loop(pz) for zones in self.peers.values() for pz in zones]
         await asyncio.gather(*loops)
 
@@ -189,29 +206,82 @@ class PeerExchange:
             self._refresh_local(notify=True)
 
     def _refresh_local(self, *, notify: bool) -> None:
-        """Track our hosts and localtargets; publish their index; NOTIFY peers when they change."""
+        """Track our hosts and localtargets; publish their index; NOTIFY peers when they change.
+
+        Only the `gslb/` keys whose Endpoints changed are looked at, and only their hosts redone.
+        """
+        with self._dirty_lock:
+            dirty, self._dirty = self._dirty, set()
+        if self._indexed and not dirty:
+            return
         _, by_key = self.store.snapshot()
-        policy: dict[str, HostPolicy] = {}
+        zones = [gz.dns_zone for gz in self.settings.gslb_zones]
+        shares = self._shares
+        if not self._indexed:  # the first time: every key we do not hold yet
+            dirty = {k for k in by_key if k.startswith("gslb/")} | shares.keys()
+        changed = [k for k in dirty
+                   if (k in shares) != (k in by_key) or (k in shares and shares[k].eps is not by_key[k])]
+        hosts: set[str] = set()  # GSLB hosts and localtargets names the changed keys touch
+        names: set[str] = set()
+        for key in changed:
+            old = shares.pop(key, None)
+            new = _share(by_key[key], zones) if key in by_key else None
+            for share, add in ((old, False), (new, True)):
+                for touched, index, found in ((hosts, self._policy_keys, share.policy if share else ()),
+                                              (names, self._target_keys, share.targets if share else ())):
+                    for name in found:
+                        touched.add(name)
+                        keys = index.setdefault(name, set())
+                        keys.add(key) if add else keys.discard(key)
+            if new is not None:
+                shares[key] = new
+        policy_moved = hosts_moved = False
+        for host in hosts:
+            keys = sorted(self._policy_keys.get(host, ()))
+            if not keys:
+                self._policy_keys.pop(host, None)
+            policy = shares[keys[-1]].policy[host] if keys else None  # the last key wins, as in a relist
+            if policy == self._policy.get(host):
+                continue
+            policy_moved = True
+            hosts_moved |= policy is None or host not in self._policy
+            if policy is None:
+                del self._policy[host]
+            else:
+                self._policy[host] = policy
         for gz in self.settings.gslb_zones:
-            zone_policy = local_hosts(by_key, gz.dns_zone)
-            policy.update(zone_policy)
-            hosts = tuple(sorted(zone_policy))
-            if hosts != self._hosts.get(gz.dns_zone):
-                self._hosts[gz.dns_zone] = hosts
-                self._wake_zone(gz.dns_zone)
-            targets = local_targets(by_key, gz.dns_zone)
-            if targets != self._local.get(gz.dns_zone):
-                self._local[gz.dns_zone] = targets
-                if notify:
-                    self._notify_soon(gz)
-        if policy != self._policy:
-            self._policy = policy
+            if hosts_moved or gz.dns_zone not in self._hosts:
+                zone_hosts = tuple(sorted(h for h in self._policy if in_zone(h, gz.dns_zone)))
+                if zone_hosts != self._hosts.get(gz.dns_zone):
+                    self._hosts[gz.dns_zone] = zone_hosts
+                    self._wake_zone(gz.dns_zone)
+        moved_zones: set[GslbZone] = set()
+        for name in names:
+            keys = self._target_keys.get(name, set())
+            if not keys:
+                self._target_keys.pop(name, None)
+            targets: LocalTargets = frozenset(t for k in keys for t in shares[k].targets[name])
+            if targets == self._targets.get(name, frozenset()):
+                continue
+            if targets:
+                self._targets[name] = targets
+            else:
+                del self._targets[name]
+            for gz in self.settings.gslb_zones:
+                if in_zone(name, gz.dns_zone):
+                    moved_zones.add(gz)
+                    self._publication[gz.dns_zone].set(name.removeprefix(LOCALTARGETS),
+                                                 [t.value for _, ts in targets for t in ts])
+        if notify:
+            for gz in moved_zones:
+                self._notify_soon(gz)
+        if policy_moved:
             for geotag in self.peers:
                 self._publish(geotag)
-        self.store.replace(INDEX_KEY, [
-            ep for gz in self.settings.gslb_zones
-            for ep in shards.publication(self._local[gz.dns_zone], gz.dns_zone, LOCALTARGETS,
-                                         self.settings.dns_ttl_seconds)])
+        if moved_zones or not self._indexed:
+            self._indexed = True
+            self.store.replace(INDEX_KEY, [ep for gz in self.settings.gslb_zones
+                                    for ep in self._publication[gz.dns_zone].endpoints()])
 
     def _notify_soon(self, gz: GslbZone) -> None:
         """NOTIFY at once, then at most every NOTIFY_GAP while changes keep coming (a Deployment

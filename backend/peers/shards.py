@@ -58,22 +58,76 @@ def _canonical(values: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted({str(ipaddress.ip_address(v)) for v in values}))
 
 
+class Publication:
+    """Our index and shard records for one zone, kept up to date one host at a time: a change
+    rehashes its own shard, not every host (10,000 hosts: one shard's digest instead of 10,000)."""
+
+    def __init__(self, zone: str, ttl: int) -> None:
+        self.zone = zone
+        self.ttl = ttl
+        self._hosts: dict[str, tuple[str, ...]] = {}
+        self._n = 0
+        self._shards: list[dict[str, tuple[str, ...]]] = []
+        self._digests: list[str] = []
+        self._records: list[Endpoint | None] = []  # per shard; None while it is empty
+        self._dirty: set[int] = set()
+        self._endpoints: list[Endpoint] | None = None
+
+    def set(self, host: str, values: Iterable[str]) -> None:
+        """The host's addresses (A and AAAA together); none removes it."""
+        canonical = _canonical(values)
+        if self._hosts.get(host, ()) == canonical:
+            return
+        if canonical:
+            self._hosts[host] = canonical
+        else:
+            self._hosts.pop(host, None)
+        self._endpoints = None
+        if shard_count(len(self._hosts)) != self._n:
+            self._reshard()
+            return
+        i = shard_of(host, self._n)
+        if canonical:
+            self._shards[i][host] = canonical
+        else:
+            self._shards[i].pop(host, None)
+        self._dirty.add(i)
+
+    def _reshard(self) -> None:
+        n = self._n = shard_count(len(self._hosts))
+        self._shards = [{} for _ in range(n)]
+        for host, values in self._hosts.items():
+            self._shards[shard_of(host, n)][host] = values
+        self._digests, self._records, self._dirty = [""] * n, [None] * n, set(range(n))
+
+    def endpoints(self) -> list[Endpoint]:
+        if self._endpoints is None:
+            if not self._n:
+                self._reshard()
+            for i in self._dirty:
+                shard = self._shards[i]
+                self._digests[i] = digest(shard)
+                self._records[i] = Endpoint(
+                    shard_name(self.zone, i), "TXT",
+                    tuple(Target(f"{host} {' '.join(ips)}") for host, ips in sorted(shard.items())),
+                    self.ttl) if shard else None
+            self._dirty.clear()
+            index = " ".join([VERSION, str(self._n), *self._digests])
+            self._endpoints = [Endpoint(index_name(self.zone), "TXT", (Target(index),), self.ttl),
+                               *(r for r in self._records if r is not None)]
+        return self._endpoints
+
+
 def publication(localtargets: Iterable[tuple[str, str, tuple[Target, ...]]], zone: str, prefix: str,
                 ttl: int) -> list[Endpoint]:
     """The index and shard records for our own `localtargets-<host>` records of one zone."""
     by_host: dict[str, list[str]] = {}
     for name, _rtype, targets in localtargets:
         by_host.setdefault(name.removeprefix(prefix), []).extend(t.value for t in targets)
-    n = shard_count(len(by_host))
-    shards: list[dict[str, tuple[str, ...]]] = [{} for _ in range(n)]
+    pub = Publication(zone, ttl)
     for host, values in by_host.items():
-        shards[shard_of(host, n)][host] = _canonical(values)
-    index = " ".join([VERSION, str(n), *(digest(s) for s in shards)])
-    eps = [Endpoint(index_name(zone), "TXT", (Target(index),), ttl)]
-    eps += [Endpoint(shard_name(zone, i), "TXT",
-                     tuple(Target(f"{host} {' '.join(ips)}") for host, ips in sorted(s.items())), ttl)
-            for i, s in enumerate(shards) if s]
-    return eps
+        pub.set(host, values)
+    return pub.endpoints()
 
 
 def parse_index(text: str) -> tuple[str, ...]:
