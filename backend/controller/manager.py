@@ -115,8 +115,9 @@ class Controller:
         self._thread = threading.Thread(target=self._run, name="gslb-controller", daemon=True)
         engine.subscribe(self._on_result)
         ingresses.add_handler(self._on_ingress)
-        # Store listeners run on the writer's thread: only queue, the worker diffs.
-        engine.store.subscribe(lambda _version: self.queue.add(("peers", "")))
+        # Store listeners run on the writer's thread: only queue, the worker diffs (only peers' keys
+        # matter: any other change walking the whole Store was most of this thread's work under churn).
+        engine.store.subscribe_keys(self._on_store_keys)
 
     def start(self) -> None:
         self.elector.start()
@@ -134,6 +135,10 @@ class Controller:
             self.queue.add(("status", key))
             if (result.obj.get("spec") or {}).get("ingress"):
                 self.queue.add(("ingress", key))
+
+    def _on_store_keys(self, keys: frozenset[str]) -> None:
+        if any(k.startswith(PEER_PREFIX) for k in keys):
+            self.queue.add(("peers", ""))
 
     def _on_ingress(self, type_: str, obj: Obj, _old: Obj | None) -> None:
         meta = obj.get("metadata") or {}
