@@ -132,12 +132,20 @@ class Compiler:
         self.serial = 0
         self.compiles = 0
         self._dirty = threading.Event()
+        self._keys: set[str] = set()  # Store keys changed since the last compile
+        self._keys_lock = threading.Lock()
         self._stop = threading.Event()
         self._reported: set[tuple[ObjectRef, str]] = set()
         self._recompiler = Recompiler(ctx.settings, ctx.geo)
         self._thread = threading.Thread(target=self._run, name="compiler", daemon=True)
 
     def poke(self, _version: int = 0) -> None:
+        self._dirty.set()
+
+    def changed(self, keys: frozenset[str]) -> None:
+        """Store key listener: the compile looks at these keys only, not at all of them."""
+        with self._keys_lock:
+            self._keys |= keys
         self._dirty.set()
 
     def start(self) -> None:
@@ -165,11 +173,13 @@ class Compiler:
 
     def _compile(self) -> None:
         self._dirty.clear()
-        version, by_key = self.ctx.store.snapshot()
+        with self._keys_lock:
+            keys, self._keys = self._keys, set()
+        version, by_key = self.ctx.store.snapshot()  # after taking the keys: no change is missed
         self.serial = next_serial(self.serial)
         start = time.perf_counter()
         try:
-            table = self._recompiler.compile(by_key, self.serial)
+            table = self._recompiler.compile(by_key, self.serial, keys)
         except Exception:  # keep serving the previous table; the next change retries
             log.exception("compiling store version %d failed", version)
             return
@@ -203,7 +213,7 @@ def build(
     ctx.recompile = compiler.poke
     for produce in producers or PRODUCERS:
         produce(ctx)
-    ctx.store.subscribe(compiler.poke)
+    ctx.store.subscribe_keys(compiler.changed)
     return ctx, compiler
 
 

@@ -91,15 +91,25 @@ def merge(
     Order is by source (zone records first), then each source's own target order, so the merged set
     is the same whatever order the watches delivered the objects in.
     """
+    names, conflicts = merge_named(settings, endpoints, serial)
+    return names, [c for cs in conflicts.values() for c in cs]
+
+
+def merge_named(
+    settings: Settings, endpoints: Iterable[Endpoint], serial: int
+) -> tuple[dict[str, dict[str, Merged]], dict[str, list[Conflict]]]:
+    """`merge` with the conflicts listed by the name they are about: an incremental compile drops
+    and redoes them with their name."""
     zones = settings.all_zones
     groups: dict[tuple[str, str], list[Endpoint]] = {}
-    conflicts: list[Conflict] = []
+    conflicts: dict[str, list[Conflict]] = {}
     for ep in [*zone_endpoints(settings, serial), *sorted(endpoints, key=_source_key)]:
         name = normalize_name(ep.name)
         if zone_of(name, zones) is None:
             continue
         if ep.rtype.upper() == "SOA" and ep.source is not None:
-            conflicts.append((ep.source, f"{name}: SOA records are the zone's own; ignored"))
+            why = f"{name}: SOA records are the zone's own; ignored"
+            conflicts.setdefault(name, []).append((ep.source, why))
             continue
         groups.setdefault((name, ep.rtype.upper()), []).append(ep)
 
@@ -116,8 +126,8 @@ def merge(
         names.setdefault(name, {})[rtype] = merged
 
     for name, types in names.items():
-        if "CNAME" in types:
-            conflicts += _resolve_cname(name, types, groups[(name, "CNAME")])
+        if "CNAME" in types and (lost := _resolve_cname(name, types, groups[(name, "CNAME")])):
+            conflicts.setdefault(name, []).extend(lost)
     return names, conflicts
 
 

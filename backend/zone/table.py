@@ -36,7 +36,7 @@ from backend.zone.encode import (
     rdata,
     seed,
 )
-from backend.zone.merge import Conflict, Merged, merge, zone_of
+from backend.zone.merge import Conflict, Merged, merge, merge_named, zone_of
 from backend.zone.wire import (
     AA,
     BADVERS,
@@ -198,8 +198,12 @@ class Table:
         self._geo: GeoLookup | None = None
         # name -> (merged input, its node, records, rejections): lets the next compile reuse the work
         self._inputs: dict[str, tuple[dict[str, Merged], _Node, int, list[Conflict]]] = {}
-        self._present: set[int] = {T_ANY}  # every type some node holds
-        self._cnames: list[bytes] = []  # CNAME nodes outside delegations: their answers read other nodes
+        self._conflicts: dict[str, list[Conflict]] = {}  # by name: merge conflicts (and a bad name's)
+        self._rejected: dict[str, list[Conflict]] = {}  # by name: records that would not encode
+        self._held: set[bytes] = set()  # nodes of names with input (the others are empty non-terminals)
+        self._children: dict[bytes, int] = {}  # node -> how many nodes sit directly below it
+        self._present: set[int] = {T_ANY}  # every type some node holds (a patch only ever adds)
+        self._cnames: set[bytes] = set()  # CNAME nodes outside delegations: their answers read other nodes
 
     @classmethod
     def not_ready(cls, settings: Settings) -> Table:
@@ -417,7 +421,8 @@ class Table:
                 return None if ce.cut else self._zones[ce.apex]
         return None if node.cut else node
 
-    def _add(self, name: str, zone: _Zone, types: dict[str, Merged], previous: Table | None) -> None:
+    def _add(self, name: str, zone: _Zone, types: dict[str, Merged], previous: Table | None,
+             conflicts: list[Conflict]) -> None:
         old = previous._inputs.get(name) if previous is not None else None
         if old is not None and old[0] == types:
             _, old_node, records, rejects = old
@@ -429,31 +434,33 @@ class Table:
             try:
                 node = self._node(name_wire(name), zone)
             except BadData as e:
-                self._reject(types, str(e))
+                self._conflicts[name] = conflicts + _rejects(types, str(e))
                 return
-            before = len(self.conflicts)
-            records = self._parse(node, name, types)
-            rejects = self.conflicts[before:]
-            self.conflicts = self.conflicts[:before]
+            records, rejects = self._parse(node, name, types)
         self.records += records
-        self.conflicts += rejects
+        self._held.add(node.key)
+        if conflicts:
+            self._conflicts[name] = conflicts
+        if rejects:
+            self._rejected[name] = rejects
         self._inputs[name] = (types, node, records, rejects)
 
-    def _parse(self, node: _Node, name: str, types: dict[str, Merged]) -> int:
-        """Encode and plan each RRset of `node`; returns the number of records kept."""
+    def _parse(self, node: _Node, name: str, types: dict[str, Merged]) -> tuple[int, list[Conflict]]:
+        """Encode and plan each RRset of `node`: the number of records kept, and what was rejected."""
         records = 0
+        rejects: list[Conflict] = []
         for rtype, merged in types.items():
             try:
                 rdtype = dns.rdatatype.from_text(rtype)
             except dns.exception.DNSException:
-                self._reject({rtype: merged}, f"{name}: unknown record type {rtype}")
+                rejects += _rejects({rtype: merged}, f"{name}: unknown record type {rtype}")
                 continue
             parsed: dict[str, Rdata] = {}
             for t in merged.targets:
                 try:
                     parsed[t.value] = rdata(rdtype, t.value)
                 except BadData as e:
-                    self._reject({rtype: merged}, f"{name} {rtype}: {e}; skipped")
+                    rejects += _rejects({rtype: merged}, f"{name} {rtype}: {e}; skipped")
             targets = tuple(t for t in merged.targets if t.value in parsed)
             if not targets:
                 continue
@@ -461,11 +468,7 @@ class Table:
             variants = [[parsed[t.value] for t in v] for v in p.variants if v]
             node.rrsets[rdtype] = _RRset(rdtype, merged.ttl, variants, p.pick if len(variants) > 1 else None)
             records += len(targets)
-        return records
-
-    def _reject(self, types: dict[str, Merged], why: str) -> None:
-        for merged in types.values():
-            self.conflicts += [(ref, why) for ref in merged.sources]
+        return records, rejects
 
     def _node(self, key: bytes, zone: _Zone) -> _Node:
         """The node for `key`, creating it and its empty ancestors up to the apex (RFC 4592 ENTs)."""
@@ -473,8 +476,24 @@ class Table:
         if node is None:
             node = self._nodes[key] = _Node(key, zone)
             if key != zone.apex:
-                self._node(parent(key), zone)
+                up = parent(key)
+                self._node(up, zone)
+                self._children[up] = self._children.get(up, 0) + 1
         return node
+
+    def _drop(self, key: bytes) -> None:
+        """A name lost its input: it stays as an empty non-terminal while names sit below it, else it
+        goes, and so do the empty non-terminals above it that it alone kept."""
+        self._held.discard(key)
+        apex = self._nodes[key].apex
+        if key == apex or self._children.get(key):
+            self._nodes[key] = _Node(key, self._zones[apex])
+            return
+        while key != apex and not self._children.get(key) and key not in self._held:
+            del self._nodes[key]
+            self._children.pop(key, None)
+            key = parent(key)
+            self._children[key] -= 1
 
     def _finish(self) -> None:
         for zone in self._zones.values():
@@ -493,54 +512,100 @@ class Table:
                 node.answers = {}
                 node.default = _compile(self._referral(node.cut), node.key, len(node.key))
             elif T_CNAME in node.rrsets:
-                self._cnames.append(node.key)
+                self._cnames.add(node.key)
                 self._plain(node)
             elif node.rrsets and not node.answers:
                 self._plain(node)
+        self._list_conflicts()
 
-    def _patched(self, serial: int, changed: dict[str, dict[str, Merged]],
+    def _list_conflicts(self) -> None:
+        found = (self._conflicts, self._rejected)
+        self.conflicts = [c for by_name in found for cs in by_name.values() for c in cs]
+
+    def _patched(self, serial: int, changed: dict[str, tuple[dict[str, Merged], list[Conflict]]],
                  settings: Settings) -> Table | None:
-        """This table with the names in `changed` recompiled and a new serial, sharing every other
-        node; None when the change reaches beyond its own names (a new, deleted, CNAME, NS, SOA or
-        wildcard name, or a type no name had), which the caller answers with a full compile."""
-        if not self.ready or any(
-            name not in self._inputs or not types or name.startswith("*.")
-            or not set(types) <= _PLAIN or self._inputs[name][1].cut is not None
-            or not {dns.rdatatype.from_text(t) for t in types} <= self._present
-            or not set(self._inputs[name][0]) <= _PLAIN
-            for name, types in changed.items()
-        ):
+        """This table with the names in `changed` (merged records, merge conflicts) redone and a new
+        serial, sharing every other node. New and deleted names, CNAMEs, wildcards and conflicts
+        are patched; None when a change touches a delegation (an NS below an apex, or a name at or
+        below one: referrals and glue read many nodes), which the caller answers with a full compile."""
+        if not self.ready:
             return None
+        apexes = {zone.name for zone in self._zones.values()}
+        keys: dict[str, bytes | str] = {}  # name -> its wire form, or why it has none
+        for name, (types, _) in changed.items():
+            old = self._inputs.get(name)
+            if name not in apexes and ("NS" in types or (old is not None and "NS" in old[0])):
+                return None
+            try:
+                key = keys[name] = name_wire(name)
+            except BadData as e:
+                keys[name] = str(e)
+                continue
+            node = self._nodes.get(key)
+            if node is None:
+                node, _ = self._closest(key)
+            if node is not None and node.cut is not None:
+                return None
         table = Table(settings, serial)
         table._geo = self._geo
         table._nodes = dict(self._nodes)
         table._inputs = dict(self._inputs)
-        table._present = self._present
-        table._cnames = self._cnames
+        table._conflicts = dict(self._conflicts)
+        table._rejected = dict(self._rejected)
+        table._held = set(self._held)
+        table._children = dict(self._children)
+        table._present = set(self._present)
+        table._cnames = set(self._cnames)
         table.records = self.records
-        apexes, _ = merge(settings, (), serial)
+        zone_records, _ = merge(settings, (), serial)
         changed = dict(changed)
-        for zone in table._zones.values():
-            types = changed.get(zone.name, self._inputs[zone.name][0])
-            changed[zone.name] = {**types, "SOA": apexes[zone.name]["SOA"]}
-        dropped = {c for name in changed for c in self._inputs[name][3]}
-        table.conflicts = [c for c in self.conflicts if c not in dropped]
-        for name, types in changed.items():
-            _, old, records, _ = table._inputs[name]
-            table.records -= records
-            node = table._nodes[old.key] = _Node(old.key, table._zones[old.apex])
-            before = len(table.conflicts)
-            records = table._parse(node, name, types)
+        for zone in table._zones.values():  # every apex: its SOA carries the new serial
+            kept = (self._inputs[zone.name][0], self._conflicts.get(zone.name, []))
+            types, conflicts = changed.get(zone.name, kept)
+            changed[zone.name] = ({**types, "SOA": zone_records[zone.name]["SOA"]}, conflicts)
+            keys[zone.name] = zone.apex
+        zones = {z.name: z for z in table._zones.values()}
+        for name, (types, conflicts) in changed.items():
+            old = table._inputs.pop(name, None)
+            if old is not None:
+                table.records -= old[2]
+            table._conflicts.pop(name, None)
+            table._rejected.pop(name, None)
+            key = keys[name]
+            if isinstance(key, str):  # a name that cannot be written: only its rejection is kept
+                table._conflicts[name] = conflicts + _rejects(types, key)
+                continue
+            table._cnames.discard(key)
+            if not types:
+                if old is not None:
+                    table._drop(key)
+                if conflicts:
+                    table._conflicts[name] = conflicts
+                continue
+            zone = zones[zone_of(name, zones) or ""]
+            table._node(key, zone)
+            node = table._nodes[key] = _Node(key, zone)
+            table._held.add(key)
+            records, rejects = table._parse(node, name, types)
             table.records += records
-            table._inputs[name] = (types, node, records, table.conflicts[before:])
-            table._plain(node)
+            table._inputs[name] = (types, node, records, rejects)
+            if conflicts:
+                table._conflicts[name] = conflicts
+            if rejects:
+                table._rejected[name] = rejects
+            table._present.update(node.rrsets)
+            if T_CNAME in node.rrsets:
+                table._cnames.add(key)
+            else:
+                table._plain(node)
         for zone in table._zones.values():
             zone.soa = table._nodes[zone.apex].rrsets.get(T_SOA)
         for key in table._cnames:  # their chains may end in a changed name or a negative with our SOA
-            old = table._nodes[key]
-            node = table._nodes[key] = _Node(key, table._zones[old.apex])
-            node.rrsets, node.cut = old.rrsets, old.cut
+            old_node = table._nodes[key]
+            node = table._nodes[key] = _Node(key, table._zones[old_node.apex])
+            node.rrsets, node.cut = old_node.rrsets, old_node.cut
             table._plain(node)
+        table._list_conflicts()
         return table
 
     def _plain(self, node: _Node) -> None:
@@ -556,7 +621,8 @@ class Table:
             node.answers[T_ANY] = node.answers[node.any_type]
 
 
-_PLAIN = {"A", "AAAA", "TXT", "SRV", "MX"}  # types whose change stays inside their own name
+def _rejects(types: dict[str, Merged], why: str) -> list[Conflict]:
+    return [(ref, why) for merged in types.values() for ref in merged.sources]
 
 
 def _names(rd: Rdata) -> tuple[bytes, ...]:
@@ -581,11 +647,11 @@ def compile_table(settings: Settings, endpoints: Iterable[Endpoint], serial: int
     collecting = gc.isenabled()
     gc.disable()
     try:
-        names, conflicts = merge(settings, endpoints, serial)
-        table.conflicts = conflicts
+        names, conflicts = merge_named(settings, endpoints, serial)
         zones = {z.name: z for z in table._zones.values()}
         for name, types in names.items():
-            table._add(name, zones[zone_of(name, zones) or ""], types, previous)
+            table._add(name, zones[zone_of(name, zones) or ""], types, previous, conflicts.pop(name, []))
+        table._conflicts.update(conflicts)  # names with nothing left to serve (a source's SOA)
         table._finish()
     finally:
         if collecting:
@@ -608,11 +674,14 @@ class Recompiler:
         self._keys: dict[str, set[str]] = {}  # name -> the Store keys with an Endpoint there
         self._table: Table | None = None  # the table `_by_key` compiled to
 
-    def compile(self, by_key: dict[str, tuple[Endpoint, ...]], serial: int) -> Table:
+    def compile(self, by_key: dict[str, tuple[Endpoint, ...]], serial: int,
+                keys: Iterable[str] | None = None) -> Table:
+        """The table for `by_key`. `keys`, if given, holds every key changed since the last call
+        (the Store's key listener): without it every key is compared, ~35 ms at 20,000 keys."""
         old, last = self._by_key, self._table
         self._table = None  # until this compile succeeds, the index may not match a table
-        changed = [k for k in old.keys() | by_key.keys() if old.get(k) is not by_key.get(k)
-                   and old.get(k) != by_key.get(k)]
+        candidates = old.keys() | by_key.keys() if keys is None or not old else keys
+        changed = [k for k in candidates if old.get(k) is not by_key.get(k) and old.get(k) != by_key.get(k)]
         touched: set[str] = set()
         for key in changed:
             before = {normalize_name(ep.name) for ep in old.get(key, ())}
@@ -625,13 +694,12 @@ class Recompiler:
             for name in after:
                 self._keys.setdefault(name, set()).add(key)
             touched |= before | after
-        self._by_key = dict(by_key)
-        # a CNAME or SOA leaving a name took a merge conflict with it, which only a full compile drops
-        gone = {ep.rtype.upper() for key in changed for ep in old.get(key, ())}
-        patch = last is not None and not gone & {"CNAME", "SOA"}
-        table = self._patch(last, touched, serial) if last is not None and patch else None
+        self._by_key = by_key
+        table = self._patch(last, touched, serial) if last is not None else None
         if table is None:
-            table = compile_table(self.settings, [ep for eps in by_key.values() for ep in eps], serial,
+            # Store keys in order, so ties in the merge (sources without an object) do not depend on
+            # the order the watches delivered things in; the patch merges in the same order.
+            table = compile_table(self.settings, [ep for key in sorted(by_key) for ep in by_key[key]], serial,
                                   self.geo, previous=last)
             self.full += 1
         self._table = table
@@ -641,16 +709,12 @@ class Recompiler:
         if len(touched) > self.FULL_ABOVE:
             return None
         zones = self.settings.all_zones
-        order = {key: i for i, key in enumerate(self._by_key)}  # the full compile's order of ties
-        changed: dict[str, dict[str, Merged]] = {}
+        changed: dict[str, tuple[dict[str, Merged], list[Conflict]]] = {}
         for name in touched:
             if zone_of(name, zones) is None:
                 continue
-            eps = [ep for key in sorted(self._keys.get(name, ()), key=order.__getitem__)
-                   for ep in self._by_key[key]
+            eps = [ep for key in sorted(self._keys.get(name, ())) for ep in self._by_key[key]
                    if normalize_name(ep.name) == name]
-            names, conflicts = merge(self.settings, eps, serial)
-            if conflicts:
-                return None
-            changed[name] = names.get(name, {})
+            names, conflicts = merge_named(self.settings, eps, serial)
+            changed[name] = (names.get(name, {}), conflicts.get(name, []))
         return last._patched(serial, changed, self.settings)

@@ -438,12 +438,16 @@ def test_one_apex_per_zone_and_no_foreign_soa() -> None:
     assert [ref for ref, _ in t.conflicts] == [SVC]
 
 
-def _same_answers(fresh: Table, patched: Table) -> None:
+ALL_TYPES = ("A", "AAAA", "TXT", "MX", "SRV", "NS", "SOA", "CNAME", "ANY")
+
+
+def _same_answers(fresh: Table, patched: Table, more: frozenset[str] = frozenset(),
+                  types: tuple[str, ...] = ALL_TYPES) -> None:
     names = {"foowidgets.k8s", "gb.foowidgets.k8s", "example.org", "nope.foowidgets.k8s",
              "x.wild.foowidgets.k8s", "ent.foowidgets.k8s", "x.sub.foowidgets.k8s",
-             "new.foowidgets.k8s", "app.gb.foowidgets.k8s"}
-    names |= {e.name for e in BASE}
-    types = ["A", "AAAA", "TXT", "MX", "SRV", "NS", "SOA", "CNAME", "ANY"]
+             "new.foowidgets.k8s", "app.gb.foowidgets.k8s", *more}
+    names |= {e.name.replace("*", "x") for e in BASE}
+    assert set(fresh._nodes) == set(patched._nodes), "the same names and empty non-terminals"
     ecs = [dns.edns.ECSOption("192.0.2.0", 24)]
     for name in sorted(names):
         for rtype in types:
@@ -469,13 +473,13 @@ def test_recompiler_patches_changed_names_and_matches_a_full_compile() -> None:
                              source=None),)}, True),
         ({"peer/eu": ()}, True),  # a peer leaves; the name stays
         ({"service/k/1": (ep("v6.foowidgets.k8s", "TXT", "now text"),)}, True),
-        ({"service/k/1": ()}, False),  # delete: the name goes
-        ({"service/x": (ep("nginx.foowidgets.k8s", "CNAME", "v6.foowidgets.k8s", source=other),)}, False),
-        ({"service/y": (ep("alias.foowidgets.k8s", "A", "10.9.9.9", source=other),)}, False),  # CNAME loses
-        ({"service/x": ()}, False),
-        ({"service/k/5": (ep("*.wild.foowidgets.k8s", "A", "4.3.2.1"),)}, False),
-        ({"service/k/10": (ep("ns.sub.foowidgets.k8s", "A", "8.8.8.8"),)}, False),
-        ({"service/new": (ep("new.foowidgets.k8s", "A", "1.1.1.1"),)}, False),
+        ({"service/k/1": ()}, True),  # delete: the name goes
+        ({"service/x": (ep("nginx.foowidgets.k8s", "CNAME", "v6.foowidgets.k8s", source=other),)}, True),
+        ({"service/y": (ep("alias.foowidgets.k8s", "A", "10.9.9.9", source=other),)}, True),  # CNAME loses
+        ({"service/x": ()}, True),
+        ({"service/k/5": (ep("*.wild.foowidgets.k8s", "A", "4.3.2.1"),)}, True),
+        ({"service/k/10": (ep("ns.sub.foowidgets.k8s", "A", "8.8.8.8"),)}, False),  # glue below a delegation
+        ({"service/new": (ep("new.foowidgets.k8s", "A", "1.1.1.1"),)}, True),
         ({"service/k/7": (ep("mail.foowidgets.k8s", "MX", "20 mx.foowidgets.k8s."),)}, True),
     ]
     rc = Recompiler(SETTINGS)
@@ -492,3 +496,50 @@ def test_recompiler_patches_changed_names_and_matches_a_full_compile() -> None:
         _same_answers(compile_table(SETTINGS, [e for eps in by_key.values() for e in eps], serial), table)
         reply = ask(table, "nope.foowidgets.k8s")
         assert reply.authority[0][0].serial == serial
+
+
+def test_patched_tables_equal_full_compiles_over_random_changes() -> None:
+    """The invariant of the incremental compile: whatever sequence of changes (names created and
+    deleted, CNAMEs, wildcards, conflicts, unparsable targets, GSLB names and their localtargets,
+    peers), the patched table answers exactly as a full compile of the same Store."""
+    import random
+
+    rnd = random.Random(7)
+    pool = ["a.foowidgets.k8s", "b.foowidgets.k8s", "x.y.z.foowidgets.k8s", "y.z.foowidgets.k8s",
+            "*.z.foowidgets.k8s", "*.wild.foowidgets.k8s", "q.wild.foowidgets.k8s", "foowidgets.k8s",
+            "c.example.org", "d.e.example.org", "app.gb.foowidgets.k8s", "localtargets-app.gb.foowidgets.k8s",
+            "deep.ent.foowidgets.k8s", "alias.foowidgets.k8s", "ns.sub.foowidgets.k8s"]
+    values = {"A": ["10.0.0.1", "10.0.0.2", "bad-ip"], "AAAA": ["2001:db8::1"], "TXT": ["t1", "t2"],
+              "CNAME": [n for n in pool if "*" not in n] + ["out.example.com"], "SOA": ["a. b. 1 2 3 4 5"]}
+    sources = [ObjectRef("Service", "ns", f"s{i}") for i in range(4)] + [None]
+    strategy = Strategy("failover", "us-buf")
+
+    def random_eps() -> tuple[Endpoint, ...]:
+        eps = []
+        for _ in range(rnd.choice((1, 1, 2))):
+            name, rtype = rnd.choice(pool), rnd.choice(list(values))
+            targets = rnd.sample(values[rtype], k=min(len(values[rtype]), rnd.choice((0, 1, 1, 2))))
+            gslb = name.endswith("gb.foowidgets.k8s") and rtype == "A"
+            eps.append(ep(name, rtype, *targets, ttl=rnd.choice((None, 30, 60)), source=rnd.choice(sources),
+                          strategy=strategy if gslb and not name.startswith("local") else None,
+                          geotag=rnd.choice(("us-buf", "us-nyc")) if gslb else ""))
+        return tuple(eps)
+
+    by_key: dict[str, tuple[Endpoint, ...]] = {f"service/k/{i}": (e,) for i, e in enumerate(BASE)}
+    rc = Recompiler(SETTINGS)
+    serial = 2000000000
+    rc.compile(dict(by_key), serial)
+    patched = 0
+    for _ in range(150):
+        for _ in range(rnd.choice((1, 1, 2, 3))):
+            key = f"{rnd.choice(('service', 'gslb', 'peer'))}/{rnd.randrange(8)}"
+            by_key[key] = () if rnd.random() < 0.3 else random_eps()
+        by_key = {k: v for k, v in by_key.items() if v}
+        serial += 1
+        full = rc.full
+        table = rc.compile(dict(by_key), serial)
+        patched += rc.full == full
+        fresh = compile_table(SETTINGS, [e for k in sorted(by_key) for e in by_key[k]], serial)
+        names = frozenset(n.replace("*", "w") for n in pool)
+        _same_answers(fresh, table, names, ("A", "TXT", "CNAME", "ANY"))
+    assert patched > 100, "most changes are patched, not fully recompiled"
