@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,6 +55,37 @@ ENDPOINTSLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointS
 DNSENDPOINTS = Resource("externaldns.k8s.io", "v1alpha1", "dnsendpoints", "DNSEndpoint")
 GSLBS = Resource("k8gb.absa.oss", "v1beta1", "gslbs", "Gslb")
 GSLBS_IO = Resource("k8gb.io", "v1beta1", "gslbs", "Gslb")
+
+
+# Kinds we only read, never write back: their objects may lose more than managedFields.
+READ_ONLY = frozenset({"services", "endpointslices", "dnsendpoints"})
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+_SHARED_VALUES = frozenset({"apiVersion", "kind", "namespace", "protocol", "type", "addressType",
+                            "ipFamilyPolicy", "ipFamilies"})
+
+
+def slim(obj: Obj, read_only: bool) -> Obj:
+    """What we keep of an object: without metadata.managedFields (often half its size; an update
+    without them keeps the server's), without kubectl's last-applied copy for kinds we never
+    write, and with dict keys and the values every object repeats interned (one string each, not
+    one per object)."""
+    meta = obj.get("metadata")
+    if isinstance(meta, dict):
+        meta.pop("managedFields", None)
+        annotations = meta.get("annotations")
+        if read_only and isinstance(annotations, dict):
+            annotations.pop(LAST_APPLIED, None)
+    return _interned(obj)
+
+
+def _interned(value: Any, shared: bool = False) -> Any:
+    if isinstance(value, dict):
+        return {sys.intern(k): _interned(v, k in _SHARED_VALUES) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interned(v, shared) for v in value]
+    if shared and isinstance(value, str):
+        return sys.intern(value)
+    return value
 
 
 def key_of(obj: Obj) -> str:
@@ -244,7 +276,7 @@ class Informer:
             for obj in page.get("items") or ():
                 obj.setdefault("apiVersion", self.resource.api_version)
                 obj.setdefault("kind", self.resource.kind)
-                items[key_of(obj)] = obj
+                items[key_of(obj)] = slim(obj, self.resource.plural in READ_ONLY)
             meta = page.get("metadata") or {}
             cont = meta.get("continue") or ""
             if not cont:
@@ -323,6 +355,7 @@ class Informer:
             return
         obj.setdefault("apiVersion", self.resource.api_version)
         obj.setdefault("kind", self.resource.kind)
+        obj = slim(obj, self.resource.plural in READ_ONLY)
         key = key_of(obj)
         with self._lock:
             old = self.objects.get(key)
