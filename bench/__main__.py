@@ -1,4 +1,4 @@
-"""`python -m bench [all|throughput|workers|scale|profile] [--seconds S] [--skip-scale] ...`
+"""`python -m bench [all|throughput|workers|scale|churn|profile] [--seconds S] [--skip-scale] ...`
 
 `all` (the default, `make bench`) runs every part: about 15 minutes on two cores, most of it the
 scale part's 30,000 objects.
@@ -27,7 +27,8 @@ from bench.procstat import loadavg
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results.json"
-PARTS = ("throughput", "workers", "scale", "profile")
+PARTS = ("throughput", "workers", "scale", "churn", "profile")
+CHURN_SHARE = 0.25  # the churn's dnsperf rate: this share of (b)'s peak from the throughput part
 
 
 def _version(argv: list[str], prefix: str = "") -> str:
@@ -78,6 +79,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="interleaved rounds per target; the best is reported (default 3)")
     ap.add_argument("--skip-scale", action="store_true", help="leave out the slow 10k+10k scale part")
     ap.add_argument("--scale-n", type=int, default=10_000, help="Services and Gslbs each (default 10000)")
+    ap.add_argument("--services", type=int, help="scale: Services (default --scale-n); results go under "
+                    "scale_<N>k unless both counts are 10000")
+    ap.add_argument("--gslbs", type=int, help="scale: Gslbs, the first of the Services (default --scale-n)")
+    ap.add_argument("--minutes", type=float, default=10.0, help="churn: minutes of churn, and as long "
+                    "again for the control (default 10)")
+    ap.add_argument("--churn-rate", type=float, default=20.0, help="churn: changes per second (default 20)")
+    ap.add_argument("--qps", type=float,
+                    help="churn: dnsperf rate (default 25%% of (b)'s peak in results.json)")
     ap.add_argument("--trials", type=int, default=20, help="change -> answer trials (default 20)")
     ap.add_argument("--workers", default="1,2,3", help="backend process counts to compare (default 1,2,3)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs, dnsperf output)")
@@ -98,13 +107,21 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"   work folder kept: {bed.workdir}")
         figures["date"] = started
         figures["loadavg_at_start"] = load_before
-        results[part] = figures
+        results[result_key(part, args)] = figures
         if part == "throughput":
             results["ratio_uncached"] = figures["ratio_uncached"]
             results["ratio_cached"] = figures["ratio_cached"]
         save(results)
     print(f"wrote {RESULTS.relative_to(HERE.parent)} and BENCHMARKS.md")
     return 0
+
+
+def result_key(part: str, args: argparse.Namespace) -> str:
+    """`scale` for the 10k + 10k goal run, `scale_100k` and the like for other sizes."""
+    if part != "scale":
+        return part
+    services, gslbs = args.services or args.scale_n, args.gslbs or args.scale_n
+    return "scale" if (services, gslbs) == (10_000, 10_000) else f"scale_{services // 1000}k"
 
 
 def run_part(part: str, bed: Bed, args: argparse.Namespace) -> dict[str, Any]:
@@ -119,7 +136,13 @@ def run_part(part: str, bed: Bed, args: argparse.Namespace) -> dict[str, Any]:
     if part == "scale":
         from bench import scale
 
-        return scale.run(bed, args.scale_n, args.trials)
+        return scale.run(bed, args.services or args.scale_n, args.trials, args.gslbs or args.scale_n)
+    if part == "churn":
+        from bench import churn
+
+        peak = (load().get("throughput") or {}).get("b_grpc", {}).get("qps")
+        qps = args.qps or (float(peak) * CHURN_SHARE if peak else 5000.0)
+        return churn.run(bed, args.scale_n, args.minutes * 60, args.churn_rate, qps)
     from bench import profile
 
     return {"top": profile.run(bed, args.seconds)}

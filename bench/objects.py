@@ -29,8 +29,9 @@ def namespace(name: str) -> Obj:
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
 
 
-def service(ns: str, name: str, lb_ips: Sequence[str], *, hostname: str = "", gslb_host: str = "") -> Obj:
-    """A selector-less LoadBalancer Service whose status (set separately) holds `lb_ips`."""
+def service(ns: str, name: str, lb_ips: Sequence[str], *, hostname: str = "", gslb_host: str = "",
+            selector: dict[str, str] | None = None) -> Obj:
+    """A LoadBalancer Service (selector-less unless given one) whose status (set apart) holds `lb_ips`."""
     annotations = {}
     if hostname:
         annotations[EXTERNAL_DNS_HOSTNAME] = hostname
@@ -47,6 +48,7 @@ def service(ns: str, name: str, lb_ips: Sequence[str], *, hostname: str = "", gs
             "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
             "ipFamilyPolicy": "SingleStack",
             "ipFamilies": ["IPv4"],
+            **({"selector": selector} if selector else {}),
         },
         "status": {"loadBalancer": {"ingress": lb_ingress(lb_ips)}},
     }
@@ -76,12 +78,35 @@ def gslb(ns: str, name: str, svc: str, strategy: Obj) -> Obj:
     }
 
 
+def dns_endpoint(ns: str, name: str, host: str, address: str) -> Obj:
+    """ExternalDNS's DNSEndpoint with one A record."""
+    return {
+        "apiVersion": "externaldns.k8s.io/v1alpha1",
+        "kind": "DNSEndpoint",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"endpoints": [{"dnsName": host, "recordType": "A", "targets": [address]}]},
+    }
+
+
+def deployment(ns: str, name: str, labels: dict[str, str], replicas: int = 1) -> Obj:
+    """A Deployment kwok runs (its Pods become Ready on the fake node)."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
+                 "template": {"metadata": {"labels": labels},
+                              "spec": {"containers": [{"name": name, "image": "nginx",
+                                                       "ports": [{"containerPort": 80}]}]}}},
+    }
+
+
 def collection(obj: Obj) -> str:
     """The API path that creates `obj`."""
     kind, ns = obj["kind"], obj["metadata"].get("namespace", "")
     group_version = obj["apiVersion"]
     plural = {"Namespace": "namespaces", "Service": "services", "EndpointSlice": "endpointslices",
-              "Gslb": "gslbs"}[kind]
+              "Gslb": "gslbs", "DNSEndpoint": "dnsendpoints", "Deployment": "deployments"}[kind]
     base = f"/api/{group_version}" if "/" not in group_version else f"/apis/{group_version}"
     return f"{base}/namespaces/{ns}/{plural}" if ns else f"{base}/{plural}"
 
@@ -143,6 +168,11 @@ class Api:
         status, reply = self.call("PATCH", path(obj), body, "application/merge-patch+json")
         if status != 200:
             raise RuntimeError(f"patching {path(obj)}: {status} {reply}")
+
+    def delete(self, obj: Obj) -> None:
+        status, reply = self.call("DELETE", path(obj))
+        if status not in (200, 202, 404):
+            raise RuntimeError(f"deleting {path(obj)}: {status} {reply}")
 
     def create_all(self, objs: Iterable[Obj], workers: int = 16) -> int:
         """Create objects concurrently (in the given order per kind); returns how many."""

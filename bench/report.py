@@ -190,7 +190,67 @@ def _goals(res: dict[str, Any]) -> list[str]:
         c = s["change_to_answer_all"]
         row("change -> answer p99, everything loaded (backend idle)", "< 1 s",
             f"{c['p99_ms']} ms ({c['trials']} trials)", c["p99_ms"] < 1000)
+    if s:
+        row("scale RSS at ready (issue 12)", "<= 300 MiB", f"{s['rss_mib_at_ready']} MiB",
+            s["rss_mib_at_ready"] <= 300)
+        row("scale RSS after the trials (issue 12)", "<= 330 MiB", f"{s['rss_mib_after_trials']} MiB",
+            s["rss_mib_after_trials"] <= 330)
+    big = res.get("scale_100k") or {}
+    if big:
+        row(f"first full sync, {big['services']:,} Services + {big['gslbs']:,} Gslbs", "<= 60 s",
+            f"{big['sync_seconds']} s", big["sync_seconds"] <= 60)
+        row("RSS at that sync", "<= 1024 MiB", f"{big['rss_mib_at_ready']} MiB",
+            big["rss_mib_at_ready"] <= 1024)
+        row("change -> answer p99 at that size (idle)", "<= 1000 ms", f"{big['change_to_answer_p99_ms']} ms",
+            big["change_to_answer_p99_ms"] <= 1000)
+    c = res.get("churn") or {}
+    if c:
+        p99, quiet = c["answer_p99_ms"], c["answer_p99_ms_quiet"]
+        row("answer p99 under churn", "<= 2 x quiet and <= 5 ms", f"{p99} ms (quiet {quiet} ms)",
+            p99 <= 2 * quiet and p99 <= 5)
+        row("loop lag max under churn", "<= 20 ms", f"{c['loop_lag_max_ms']} ms", c["loop_lag_max_ms"] <= 20)
+        for q, limit in (("p50", 200), ("p99", 1000)):
+            v = c[f"change_to_answer_{q}_ms"]
+            row(f"change -> answer {q} under churn", f"<= {limit} ms", f"{v} ms",
+                v is not None and v <= limit)
+        row("RSS flat under churn", "end <= 1.05 x start", f"{c['rss_mib_start']} -> {c['rss_mib_end']} MiB",
+            c["rss_mib_end"] <= 1.05 * c["rss_mib_start"])
+        row("wrong answers after churn", "0", str(c["wrong_answers"]), c["wrong_answers"] == 0)
     return ["| goal | target | measured | |", "|---|---|---|---|", *rows] if rows else []
+
+
+def _churn(c: dict[str, Any]) -> list[str]:
+    busy, quiet = c["during_churn"], c["control"]
+    lines = [
+        f"{c['services']:,} Services + {c['gslbs']:,} Gslbs loaded; {c['changes_per_second']:g} changes/s "
+        f"for {c['seconds']:g} s ({c['changes']} changes, {c['changes_timed_out']} not seen within 10 s), a "
+        f"`/metrics` scrape every second, dnsperf at {c['dnsperf_qps_target']:,} q/s; then the same dnsperf "
+        "without churn (control).",
+        "",
+        "| | churn | control |", "|---|---:|---:|",
+        f"| answers/s | {busy['dnsperf']['qps']:,.0f} | {quiet['dnsperf']['qps']:,.0f} |",
+        f"| answer p50 / p99 / max ms | {busy['dnsperf']['p50_ms']} / {busy['dnsperf']['p99_ms']} / "
+        f"{busy['dnsperf']['max_ms']} | {quiet['dnsperf']['p50_ms']} / {quiet['dnsperf']['p99_ms']} / "
+        f"{quiet['dnsperf']['max_ms']} |",
+        f"| loop lag max ms | {busy['loop_lag_max_ms']} | {quiet['loop_lag_max_ms']} |",
+        f"| /metrics scrape p50 / max ms | {busy['scrape_p50_ms']} / {busy['scrape_max_ms']} | "
+        f"{quiet['scrape_p50_ms']} / {quiet['scrape_max_ms']} |",
+        f"| backend CPU (share of one core) | {busy['backend_cpu_share']} | {quiet['backend_cpu_share']} |",
+        f"| load average | {busy['loadavg']} | {quiet['loadavg']} |",
+        "",
+        f"RSS {c['rss_mib_start']} MiB before the churn, {c['rss_mib_end']} MiB after it; wrong answers at "
+        f"the end: {c['wrong_answers']}.",
+        "",
+        "| change -> answer | trials | p50 ms | p99 ms | max ms | not seen in 10 s |",
+        "|---|---:|---:|---:|---:|---:|",
+        *(f"| {kind} | {k['trials']} | {k.get('p50_ms', '-')} | {k.get('p99_ms', '-')} | "
+          f"{k.get('max_ms', '-')} | {k['timed_out']} |"
+          for kind, k in c["change_to_answer_by_kind"].items()),
+    ]
+    if c.get("profile_during_churn"):
+        lines += ["", "The backend's time during the churn (py-spy, all threads):", "",
+                  *_profile_table(c["profile_during_churn"][:12])]
+    return lines
 
 
 def _workers(w: dict[str, Any]) -> list[str]:
@@ -258,7 +318,7 @@ def render(res: dict[str, Any]) -> str:
     ]
     goals = _goals(res)
     if goals:
-        out += ["## Goals (issue 7)", "", *goals, ""]
+        out += ["## Goals (issues 7 and 12)", "", *goals, ""]
     t = res.get("throughput")
     if t:
         out += [
@@ -298,6 +358,13 @@ def render(res: dict[str, Any]) -> str:
     s = res.get("scale")
     if s:
         out += [f"## Scale ({s['date']}, load average at start {s['loadavg_at_start']})", "", *_scale(s), ""]
+    for key in sorted(k for k in res if k.startswith("scale_")):
+        big = res[key]
+        out += [f"## Scale, {big['services']:,} Services + {big['gslbs']:,} Gslbs ({big['date']}, load "
+                f"average at start {big['loadavg_at_start']})", "", *_scale(big), ""]
+    c = res.get("churn")
+    if c:
+        out += [f"## Churn ({c['date']}, load average at start {c['loadavg_at_start']})", "", *_churn(c), ""]
     p = res.get("profile")
     if p:
         out += [f"## Profile of the backend under (b)'s load ({p['date']})", "",

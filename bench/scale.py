@@ -13,11 +13,13 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import dns.rdatatype
 
 from backend.lab.coredns import GRPC_TEMPLATE
 from backend.lab.proc import wait_for
+from backend.lab.sidecar import Backend
 from bench import dataset
 from bench.dnsperf import percentile
 from bench.env import Bed
@@ -36,15 +38,79 @@ def lb_ip(i: int, generation: int = 0) -> str:
     return f"172.{20 + generation}.{i // 250}.{i % 250 + 1}"
 
 
-def objects(n: int) -> tuple[list[Obj], list[Obj], list[Obj]]:
+def objects(n: int, n_gslbs: int | None = None) -> tuple[list[Obj], list[Obj], list[Obj]]:
+    """`n` Services; the first `n_gslbs` (default all) also carry a GSLB host, a Gslb and a slice."""
+    n_gslbs = n if n_gslbs is None else n_gslbs
     services, slices, gslbs = [], [], []
     for i in range(n):
         services.append(service(NS, f"s-{i}", [lb_ip(i)], hostname=f"s-{i}.{dataset.ZONE}",
-                                gslb_host=f"g-{i}.{dataset.GSLB_ZONE}"))
-        slices.append(endpoint_slice(NS, f"s-{i}", f"10.244.{i // 250}.{i % 250 + 1}"))
+                                gslb_host=f"g-{i}.{dataset.GSLB_ZONE}" if i < n_gslbs else ""))
+    for i in range(n_gslbs):
+        slices.append(endpoint_slice(NS, f"s-{i}", f"10.244.{i // 250 % 250}.{i % 250 + 1}"))
         strategy = {"type": "roundRobin"} if i % 2 else {"type": "failover", "primaryGeoTag": dataset.GEOTAG}
         gslbs.append(gslb(NS, f"g-{i}", f"s-{i}", strategy))
     return services, slices, gslbs
+
+
+@dataclass
+class Loaded:
+    """The scale objects in the apiserver, and the backend + CoreDNS started on them (a cold start)."""
+
+    api: Api
+    services: list[Obj]
+    slices: list[Obj]
+    gslbs: list[Obj]
+    create_seconds: float
+    backend: Backend
+    server: str  # CoreDNS, "ip:port"
+    sync_seconds: float
+    rss_ready: int
+    cpu_ready: float
+    complete: bool
+    started: float  # time.monotonic() at the backend's start
+    all_served: float
+
+    @property
+    def pid(self) -> int:
+        assert self.backend.process.pid is not None
+        return self.backend.process.pid
+
+
+def load(bed: Bed, n: int, n_gslbs: int, before_start: Callable[[Api], None] = lambda _api: None) -> Loaded:
+    """Create the objects, then start the backend and CoreDNS and wait until the last of them answers."""
+    api = Api(bed.plane)
+    api.create(namespace(NS))
+    services, slices, gslbs = objects(n, n_gslbs)
+    t0 = time.monotonic()
+    for batch in (services, slices, gslbs):
+        api.create_all(batch, workers=24)
+    created = time.monotonic() - t0
+    print(f"  created {n} Services (+ status), {n_gslbs} EndpointSlices, {n_gslbs} Gslbs in {created:.1f} s",
+          flush=True)
+    before_start(api)
+    backend = bed.backend(dataset.BACKEND_FLAGS, name="backend-scale", start=False)
+    coredns = bed.coredns(GRPC_TEMPLATE, "coredns-scale", zones=(dataset.ZONE, dataset.GSLB_ZONE),
+                          grpc=backend.grpc)
+    server = coredns.address
+    t0 = time.monotonic()
+    backend.start()
+    sync = time.monotonic() - t0
+    pid = backend.process.pid
+    assert pid is not None
+    rss_ready = rss_bytes(pid)
+    cpu_ready = cpu_seconds(pid)
+    last, last_gslb = n - 1, n_gslbs - 1
+
+    def complete() -> bool:
+        return (addresses(server, f"s-{last}.{dataset.ZONE}") == [lb_ip(last)]
+                and (last_gslb < 0 or bool(addresses(server, f"g-{last_gslb}.{dataset.GSLB_ZONE}"))))
+
+    at_ready = complete()
+    print(f"  backend ready (/readyz 200) {sync:.1f} s after start, RSS {rss_ready / 2**20:.0f} MiB, "
+          f"CPU {cpu_ready:.1f} s; the last Service and Gslb answer at once: {at_ready}", flush=True)
+    wait_for(complete, what="the last Service and Gslb answering", timeout=300, watch=[backend.process])
+    return Loaded(api, services, slices, gslbs, created, backend, server, sync, rss_ready, cpu_ready,
+                  at_ready, t0, time.monotonic() - t0)
 
 
 def addresses(server: str, name: str, rtype: str = "A") -> list[str]:
@@ -105,63 +171,37 @@ def wait_quiet(pid: int, timeout: float = QUIET_TIMEOUT) -> bool:
     return False
 
 
-def run(bed: Bed, n: int = 10_000, trials: int = 20) -> dict[str, object]:
-    api = Api(bed.plane)
-    api.create(namespace(NS))
-    services, slices, gslbs = objects(n)
-    t0 = time.monotonic()
-    for batch in (services, slices, gslbs):
-        api.create_all(batch, workers=24)
-    created = time.monotonic() - t0
-    print(f"  created {n} Services (+ status), {n} EndpointSlices, {n} Gslbs in {created:.1f} s", flush=True)
-
-    backend = bed.backend(dataset.BACKEND_FLAGS, name="backend-scale", start=False)
-    coredns = bed.coredns(GRPC_TEMPLATE, "coredns-scale", zones=(dataset.ZONE, dataset.GSLB_ZONE),
-                          grpc=backend.grpc)
-    server = coredns.address
-    t0 = time.monotonic()
-    backend.start()
-    sync = time.monotonic() - t0
-    pid = backend.process.pid
-    assert pid is not None
-    rss_ready = rss_bytes(pid)
-    cpu_ready = cpu_seconds(pid)
-    last = n - 1
-    complete = (addresses(server, f"s-{last}.{dataset.ZONE}") == [lb_ip(last)]
-                and bool(addresses(server, f"g-{last}.{dataset.GSLB_ZONE}")))
-    print(f"  backend ready (/readyz 200) {sync:.1f} s after start, RSS {rss_ready / 2**20:.0f} MiB, "
-          f"CPU {cpu_ready:.1f} s; the last Service and Gslb answer at once: {complete}", flush=True)
-    wait_for(lambda: addresses(server, f"s-{last}.{dataset.ZONE}") == [lb_ip(last)]
-             and bool(addresses(server, f"g-{last}.{dataset.GSLB_ZONE}")),
-             what="the last Service and Gslb answering", timeout=120, watch=[backend.process])
-    all_served = time.monotonic() - t0
-
-    startup = trials_phase(api, server, services, slices, trials, 0)
+def run(bed: Bed, n: int = 10_000, trials: int = 20, n_gslbs: int | None = None) -> dict[str, object]:
+    n_gslbs = n if n_gslbs is None else n_gslbs
+    up = load(bed, n, n_gslbs)
+    api, server, services, slices, pid = up.api, up.server, up.services, up.slices, up.pid
+    startup = trials_phase(api, server, services[:n_gslbs], slices, trials, 0)
     print(f"  change -> answer right after ready: {startup['all']}", flush=True)
     t_quiet = time.monotonic()
     quiet = wait_quiet(pid)
-    start_up_work = time.monotonic() - t0
+    start_up_work = time.monotonic() - up.started
     print(f"  backend idle {start_up_work:.0f} s after start (quiet: {quiet})", flush=True)
-    load = loadavg()
+    load_avg = loadavg()
     with Sampler(pid, bed.workdir / "backend-profile-trials.txt") as sampler:
-        steady = trials_phase(api, server, services, slices, trials, trials)
+        steady = trials_phase(api, server, services[:n_gslbs], slices, trials, trials)
     result = {
         "services": n,
-        "gslbs": n,
-        "endpointslices": n,
-        "create_seconds": round(created, 1),
-        "sync_seconds": round(sync, 2),
-        "complete_at_ready": complete,
-        "all_answering_seconds": round(all_served, 2),
-        "rss_mib_at_ready": round(rss_ready / 2**20, 1),
+        "gslbs": n_gslbs,
+        "endpointslices": n_gslbs,
+        "create_seconds": round(up.create_seconds, 1),
+        "sync_seconds": round(up.sync_seconds, 2),
+        "complete_at_ready": up.complete,
+        "all_answering_seconds": round(up.all_served, 2),
+        "rss_mib_at_ready": round(up.rss_ready / 2**20, 1),
         "rss_mib_after_trials": round(rss_bytes(pid) / 2**20, 1),
-        "backend_cpu_seconds_to_ready": round(cpu_ready, 1),
-        "loadavg_trials": load,
+        "backend_cpu_seconds_to_ready": round(up.cpu_ready, 1),
+        "loadavg_trials": load_avg,
         "backend_idle_after_seconds": round(start_up_work, 1) if quiet else None,
         "quiet_wait_seconds": round(time.monotonic() - t_quiet, 1),
         "change_to_answer_service": steady["service"],
         "change_to_answer_gslb_health": steady["gslb"],
         "change_to_answer_all": steady["all"],
+        "change_to_answer_p99_ms": steady["all"]["p99_ms"],
         "startup_change_to_answer_all": startup["all"],
         "apiserver_rss_mib": round(rss_bytes(bed.plane.apiserver.pid or 0) / 2**20, 1),
         "profile_during_trials": summary_rows(sampler.out, 15),

@@ -1,0 +1,316 @@
+"""Steady churn on a loaded backend: does the answer path hold while the control work never stops?
+
+The scale part's 10,000 Services + 10,000 Gslbs (`scale.load`) plus what the churn plays with: Deployments
+(kwok runs their Pods) behind Gslbs, Services with a GSLB host whose Gslb comes and goes. Then, for the
+given time, `rate` changes a second of every kind a user makes (see `KINDS`), a `/metrics` scrape every
+second and dnsperf at a fixed rate (25% of (b)'s peak by default); then the same dnsperf with no churn,
+the control. Each change is timed from just before its API write to the first answer through CoreDNS
+that shows it; at the end every name the churn touched is checked against what the API holds.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dns.rcode
+
+from backend.lab.proc import wait_for
+from bench import dataset, dnsperf
+from bench.env import Bed
+from bench.objects import Api, Obj, deployment, dns_endpoint, endpoint_slice, gslb, service
+from bench.procstat import cpu_seconds, loadavg, rss_bytes
+from bench.profile import Sampler
+from bench.profile import summary as summary_rows
+from bench.scale import NS, Loaded, addresses, lb_ip, load, summary, wait_quiet
+
+KINDS = {  # kind: share of the changes
+    "lb_address": 30,  # a Service's LoadBalancer address patched
+    "gslb_health": 20,  # a Gslb's only endpoint unready / ready again (what scaling to 0 does to its slice)
+    "deployment": 5,  # a Deployment behind a Gslb scaled to 0 and back (kube controllers + kwok)
+    "service": 15,  # an annotated Service created / deleted
+    "dnsendpoint": 15,  # a DNSEndpoint created / deleted
+    "gslb": 15,  # a Gslb created / deleted
+}
+DEPLOYMENTS = 20
+SPARE = 2000  # names the create/delete kinds cycle through, per kind
+CHANGE_TIMEOUT = 10.0
+POLL = 0.01
+SETTLE_TIMEOUT = 60.0
+LAG = re.compile(r"^coredns_gslb_loop_lag_max_seconds (\S+)$", re.M)
+DNSENDPOINT_CRD = Path(__file__).resolve().parents[1] / "k8s" / "crds" / "dnsendpoint.yaml"
+
+
+def _nxdomain(server: str, name: str) -> bool:
+    return dataset.ask(server, name, "A").rcode() == dns.rcode.NXDOMAIN
+
+
+@dataclass
+class Want:
+    """What one name must answer once the churn has settled: addresses, or None for NXDOMAIN."""
+
+    name: str
+    addresses: list[str] | None
+    healthy_only: bool = False  # a GSLB host: only "has addresses" counts (the strategy picks which)
+
+    def holds(self, server: str) -> bool:
+        if self.addresses is None:
+            return _nxdomain(server, self.name)
+        got = addresses(server, self.name)
+        return bool(got) == bool(self.addresses) if self.healthy_only else got == self.addresses
+
+
+@dataclass
+class Churn:
+    """The churn's own record of the API state it made: one writer, so what it wrote is what holds."""
+
+    api: Api
+    server: str
+    up: Loaded
+    rnd: random.Random = field(default_factory=lambda: random.Random(12))
+    generation: int = 0
+    healthy: dict[int, bool] = field(default_factory=dict)
+    replicas: dict[int, int] = field(default_factory=dict)
+    exists: dict[tuple[str, int], bool] = field(default_factory=dict)  # (kind, k) -> created
+    wants: dict[str, Want] = field(default_factory=dict)  # name -> its final answer
+    _busy: set[str] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _claim(self, pick: Callable[[], str]) -> str:
+        """An object no change in flight touches (a change is only timed against its own answer)."""
+        while True:
+            with self._lock:
+                name = pick()
+                if name not in self._busy:
+                    self._busy.add(name)
+                    return name
+
+    def step(self) -> tuple[str, float | None]:
+        kind = self.rnd.choices(list(KINDS), weights=list(KINDS.values()))[0]
+        n = len(self.up.gslbs)
+        if kind == "lb_address":
+            i = int(self._claim(lambda: str(self.rnd.randrange(len(self.up.services)))))
+            with self._lock:
+                self.generation += 1
+                new = lb_ip(i, 1 + self.generation % 50)
+            name = f"s-{i}.{dataset.ZONE}"
+            result = self._time(lambda: self.api.patch_status(self.up.services[i], {
+                "loadBalancer": {"ingress": [{"ip": new}]}}), lambda: addresses(self.server, name) == [new])
+            self._done(str(i), Want(name, [new]))
+        elif kind == "gslb_health":
+            i = int(self._claim(lambda: str(self.rnd.randrange(n))))
+            ready = not self.healthy.get(i, True)
+            slc, host = self.up.slices[i], f"g-{i}.{dataset.GSLB_ZONE}"
+            result = self._time(lambda: self.api.patch(slc, {"endpoints": [{
+                "addresses": slc["endpoints"][0]["addresses"], "conditions": {"ready": ready}}]}),
+                lambda: bool(addresses(self.server, host)) == ready)
+            self.healthy[i] = ready
+            self._done(str(i), Want(host, ["x"] if ready else [], healthy_only=True))
+        elif kind == "deployment":
+            k = int(self._claim(lambda: f"{self.rnd.randrange(DEPLOYMENTS)}"))
+            replicas = 0 if self.replicas.get(k, 1) else 1
+            host = f"d-{k}.{dataset.GSLB_ZONE}"
+            result = self._time(
+                lambda: self.api.patch(deployment(NS, f"d-{k}", {}), {"spec": {"replicas": replicas}}),
+                lambda: bool(addresses(self.server, host)) == bool(replicas))
+            self.replicas[k] = replicas
+            self._done(str(k), Want(host, ["x"] if replicas else [], healthy_only=True))
+        else:
+            k = int(self._claim(lambda: f"{kind}-{self.rnd.randrange(SPARE)}").rsplit("-", 1)[1])
+            result, want = self._create_or_delete(kind, k)
+            self._done(f"{kind}-{k}", want)
+        return kind, result
+
+    def _create_or_delete(self, kind: str, k: int) -> tuple[float | None, Want]:
+        create = not self.exists.get((kind, k), False)
+        address = f"192.0.{2 + k // 250 % 4}.{k % 250 + 1}"
+        obj: Obj
+        if kind == "service":
+            name = f"c-{k}.{dataset.ZONE}"
+            obj = service(NS, f"c-{k}", [address], hostname=name)
+        elif kind == "dnsendpoint":
+            name = f"e-{k}.{dataset.ZONE}"
+            obj = dns_endpoint(NS, f"e-{k}", name, address)
+        else:
+            name = f"gx-{k}.{dataset.GSLB_ZONE}"
+            obj = gslb(NS, f"gx-{k}", f"gs-{k}", {"type": "roundRobin"})
+        change = (lambda: self.api.create(obj)) if create else (lambda: self.api.delete(obj))
+        if create:
+            want = Want(name, ["x"], healthy_only=True) if kind == "gslb" else Want(name, [address])
+        else:
+            want = Want(name, None)
+        result = self._time(change, lambda: want.holds(self.server))
+        self.exists[(kind, k)] = create
+        return result, want
+
+    def _time(self, change: Callable[[], None], done: Callable[[], bool]) -> float | None:
+        t0 = time.perf_counter()
+        change()
+        while not done():
+            if time.perf_counter() - t0 > CHANGE_TIMEOUT:
+                return None
+            time.sleep(POLL)
+        return time.perf_counter() - t0
+
+    def _done(self, busy: str, want: Want) -> None:
+        with self._lock:
+            self._busy.discard(busy)
+            self.wants[want.name] = want
+
+    def wrong_answers(self, timeout: float = SETTLE_TIMEOUT) -> list[str]:
+        """Names whose answer still differs from the API's state once `timeout` has passed."""
+        deadline = time.monotonic() + timeout
+        pending = list(self.wants.values())
+        while pending and time.monotonic() < deadline:
+            pending = [w for w in pending if not w.holds(self.server)]
+            if pending:
+                time.sleep(1)
+        return [f"{w.name}: want {w.addresses}" for w in pending]
+
+
+def extras(api: Api) -> None:
+    """The churn's own objects: Deployments behind Gslbs, Services whose Gslb it creates, the CRD."""
+    api_objs: list[Obj] = []
+    for k in range(DEPLOYMENTS):
+        labels = {"app": f"d-{k}"}
+        api_objs.append(deployment(NS, f"d-{k}", labels))
+        api_objs.append(service(NS, f"d-{k}", [f"10.3.0.{k + 1}"], gslb_host=f"d-{k}.{dataset.GSLB_ZONE}",
+                                selector=labels))
+        api_objs.append(gslb(NS, f"d-{k}", f"d-{k}", {"type": "roundRobin"}))
+    for k in range(SPARE):
+        api_objs.append(service(NS, f"gs-{k}", [f"10.4.{k // 250}.{k % 250 + 1}"],
+                                gslb_host=f"gx-{k}.{dataset.GSLB_ZONE}"))
+        api_objs.append(endpoint_slice(NS, f"gs-{k}", f"10.245.{k // 250}.{k % 250 + 1}"))
+    api.create_all(api_objs, workers=24)
+
+
+class Scraper(threading.Thread):
+    """GET /metrics every second; keeps the largest loop lag the backend reported and scrape times."""
+
+    def __init__(self, get: Callable[[str], tuple[int, str]]) -> None:
+        super().__init__(daemon=True)
+        self.get = get
+        self.lag_max = 0.0
+        self.seconds: list[float] = []
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.wait(1.0):
+            t0 = time.perf_counter()
+            status, body = self.get("/metrics")
+            self.seconds.append(time.perf_counter() - t0)
+            m = LAG.search(body) if status == 200 else None
+            if m:
+                self.lag_max = max(self.lag_max, float(m.group(1)))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(10)
+
+    def figures(self) -> dict[str, Any]:
+        ms = sorted(s * 1000 for s in self.seconds)
+        return {"scrapes": len(ms), "scrape_p50_ms": round(dnsperf.percentile(ms, 50), 1),
+                "scrape_max_ms": round(ms[-1], 1) if ms else None,
+                "loop_lag_max_ms": round(self.lag_max * 1000, 1)}
+
+
+def _mix(path: Path, n_services: int, n_gslbs: int) -> None:
+    rnd = random.Random(5)
+    lines = [f"s-{rnd.randrange(n_services)}.{dataset.ZONE} A" if k % 2 else
+             f"g-{rnd.randrange(n_gslbs)}.{dataset.GSLB_ZONE} A" for k in range(4000)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _phase(up: Loaded, mix: Path, seconds: float, qps: float, out: Path,
+           churn: Churn | None, rate: float) -> dict[str, Any]:
+    """dnsperf at `qps` for `seconds` with /metrics scraped every second, and the churn if given."""
+    scraper = Scraper(up.backend.get)
+    label = "churn" if churn is not None else "quiet"
+    result: dict[str, Any] = {}
+    perf = threading.Thread(target=lambda: result.update(dnsperf.run(
+        up.server, mix, seconds, rate=qps, out=out / f"dnsperf-{label}.txt").as_dict()))
+    cpu0, load = cpu_seconds(up.pid), loadavg()
+    scraper.start()
+    perf.start()
+    changes: list[tuple[str, float | None]] = []
+    if churn is not None:
+        with ThreadPoolExecutor(48) as pool:
+            futures = []
+            t0 = next_at = time.monotonic()
+            while next_at < t0 + seconds:
+                futures.append(pool.submit(churn.step))
+                next_at += 1 / rate
+                time.sleep(max(0.0, next_at - time.monotonic()))
+            changes = [f.result() for f in futures]
+    perf.join()
+    scraper.stop()
+    spent = cpu_seconds(up.pid) - cpu0
+    return {"dnsperf": {k: result[k] for k in ("qps", "lost", "p50_ms", "p99_ms", "p999_ms", "max_ms")},
+            "backend_cpu_share": round(spent / seconds, 2), "loadavg": load, **scraper.figures(),
+            "changes": changes}
+
+
+def run(bed: Bed, n: int = 10_000, seconds: float = 600.0, rate: float = 20.0,
+        qps: float = 5000.0) -> dict[str, Any]:
+    bed.plane.apply(DNSENDPOINT_CRD.read_text(), "--server-side")
+    bed.plane.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                      "crd/dnsendpoints.externaldns.k8s.io")
+    up = load(bed, n, n, before_start=extras)
+    wait_for(lambda: all(addresses(up.server, f"d-{k}.{dataset.GSLB_ZONE}") for k in range(DEPLOYMENTS)),
+             what="every Deployment-backed GSLB host answering", timeout=180, watch=[up.backend.process])
+    quiet = wait_quiet(up.pid)
+    rss_start = rss_bytes(up.pid)
+    print(f"  loaded and quiet ({quiet}); RSS {rss_start / 2**20:.0f} MiB; churn {rate:g}/s for "
+          f"{seconds:g} s with dnsperf at {qps:,.0f} q/s", flush=True)
+    mix = bed.workdir / "churn-queries.txt"
+    _mix(mix, n, n)
+    churn = Churn(up.api, up.server, up)
+    with Sampler(up.pid, bed.workdir / "backend-profile-churn.txt") as sampler:
+        busy = _phase(up, mix, seconds, qps, bed.workdir, churn, rate)
+    wrong = churn.wrong_answers()
+    rss_end = rss_bytes(up.pid)
+    quiet_phase = _phase(up, mix, seconds, qps, bed.workdir, None, rate)
+    changes = busy.pop("changes")
+    quiet_phase.pop("changes")
+    by_kind: dict[str, Any] = {}
+    for kind in KINDS:
+        times = [t for k, t in changes if k == kind and t is not None]
+        by_kind[kind] = {**(summary(times) if times else {"trials": 0}),
+                         "timed_out": sum(1 for k, t in changes if k == kind and t is None)}
+    timed = [t for _, t in changes if t is not None]
+    all_ms = summary(timed) if timed else {"p50_ms": None, "p99_ms": None}
+    result = {
+        "services": n,
+        "gslbs": n,
+        "seconds": seconds,
+        "changes_per_second": rate,
+        "changes": len(changes),
+        "changes_timed_out": len(changes) - len(timed),
+        "dnsperf_qps_target": round(qps),
+        "answer_p99_ms": busy["dnsperf"]["p99_ms"],
+        "answer_p99_ms_quiet": quiet_phase["dnsperf"]["p99_ms"],
+        "loop_lag_max_ms": busy["loop_lag_max_ms"],
+        "loop_lag_max_ms_quiet": quiet_phase["loop_lag_max_ms"],
+        "change_to_answer_p50_ms": all_ms["p50_ms"],
+        "change_to_answer_p99_ms": all_ms["p99_ms"],
+        "change_to_answer_by_kind": by_kind,
+        "rss_mib_start": round(rss_start / 2**20, 1),
+        "rss_mib_end": round(rss_end / 2**20, 1),
+        "wrong_answers": len(wrong),
+        "wrong_examples": wrong[:10],
+        "during_churn": busy,
+        "control": quiet_phase,
+        "profile_during_churn": summary_rows(sampler.out, 15),
+    }
+    print(f"  churn: answer p99 {result['answer_p99_ms']} ms (quiet {result['answer_p99_ms_quiet']} ms), "
+          f"loop lag max {result['loop_lag_max_ms']} ms, change -> answer p50 {all_ms['p50_ms']} ms "
+          f"p99 {all_ms['p99_ms']} ms, RSS {result['rss_mib_start']} -> {result['rss_mib_end']} MiB, "
+          f"wrong answers {len(wrong)}", flush=True)
+    return result
