@@ -146,6 +146,7 @@ class PeerExchange:
         self._dirty_lock = threading.Lock()
         store.subscribe_keys(self.on_store_keys)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
         self._local_changed = asyncio.Event()
         self._notifying: dict[GslbZone, bool] = {}  # zone -> another NOTIFY round is wanted
         self._tasks: set[asyncio.Task[None]] = set()  # the loop holds tasks weakly
@@ -195,15 +196,26 @@ class PeerExchange:
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._started = self.clock()
+        self._loop_thread = threading.get_ident()
         self._refresh_local(notify=False)
         loops = [self._watch_local()] + [self._poll_loop(pz) for zones in self.peers.values() for pz in zones]
         await asyncio.gather(*loops)
 
     async def _watch_local(self) -> None:
+        """Refreshes run on a worker thread: a burst (a namespace of Gslbs deleted) is 10,000 keys,
+        too long to hold the answer loop for."""
         while True:
             await self._local_changed.wait()
             self._local_changed.clear()
-            self._refresh_local(notify=True)
+            await asyncio.to_thread(self._refresh_local, notify=True)
+
+    def _on_loop(self, fn: Callable[..., None], *args: object) -> None:
+        """Call `fn` on the event loop (asyncio objects are not thread-safe), now if already on it."""
+        loop = self._loop
+        if loop is None or threading.get_ident() == self._loop_thread:
+            fn(*args)
+        else:
+            loop.call_soon_threadsafe(fn, *args)
 
     def _refresh_local(self, *, notify: bool) -> None:
         """Track our hosts and localtargets; publish their index; NOTIFY peers when they change.
@@ -254,7 +266,7 @@ class PeerExchange:
                 zone_hosts = tuple(sorted(h for h in self._policy if in_zone(h, gz.dns_zone)))
                 if zone_hosts != self._hosts.get(gz.dns_zone):
                     self._hosts[gz.dns_zone] = zone_hosts
-                    self._wake_zone(gz.dns_zone)
+                    self._on_loop(self._wake_zone, gz.dns_zone)
         moved_zones: set[GslbZone] = set()
         for name in names:
             keys = self._target_keys.get(name, set())
@@ -274,7 +286,7 @@ class PeerExchange:
                                                  [t.value for _, ts in targets for t in ts])
         if notify:
             for gz in moved_zones:
-                self._notify_soon(gz)
+                self._on_loop(self._notify_soon, gz)
         if policy_moved:
             for geotag in self.peers:
                 self._publish(geotag)
