@@ -190,29 +190,26 @@ def _goals(res: dict[str, Any]) -> list[str]:
         c = s["change_to_answer_all"]
         row("change -> answer p99, everything loaded (backend idle)", "< 1 s",
             f"{c['p99_ms']} ms ({c['trials']} trials)", c["p99_ms"] < 1000)
+    def at_most(goal: str, value: float | None, limit: float, unit: str = "MiB") -> None:
+        row(goal, f"<= {limit:g} {unit}", f"{value} {unit}", value is not None and value <= limit)
+
     if s:
-        row("scale RSS at ready (issue 12)", "<= 300 MiB", f"{s['rss_mib_at_ready']} MiB",
-            s["rss_mib_at_ready"] <= 300)
-        row("scale RSS after the trials (issue 12)", "<= 330 MiB", f"{s['rss_mib_after_trials']} MiB",
-            s["rss_mib_after_trials"] <= 330)
+        at_most("scale RSS at ready (issue 12)", s["rss_mib_at_ready"], 300)
+        at_most("scale RSS after the trials (issue 12)", s["rss_mib_after_trials"], 330)
     big = res.get("scale_100k") or {}
     if big:
-        row(f"first full sync, {big['services']:,} Services + {big['gslbs']:,} Gslbs", "<= 60 s",
-            f"{big['sync_seconds']} s", big["sync_seconds"] <= 60)
-        row("RSS at that sync", "<= 1024 MiB", f"{big['rss_mib_at_ready']} MiB",
-            big["rss_mib_at_ready"] <= 1024)
-        row("change -> answer p99 at that size (idle)", "<= 1000 ms", f"{big['change_to_answer_p99_ms']} ms",
-            big["change_to_answer_p99_ms"] <= 1000)
+        at_most(f"first full sync, {big['services']:,} Services + {big['gslbs']:,} Gslbs",
+                big["sync_seconds"], 60, "s")
+        at_most("RSS at that sync", big["rss_mib_at_ready"], 1024)
+        at_most("change -> answer p99 at that size (idle)", big["change_to_answer_p99_ms"], 1000, "ms")
     c = res.get("churn") or {}
     if c:
         p99, quiet = c["answer_p99_ms"], c["answer_p99_ms_quiet"]
         row("answer p99 under churn", "<= 2 x quiet and <= 5 ms", f"{p99} ms (quiet {quiet} ms)",
             p99 <= 2 * quiet and p99 <= 5)
-        row("loop lag max under churn", "<= 20 ms", f"{c['loop_lag_max_ms']} ms", c["loop_lag_max_ms"] <= 20)
+        at_most("loop lag max under churn", c["loop_lag_max_ms"], 20, "ms")
         for q, limit in (("p50", 200), ("p99", 1000)):
-            v = c[f"change_to_answer_{q}_ms"]
-            row(f"change -> answer {q} under churn", f"<= {limit} ms", f"{v} ms",
-                v is not None and v <= limit)
+            at_most(f"change -> answer {q} under churn", c[f"change_to_answer_{q}_ms"], limit, "ms")
         row("RSS flat under churn", "end <= 1.05 x start", f"{c['rss_mib_start']} -> {c['rss_mib_end']} MiB",
             c["rss_mib_end"] <= 1.05 * c["rss_mib_start"])
         row("wrong answers after churn", "0", str(c["wrong_answers"]), c["wrong_answers"] == 0)
