@@ -40,7 +40,7 @@ KINDS = {  # kind: share of the changes
     "gslb": 15,  # a Gslb created / deleted
 }
 DEPLOYMENTS = 20
-SPARE = 2000  # names the create/delete kinds cycle through, per kind
+SPARE = 2000  # names the create/delete kinds cycle through, per kind (at most n / 5)
 CHANGE_TIMEOUT = 10.0
 POLL = 0.01
 SETTLE_TIMEOUT = 60.0
@@ -74,6 +74,7 @@ class Churn:
     api: Api
     server: str
     up: Loaded
+    spare: int
     rnd: random.Random = field(default_factory=lambda: random.Random(12))
     generation: int = 0
     healthy: dict[int, bool] = field(default_factory=dict)
@@ -123,7 +124,7 @@ class Churn:
             self.replicas[k] = replicas
             self._done(str(k), Want(host, ["x"] if replicas else [], healthy_only=True))
         else:
-            k = int(self._claim(lambda: f"{kind}-{self.rnd.randrange(SPARE)}").rsplit("-", 1)[1])
+            k = int(self._claim(lambda: f"{kind}-{self.rnd.randrange(self.spare)}").rsplit("-", 1)[1])
             result, want = self._create_or_delete(kind, k)
             self._done(f"{kind}-{k}", want)
         return kind, result
@@ -175,8 +176,8 @@ class Churn:
         return [f"{w.name}: want {w.addresses}" for w in pending]
 
 
-def extras(api: Api) -> None:
-    """The churn's own objects: Deployments behind Gslbs, Services whose Gslb it creates, the CRD."""
+def extras(api: Api, spare: int) -> None:
+    """The churn's own objects: Deployments behind Gslbs, Services whose Gslb it creates."""
     api_objs: list[Obj] = []
     for k in range(DEPLOYMENTS):
         labels = {"app": f"d-{k}"}
@@ -184,7 +185,7 @@ def extras(api: Api) -> None:
         api_objs.append(service(NS, f"d-{k}", [f"10.3.0.{k + 1}"], gslb_host=f"d-{k}.{dataset.GSLB_ZONE}",
                                 selector=labels))
         api_objs.append(gslb(NS, f"d-{k}", f"d-{k}", {"type": "roundRobin"}))
-    for k in range(SPARE):
+    for k in range(spare):
         api_objs.append(service(NS, f"gs-{k}", [f"10.4.{k // 250}.{k % 250 + 1}"],
                                 gslb_host=f"gx-{k}.{dataset.GSLB_ZONE}"))
         api_objs.append(endpoint_slice(NS, f"gs-{k}", f"10.245.{k // 250}.{k % 250 + 1}"))
@@ -262,7 +263,8 @@ def run(bed: Bed, n: int = 10_000, seconds: float = 600.0, rate: float = 20.0,
     bed.plane.apply(DNSENDPOINT_CRD.read_text(), "--server-side")
     bed.plane.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                       "crd/dnsendpoints.externaldns.k8s.io")
-    up = load(bed, n, n, before_start=extras)
+    spare = min(SPARE, max(50, n // 5))
+    up = load(bed, n, n, before_start=lambda api: extras(api, spare))
     wait_for(lambda: all(addresses(up.server, f"d-{k}.{dataset.GSLB_ZONE}") for k in range(DEPLOYMENTS)),
              what="every Deployment-backed GSLB host answering", timeout=180, watch=[up.backend.process])
     quiet = wait_quiet(up.pid)
@@ -271,7 +273,7 @@ def run(bed: Bed, n: int = 10_000, seconds: float = 600.0, rate: float = 20.0,
           f"{seconds:g} s with dnsperf at {qps:,.0f} q/s", flush=True)
     mix = bed.workdir / "churn-queries.txt"
     _mix(mix, n, n)
-    churn = Churn(up.api, up.server, up)
+    churn = Churn(up.api, up.server, up, spare)
     with Sampler(up.pid, bed.workdir / "backend-profile-churn.txt") as sampler:
         busy = _phase(up, mix, seconds, qps, bed.workdir, churn, rate)
     wrong = churn.wrong_answers()
