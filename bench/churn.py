@@ -200,10 +200,10 @@ class Scraper(threading.Thread):
         self.get = get
         self.lag_max = 0.0
         self.seconds: list[float] = []
-        self._stop = threading.Event()
+        self._finished = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(1.0):
+        while not self._finished.wait(1.0):
             t0 = time.perf_counter()
             status, body = self.get("/metrics")
             self.seconds.append(time.perf_counter() - t0)
@@ -212,7 +212,7 @@ class Scraper(threading.Thread):
                 self.lag_max = max(self.lag_max, float(m.group(1)))
 
     def stop(self) -> None:
-        self._stop.set()
+        self._finished.set()
         self.join(10)
 
     def figures(self) -> dict[str, Any]:
