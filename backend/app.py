@@ -178,7 +178,7 @@ class Compiler:
         self._dirty.clear()
         with self._keys_lock:
             keys, self._keys = self._keys, set()
-        version, by_key = self.ctx.store.snapshot()  # after taking the keys: no change is missed
+        version, by_key = self.ctx.store.snapshot()  # a change after the keys are taken comes again
         self.serial = next_serial(self.serial)
         start = time.perf_counter()
         full = self._recompiler.full

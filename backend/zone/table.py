@@ -677,29 +677,36 @@ class Recompiler:
     def compile(self, by_key: dict[str, tuple[Endpoint, ...]], serial: int,
                 keys: Iterable[str] | None = None) -> Table:
         """The table for `by_key`. `keys`, if given, holds every key changed since the last call
-        (the Store's key listener): without it every key is compared, ~35 ms at 20,000 keys."""
-        old, last = self._by_key, self._table
+        (the Store's key listener): without it every key is compared, ~35 ms at 20,000 keys.
+
+        Only the keys looked at are taken from `by_key`: a key that changed after the caller took
+        `keys` but before its snapshot is left as it was, and is looked at next time (its key
+        comes again), so the table, the index and the view never disagree."""
+        view, last = self._by_key, self._table
         self._table = None  # until this compile succeeds, the index may not match a table
-        candidates = old.keys() | by_key.keys() if keys is None or not old else keys
-        changed = [k for k in candidates if old.get(k) is not by_key.get(k) and old.get(k) != by_key.get(k)]
+        candidates = view.keys() | by_key.keys() if keys is None or not view else keys
+        changed = [k for k in candidates if view.get(k) is not by_key.get(k) and view.get(k) != by_key.get(k)]
         touched: set[str] = set()
         for key in changed:
-            before = {normalize_name(ep.name) for ep in old.get(key, ())}
+            before = {normalize_name(ep.name) for ep in view.get(key, ())}
             after = {normalize_name(ep.name) for ep in by_key.get(key, ())}
             for name in before - after:
-                keys = self._keys[name]
-                keys.discard(key)
-                if not keys:
+                holders = self._keys[name]
+                holders.discard(key)
+                if not holders:
                     del self._keys[name]
             for name in after:
                 self._keys.setdefault(name, set()).add(key)
             touched |= before | after
-        self._by_key = by_key
+            if key in by_key:
+                view[key] = by_key[key]
+            else:
+                del view[key]
         table = self._patch(last, touched, serial) if last is not None else None
         if table is None:
             # Store keys in order, so ties in the merge (sources without an object) do not depend on
             # the order the watches delivered things in; the patch merges in the same order.
-            table = compile_table(self.settings, [ep for key in sorted(by_key) for ep in by_key[key]], serial,
+            table = compile_table(self.settings, [ep for key in sorted(view) for ep in view[key]], serial,
                                   self.geo, previous=last)
             self.full += 1
         self._table = table

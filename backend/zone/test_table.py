@@ -543,3 +543,19 @@ def test_patched_tables_equal_full_compiles_over_random_changes() -> None:
         names = frozenset(n.replace("*", "w") for n in pool)
         _same_answers(fresh, table, names, ("A", "TXT", "CNAME", "ANY"))
     assert patched > 100, "most changes are patched, not fully recompiled"
+
+
+def test_a_key_changed_after_the_keys_were_taken_is_picked_up_next_time() -> None:
+    """The compiler takes the changed keys, then the Store snapshot: a change in between is in the
+    snapshot but not in the keys. It must show at the next compile (its key comes again), and the
+    name index must follow it (a delete after it failed with a KeyError before)."""
+    rc = Recompiler(SETTINGS)
+    by_key = {"service/a": (ep("a.foowidgets.k8s", "A", "10.0.0.1"),)}
+    rc.compile(dict(by_key), 1)
+    by_key["service/b"] = (ep("b.foowidgets.k8s", "A", "10.0.0.2"),)  # changed after the keys were taken
+    rc.compile(dict(by_key), 2, keys=set())
+    table = rc.compile(dict(by_key), 3, keys={"service/b"})
+    assert data(ask(table, "b.foowidgets.k8s").answer) == ["b.foowidgets.k8s. 300 A 10.0.0.2"]
+    del by_key["service/b"]
+    table = rc.compile(dict(by_key), 4, keys={"service/b"})
+    assert ask(table, "b.foowidgets.k8s").rcode() == dns.rcode.NXDOMAIN
