@@ -81,6 +81,7 @@ class Churn:
     replicas: dict[int, int] = field(default_factory=dict)
     exists: dict[tuple[str, int], bool] = field(default_factory=dict)  # (kind, k) -> created
     wants: dict[str, Want] = field(default_factory=dict)  # name -> its final answer
+    api_errors: list[str] = field(default_factory=list)
     _busy: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -94,7 +95,16 @@ class Churn:
                     return name
 
     def step(self) -> tuple[str, float | None]:
+        """One change of a random kind: (kind, seconds to the answer; None if not seen in time)."""
         kind = self.rnd.choices(list(KINDS), weights=list(KINDS.values()))[0]
+        try:
+            return kind, self._step(kind)
+        except (OSError, RuntimeError) as e:  # the apiserver, on two busy cores, may time out
+            with self._lock:
+                self.api_errors.append(f"{kind}: {type(e).__name__}: {e}"[:200])
+            return "api_error", None
+
+    def _step(self, kind: str) -> float | None:
         n = len(self.up.gslbs)
         if kind == "lb_address":
             i = int(self._claim(lambda: str(self.rnd.randrange(len(self.up.services)))))
@@ -125,9 +135,13 @@ class Churn:
             self._done(str(k), Want(host, ["x"] if replicas else [], healthy_only=True))
         else:
             k = int(self._claim(lambda: f"{kind}-{self.rnd.randrange(self.spare)}").rsplit("-", 1)[1])
-            result, want = self._create_or_delete(kind, k)
+            try:
+                result, want = self._create_or_delete(kind, k)
+            except BaseException:
+                self._done(f"{kind}-{k}", None)
+                raise
             self._done(f"{kind}-{k}", want)
-        return kind, result
+        return result
 
     def _create_or_delete(self, kind: str, k: int) -> tuple[float | None, Want]:
         create = not self.exists.get((kind, k), False)
@@ -160,10 +174,11 @@ class Churn:
             time.sleep(POLL)
         return time.perf_counter() - t0
 
-    def _done(self, busy: str, want: Want) -> None:
+    def _done(self, busy: str, want: Want | None) -> None:
         with self._lock:
             self._busy.discard(busy)
-            self.wants[want.name] = want
+            if want is not None:
+                self.wants[want.name] = want
 
     def wrong_answers(self, timeout: float = SETTLE_TIMEOUT) -> list[str]:
         """Names whose answer still differs from the API's state once `timeout` has passed."""
@@ -200,12 +215,17 @@ class Scraper(threading.Thread):
         self.get = get
         self.lag_max = 0.0
         self.seconds: list[float] = []
+        self.failed = 0
         self._finished = threading.Event()
 
     def run(self) -> None:
         while not self._finished.wait(1.0):
             t0 = time.perf_counter()
-            status, body = self.get("/metrics")
+            try:
+                status, body = self.get("/metrics")
+            except OSError:  # counted as a failed scrape, not the end of the run
+                self.failed += 1
+                continue
             self.seconds.append(time.perf_counter() - t0)
             m = LAG.search(body) if status == 200 else None
             if m:
@@ -217,7 +237,8 @@ class Scraper(threading.Thread):
 
     def figures(self) -> dict[str, Any]:
         ms = sorted(s * 1000 for s in self.seconds)
-        return {"scrapes": len(ms), "scrape_p50_ms": round(dnsperf.percentile(ms, 50), 1),
+        return {"scrapes": len(ms), "scrapes_failed": self.failed,
+                "scrape_p50_ms": round(dnsperf.percentile(ms, 50), 1),
                 "scrape_max_ms": round(ms[-1], 1) if ms else None,
                 "loop_lag_max_ms": round(self.lag_max * 1000, 1)}
 
@@ -232,7 +253,7 @@ def _mix(path: Path, n_services: int, n_gslbs: int) -> None:
 def _phase(up: Loaded, mix: Path, seconds: float, qps: float, out: Path,
            churn: Churn | None, rate: float) -> dict[str, Any]:
     """dnsperf at `qps` for `seconds` with /metrics scraped every second, and the churn if given."""
-    scraper = Scraper(up.backend.get)
+    scraper = Scraper(lambda path: up.backend.get(path, admin=False))  # where Prometheus scrapes
     label = "churn" if churn is not None else "quiet"
     result: dict[str, Any] = {}
     perf = threading.Thread(target=lambda: result.update(dnsperf.run(
@@ -294,7 +315,7 @@ def run(bed: Bed, n: int = 10_000, seconds: float = 600.0, rate: float = 20.0,
         "seconds": seconds,
         "changes_per_second": rate,
         "changes": len(changes),
-        "changes_timed_out": len(changes) - len(timed),
+        "changes_timed_out": sum(1 for k, t in changes if t is None and k != "api_error"),
         "dnsperf_qps_target": round(qps),
         "answer_p99_ms": busy["dnsperf"]["p99_ms"],
         "answer_p99_ms_quiet": quiet_phase["dnsperf"]["p99_ms"],
@@ -305,6 +326,8 @@ def run(bed: Bed, n: int = 10_000, seconds: float = 600.0, rate: float = 20.0,
         "change_to_answer_by_kind": by_kind,
         "rss_mib_start": round(rss_start / 2**20, 1),
         "rss_mib_end": round(rss_end / 2**20, 1),
+        "api_errors": len(churn.api_errors),
+        "api_error_examples": churn.api_errors[:5],
         "wrong_answers": len(wrong),
         "wrong_examples": wrong[:10],
         "during_churn": busy,
