@@ -9,7 +9,7 @@ and the queries after /readyz 200 that got SERVFAIL or no answer. Then a rollout
 first hands over and exits); without, the backend is stopped and started again, as a restart would.
 
 Only backend.lab's long-standing API is used without --listener, so the same file measures an older
-checkout: `cd OTHER && .venv/bin/python /path/to/bench/restart.py` (the "before").
+checkout: `cd OTHER && PYTHONPATH=$PWD .venv/bin/python /path/to/bench/restart.py` (the "before").
 """
 
 from __future__ import annotations
@@ -57,14 +57,14 @@ class Prober(threading.Thread):
             self.stop.wait(0.02)
 
 
-def restart(backend: Backend, coredns: CoreDNS, downtime: float) -> dict[str, Any]:
+def restart(backend: Backend, coredns: CoreDNS, downtime: float, window: float) -> dict[str, Any]:
     prober = Prober(coredns.host, coredns.port)
     prober.start()
     backend.stop()
     time.sleep(downtime)
     backend.start()
     ready = time.monotonic()
-    end = ready + 15
+    end = ready + window
     while time.monotonic() < end and not any(t > ready and r == "NOERROR" for t, r in prober.results):
         time.sleep(0.05)
     time.sleep(1)
@@ -106,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--listener", action="store_true", help="run the backend behind `coredns-gslb listen`")
     p.add_argument("--downtimes", default="2,20,30")
     p.add_argument("--roll-seconds", type=float, default=30.0)
+    p.add_argument("--window", type=float, default=15.0, help="how long to wait for the first answer")
     a = p.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="bench-restart-"))
     started: list[Any] = []
@@ -136,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         wait_for(lambda: _answers(coredns), what="an answer", timeout=30)
         report: dict[str, Any] = {"listener": a.listener, "restarts": []}
         for downtime in (float(d) for d in a.downtimes.split(",") if d):
-            report["restarts"].append(restart(backend, coredns, downtime))
+            report["restarts"].append(restart(backend, coredns, downtime, a.window))
             print(json.dumps(report["restarts"][-1]), flush=True)
         report["roll"], rolled = roll(workdir, backend, coredns, plane.kubeconfig, a.roll_seconds, listener)
         started.append(rolled)

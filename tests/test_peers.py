@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import socketserver
 import threading
 from collections.abc import Callable, Coroutine, Iterator
@@ -24,7 +25,7 @@ import pytest
 from backend.config import GslbZone, Settings
 from backend.gslb.strategy import plan
 from backend.model import Endpoint, ObjectRef, Store, Strategy, Target
-from backend.peers import shards
+from backend.peers import persist, shards
 from backend.peers.exchange import INDEX_KEY, PeerExchange, PeerZone
 from backend.peers.query import parse_server
 
@@ -459,3 +460,11 @@ async def test_peer_records_carry_our_gslbs_strategy_and_ttl() -> None:
         peer = r.store.snapshot()[1]["peer/us-nyc"]
         assert {(ep.rtype, ep.ttl, ep.strategy) for ep in peer} == {("A", 30, FAILOVER),
                                                                     ("AAAA", 30, FAILOVER)}
+
+
+def test_the_peer_book_reads_only_well_formed_entries() -> None:
+    good = {"us-nyc": {"gb.foowidgets.k8s": ["127.0.0.22"]}}
+    assert persist.parse(json.dumps(good)) == good
+    assert persist.parse("not json") == persist.parse("[1]") == {}
+    mixed = {"us-nyc": {"gb.foowidgets.k8s": ["127.0.0.22"], "x": [], "y": [1]}, "us-sfo": "nope"}
+    assert persist.parse(json.dumps(mixed)) == good
