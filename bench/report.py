@@ -8,7 +8,7 @@ from typing import Any
 TARGETS = (
     ("a_file", "(a) CoreDNS `file` plugin (ceiling)"),
     ("b_grpc", "(b) CoreDNS -> grpc -> backend"),
-    ("b_grpc_split", "(b2) as (b), ECS rewrite only on the GSLB zone"),
+    ("b_grpc_split", "(b2) as (b), the EDNS view and ECS rewrite only on the GSLB zone"),
     ("c_grpc_cache", "(c) (b) with CoreDNS `cache`"),
     ("b_grpc_half_rate", "(b) at half its peak rate (`-Q`)"),
     ("a_file_same_rate", "(a) at that same rate (control)"),
@@ -69,9 +69,10 @@ def _notes(res: dict[str, Any]) -> list[str]:
             c2 = b2["cpu_us_per_query"]
             gain = float(b2["qps"]) / float(t["b_grpc"]["qps"])
             out.append(
-                f"- `rewrite edns0 subnet` costs CoreDNS {b['coredns'] - c2['coredns']:.0f} µs and the "
-                f"backend {b['backend'] - c2['backend']:.0f} µs per query ((b) vs (b2)); only geoip "
-                f"needs it, so a Corefile that keeps it off ExternalDNS-only zones gains {gain:.1f}x here.")
+                f"- The EDNS `view` and `rewrite edns0 subnet` cost CoreDNS "
+                f"{b['coredns'] - c2['coredns']:.0f} µs and the backend "
+                f"{b['backend'] - c2['backend']:.0f} µs per query ((b) vs (b2)); only geoip needs them, "
+                f"so a Corefile that keeps them off ExternalDNS-only zones gains {gain:.1f}x here.")
         half, ctl = t.get("b_grpc_half_rate"), t.get("a_file_same_rate")
         if half and ctl:
             cores = (res.get("machine") or {}).get("cores") or 2

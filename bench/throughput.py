@@ -21,29 +21,15 @@ from bench.procstat import cpu_seconds, loadavg
 
 WARMUP = 2.0
 SWEEP = (0.1, 0.25)  # shares of (b)'s peak rate for the latency sweep (0.5 is the goal's own run)
-CACHED_TEMPLATE = """# corefile/Corefile.tmpl with `cache` in front of grpc (the zones here are not geoip).
-${zones} {
-    bind ${bind}
-    errors
-    rewrite edns0 subnet set 24 56
-    cache 30
-    grpc . ${grpc}
-}
-"""
-
-SPLIT_TEMPLATE = """# ECS rewrite only where geoip may need it; the ExternalDNS zone goes straight to grpc.
-${plain} {
+# The shipped Corefile with `cache` in front of grpc (the zones here are not geoip).
+CACHED_TEMPLATE = GRPC_TEMPLATE.replace("    grpc .", "    cache 30\n    grpc .")
+# The ExternalDNS zone straight to grpc (no view, no rewrite); the shipped blocks only for the GSLB zone.
+SPLIT_TEMPLATE = """${plain} {
     bind ${bind}
     errors
     grpc . ${grpc}
 }
-${gslb} {
-    bind ${bind}
-    errors
-    rewrite edns0 subnet set 24 56
-    grpc . ${grpc}
-}
-"""
+""" + GRPC_TEMPLATE.replace("${zones}", "${gslb}")
 
 
 def measure(label: str, server: str, mix: Path, seconds: float, pids: dict[str, int], out: Path,

@@ -43,6 +43,12 @@ def corefile_body(text: str) -> str:
     return "\n".join(line for line in lines if line.strip())
 
 
+def grpc_targets(text: str) -> list[str]:
+    """The upstream of every `grpc .` directive (one per server block of the Corefile)."""
+    words = corefile_body(text).split()
+    return [words[i + 2] for i, word in enumerate(words) if word == "grpc" and words[i + 1] == "."]
+
+
 def config_env_names() -> set[str]:
     """Environment variables backend/config.py reads (flag fallbacks and the downward-API POD_NAME)."""
     source = (ROOT / "backend" / "config.py").read_text()

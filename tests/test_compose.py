@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from deployfiles import COREFILE, ROOT, config_env_names, corefile_body, find, pinned, settings_from_env
+from deployfiles import COREFILE, ROOT, config_env_names, find, grpc_targets, pinned, settings_from_env
 
 COMPOSE = ROOT / "docker-compose.yml"
 CLUSTERS = ("us-buf", "us-nyc")
@@ -84,12 +84,11 @@ def test_coredns_runs_the_corefile_folder_one(services: dict[str, dict[str, Any]
 
 
 def test_backend_shares_the_coredns_network_and_its_grpc_port(services: dict[str, dict[str, Any]]) -> None:
-    words = corefile_body(COREFILE.read_text()).split()
-    grpc_target = words[words.index("grpc") + 2]
+    targets = set(grpc_targets(COREFILE.read_text()))
     for cluster in CLUSTERS:
         backend = services[f"{cluster}-backend"]
         assert backend["network_mode"] == f"service:{cluster}-coredns"
-        assert backend["environment"]["GRPC_LISTEN"] == grpc_target
+        assert {backend["environment"]["GRPC_LISTEN"]} == targets
         admin_port = backend["environment"]["ADMIN_LISTEN"].rsplit(":", 1)[1]
         published = [p.rsplit(":", 1)[1] for p in services[f"{cluster}-coredns"]["ports"]]
         assert admin_port in published  # explain --http reaches it from the host

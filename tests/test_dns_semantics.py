@@ -8,6 +8,7 @@ where dig cannot build the packet (a response, several questions, odd opcodes).
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import struct
 import threading
@@ -17,6 +18,7 @@ import dns.edns
 import dns.flags
 import dns.message
 import dns.opcode
+import dns.query
 import dns.rcode
 import grpc
 import pytest
@@ -54,7 +56,6 @@ ENDPOINTS = [
     ),
     Endpoint("geo.gb.foowidgets.k8s", "A", (Target("10.2.1.98", "us-nyc"),), 30, None),
 ]
-NO_REWRITE = "${zones} {\n    bind ${bind}\n    grpc . ${grpc}\n}\n"
 QUESTION = b"\x05nginx\x0afoowidgets\x03k8s\x00\x00\x01\x00\x01"
 
 
@@ -107,7 +108,7 @@ def served(backend: InProcessBackend) -> InProcessBackend:
 
 @pytest.fixture
 def coredns(coredns_factory: Callable[..., CoreDNS], served: InProcessBackend) -> CoreDNS:
-    """CoreDNS as the test bed runs it (rewrite edns0 subnet, then grpc), for every name (".") so
+    """CoreDNS running the shipped Corefile (corefile/README.md), for every name (".") so
     that names outside our zones reach the backend too."""
     return coredns_factory(zones=".", grpc=served.grpc)
 
@@ -186,19 +187,19 @@ def test_tcp_answers_the_same(coredns: CoreDNS) -> None:
     ]
 
 
-def test_big_answers_are_truncated_by_coredns_over_udp_and_whole_over_tcp(
-    coredns_factory: Callable[..., CoreDNS], served: InProcessBackend
-) -> None:
-    """Truncation is CoreDNS's scrub, sized by the request it forwarded. Behind `rewrite edns0
-    subnet` every request carries an OPT (udp 4096), so even a client without EDNS gets the whole
-    1 KB answer over UDP; without the rewrite it gets TC and retries over TCP."""
-    plain = coredns_factory(NO_REWRITE, zones="foowidgets.k8s", grpc=served.grpc)
-    truncated = check(dig(plain.address, "many.foowidgets.k8s", "A", "+noedns", "+ignore"), "NOERROR", "tc")
-    assert len(truncated.answer) < 60
-    assert len(check(dig(plain.address, "many.foowidgets.k8s", "A", "+noedns"), "NOERROR", "aa").answer) == 60
-    rewritten = coredns_factory(zones="foowidgets.k8s", grpc=served.grpc)
-    whole = check(dig(rewritten.address, "many.foowidgets.k8s", "A", "+noedns", "+ignore"), "NOERROR", "aa")
-    assert len(whole.answer) == 60 and "tc" not in whole.flags
+def test_big_answers_fit_the_client_size_over_udp_and_come_whole_over_tcp(coredns: CoreDNS) -> None:
+    """RFC 6891 section 7 and RFC 1035 4.2.1: 512 octets without EDNS, the client's size with it, TC
+    when cut (CoreDNS's scrub, sized by the request as the client sent it); TCP gets everything."""
+    for options, size in ((["+noedns"], 512), (["+bufsize=512"], 512), (["+bufsize=800"], 800)):
+        cut = check(dig(coredns.address, "many.foowidgets.k8s", "A", *options, "+ignore"), "NOERROR", "tc")
+        assert 0 < len(cut.answer) < 60, cut.output
+        received = re.search(r"MSG SIZE\s+rcvd: (\d+)", cut.output)
+        assert received is not None and int(received[1]) <= size, cut.output
+    for options in (["+bufsize=1232"], ["+noedns", "+tcp"], ["+bufsize=512", "+tcp"]):
+        whole = check(dig(coredns.address, "many.foowidgets.k8s", "A", *options, "+ignore"), "NOERROR", "aa")
+        assert len(whole.answer) == 60 and "tc" not in whole.flags, whole.output
+    retried = check(dig(coredns.address, "many.foowidgets.k8s", "A", "+noedns"), "NOERROR", "aa")
+    assert len(retried.answer) == 60  # dig retries over TCP after TC, as resolvers do
 
 
 def test_thousands_of_concurrent_queries_all_get_their_answer(coredns: CoreDNS) -> None:
@@ -210,7 +211,9 @@ def test_thousands_of_concurrent_queries_all_get_their_answer(coredns: CoreDNS) 
         2: (dns.rcode.NOERROR, 1),
         3: (dns.rcode.NOERROR, 60),
     }
-    queries = {i: dns.message.make_query(names[i % 4], "A", id=i) for i in range(3000)}
+    queries = {  # with EDNS, as resolvers ask: 60 addresses fit, geoip sees the source
+        i: dns.message.make_query(names[i % 4], "A", id=i, use_edns=0, payload=4096) for i in range(3000)
+    }
     answered: dict[int, dns.message.Message] = {}
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
@@ -289,19 +292,87 @@ def test_edns_is_echoed_and_unknown_versions_get_badvers(coredns: CoreDNS) -> No
     )
 
 
-def test_geoip_follows_the_client_subnet(
-    coredns_factory: Callable[..., CoreDNS], served: InProcessBackend
-) -> None:
-    """Through the test bed's Corefile (rewrite edns0 subnet set 24 56) a loopback client is
-    127.0.0.0/24; without the rewrite, the resolver's own ECS option reaches the strategy."""
-    with_rewrite = coredns_factory(zones="gb.foowidgets.k8s", grpc=served.grpc)
-    r = check(dig(with_rewrite.address, "geo.gb.foowidgets.k8s"), "NOERROR", "aa")
-    assert r.values("A") == ["10.2.1.98"]
-    plain = coredns_factory(NO_REWRITE, zones="gb.foowidgets.k8s", grpc=served.grpc)
-    buf = check(dig(plain.address, "geo.gb.foowidgets.k8s", "A", "+subnet=198.51.100.0/24"), "NOERROR", "aa")
-    assert buf.values("A") == ["10.2.1.167"] and buf.ecs == "198.51.100.0/24/24"
-    unknown = check(dig(plain.address, "geo.gb.foowidgets.k8s", "A", "+subnet=203.0.113.0/24"), "NOERROR")
-    assert sorted(unknown.values("A")) == ["10.2.1.167", "10.2.1.98"]
+# EDNS and client subnet through the shipped Corefile (corefile/README.md): RFC 6891 and RFC 7871.
+EDNS_NAMES = ("nginx.foowidgets.k8s", "geo.gb.foowidgets.k8s", "missing.foowidgets.k8s", "www.example.com")
+EDNS_RCODES = (dns.rcode.NOERROR, dns.rcode.NOERROR, dns.rcode.NXDOMAIN, dns.rcode.REFUSED)
+
+
+def query(name: str, *, ecs: dns.edns.ECSOption | None = None, options: tuple[dns.edns.Option, ...] = (),
+          ednsflags: int = 0) -> dns.message.Message:
+    """An EDNS query for `name` A with `ecs` (first) and `options`."""
+    opts = [*([ecs] if ecs else []), *options]
+    return dns.message.make_query(name, "A", use_edns=0, options=opts, ednsflags=ednsflags)
+
+
+def ecs_of(reply: dns.message.Message) -> dns.edns.ECSOption | None:
+    found = [o for o in reply.options if isinstance(o, dns.edns.ECSOption)]
+    assert len(found) <= 1, reply
+    return found[0] if found else None
+
+
+def test_no_opt_in_a_reply_to_a_query_without_one(coredns: CoreDNS) -> None:
+    """RFC 6891 section 7, over UDP and TCP, for an answer, a geoip name, NXDOMAIN and REFUSED."""
+    for name, rcode in zip(EDNS_NAMES, EDNS_RCODES, strict=True):
+        q = dns.message.make_query(name, "A", use_edns=False)
+        for reply in (ask(coredns, q), dns.query.tcp(q, coredns.host, port=coredns.port, timeout=2)):
+            assert reply.rcode() == rcode and reply.edns == -1 and not reply.additional, reply
+        shown = dig(coredns.address, name, "A", "+noedns")
+        assert shown.rcode == dns.rcode.to_text(rcode), shown.output
+        assert "OPT PSEUDOSECTION" not in shown.output, shown.output
+
+
+def test_a_client_subnet_is_echoed_with_the_scope_the_answer_depended_on(coredns: CoreDNS) -> None:
+    """RFC 7871 7.2.1: family, source prefix and address as the client sent them; the scope is the
+    source prefix where geoip picked the answer by it, 0 where the answer is the same for everyone."""
+    both = ["10.2.1.167", "10.2.1.98"]
+    cases = [
+        ("geo.gb.foowidgets.k8s", dns.edns.ECSOption("198.51.100.0", 24), 24, ["10.2.1.167"]),
+        ("geo.gb.foowidgets.k8s", dns.edns.ECSOption("198.51.100.7", 32), 32, ["10.2.1.167"]),
+        ("geo.gb.foowidgets.k8s", dns.edns.ECSOption("203.0.113.0", 24), 24, both),  # no datacenter
+        ("geo.gb.foowidgets.k8s", dns.edns.ECSOption("2001:db8:1::", 56), 56, both),
+        ("geo.gb.foowidgets.k8s", dns.edns.ECSOption("0.0.0.0", 0), 0, both),  # "do not use my address"
+        ("nginx.foowidgets.k8s", dns.edns.ECSOption("198.51.100.0", 24), 0, ["172.18.200.101"]),
+        ("nginx.foowidgets.k8s", dns.edns.ECSOption("2001:db8::", 48), 0, ["172.18.200.101"]),
+        ("missing.foowidgets.k8s", dns.edns.ECSOption("198.51.100.0", 22), 0, []),
+    ]
+    for name, sent, scope, addresses in cases:
+        reply = ask(coredns, query(name, ecs=sent))
+        got = ecs_of(reply)
+        assert got is not None, (sent, reply)
+        assert (got.family, got.srclen, got.address) == (sent.family, sent.srclen, sent.address), (sent, got)
+        assert got.scopelen == scope, (name, sent, got)
+        assert sorted(rd.address for rrset in reply.answer for rd in rrset) == addresses, (sent, reply)
+    shown = check(dig(coredns.address, "geo.gb.foowidgets.k8s", "A", "+subnet=198.51.100.0/24"), "NOERROR")
+    assert shown.ecs == "198.51.100.0/24/24" and shown.values("A") == ["10.2.1.167"], shown.output
+
+
+def test_no_client_subnet_back_to_a_query_without_one_yet_geoip_sees_the_source(coredns: CoreDNS) -> None:
+    """CoreDNS adds ECS from the source address (127.0.0.1 -> us-nyc here) for the backend and takes it
+    out of the reply. A query without EDNS cannot carry it: that client gets the unknown-client answer."""
+    for name in EDNS_NAMES:
+        reply = ask(coredns, query(name))
+        assert reply.edns == 0 and ecs_of(reply) is None, reply
+    located = check(dig(coredns.address, "geo.gb.foowidgets.k8s", "A"), "NOERROR", "aa")
+    assert located.values("A") == ["10.2.1.98"] and located.ecs is None, located.output
+    over_tcp = check(dig(coredns.address, "geo.gb.foowidgets.k8s", "A", "+tcp"), "NOERROR")
+    assert over_tcp.values("A") == ["10.2.1.98"] and over_tcp.ecs is None, over_tcp.output
+    unlocated = check(dig(coredns.address, "geo.gb.foowidgets.k8s", "A", "+noedns"), "NOERROR")
+    assert sorted(unlocated.values("A")) == ["10.2.1.167", "10.2.1.98"], unlocated.output
+
+
+def test_do_is_copied_unknown_flags_cleared_unknown_options_not_echoed(coredns: CoreDNS) -> None:
+    cookie = dns.edns.GenericOption(dns.edns.OptionType.COOKIE, b"\x01" * 8)
+    others = (dns.edns.GenericOption(65001, b"\xab\xcd"), cookie, dns.edns.GenericOption(12, b"\0" * 4))
+    for name in EDNS_NAMES:
+        for do in (0, dns.flags.DO):
+            for ecs in (None, dns.edns.ECSOption("198.51.100.0", 24)):
+                z_bits = 0x7FFF
+                reply = ask(coredns, query(name, ecs=ecs, options=others, ednsflags=do | z_bits))
+                assert reply.edns == 0 and reply.ednsflags == do, (name, do, reply)
+                assert [o.otype for o in reply.options] == ([dns.edns.OptionType.ECS] if ecs else []), reply
+    shown = dig(coredns.address, "nginx.foowidgets.k8s", "A", "+ednsflags=0x7f", "+ednsopt=65001:ab", "+do")
+    opt = shown.output.split(";; OPT PSEUDOSECTION:")[1].split(";; QUESTION SECTION:")[0]
+    assert opt.strip() == "; EDNS: version: 0, flags: do; udp: 1232", shown.output  # no Z flags, no options
 
 
 def test_servfail_until_the_first_full_sync(

@@ -39,9 +39,6 @@ NO_REWRITE = """${zones} {
     grpc . ${grpc}
 }
 """
-# `append` adds ECS from the source address only when the query has none; `set` (Corefile.tmpl)
-# replaces a client's or resolver's own ECS with the resolver's address.
-APPEND = NO_REWRITE.replace("    grpc", "    rewrite edns0 subnet append 24 56\n    grpc")
 
 
 @pytest.fixture(scope="module")
@@ -164,29 +161,27 @@ def test_geoip_answers_by_client_subnet(
         demo.announce_ingress(crds, namespace, "web", ["10.2.1.167"])
         inject_peer(ctx, host, "10.2.1.98")
         plain = CoreDNS(tmp_path, NO_REWRITE, zones=(ZONE,), grpc=settings.grpc_listen, name="plain").start()
-        rewrite = CoreDNS(tmp_path, zones=(ZONE,), grpc=settings.grpc_listen, name="rewrite").start()
-        append = CoreDNS(tmp_path, APPEND, zones=(ZONE,), grpc=settings.grpc_listen, name="append").start()
+        shipped = CoreDNS(tmp_path, zones=(ZONE,), grpc=settings.grpc_listen, name="shipped").start()
         try:
             wait_for(
                 lambda: sorted(dig(plain.address, host).addresses) == ["10.2.1.167", "10.2.1.98"],
                 what="both clusters' targets without ECS",
                 timeout=60,
             )
-            # Clients (or resolvers) that send ECS themselves: CoreDNS passes it through.
-            nyc = dig(plain.address, host, "A", "+subnet=10.1.7.0/24")
-            assert nyc.addresses == ["10.2.1.98"] and nyc.ecs == "10.1.7.0/24/24", nyc.output
-            buf = dig(plain.address, host, "A", "+subnet=10.2.9.0/24")
-            assert buf.addresses == ["10.2.1.167"], buf.output
-            nowhere = dig(plain.address, host, "A", "+subnet=192.0.2.0/24")
-            assert sorted(nowhere.addresses) == ["10.2.1.167", "10.2.1.98"], nowhere.output
-            # Clients without ECS behind `rewrite edns0 subnet set|append 24 56`: the source address decides.
-            for server in (rewrite, append):
-                assert dig(server.address, host, "A", "-b", "127.0.1.1").addresses == ["10.2.1.98"]
-                assert dig(server.address, host, "A", "-b", "127.0.0.1").addresses == ["10.2.1.167"]
-            # A client's own ECS survives `append` only; `set` answers for the source address instead.
-            kept = dig(append.address, host, "A", "+subnet=10.1.7.0/24")
-            assert kept.addresses == ["10.2.1.98"] and kept.ecs == "10.1.7.0/24/24", kept.output
-            assert dig(rewrite.address, host, "A", "+subnet=10.1.7.0/24").ecs == "127.0.0.0/24/24"
+            # Clients (or resolvers) that send ECS themselves: CoreDNS passes it through, the shipped
+            # Corefile (`rewrite edns0 subnet append ... revert`) as well.
+            for server in (plain, shipped):
+                nyc = dig(server.address, host, "A", "+subnet=10.1.7.0/24")
+                assert nyc.addresses == ["10.2.1.98"] and nyc.ecs == "10.1.7.0/24/24", nyc.output
+                buf = dig(server.address, host, "A", "+subnet=10.2.9.0/24")
+                assert buf.addresses == ["10.2.1.167"], buf.output
+                nowhere = dig(server.address, host, "A", "+subnet=192.0.2.0/24")
+                assert sorted(nowhere.addresses) == ["10.2.1.167", "10.2.1.98"], nowhere.output
+            # EDNS clients without ECS behind the shipped Corefile: the source address decides, and no
+            # ECS comes back to them.
+            from_nyc = dig(shipped.address, host, "A", "-b", "127.0.1.1")
+            assert from_nyc.addresses == ["10.2.1.98"] and from_nyc.ecs is None, from_nyc.output
+            assert dig(shipped.address, host, "A", "-b", "127.0.0.1").addresses == ["10.2.1.167"]
 
             # The DB is reloaded when the file changes, without a restart.
             write_db(str(db), {"10.1.0.0/16": {"datacenter": "us-buf"}})
@@ -195,7 +190,7 @@ def test_geoip_answers_by_client_subnet(
                 assert time.monotonic() < deadline, "the new mmdb was not picked up"
                 time.sleep(0.2)
         finally:
-            for server in (plain, rewrite, append):
+            for server in (plain, shipped):
                 server.stop()
 
     run_backend(settings, body, monkeypatch)

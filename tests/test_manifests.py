@@ -26,11 +26,13 @@ from deployfiles import (
     corefile_body,
     documents,
     find,
+    grpc_targets,
     manifest_files,
     pinned,
     settings_from_env,
 )
 
+from backend.lab.coredns import FIXED_PORTS, GRPC_TEMPLATE, lab_template, render
 from backend.lab.kube import ControlPlane
 from backend.lab.proc import binary
 from backend.lab.run import prepare_cluster
@@ -210,6 +212,55 @@ def test_corefile_configmap_is_the_corefile_folder_one() -> None:
     assert corefile_body(configmap["data"]["Corefile"]) == corefile_body(COREFILE.read_text())
 
 
+def test_the_test_bed_and_the_lab_run_the_shipped_corefile() -> None:
+    """backend/lab/coredns.py derives their Corefile from corefile/Corefile: rendered for the shipped
+    zones and upstream it is the shipped one, in order, plus `bind` and less the fixed-port endpoints."""
+    shipped = corefile_body(COREFILE.read_text()).splitlines()
+    zones = shipped[0].removesuffix("{").strip()
+    upstream = grpc_targets(COREFILE.read_text())[0]
+    rendered = render(GRPC_TEMPLATE, zones=zones, bind="127.0.0.1", grpc=upstream)
+    kept = [line for line in rendered.splitlines() if line != "    bind 127.0.0.1"]
+    dropped: list[str] = []
+    at = 0
+    for line in kept:  # `kept` is a subsequence of `shipped` (index raises if not); collect the rest
+        found = shipped.index(line, at)
+        dropped += shipped[at:found]
+        at = found + 1
+    dropped += shipped[at:]
+    nested = ("        ", "    }")  # inside the block a dropped directive opened
+    assert all(line.split()[0] in FIXED_PORTS or line.startswith(nested) for line in dropped), dropped
+    assert [line.split()[0] for line in dropped if line.split()[0] in FIXED_PORTS] == [
+        line.split()[0] for line in shipped if line.split()[0] in FIXED_PORTS
+    ]
+
+
+def test_lab_template_drops_fixed_port_directives_with_their_blocks() -> None:
+    shipped = """# comment $HOME
+a.test b.test {
+    view v {
+        expr size() > 1  # $x
+    }
+    health :8091 {
+        lameduck 5s
+    }
+    prometheus :9153
+    grpc . 127.0.0.1:8053 {
+        tls_servername x
+    }
+}
+"""
+    assert lab_template(shipped) == """${zones} {
+    bind ${bind}
+    view v {
+        expr size() > 1
+    }
+    grpc . ${grpc} {
+        tls_servername x
+    }
+}
+"""
+
+
 def _containers() -> dict[str, dict[str, Any]]:
     spec = find("Deployment", "coredns-gslb")["spec"]["template"]["spec"]
     return {c["name"]: c for c in spec["containers"]}
@@ -239,7 +290,7 @@ def test_corefile_grpc_and_probe_ports_match_the_pod() -> None:
     corefile = corefile_body(COREFILE.read_text()).split()
     containers = _containers()
     env = {e["name"]: e.get("value") for e in containers["backend"]["env"]}
-    assert corefile[corefile.index("grpc") + 2] == env["GRPC_LISTEN"] == "127.0.0.1:8053"
+    assert set(grpc_targets(COREFILE.read_text())) == {env["GRPC_LISTEN"]} == {"127.0.0.1:8053"}
     coredns = containers["coredns"]
     assert f":{coredns['livenessProbe']['httpGet']['port']}" == corefile[corefile.index("health") + 1]
     assert f":{coredns['readinessProbe']['httpGet']['port']}" == corefile[corefile.index("ready") + 1]

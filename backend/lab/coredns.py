@@ -1,4 +1,8 @@
-"""Real CoreDNS started from a Corefile template in corefile/ (string.Template placeholders)."""
+"""Real CoreDNS started from a Corefile template (string.Template placeholders).
+
+The test bed and the lab run the shipped corefile/Corefile itself, made a template by `lab_template`,
+so what the tests check is what a cluster runs: nothing to keep in step by hand.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,44 @@ import dns.query
 from backend.lab.proc import ROOT, Process, Server, binary, free_port, wait_for
 
 TEMPLATES = ROOT / "corefile"
-GRPC_TEMPLATE = "Corefile.tmpl"
+SHIPPED = TEMPLATES / "Corefile"
 FILE_TEMPLATE = "Corefile.file.tmpl"
 START_TIMEOUT = 30.0
+# Directives of the shipped Corefile that listen on fixed ports of their own: many CoreDNS run side by
+# side in the test bed, so its copy leaves them out (and any block they open, e.g. `health { lameduck }`).
+FIXED_PORTS = frozenset({"health", "ready", "prometheus"})
+
+
+def lab_template(shipped: str) -> str:
+    """The shipped Corefile as a template: every server block serves `${zones}` on `${bind}` and sends
+    to `grpc . ${grpc}`; comments and the FIXED_PORTS directives are dropped, the rest is kept as is."""
+    out: list[str] = []
+    depth = 0
+    skip_below: int | None = None  # inside a dropped directive's block: drop until depth falls back
+    for raw in shipped.splitlines():
+        line = raw.split("#", 1)[0].rstrip()
+        if not line.strip():
+            continue
+        words = line.split()
+        opened, closed = line.count("{"), line.count("}")
+        if skip_below is None and depth == 1 and words[0] in FIXED_PORTS:
+            skip_below = depth
+        if skip_below is not None:
+            depth += opened - closed
+            if depth <= skip_below:
+                skip_below = None
+            continue
+        if depth == 0 and opened:
+            out += ["${zones} {", "    bind ${bind}"]
+        elif depth == 1 and words[:2] == ["grpc", "."]:
+            out.append(line[: line.index("grpc")] + "grpc . ${grpc}" + (" {" if opened else ""))
+        else:
+            out.append(line.replace("$", "$$"))
+        depth += opened - closed
+    return "\n".join(out) + "\n"
+
+
+GRPC_TEMPLATE = lab_template(SHIPPED.read_text())
 
 
 def render(template: str, **values: object) -> str:
