@@ -36,7 +36,7 @@ from backend.sources import kubeapi
 from backend.sources.gateway_producer import gateway_routes
 from backend.sources.informer import DNSENDPOINTS, ENDPOINTSLICES, INGRESSES, SERVICES, Informer, Resource
 from backend.sources.producer import ExternalDnsSources
-from backend.zone.table import Recompiler, next_serial
+from backend.zone.table import Recompiler, next_serial_in, soa_serial
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,8 @@ class Compiler:
                          sum(len(i.objects) for i in self.ctx.informers.values()))
                 self.ctx.first_sync.set()
                 self.ctx.server.set_ready(True)
-            self._dirty.wait()
+            # a change, or the next hour's SOA serial, which every server of the zone moves to at once
+            self._dirty.wait(next_serial_in())
             if self._stop.wait(self.debounce):
                 return
 
@@ -179,7 +180,7 @@ class Compiler:
         with self._keys_lock:
             keys, self._keys = self._keys, set()
         version, by_key = self.ctx.store.snapshot()  # a change after the keys are taken comes again
-        self.serial = next_serial(self.serial)
+        self.serial = soa_serial(self.serial)
         start = time.perf_counter()
         full = self._recompiler.full
         try:

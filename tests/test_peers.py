@@ -223,18 +223,23 @@ def asynchronous(test: Callable[..., Coroutine[None, None, None]]) -> Callable[.
 
 
 @asynchronous
-async def test_fetches_peer_targets_and_refetches_only_when_the_serial_moves() -> None:
+async def test_fetches_peer_targets_when_the_serial_moves_and_every_30s() -> None:
     with rig() as r:
         await r.poll()
         assert r.targets() == NYC
         fetched = r.peer.queries("A")
         for _ in range(3):
             await r.poll(1)
-        assert r.peer.queries("A") == fetched, "an unchanged serial must not refetch"
+        assert r.peer.queries("A") == fetched, "an unchanged serial must not refetch within 30 s"
         r.peer.records[("localtargets-" + HOST, "A")] = ["10.2.1.98", "10.2.1.99"]
         r.peer.serial += 1
         await r.poll()
         assert [t.value for t in r.targets()[0][2]] == ["10.2.1.98", "10.2.1.99"]
+        r.peer.records[("localtargets-" + HOST, "A")] = ["10.2.1.99"]  # k8gb: the serial stays
+        await r.poll(29)
+        assert len(r.targets()[0][2]) == 2, "within 30 s of the last fetch only the serial counts"
+        await r.poll(1)
+        assert [t.value for t in r.targets()[0][2]] == ["10.2.1.99"], "k8gb's serial moves hourly"
 
 
 def publish(double: DnsDouble, targets: dict[str, list[str]]) -> None:

@@ -6,7 +6,8 @@ digest per shard of its hosts. Only shards whose digest moved are fetched, one q
 unlike the SOA serial, stands still when the peer's other names change or when it learns our own
 change, so a change costs one small refetch, not an echo, and an idle peer costs one query a second.
 A peer without an index (k8gb) is polled for its SOA serial and asked `localtargets-<host>` A and
-AAAA for every local host when the serial or our host set moved, as k8gb does.
+AAAA for every local host when the serial or our host set moved, and at least every 30 s as k8gb
+reconciles: k8gb's serial moves only once an hour, whatever changes.
 When our own healthy targets change we NOTIFY the peers, so they look at once instead of at their
 next poll. A peer that stops answering keeps its last targets for `peer_grace_seconds`: one lost
 packet never moves an answer.
@@ -43,6 +44,7 @@ LOCALTARGETS = "localtargets-"
 INDEX_KEY = "peers/index"  # our Store key for the localtargets index and shards
 RESOLVE_EVERY = 30.0  # re-resolve a healthy peer's address this often (its glue may move)
 RESOLVE_RETRY = 5.0  # ... and a failing peer's at most this often
+SOA_REFETCH = 30.0  # refetch a peer without an index this often even if its serial stands still
 FETCH_CONCURRENCY = 16
 NOTIFY_RECHECKS = (0.02, 0.04, 0.08, 0.16, 0.32)  # delays between rechecks after a NOTIFY
 MIN_GAP = 0.02  # at most 50 polls a second per peer and zone, however many NOTIFYs arrive
@@ -110,6 +112,7 @@ class PeerZone:
     shards: dict[int, dict[str, tuple[str, ...]]] = field(default_factory=dict)  # from the index path
     shard_digests: tuple[str, ...] = ()  # digest of each shard as fetched ("" = not fetched)
     hosts: tuple[str, ...] | None = None  # the local hosts the last fetch asked for
+    fetched_at: float = -math.inf  # when the SOA path last fetched localtargets
     targets: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     last_ok: float | None = None
     error: str = ""  # why the last poll failed; "" while the peer answers
@@ -351,9 +354,10 @@ class PeerExchange:
                     pz.hosts = hosts
             else:
                 version = await self._soa(server, pz)
-                if version != pz.version or hosts != pz.hosts:
+                stale = now - pz.fetched_at >= SOA_REFETCH
+                if version != pz.version or hosts != pz.hosts or stale:
                     pz.targets = await self._fetch(server, pz, hosts)
-                    pz.version, pz.hosts = version, hosts
+                    pz.version, pz.hosts, pz.fetched_at = version, hosts, now
                     moved = True
             pz.last_ok = now
             if pz.error:

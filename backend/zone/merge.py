@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from backend.config import Settings
 from backend.model import Endpoint, ObjectRef, Strategy, Target, address_type, normalize_name
 
-SOA_REFRESH, SOA_RETRY, SOA_EXPIRE = 7200, 1800, 86400  # CoreDNS's own plugins use the same
+# refresh and retry as CoreDNS's own plugins; expire one week (CoreDNS: 86400), the least Zonemaster
+# accepts without a WARNING. All three only matter to secondaries, and AXFR is refused.
+SOA_REFRESH, SOA_RETRY, SOA_EXPIRE = 7200, 1800, 604800
 MAX_TTL = 2**31 - 1  # RFC 2181 section 8
 PLAIN_ZONE_MINIMUM = 30  # negative TTL of ExternalDNS-style zones (CoreDNS's etcd plugin default)
 
@@ -67,7 +69,9 @@ def zone_endpoints(settings: Settings, serial: int) -> list[Endpoint]:
 
 
 def _apex(zone: str, ns_names: list[str], ns_ttl: int, minimum: int, serial: int) -> list[Endpoint]:
-    mname = ns_names[0] if ns_names else plain_ns_name(zone)
+    # MNAME: the first NS name in sorted order, so every cluster serving the zone names the same one
+    # (RFC 1035 wants one primary; checkers flag several MNAMEs). Nothing sends it updates or NOTIFYs.
+    mname = min(ns_names) if ns_names else plain_ns_name(zone)
     soa = f"{mname}. hostmaster.{zone}. {serial % 2**32} {SOA_REFRESH} {SOA_RETRY} {SOA_EXPIRE} {minimum}"
     return [
         Endpoint(zone, "SOA", (Target(soa),), minimum),

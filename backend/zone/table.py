@@ -71,10 +71,23 @@ Pick = Callable[[str | None, int], tuple[int, int]]
 Variant = tuple[int, bytes, bytes, bytes]
 
 
-def next_serial(previous: int = 0) -> int:
-    """A SOA serial that grows on every change and survives restarts: wall-clock seconds, or one
-    more than the last serial when changes come faster than once a second."""
-    return max(previous + 1, int(time.time()))
+SERIAL_PERIOD = 3600  # the SOA serial moves once an hour
+
+
+def soa_serial(previous: int = 0, now: float | None = None) -> int:
+    """The SOA serial: the start of the current hour in unix seconds, as k8gb's coredns-crd-plugin
+    computes it. Every cluster and replica serving a zone then presents one serial (clocks in sync),
+    which is what RFC 1035 and checkers (Zonemaster) expect of one zone on several servers; each
+    cluster's answers differ by design and nothing transfers the zone (AXFR is refused), so the
+    serial versions nothing. Never below `previous`: a clock stepping back does not go back."""
+    now = time.time() if now is None else now
+    return max(previous, int(now) // SERIAL_PERIOD * SERIAL_PERIOD)
+
+
+def next_serial_in(now: float | None = None) -> float:
+    """Seconds until `soa_serial` moves (a compile is due then, even without a change)."""
+    now = time.time() if now is None else now
+    return SERIAL_PERIOD - now % SERIAL_PERIOD
 
 
 @dataclass(slots=True)

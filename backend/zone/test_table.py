@@ -14,7 +14,7 @@ import pytest
 
 from backend.config import GslbZone, Settings
 from backend.model import Endpoint, ObjectRef, Strategy, Target
-from backend.zone.table import Recompiler, Table, compile_table, next_serial
+from backend.zone.table import Recompiler, Table, compile_table, next_serial_in, soa_serial
 
 SETTINGS = Settings(
     zones=("foowidgets.k8s", "example.org"),
@@ -402,9 +402,13 @@ def test_incremental_compile_matches_a_fresh_one(table: Table) -> None:
     assert fresh.records == again.records and fresh.conflicts == again.conflicts
 
 
-def test_serial_grows() -> None:
-    assert next_serial(0) > 1_700_000_000
-    assert next_serial(4_000_000_000) == 4_000_000_001
+def test_serial_is_the_hour_shared_by_every_server_and_never_goes_back() -> None:
+    hour = 1_796_000_400  # a multiple of 3600
+    assert soa_serial(0, hour + 0.5) == soa_serial(0, hour + 3599) == hour
+    assert soa_serial(0, hour + 3600) == hour + 3600
+    assert soa_serial(hour + 3600, hour) == hour + 3600  # the clock stepped back
+    assert 1_700_000_000 < soa_serial() < 2**32
+    assert next_serial_in(hour + 3599.5) == 0.5 and next_serial_in(hour) == 3600
 
 
 def test_oversized_rrsets_keep_what_fits_and_set_tc() -> None:
