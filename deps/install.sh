@@ -55,6 +55,7 @@ apt_packages() {
   command -v dig >/dev/null || missing+=(bind9-dnsutils)
   command -v dnsperf >/dev/null || missing+=(dnsperf)
   command -v openssl >/dev/null || missing+=(openssl)
+  command -v zonemaster-cli >/dev/null || missing+=(zonemaster-cli)  # tests/test_zonemaster.py; bookworm: 5.0.2
   ((${#missing[@]})) || return 0
   log "apt-get install ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

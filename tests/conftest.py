@@ -15,14 +15,15 @@ from typing import TypeVar
 
 import pytest
 
-from backend.lab.bind9 import Bind9
+from backend.lab.bind9 import Bind9, LoopbackAddress
 from backend.lab.coredns import GRPC_TEMPLATE, CoreDNS
 from backend.lab.kube import ControlPlane, Etcd, Pki
 from backend.lab.lbpool import LbPool
+from backend.lab.proc import free_loopback_ip
 from backend.lab.sidecar import Backend, DnsStack
 
 ControlPlaneFactory = Callable[..., ControlPlane]
-T = TypeVar("T", CoreDNS, Backend, DnsStack, Bind9, LbPool)
+T = TypeVar("T", CoreDNS, Backend, DnsStack, Bind9, LbPool, LoopbackAddress)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -84,7 +85,7 @@ class _Started:
     """Stops what a function-scoped factory started, newest first, when the test ends."""
 
     def __init__(self) -> None:
-        self.items: list[CoreDNS | Backend | DnsStack | Bind9 | LbPool] = []
+        self.items: list[CoreDNS | Backend | DnsStack | Bind9 | LbPool | LoopbackAddress] = []
 
     def add(self, item: T) -> T:
         self.items.append(item)
@@ -189,7 +190,11 @@ def dns_stack(dns_stack_factory: Callable[..., DnsStack], control_plane: Control
 
 @pytest.fixture
 def bind9_factory(tmp_path: Path, _started: _Started) -> Callable[..., Bind9]:
-    """`bind9_factory(zone="foowidgets.k8s", *, host="127.0.0.1", port=None, recursive=False)`."""
+    """`bind9_factory(zone="foowidgets.k8s", *, host="127.0.0.1", port=None, recursive=False,
+    zone_text=None)`.
+
+    For port 53 (a root server, an edge reached through glue) take `host` from `loopback_address_factory`.
+    """
 
     def make(
         zone: str = "foowidgets.k8s",
@@ -197,11 +202,24 @@ def bind9_factory(tmp_path: Path, _started: _Started) -> Callable[..., Bind9]:
         host: str = "127.0.0.1",
         port: int | None = None,
         recursive: bool = False,
+        zone_text: str | None = None,
     ) -> Bind9:
         name = f"named{len(_started.items)}"
         return _started.add(
-            Bind9(tmp_path / name, zone, host=host, port=port, recursive=recursive, name=name)
+            Bind9(tmp_path / name, zone, host=host, port=port, recursive=recursive, zone_text=zone_text,
+                  name=name)
         )
+
+    return make
+
+
+@pytest.fixture
+def loopback_address_factory(_started: _Started) -> Callable[[], str]:
+    """`loopback_address_factory()`: a free 127.x.y.z (port 53 free) added to `lo` until the test ends,
+    so BIND9 can listen there (named only binds interface addresses). Needs root."""
+
+    def make() -> str:
+        return _started.add(LoopbackAddress(free_loopback_ip())).host
 
     return make
 

@@ -4,6 +4,12 @@ With `recursive=True` it also resolves for loopback clients, following delegatio
 servers on port 53. There is no network beyond loopback, so the root hints point at an unused loopback
 address: nothing ever leaves the machine. Names inside its own zone that are delegated away (the GSLB
 zone) are resolved by following the delegation's NS + glue, because the delegation is a zone cut.
+
+named only listens on addresses an interface has (it scans the interfaces; there is no "bind anyway"
+option), while the kernel routes all of 127.0.0.0/8 to `lo`. A server that must sit on port 53 of its
+own loopback address (a root server, an edge reached through glue) gets that address added to `lo` for
+its lifetime (`LoopbackAddress`, needs root). `zone_text` replaces the generated zone file, and zone "."
+makes a root server (no hints then).
 """
 
 from __future__ import annotations
@@ -23,6 +29,41 @@ START_TIMEOUT = 30.0
 NOWHERE = "127.255.255.254"  # root hints target: loopback, nobody listens
 
 
+class LoopbackAddress:
+    """`ip addr add <host>/32 dev lo` until stop(), so named can listen there (root only).
+
+    An address that is already on `lo` (another run's, or the host's own) is used and left alone;
+    one we added is removed again. A killed run leaves at most a /32 on `lo`, which routes exactly
+    as before (the kernel already delivers all of 127.0.0.0/8 locally).
+    """
+
+    def __init__(self, host: str) -> None:
+        if not host.startswith("127.") or host == "127.0.0.1":
+            raise ValueError(f"{host}: only extra 127.x.y.z addresses are added to lo")
+        self.host = host
+        self.added = False
+
+    def _ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        run = subprocess.run([binary("ip"), *args], capture_output=True, text=True, timeout=10)
+        if check and run.returncode:
+            raise StartupError(f"ip {' '.join(args)}: {run.stderr.strip()} (needs root: CAP_NET_ADMIN)")
+        return run
+
+    def present(self) -> bool:
+        return f" {self.host}/" in self._ip("-4", "addr", "show", "dev", "lo").stdout
+
+    def start(self) -> LoopbackAddress:
+        if not self.present():
+            self._ip("addr", "add", f"{self.host}/32", "dev", "lo")
+            self.added = True
+        return self
+
+    def stop(self) -> None:
+        if self.added:
+            self._ip("addr", "del", f"{self.host}/32", "dev", "lo", check=False)
+            self.added = False
+
+
 class Bind9(Server):
     """named -g as the edge DNS. `key_file` is a BIND key file (what --tsig-key-file expects)."""
 
@@ -34,22 +75,24 @@ class Bind9(Server):
         host: str = "127.0.0.1",
         port: int | None = None,
         recursive: bool = False,
+        zone_text: str | None = None,
         key_name: str | None = None,
         algorithm: str = "hmac-sha256",
         detached: bool = False,
         name: str = "named",
     ) -> None:
         self.workdir = workdir
-        self.zone = zone.rstrip(".")
+        self.zone = zone.rstrip(".") or "."
         self.host = host
         self.port = port or free_port(host)
         self.recursive = recursive
-        self.key_name = key_name or f"{self.zone}-update"
+        self.zone_text = zone_text
+        self.key_name = key_name or f"{self.zone.strip('.') or 'root'}-update"
         self.algorithm = algorithm
         self.key_file = workdir / f"{name}.tsig.key"
         self.secret = ""
         self.conf = workdir / f"{name}.conf"
-        self.zone_file = workdir / f"{self.zone}.db"
+        self.zone_file = workdir / f"{self.zone.strip('.') or 'root'}.db"
         self.process = Process(
             name,
             [binary("named"), "-g", "-n", "1", "-c", self.conf],
@@ -97,7 +140,9 @@ class Bind9(Server):
         if not found:
             raise StartupError(f"no secret in {self.key_file}")
         self.secret = found.group(1)
-        if not self.zone_file.exists():
+        if self.zone_text is not None:
+            self.zone_file.write_text(self.zone_text)
+        elif not self.zone_file.exists():
             z = self.zone
             self.zone_file.write_text(
                 f"$TTL 300\n@ IN SOA ns1.{z}. hostmaster.{z}. 1 3600 600 86400 30\n"
@@ -111,6 +156,7 @@ class Bind9(Server):
             if self.recursive
             else "recursion no;"
         )
+        hint = "" if self.zone == "." else f'zone "." {{ type hint; file "{hints}"; }};'
         self.conf.write_text(f"""include "{self.key_file}";
 options {{
     directory "{wd}";
@@ -125,7 +171,7 @@ options {{
     empty-zones-enable no;
 }};
 controls {{ }};
-zone "." {{ type hint; file "{hints}"; }};
+{hint}
 zone "{self.zone}" {{
     type primary;
     file "{self.zone_file}";

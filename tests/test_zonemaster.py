@@ -1,0 +1,83 @@
+"""Zonemaster's full delegated test of gb.foowidgets.k8s, as a user would run it on the Internet:
+root (BIND9, a root zone of ours) -> foowidgets.k8s (the edge, BIND9 on port 53 of its own loopback
+address) -> gb.foowidgets.k8s on the two clusters' CoreDNS + backend (port 53 of their own addresses),
+delegated by the NS + glue the clusters themselves publish into the edge (RFC 2136).
+
+Zonemaster must report nothing at WARNING or above except what a loopback lab cannot avoid
+(`LAB_ONLY`, explained in tests/README.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from test_multicluster import (
+    EDGE_ZONE,
+    INGRESS,
+    ZONE,
+    Cluster,
+    chapter_app,
+    cluster_flags,
+    edge_glue,
+    edge_ns_set,
+    ns_name,
+    until,
+)
+
+from backend.gslb import demo
+from backend.lab import zonemaster
+from backend.lab.bind9 import Bind9
+from backend.lab.dig import dig
+from backend.lab.kube import ControlPlane
+from backend.lab.lbpool import LbPool
+from backend.lab.proc import free_loopback_ip
+from backend.lab.sidecar import DnsStack
+
+TAGS = ("us-buf", "us-nyc")
+
+# tag -> why a loopback lab cannot avoid it. Anything else at WARNING or above fails the test.
+LAB_ONLY = {
+    "NAMESERVER_IP_PRIVATE_NETWORK": "ADDRESS01 (ERROR): the nameservers' addresses are loopback (127/8)",
+    "NAMESERVER_IP_WITHOUT_REVERSE": "ADDRESS02 (WARNING): no PTR for 127.x.y.z (no in-addr.arpa here)",
+}
+
+
+def test_zonemaster_finds_only_what_loopback_cannot_avoid(
+    tmp_path: Path,
+    control_plane_factory: Callable[..., ControlPlane],
+    dns_stack_factory: Callable[..., DnsStack],
+    bind9_factory: Callable[..., Bind9],
+    lbpool_factory: Callable[..., LbPool],
+    loopback_address_factory: Callable[[], str],
+) -> None:
+    root_ip, edge_ip = loopback_address_factory(), loopback_address_factory()
+    edge = bind9_factory(EDGE_ZONE, host=edge_ip, port=53)
+    bind9_factory(".", host=root_ip, port=53,
+                  zone_text=zonemaster.root_zone(root_ip, {EDGE_ZONE: {f"ns1.{EDGE_ZONE}": edge_ip}}))
+    cs = []
+    for tag in TAGS:
+        plane = control_plane_factory(f"mc-{tag}")
+        chapter_app(plane)
+        lbpool_factory(plane, ingress=[INGRESS[tag]])
+        address = free_loopback_ip()
+        flags = cluster_flags(edge, tag, address, TAGS)
+        cs.append(Cluster(tag, plane, dns_stack_factory(plane, (ZONE,), flags, host=address, port=53), flags))
+
+    until(lambda: edge_ns_set(edge) == [ns_name(t) for t in TAGS], "both clusters' NS at the edge", cs)
+    until(lambda: all(edge_glue(edge, ns_name(c.geotag)) == [c.stack.coredns.host] for c in cs),
+          "both clusters' glue at the edge", cs)
+    buf = [INGRESS["us-buf"]]
+    until(lambda: all(c.answer() == buf for c in cs), "both clusters answer buf's ingress", cs)
+    referral = dig(root_ip, demo.HOST, "A", "+norecurse")
+    assert [r.data for r in referral.authority] == [f"ns1.{EDGE_ZONE}."], referral.output
+
+    hints = tmp_path / "root.hints"
+    hints.write_text(zonemaster.hints(root_ip))
+    report = zonemaster.run(ZONE, hints)
+    print("zonemaster", ZONE, report.counts(), *report.messages, sep="\n  ")
+    unexpected = [str(m) for m in report.at_least("WARNING") if m.tag not in LAB_ONLY]
+    assert not unexpected, "\n".join(unexpected)
+    # Zonemaster did walk the delegation and reach both clusters (not a run that tested nothing)
+    tested = {str(m.args.get("ns_ip")) for m in report.messages if m.tag == "NAMESERVER_IP_PRIVATE_NETWORK"}
+    assert tested == {c.stack.coredns.host for c in cs}, report.output
