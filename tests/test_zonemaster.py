@@ -9,6 +9,7 @@ Zonemaster must report nothing at WARNING or above except what a loopback lab ca
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,14 +34,30 @@ from backend.lab.kube import ControlPlane
 from backend.lab.lbpool import LbPool
 from backend.lab.proc import free_loopback_ip
 from backend.lab.sidecar import DnsStack
+from backend.zone.table import soa_serial
 
 TAGS = ("us-buf", "us-nyc")
+SERIAL_SKEW = 10.0  # bound on how long after the hour a loaded cluster may still serve the old serial
 
 # tag -> why a loopback lab cannot avoid it. Anything else at WARNING or above fails the test.
 LAB_ONLY = {
     "NAMESERVER_IP_PRIVATE_NETWORK": "ADDRESS01 (ERROR): the nameservers' addresses are loopback (127/8)",
     "NAMESERVER_IP_WITHOUT_REVERSE": "ADDRESS02 (WARNING): no PTR for 127.x.y.z (no in-addr.arpa here)",
 }
+
+# NOTICEs that fail too: the clusters disagree on the zone's SOA (backend/zone/README.md, "Serial")
+SOA_DISAGREES = {"MULTIPLE_SOA_MNAMES", "SOA_SERIAL_VARIATION"}
+
+
+def run_within_one_serial(hints: Path) -> zonemaster.Report:
+    """Zonemaster, again if the SOA serial moved during the run (the hour turned: each cluster moves to
+    the new serial on its own, a moment apart), so the test does not depend on the time of day."""
+    for _ in range(2):
+        before = soa_serial(now=time.time() - SERIAL_SKEW)
+        report = zonemaster.run(ZONE, hints)
+        if soa_serial(now=time.time() + SERIAL_SKEW) == before:
+            break
+    return report
 
 
 def test_zonemaster_finds_only_what_loopback_cannot_avoid(
@@ -74,9 +91,10 @@ def test_zonemaster_finds_only_what_loopback_cannot_avoid(
 
     hints = tmp_path / "root.hints"
     hints.write_text(zonemaster.hints(root_ip))
-    report = zonemaster.run(ZONE, hints)
+    report = run_within_one_serial(hints)
     print("zonemaster", ZONE, report.counts(), *report.messages, sep="\n  ")
-    unexpected = [str(m) for m in report.at_least("WARNING") if m.tag not in LAB_ONLY]
+    unexpected = [str(m) for m in report.at_least("NOTICE")
+                  if m.tag in SOA_DISAGREES or (m.level != "NOTICE" and m.tag not in LAB_ONLY)]
     assert not unexpected, "\n".join(unexpected)
     # Zonemaster did walk the delegation and reach both clusters (not a run that tested nothing)
     tested = {str(m.args.get("ns_ip")) for m in report.messages if m.tag == "NAMESERVER_IP_PRIVATE_NETWORK"}

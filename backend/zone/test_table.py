@@ -138,6 +138,16 @@ def test_apex_soa_and_ns(table: Table) -> None:
     ]
 
 
+def test_every_cluster_presents_the_same_soa() -> None:
+    """One zone on several servers has one SOA (Zonemaster: MULTIPLE_SOA_SERIALS, MULTIPLE_SOA_MNAMES)."""
+    nyc = Settings(gslb_zones=SETTINGS.gslb_zones, cluster_geotag="us-nyc", ext_gslb_clusters_geotags=(
+        "us-buf", "us-nyc"), negative_ttl=5)
+    soas = [ask(compile_table(s, [], soa_serial(now=1_796_000_400)), "gb.foowidgets.k8s", "SOA").answer[0]
+            for s in (SETTINGS, nyc)]
+    assert soas[0] == soas[1] and str(soas[0][0].mname) == "gslb-ns-us-buf-gb.foowidgets.k8s."
+    assert soas[0][0].serial == 1_796_000_400 and soas[0][0].expire == 604800
+
+
 def test_child_zone_wins_over_parent(table: Table) -> None:
     nx = ask(table, "nothing.gb.foowidgets.k8s")
     assert nx.rcode() == dns.rcode.NXDOMAIN and str(nx.authority[0].name) == "gb.foowidgets.k8s."
