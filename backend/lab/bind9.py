@@ -87,12 +87,13 @@ class Bind9(Server):
         self.port = port or free_port(host)
         self.recursive = recursive
         self.zone_text = zone_text
-        self.key_name = key_name or f"{self.zone.strip('.') or 'root'}-update"
+        label = self.zone.strip(".") or "root"
+        self.key_name = key_name or f"{label}-update"
         self.algorithm = algorithm
         self.key_file = workdir / f"{name}.tsig.key"
         self.secret = ""
         self.conf = workdir / f"{name}.conf"
-        self.zone_file = workdir / f"{self.zone.strip('.') or 'root'}.db"
+        self.zone_file = workdir / f"{label}.db"
         self.process = Process(
             name,
             [binary("named"), "-g", "-n", "1", "-c", self.conf],
