@@ -69,9 +69,11 @@ def chapter_app(plane: ControlPlane) -> None:
 @pytest.fixture
 def clusters(control_plane_factory: Callable[..., ControlPlane], dns_stack_factory: Callable[..., DnsStack],
              bind9_factory: Callable[..., Bind9], lbpool_factory: Callable[..., LbPool]
-             ) -> Callable[[Sequence[str]], tuple[Bind9, list[Cluster]]]:
-    def make(tags: Sequence[str]) -> tuple[Bind9, list[Cluster]]:
-        edge = bind9_factory(recursive=True)
+             ) -> Callable[..., tuple[Bind9, list[Cluster]]]:
+    """`clusters(tags, edge=None)`: one cluster per geotag behind `edge` (default: a recursive BIND9)."""
+
+    def make(tags: Sequence[str], edge: Bind9 | None = None) -> tuple[Bind9, list[Cluster]]:
+        edge = edge or bind9_factory(recursive=True)
         out = []
         for tag in tags:
             plane = control_plane_factory(f"mc-{tag}")

@@ -13,27 +13,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from test_multicluster import (
-    EDGE_ZONE,
-    INGRESS,
-    ZONE,
-    Cluster,
-    chapter_app,
-    cluster_flags,
-    edge_glue,
-    edge_ns_set,
-    ns_name,
-    until,
-)
+from test_multicluster import EDGE_ZONE, INGRESS, ZONE, Cluster, edge_glue, edge_ns_set, ns_name, until
+from test_multicluster import clusters as clusters  # the fixture: the same two clusters, behind our edge
 
 from backend.gslb import demo
 from backend.lab import zonemaster
 from backend.lab.bind9 import Bind9
 from backend.lab.dig import dig
-from backend.lab.kube import ControlPlane
-from backend.lab.lbpool import LbPool
-from backend.lab.proc import free_loopback_ip
-from backend.lab.sidecar import DnsStack
 from backend.zone.table import soa_serial
 
 TAGS = ("us-buf", "us-nyc")
@@ -62,24 +48,15 @@ def run_within_one_serial(hints: Path) -> zonemaster.Report:
 
 def test_zonemaster_finds_only_what_loopback_cannot_avoid(
     tmp_path: Path,
-    control_plane_factory: Callable[..., ControlPlane],
-    dns_stack_factory: Callable[..., DnsStack],
+    clusters: Callable[..., tuple[Bind9, list[Cluster]]],
     bind9_factory: Callable[..., Bind9],
-    lbpool_factory: Callable[..., LbPool],
     loopback_address_factory: Callable[[], str],
 ) -> None:
     root_ip, edge_ip = loopback_address_factory(), loopback_address_factory()
     edge = bind9_factory(EDGE_ZONE, host=edge_ip, port=53)
     bind9_factory(".", host=root_ip, port=53,
                   zone_text=zonemaster.root_zone(root_ip, {EDGE_ZONE: {f"ns1.{EDGE_ZONE}": edge_ip}}))
-    cs = []
-    for tag in TAGS:
-        plane = control_plane_factory(f"mc-{tag}")
-        chapter_app(plane)
-        lbpool_factory(plane, ingress=[INGRESS[tag]])
-        address = free_loopback_ip()
-        flags = cluster_flags(edge, tag, address, TAGS)
-        cs.append(Cluster(tag, plane, dns_stack_factory(plane, (ZONE,), flags, host=address, port=53), flags))
+    _, cs = clusters(TAGS, edge)
 
     until(lambda: edge_ns_set(edge) == [ns_name(t) for t in TAGS], "both clusters' NS at the edge", cs)
     until(lambda: all(edge_glue(edge, ns_name(c.geotag)) == [c.stack.coredns.host] for c in cs),
