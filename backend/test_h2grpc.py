@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import resource
 import socket
@@ -438,7 +437,8 @@ def test_data_beyond_the_connection_window_is_a_flow_control_error() -> None:
     with serving(connection_window=1 << 20) as srv:
         client = RawClient(srv.port)
         # 70 unfinished requests of 16 KiB: more than the 1 MiB the server lets a connection hold
-        client.send(*(client.headers(sid, False) + frame(DATA, 0, sid, b"x" * 16384) for sid in range(1, 141, 2)))
+        client.send(*(client.headers(sid, False) + frame(DATA, 0, sid, b"x" * 16384)
+                      for sid in range(1, 141, 2)))
         assert goaway_code(client.read_until(goaway_code)) == FLOW_CONTROL_ERROR
         assert srv.call(b"ok").startswith(b"ko")
 
