@@ -4,10 +4,17 @@ client in tests/test_dns_semantics.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import random
+import resource
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+import threading
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import grpc
 import hpack
@@ -16,13 +23,30 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backend.h2grpc import (
+    CANCEL,
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    ENHANCE_YOUR_CALM,
+    FLOW_CONTROL_ERROR,
+    GOAWAY,
     GRPC_UNAVAILABLE,
+    HEADERS,
+    NO_ERROR,
+    PING,
     PREFACE,
+    REFUSED_STREAM,
+    RST_STREAM,
     SETTINGS,
+    WINDOW_UPDATE,
     GrpcError,
     H2GrpcServer,
     HpackDecoder,
+    Limits,
     ProtocolError,
+    _hpack_int,
+    connection_cap,
     frame,
 )
 from backend.proto import dns_pb2, dns_pb2_grpc
@@ -192,3 +216,363 @@ async def graceful_stop() -> None:
     await srv.stop(1)
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+# -- hostile and broken clients: every resource stays bounded and calls go on ----------------------
+
+
+class ServerThread:
+    """H2GrpcServer on its own event loop thread, so a test can use blocking sockets against it."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="h2grpc", daemon=True)
+        self.server = H2GrpcServer(reply_for, limits)
+        self.thread.start()
+        self.port = self.on_loop(lambda: self.server.start("127.0.0.1", 0))
+
+    def on_loop(self, fn: Callable[[], Any]) -> Any:
+        """fn() (or the coroutine it returns) run on the server's loop, so internals are read safely."""
+
+        async def run() -> Any:
+            result = fn()
+            return await result if asyncio.iscoroutine(result) else result
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(30)
+
+    def call(self, msg: bytes) -> bytes:
+        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+            return dns_pb2_grpc.DnsServiceStub(channel).Query(dns_pb2.DnsPacket(msg=msg), timeout=10).msg
+
+    def stop(self) -> None:
+        self.on_loop(lambda: self.server.stop(1))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@contextlib.contextmanager
+def serving(**limits: Any) -> Iterator[ServerThread]:
+    srv = ServerThread(Limits(**limits))
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+GRPC_HEADERS = [(":method", "POST"), (":scheme", "http"), (":path", "/coredns.dns.DnsService/Query"),
+                (":authority", "x"), ("content-type", "application/grpc"), ("te", "trailers")]
+
+
+def grpc_message(msg: bytes) -> bytes:
+    body = dns_pb2.DnsPacket(msg=msg).SerializeToString()
+    return b"\0" + len(body).to_bytes(4, "big") + body
+
+
+Frame = tuple[int, int, int, bytes]  # type, flags, stream, payload
+
+
+class RawClient:
+    """A hand-driven HTTP/2 client: it sends what a test says and reads only when told to."""
+
+    def __init__(self, port: int, settings: bytes = b"") -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.encoder = hpack.Encoder()
+        self.received = b""
+        self.sock.sendall(PREFACE + frame(SETTINGS, 0, 0, settings))
+
+    def send(self, *frames: bytes) -> None:
+        self.sock.sendall(b"".join(frames))
+
+    def headers(self, stream: int, end_stream: bool, fields: list[tuple[str, str]] = GRPC_HEADERS) -> bytes:
+        flags = END_HEADERS | (END_STREAM if end_stream else 0)
+        return frame(HEADERS, flags, stream, self.encoder.encode(fields))
+
+    def read_until(self, done: Callable[[list[Frame]], object], timeout: float = 10) -> list[Frame]:
+        """Frames read until `done(frames)` or the connection closes; fails after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = parse_frames(self.received)
+            if done(got):
+                return got
+            left = deadline - time.monotonic()
+            assert left > 0, f"waited {timeout} s for the server; got frame types {[f[0] for f in got]}"
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(65536)
+            except (ConnectionResetError, TimeoutError):
+                chunk = b""
+            if not chunk:
+                return parse_frames(self.received)
+            self.received += chunk
+
+    def read_for(self, seconds: float) -> list[Frame]:
+        """Whatever frames arrive within `seconds` (or until the server closes)."""
+        self.closed_within(seconds)
+        return parse_frames(self.received)
+
+    def closed_within(self, timeout: float) -> bool:
+        """Read and drop everything until the server closes (True) or `timeout` passes (False)."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(65536)
+            except TimeoutError:
+                return False
+            except ConnectionResetError:
+                return True
+            if not chunk:
+                return True
+            self.received += chunk
+        return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def parse_frames(data: bytes) -> list[Frame]:
+    out, pos = [], 0
+    while len(data) - pos >= 9:
+        length = int.from_bytes(data[pos : pos + 3], "big")
+        if len(data) - pos - 9 < length:
+            break
+        out.append((data[pos + 3], data[pos + 4], int.from_bytes(data[pos + 5 : pos + 9], "big"),
+                    data[pos + 9 : pos + 9 + length]))
+        pos += 9 + length
+    return out
+
+
+def ends(frames: list[Frame]) -> int:
+    """Replies completed: frames that end their stream."""
+    return sum(1 for t, f, _, _ in frames if t in (HEADERS, DATA) and f & END_STREAM)
+
+
+def goaway_code(frames: list[Frame]) -> int | None:
+    return next((int.from_bytes(p[4:8], "big") for t, _, _, p in frames if t == GOAWAY), None)
+
+
+def test_settings_advertise_the_limits() -> None:
+    with serving() as srv:
+        client = RawClient(srv.port)
+        got = client.read_until(lambda fs: any(t == SETTINGS and not f & 1 for t, f, _, _ in fs))
+        payload = next(p for t, f, _, p in got if t == SETTINGS and not f & 1)
+        advertised = dict(struct.iter_unpack(">HI", payload))
+        lim = Limits()
+        assert advertised == {3: lim.max_concurrent_streams, 4: lim.stream_window, 6: lim.max_header_list}
+        client.close()
+
+
+FLOODS = [frame(PING, 0, 0, b"12345678"), frame(SETTINGS, 0, 0, struct.pack(">HI", 4, 1))]
+
+
+@pytest.mark.parametrize("flood", FLOODS, ids=["PING", "SETTINGS"])
+def test_control_frame_flood_from_a_client_that_never_reads(flood: bytes) -> None:
+    """PING/SETTINGS flood (CVE-2019-9512/9515): the server stops reading once its replies back up,
+    holds no more than the transport's high-water mark, drops the client after write_timeout."""
+    with serving(write_timeout=6.0) as srv:
+        client = RawClient(srv.port)
+        client.read_until(lambda fs: fs)  # the server's SETTINGS: the connection is accepted
+        client.sock.setblocking(False)
+        conn = srv.on_loop(lambda: next(iter(srv.server.connections)))
+        chunk, sent, stuck_since, deadline = flood * 4000, 0, None, time.monotonic() + 60
+        # until the server pauses reading and our sends have blocked for 0.5 s since
+        while stuck_since is None or time.monotonic() - stuck_since < 0.5:
+            try:
+                sent += client.sock.send(chunk[sent % len(chunk):])  # whole frames, whatever send() takes
+                stuck_since = None
+            except BlockingIOError:
+                if srv.on_loop(lambda: conn.paused) is not None:
+                    stuck_since = stuck_since or time.monotonic()
+                time.sleep(0.05)
+            assert time.monotonic() < deadline, f"reading was not paused after {sent} bytes of flood"
+        buffered = srv.on_loop(lambda: conn.transport.get_write_buffer_size())
+        assert buffered < 2 << 20, f"{buffered} bytes of replies queued for a client that does not read"
+        assert srv.call(b"still").startswith(b"llits")  # others are answered meanwhile
+        deadline = time.monotonic() + 15
+        while srv.on_loop(lambda: len(srv.server.connections)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not srv.on_loop(lambda: len(srv.server.connections)), "the stuck connection was not dropped"
+        client.close()
+
+
+def wait_steady(read: Callable[[], Any], what: str, timeout: float = 20) -> Any:
+    """Poll `read()` until it returns the same value for half a second."""
+    deadline, last, since = time.monotonic() + timeout, object(), time.monotonic()
+    while True:
+        value = read()
+        if value != last:
+            last, since = value, time.monotonic()
+        elif time.monotonic() - since >= 0.5:
+            return value
+        assert time.monotonic() < deadline, f"{what} kept changing for {timeout} s"
+        time.sleep(0.05)
+
+
+def test_unfinished_request_bodies_are_bounded_per_connection_and_in_total() -> None:
+    """Requests that never end (10 connections held 821 MB before): a connection holds at most its
+    receive window, all connections at most total_buffered; streams beyond that are refused, calls go on."""
+    window, total = 1 << 20, 3 << 20
+    with serving(connection_window=window, total_buffered=total) as srv:
+        clients = [RawClient(srv.port) for _ in range(6)]
+        for c in clients:  # within flow control: 64 streams x 16,000 bytes fill the 1 MiB window
+            c.send(*(c.headers(sid, False) + frame(DATA, 0, sid, b"x" * 16000) for sid in range(1, 129, 2)))
+
+        def held() -> tuple[int, list[int]]:
+            conns = srv.server.connections
+            return srv.server.buffered, [sum(len(s.body or b"") for s in c.streams.values()) for c in conns]
+
+        buffered, per_connection = wait_steady(lambda: srv.on_loop(held), "the buffered request bytes")
+        assert 2 << 20 < buffered <= total
+        assert max(per_connection) <= window
+        refused = sum(1 for c in clients for t, _, _, p in c.read_for(0.5)
+                      if t == RST_STREAM and int.from_bytes(p, "big") == REFUSED_STREAM)
+        assert refused, "streams over the server-wide budget were not refused"
+        assert srv.call(b"go on").startswith(b"no og")
+        for c in clients:
+            c.close()
+        assert wait_steady(lambda: srv.on_loop(lambda: srv.server.buffered), "buffers") == 0
+
+
+def test_data_beyond_the_connection_window_is_a_flow_control_error() -> None:
+    with serving(connection_window=1 << 20) as srv:
+        client = RawClient(srv.port)
+        # 70 unfinished requests of 16 KiB: more than the 1 MiB the server lets a connection hold
+        client.send(*(client.headers(sid, False) + frame(DATA, 0, sid, b"x" * 16384)
+                      for sid in range(1, 141, 2)))
+        assert goaway_code(client.read_until(goaway_code)) == FLOW_CONTROL_ERROR
+        assert srv.call(b"ok").startswith(b"ko")
+
+
+def test_replies_held_by_flow_control_are_bounded() -> None:
+    """A client that opens no window (SETTINGS_INITIAL_WINDOW_SIZE 0) and asks for 100 60 KB answers:
+    at most max_queued_reply bytes wait, the other calls get RESOURCE_EXHAUSTED at once."""
+    with serving(max_queued_reply=1 << 20) as srv:
+        client = RawClient(srv.port, struct.pack(">HI", 4, 0))
+        body = grpc_message(b"big:60000")
+        client.send(*(client.headers(sid, False) + frame(DATA, END_STREAM, sid, body)
+                      for sid in range(1, 201, 2)))
+        got = client.read_until(lambda fs: ends(fs) >= 83)
+        exhausted = [sid for t, f, sid, p in got if t == HEADERS and f & END_STREAM]
+        assert len(exhausted) == 100 - (1 << 20) // (60000 + 5 + 4)
+        queued = srv.on_loop(lambda: next(iter(srv.server.connections)).queued)
+        assert 0 < queued <= 1 << 20
+        client.send(frame(SETTINGS, 0, 0, struct.pack(">HI", 4, 1 << 20)),
+                    frame(WINDOW_UPDATE, 0, 0, (1 << 30).to_bytes(4, "big")))
+        got = client.read_until(lambda fs: ends(fs) >= 100)
+        assert srv.on_loop(lambda: srv.server.buffered) == 0
+        client.close()
+
+
+def test_continuation_flood_ends_the_connection() -> None:
+    """Endless CONTINUATION frames (CVE-2024-27316), empty or not: GOAWAY before 2 x max_header_list."""
+    with serving() as srv:
+        for payload in (b"", b"\x00" * 1000):
+            client = RawClient(srv.port)
+            client.send(frame(HEADERS, 0, 1, client.encoder.encode(GRPC_HEADERS)))
+            with contextlib.suppress(OSError):  # the server may close while we still send
+                client.send(*(frame(CONTINUATION, 0, 1, payload) for _ in range(5000)))
+            assert goaway_code(client.read_until(goaway_code)) == ENHANCE_YOUR_CALM
+            client.close()
+        assert srv.call(b"ok").startswith(b"ko")
+
+
+def huffman_field(rng: random.Random, symbols: int) -> bytes:
+    """A literal field `x-junk` without indexing whose value is `symbols` random Huffman-coded
+    characters of the 5-bit codes (RFC 7541 appendix B: 0-2, a, c, e, i, o, s, t), built directly
+    because hpack's encoder takes seconds for megabytes."""
+    codes = [0b00000, 0b00001, 0b00010, 0b00011, 0b00100, 0b00101, 0b00110, 0b00111, 0b01000, 0b01001]
+    bits = "".join(format(rng.choice(codes), "05b") for _ in range(symbols))
+    bits += "1" * (-len(bits) % 8)  # padding: the most significant bits of EOS
+    value = int(bits, 2).to_bytes(len(bits) // 8, "big")
+    name = b"x-junk"
+    return b"\x00" + bytes((len(name),)) + name + _hpack_int(len(value), 7, 0x80) + value
+
+
+def test_distinct_huffman_strings_leave_no_memory_behind() -> None:
+    """Header blocks with distinct long Huffman strings (2,000 left +315 MB before, in a global cache)."""
+    rng = random.Random(7541)
+    blocks = [huffman_field(rng, 12000) for _ in range(500)]
+    with serving() as srv:
+        client = RawClient(srv.port)
+        client.read_until(lambda fs: fs)
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for k, junk in enumerate(blocks):
+                sid = 2 * k + 1
+                client.send(frame(HEADERS, END_HEADERS, sid, client.encoder.encode(GRPC_HEADERS) + junk),
+                            frame(DATA, END_STREAM, sid, grpc_message(b"q")))
+            client.read_until(lambda fs: ends(fs) >= len(blocks), timeout=60)
+            client.close()
+            wait_steady(lambda: srv.on_loop(lambda: len(srv.server.connections)), "connections")
+            grown = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert grown < 1 << 20, f"{grown} bytes left after 500 distinct 12 KB header values"
+
+
+def test_handshake_request_and_idle_timeouts() -> None:
+    """Silent, slow (slowloris) and idle connections are closed; a stalled stream is cancelled."""
+    with serving(handshake_timeout=0.5, request_timeout=0.5, idle_timeout=1.0) as srv:
+        silent = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        slow_preface = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        slow_frame, stalled, idle = RawClient(srv.port), RawClient(srv.port), RawClient(srv.port)
+        stalled.send(stalled.headers(1, False))
+        ping = frame(PING, 0, 0, b"12345678")
+        start = time.monotonic()
+        for i in range(40):  # a byte every 0.1 s, for 4 s
+            with contextlib.suppress(OSError):
+                slow_preface.send(PREFACE[i % len(PREFACE) : i % len(PREFACE) + 1])
+                slow_frame.send(ping[i % len(ping) : i % len(ping) + 1])
+            time.sleep(0.1)
+        for sock in (silent, slow_preface):
+            sock.settimeout(5)
+            with contextlib.suppress(ConnectionResetError):
+                while sock.recv(65536):
+                    pass  # SETTINGS, then end of stream
+        assert slow_frame.closed_within(5) and goaway_code(parse_frames(slow_frame.received)) == NO_ERROR
+        got = stalled.read_until(goaway_code)
+        assert (RST_STREAM, 0, 1, CANCEL.to_bytes(4, "big")) in got, "the stalled stream was not cancelled"
+        assert idle.closed_within(5) and goaway_code(parse_frames(idle.received)) == NO_ERROR
+        assert time.monotonic() - start < 12
+        assert srv.call(b"ok").startswith(b"ko")
+        for c in (silent, slow_preface, slow_frame.sock, stalled.sock, idle.sock):
+            c.close()
+
+
+def test_connection_limit_refuses_new_connections_and_keeps_the_old() -> None:
+    with serving(max_connections=20) as srv, grpc.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
+        stub = dns_pb2_grpc.DnsServiceStub(channel)
+        assert stub.Query(dns_pb2.DnsPacket(msg=b"a"), timeout=10).msg.startswith(b"a")
+        held = [RawClient(srv.port) for _ in range(19)]
+        for c in held:
+            c.read_until(lambda fs: any(t == SETTINGS for t, _, _, _ in fs))
+        extra = RawClient(srv.port)
+        assert extra.closed_within(5) and not extra.received, "the 21st connection was served"
+        assert stub.Query(dns_pb2.DnsPacket(msg=b"b"), timeout=10).msg.startswith(b"b")
+        for c in [*held, extra]:
+            c.close()
+
+
+def test_connection_cap_keeps_descriptors_for_the_rest_of_the_process() -> None:
+    assert connection_cap(Limits(), 1024) == 768
+    assert connection_cap(Limits(), 1 << 20) == 1000
+    assert connection_cap(Limits(), 256) == 128
+    assert connection_cap(Limits(), resource.RLIM_INFINITY) == 1000
+
+
+def test_repeated_errors_are_logged_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    with serving() as srv, caplog.at_level(logging.INFO, logger="backend.h2grpc"):
+        for _ in range(200):
+            raw_exchange(srv.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        lines = [r for r in caplog.records if r.name == "backend.h2grpc"]
+        assert len(lines) <= 2, [r.getMessage() for r in lines]
+        assert not any(r.exc_info for r in lines)
+
+
+def test_the_port_cannot_be_shared() -> None:
+    """No SO_REUSEPORT: another process cannot bind the gRPC port and take part of its connections."""
+    with serving() as srv, socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        with pytest.raises(OSError):
+            other.bind(("127.0.0.1", srv.port))

@@ -1,14 +1,14 @@
-"""Scaling across backend processes: (b) with N backends, two ways of spreading the load.
+"""Scaling across backend processes: (b) with N backends on N ports, listed in the grpc plugin
+(`grpc . A B C { policy round_robin }`).
 
-- upstreams: N backends on N ports, listed in the grpc plugin (`grpc . A B C { policy round_robin }`);
-- reuseport: N backends on one port with SO_REUSEPORT (the server listens with reuse_port); the
-  kernel spreads connections, not requests, and CoreDNS's grpc plugin keeps one HTTP/2 connection
-  per upstream, so this shows whether one CoreDNS ever reaches more than one of them.
+N backends on one port with SO_REUSEPORT were measured too (bench/results.json): the kernel spreads
+connections, not requests, and CoreDNS keeps one HTTP/2 connection per upstream, so one backend got
+all of it. The listener no longer uses SO_REUSEPORT (no other process may take a share of its port).
 """
 
 from __future__ import annotations
 
-from backend.lab.proc import free_port, wait_for
+from backend.lab.proc import wait_for
 from backend.lab.sidecar import Backend
 from bench import dataset
 from bench.env import Bed
@@ -28,15 +28,9 @@ def run(bed: Bed, seconds: float, counts: list[int], rounds: int = 3) -> dict[st
     mix = bed.workdir / "queries.txt"
     dataset.write_mix(mix)
     own = [bed.backend(dataset.BACKEND_FLAGS, name=f"backend-{k}") for k in range(max(counts))]
-    shared = f"127.0.0.1:{free_port()}"
-    reuse_n = max(counts)
-    reusing = [bed.backend([*dataset.BACKEND_FLAGS, "--grpc-listen", shared], name=f"backend-reuseport-{k}")
-               for k in range(reuse_n if reuse_n > 1 else 0)]
     configs: dict[str, tuple[list[Backend], str]] = {
         f"upstreams_{n}": (own[:n], grpc_upstreams([b.grpc for b in own[:n]])) for n in counts
     }
-    if reusing:
-        configs[f"reuseport_{reuse_n}"] = (reusing, shared)
     targets: dict[str, Target] = {}
     for label, (backends, upstreams) in configs.items():
         coredns = backend_stack(bed, upstreams, f"coredns-{label}")

@@ -18,6 +18,7 @@ KUBE_VERSION=v1.34.4
 KWOK_VERSION=v0.7.0
 ETCD_VERSION=v3.6.16
 GATEWAY_API_VERSION=v1.6.0  # CRDs, standard channel (TCPRoute/UDPRoute are v1 there since v1.6)
+H2SPEC_VERSION=v2.2.1
 
 log() { printf '[deps] %s\n' "$*" >&2; }
 
@@ -87,6 +88,15 @@ etcd() {
   keep etcd $ETCD_VERSION
 }
 
+h2spec() {
+  have h2spec $H2SPEC_VERSION && return 0
+  need_go
+  log "building h2spec $H2SPEC_VERSION (wrapper module deps/h2spec: the module has no go.mod of its own)"
+  (cd "$root/deps/h2spec" && go build -o "$BIN/h2spec" \
+    -ldflags "-X main.VERSION=${H2SPEC_VERSION#v} -X main.COMMIT=$H2SPEC_VERSION" github.com/summerwind/h2spec/cmd/h2spec)
+  keep h2spec $H2SPEC_VERSION
+}
+
 kube() {
   local cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl) todo=() c
   for c in "${cmds[@]}"; do have "$c" $KUBE_VERSION || todo+=("k8s.io/kubernetes/cmd/$c"); done
@@ -135,9 +145,9 @@ venv() {
 
 what=${1:-all}
 case $what in
-  all) apt_packages; venv; coredns; kwok; etcd; kube; gateway_api ;;
+  all) apt_packages; venv; coredns; kwok; etcd; h2spec; kube; gateway_api ;;
   apt) apt_packages ;;
-  venv | coredns | kwok | etcd | kube | gateway_api) $what ;;
-  *) log "usage: $0 [all|apt|venv|coredns|kwok|etcd|kube|gateway_api]"; exit 2 ;;
+  venv | coredns | kwok | etcd | h2spec | kube | gateway_api) $what ;;
+  *) log "usage: $0 [all|apt|venv|coredns|kwok|etcd|h2spec|kube|gateway_api]"; exit 2 ;;
 esac
 log "ready: $(ls "$BIN" | tr '\n' ' ')"
