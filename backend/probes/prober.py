@@ -191,7 +191,8 @@ class Prober:
         want = self._desired()
         for key in [k for k in self.states if k not in want]:
             st = self.states.pop(key)
-            self._verdicts.pop(key, None)
+            if self._verdicts.pop(key, None) is False:  # no longer probed: no longer withdrawn
+                self._changed_host(st.host)
             if st.task is not None:
                 st.task.cancel()
             with contextlib.suppress(KeyError):
@@ -248,10 +249,14 @@ class Prober:
         log.warning("probe %s of %s (%s): %s after %d results -> %s", st.config.url(st.address), st.host,
                     st.geotag, error or "passing again", st.config.failures,
                     "served" if st.up else "withdrawn")
+        self._changed_host(st.host)
+
+    def _changed_host(self, host: str) -> None:
+        """Tell the listeners soon, once for every host that changed in this pass of the loop."""
         if not self._changed:
             assert self._loop is not None
             self._loop.call_soon(self._flush)
-        self._changed.add(st.host)
+        self._changed.add(host)
 
     def _flush(self) -> None:
         hosts, self._changed = frozenset(self._changed), set()
