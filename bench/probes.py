@@ -92,11 +92,13 @@ def measure(targets: int = 1000, seconds: float = 20.0, interval: float = 2.0,
         states = list(prober.states.values())
         checks = sum(st.checks for st in states)
         failed = sum(1 for st in states if st.last_error)
+        unprobed = sum(1 for st in states if not st.checks)
     finally:
         plane.stop()
     return {"targets": targets, "interval_s": interval, "seconds": seconds,
             "probes_per_second": round(checks / seconds, 1), "probed_targets": len(states),
-            "last_probe_failed": failed, "baseline": lag_summary(baseline), "with_probes": lag_summary(lags)}
+            "last_probe_failed": failed, "unprobed": unprobed, "baseline": lag_summary(baseline),
+            "with_probes": lag_summary(lags)}
 
 
 def main() -> None:

@@ -150,6 +150,5 @@ def test_a_thousand_probed_targets_keep_the_answer_loop_responsive(tmp_path: Pat
     quiet machine) is bench/probes.py's; here only what no loaded machine excuses."""
     r = measure(1000, 8.0, 2.0, tmp_path)
     print(json.dumps(r))
-    assert r["probed_targets"] == 1000 and r["last_probe_failed"] == 0
-    assert r["probes_per_second"] > 300, "the prober keeps up with 500 probes a second"
+    assert r["probed_targets"] == 1000 and r["last_probe_failed"] == 0 and r["unprobed"] == 0, r
     assert r["with_probes"]["p50_ms"] <= 20, r
