@@ -89,9 +89,11 @@ def backend_flags(specs: Sequence[ClusterSpec]) -> list[str]:
     return ["--probe-address-map", ",".join(f"{s.ingress}={address(s)}" for s in specs)]
 
 
-def annotate_gslbs(plane: Any) -> None:
-    """The chapter's Gslbs, probed: the one annotation the lab adds to the manifests."""
-    plane.kubectl("annotate", "--overwrite", "gslb", "--all", "-n", "demo", f"coredns-gslb.io/probe={PROBE}")
+def annotate_gslb(plane: Any, spec: ClusterSpec) -> None:
+    """The chapter's Gslb of this cluster (gslb-failover-buf / -nyc), probed: the one annotation the lab
+    adds to the manifests. Only that one: the lab's other addresses have no data plane to probe."""
+    name = f"gslb-failover-{spec.geotag.removeprefix('us-')}"
+    plane.kubectl("annotate", "--overwrite", "gslb", name, "-n", "demo", f"coredns-gslb.io/probe={PROBE}")
 
 
 def _folder(lab: Path, cluster: str) -> Path:

@@ -228,7 +228,7 @@ def prepare_cluster(plane: ControlPlane) -> Path:
 def apply_manifests(plane: ControlPlane, spec: ClusterSpec) -> None:
     for name in spec.manifests:
         plane.kubectl("apply", "-f", str(MANIFESTS / name))
-    dataplane.annotate_gslbs(plane)
+    dataplane.annotate_gslb(plane, spec)
     say(f"{spec.geotag}: applied {', '.join(spec.manifests)}; Gslbs annotated {dataplane.PROBE}")
 
 

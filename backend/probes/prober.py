@@ -189,6 +189,8 @@ class Prober:
     def _sync(self) -> None:
         """Start, retune and stop per-target tasks to match the inputs (on the probe loop)."""
         want = self._desired()
+        if self.address_map:  # the lab's map names what may be contacted: answer data never is
+            want = {k: v for k, v in want.items() if k[1] in self.address_map}
         for key in [k for k in self.states if k not in want]:
             st = self.states.pop(key)
             if self._verdicts.pop(key, None) is False:  # no longer probed: no longer withdrawn

@@ -184,11 +184,12 @@ def test_prober_withdraws_after_failures_restores_after_successes_and_a_hang_del
     prober.start()
     try:
         c = config(interval=0.2, failures=2, timeout=0.5)
-        prober.on_gslb("gslb/demo/fe", result(("10.2.1.167", "10.2.1.50"), c))
+        prober.on_gslb("gslb/demo/fe", result(("10.2.1.167", "10.2.1.50", "10.7.7.7"), c))
         prober.set_peer("us-nyc", {HOST: ["10.2.1.98"], "other.gb.foowidgets.k8s": ["10.9.9.9"]})
         until(lambda: prober.verdict(HOST, "10.2.1.98") is not None, "the targets taken up")
         assert prober.verdict(HOST, "10.2.1.167") is True, "a new target starts as served"
         assert prober.verdict("other.gb.foowidgets.k8s", "10.9.9.9") is None, "a host without a config"
+        assert prober.verdict(HOST, "10.7.7.7") is None, "with an address map, unmapped means never contacted"
         until(lambda: prober.verdict(HOST, "10.2.1.50") is False, "the hanging target withdrawn")
         state = next(p for p in prober.report(HOST) if p["address"] == "10.2.1.50")
         assert state["last"] == "timeout after 0.5s" and state["verdict"] == "fail"
