@@ -207,10 +207,12 @@ class Explainer:
         local = self.settings.cluster_geotag
         verdicts = {p["address"]: p["verdict"] for p in probes}
         pool = {t.value for t in merged.targets}
+        def probe(ip: str) -> dict[str, str]:  # only for probed targets: "pass" | "fail"
+            return {"probe": verdicts[ip]} if ip in verdicts else {}
+
         rows = [{"value": t.value, "geotag": t.geotag,
                  "health": "Healthy" if merged.strategy else None,
-                 "origin": "" if not t.geotag else "local" if t.geotag == local else "peer",
-                 "probe": verdicts.get(t.value)}
+                 "origin": "" if not t.geotag else "local" if t.geotag == local else "peer", **probe(t.value)}
                 for t in merged.targets]
         family = 6 if rtype == "AAAA" else 4
         held = [(ip, local, g["health"]) for g in gslb for ip in g["targets"]]
@@ -219,7 +221,7 @@ class Explainer:
             if ip not in pool and (":" in ip) == (family == 6):
                 failed = verdicts.get(ip) == "fail"
                 rows.append({"value": ip, "geotag": geotag, "health": "ProbeFailed" if failed else health,
-                             "origin": "local" if geotag == local else "peer", "probe": verdicts.get(ip)})
+                             "origin": "local" if geotag == local else "peer", **probe(ip)})
                 pool.add(ip)
         return rows
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import http.server
 import json
+import random
 import statistics
 import threading
 import time
@@ -170,12 +171,18 @@ def pods_case(plane: ControlPlane, healthy: Callable[[], bool], failed_over: Cal
 def dataplane_case(data: DataPlane, healthy: Callable[[], bool], failed_over: Callable[[], bool],
                    trials: int, timeout: float) -> dict[str, object]:
     """Stop the data plane (pods stay Ready) and start it again: probes at the defaults (every 2 s,
-    2 results flip a target), so each direction takes 2-4 s by design plus our propagation."""
+    2 results flip a target), so each direction takes 2-4 s by design (the outage's phase against the
+    probes) plus our propagation."""
     failover: list[float] = []
     recovery: list[float] = []
     misses = 0
+    rng = random.Random(15)
     for _ in range(trials):
+        # A trial would otherwise start right after the probe that ended the last one (the worst phase,
+        # interval x failures every time): wait a random part of the interval first, as a real outage.
+        time.sleep(rng.uniform(0, 2))
         down = timed(data.down, failed_over, timeout)
+        time.sleep(rng.uniform(0, 2))
         up = timed(data.up, healthy, timeout) if down is not None else None
         if down is None or up is None:
             misses += 1
