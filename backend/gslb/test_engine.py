@@ -69,7 +69,7 @@ class Cluster:
         i = self.informers
         self.engine = GslbEngine(self.store, settings, [i["gslbsk8gb.absa.oss"], i["gslbsk8gb.io"]],
                                  i["ingressesnetworking.k8s.io"], i["services"],
-                                 i["endpointslicesdiscovery.k8s.io"], prober)
+                                 i["endpointslicesdiscovery.k8s.io"], prober=prober)
         self.evaluated: list[str] = []
         self.engine.subscribe(lambda key, _r: self.evaluated.append(key))
         self._rv = 1
