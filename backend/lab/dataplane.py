@@ -152,8 +152,8 @@ def demo(lab: Path, state: dict[str, Any]) -> bool:
     say(f"  {nyc.label:<30} {HOST} -> {'10.2.1.167' if held else 'changed'} for {time.monotonic() - t0:.1f}s "
         "(peer grace 10s): " + ("no false failover" if held else "FAILED OVER"))
     ok &= held
-    CoreDNS(lab / "us-buf", corefile.read_text(), host=host, port=53, name="us-buf-coredns",
-            detached=True).start()
+    text = corefile.read_text().replace("$", "$$")  # already rendered: nothing left to substitute
+    CoreDNS(lab / "us-buf", text, host=host, port=53, name="us-buf-coredns", detached=True).start()
     say("  us-buf's CoreDNS is back")
     return ok
 
