@@ -23,7 +23,7 @@ from typing import Any
 
 from kubernetes import client
 
-from backend import edge, explain, metrics, peers
+from backend import edge, explain, metrics, peers, probes
 from backend.config import Settings, from_args
 from backend.controller.events import EventRecorder
 from backend.gslb.engine import GslbEngine
@@ -31,6 +31,7 @@ from backend.gslb.producer import gslb
 from backend.gslb.strategy import GeoLookup
 from backend.model import ObjectRef, Store
 from backend.peers.exchange import PeerExchange
+from backend.probes.prober import Prober
 from backend.server import DnsServer
 from backend.sources import kubeapi
 from backend.sources.gateway_producer import gateway_routes
@@ -64,6 +65,7 @@ class Context:
     # writes outside this process before (edge, Gslb status, persisted peers): an unsynced backend
     # sees an empty model, and writing it would delete what the cluster really has.
     first_sync: threading.Event = field(default_factory=threading.Event)
+    prober: Prober | None = None  # set by probes.attach; the engine and peers read its verdicts
 
     def informer(self, resource: Resource) -> Informer:
         """The one shared Informer for `resource`, created on first ask (before the informers start)."""
@@ -117,7 +119,8 @@ def external_dns(ctx: Context) -> None:
 
 
 Producer = Callable[[Context], None]
-PRODUCERS: list[Producer] = [external_dns, gateway_routes, gslb, peers.attach, edge.attach, explain.attach]
+PRODUCERS: list[Producer] = [external_dns, gateway_routes, probes.attach, gslb, peers.attach, edge.attach,
+                             explain.attach]
 FREEZE_EVERY = 300.0  # seconds between gc.freeze() calls while patches accumulate long-lived objects
 
 

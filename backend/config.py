@@ -8,6 +8,7 @@ translates one to one. Several load-balanced zones are given as matching comma-s
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -64,6 +65,9 @@ class Settings:
     gateway_name: str = ""
     gateway_namespace: str = ""
     gateway_label_filter: str = ""  # a label selector on Gateways
+    # LAB ONLY: where probes of an exposed address really connect ("10.2.1.167=127.0.8.67:8080"), because
+    # the lab's addresses are answer data that must never be contacted. Host header and SNI are unchanged.
+    probe_address_map: tuple[tuple[str, str, int | None], ...] = ()  # (exposed address, IP, port or None)
 
     @property
     def all_zones(self) -> tuple[str, ...]:
@@ -76,6 +80,27 @@ def _split(value: str | None) -> tuple[str, ...]:
 
 def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name, default)
+
+
+def parse_address_map(values: Sequence[str]) -> tuple[tuple[str, str, int | None], ...]:
+    """`ADDRESS=IP[:PORT]` entries ([IPv6]:PORT for a port after an IPv6 address); ValueError if malformed."""
+    out = []
+    for value in values:
+        address, sep, to = (part.strip() for part in value.partition("="))
+        host, colon, port = to.rpartition(":")
+        if colon and port.isdigit() and (":" not in host or host.startswith("[")):
+            to, number = host.strip("[]"), int(port)
+        else:
+            to, number = to.strip("[]"), None
+        try:
+            ipaddress.ip_address(address)
+            ipaddress.ip_address(to)
+        except ValueError:
+            raise ValueError(f"{value!r} is not ADDRESS=IP[:PORT]") from None
+        if not sep or (number is not None and not 0 < number < 65536):
+            raise ValueError(f"{value!r} is not ADDRESS=IP[:PORT]")
+        out.append((address, to, number))
+    return tuple(out)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -129,6 +154,8 @@ def parser() -> argparse.ArgumentParser:
                    help="only Gateways in this namespace")
     p.add_argument("--gateway-label-filter", default=_env("GATEWAY_LABEL_FILTER", ""),
                    help="only Gateways matching this label selector")
+    p.add_argument("--probe-address-map", default=_env("PROBE_ADDRESS_MAP", ""),
+                   help="LAB ONLY: ADDRESS=IP[:PORT],... where probes of an exposed address connect instead")
     return p
 
 
@@ -151,6 +178,10 @@ def from_args(argv: Sequence[str] | None = None) -> Settings:
         selectors.parse(a.gateway_label_filter)
     except ValueError as e:
         p.error(f"--gateway-label-filter: {e}")
+    try:
+        probe_map = parse_address_map(_split(a.probe_address_map))
+    except ValueError as e:
+        p.error(f"--probe-address-map: {e}")
     return Settings(
         zones=tuple(normalize_name(z) for z in _split(a.zones)),
         gslb_zones=tuple(GslbZone(dz, ez) for dz, ez in zip(dns_zones, edge_zones, strict=True)),
@@ -182,4 +213,5 @@ def from_args(argv: Sequence[str] | None = None) -> Settings:
         gateway_name=a.gateway_name,
         gateway_namespace=a.gateway_namespace,
         gateway_label_filter=a.gateway_label_filter,
+        probe_address_map=probe_map,
     )

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from backend.app import Context
     from backend.gslb.engine import GslbEngine
     from backend.peers.exchange import PeerExchange
+    from backend.probes.prober import Prober
 
 ROUTE = "/explain"
 NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_*.")
@@ -106,12 +107,14 @@ class Explainer:
     and asks the served answer table what a query gets right now (the proof the reasoning matches)."""
 
     def __init__(self, settings: Settings, store: Store, engine: GslbEngine | None = None,
-                 peers: PeerExchange | None = None, answer: Answer | None = None) -> None:
+                 peers: PeerExchange | None = None, answer: Answer | None = None,
+                 prober: Prober | None = None) -> None:
         self.settings = settings
         self.store = store
         self.engine = engine
         self.peers = peers
         self.answer = answer
+        self.prober = prober
 
     def served(self, name: str, rtype: str) -> dict[str, Any] | None:
         """What a query for (name, rtype) is answered now, from the compiled table."""
@@ -146,6 +149,7 @@ class Explainer:
         out["rcode"] = "NOERROR"
         out["wildcard"] = owner if owner != name else None
         gslb = self._gslb_hosts(owner)
+        probes = self.prober.report(owner) if self.prober is not None else []
         for rtype, merged in sorted(names[owner].items()):
             producers = [{"key": key, "targets": [t.value for t in ep.targets]}
                          for key, ep in held if ep.rtype.upper() == rtype]
@@ -155,13 +159,14 @@ class Explainer:
                 "strategy": _strategy(merged.strategy),
                 "sources": [_ref(r) for r in merged.sources],
                 "producers": producers,
-                "targets": self._targets(merged, gslb, rtype),
+                "targets": self._targets(merged, gslb, rtype, probes),
                 "answers": _answers(merged),
                 "served": self.served(name, rtype),
                 "why": why(merged.strategy, merged.targets, self.settings.negative_ttl) if producers
                 else "the zone's own record (apex SOA and NS, or this server's glue)",
             })
         out["gslb"] = gslb
+        out["probes"] = probes
         out["peers"] = self._peers(zone) if gslb else {}
         return out
 
@@ -195,20 +200,29 @@ class Explainer:
                 })
         return out
 
-    def _targets(self, merged: Merged, gslb: list[dict[str, Any]], rtype: str) -> list[dict[str, Any]]:
-        """Answer-pool targets, plus this cluster's own addresses that are held back as unhealthy."""
+    def _targets(self, merged: Merged, gslb: list[dict[str, Any]], rtype: str,
+                 probes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Answer-pool targets, plus the addresses held back: this cluster's unhealthy ones and any
+        target (own or a peer's) whose probes from here fail."""
         local = self.settings.cluster_geotag
+        verdicts = {p["address"]: p["verdict"] for p in probes}
         pool = {t.value for t in merged.targets}
+        def probe(ip: str) -> dict[str, str]:  # only for probed targets: "pass" | "fail"
+            return {"probe": verdicts[ip]} if ip in verdicts else {}
+
         rows = [{"value": t.value, "geotag": t.geotag,
                  "health": "Healthy" if merged.strategy else None,
-                 "origin": "" if not t.geotag else "local" if t.geotag == local else "peer"}
+                 "origin": "" if not t.geotag else "local" if t.geotag == local else "peer", **probe(t.value)}
                 for t in merged.targets]
         family = 6 if rtype == "AAAA" else 4
-        for g in gslb:
-            for ip in g["targets"]:
-                if ip not in pool and (":" in ip) == (family == 6):
-                    rows.append({"value": ip, "geotag": local, "health": g["health"], "origin": "local"})
-                    pool.add(ip)
+        held = [(ip, local, g["health"]) for g in gslb for ip in g["targets"]]
+        held += [(p["address"], p["geotag"], "Healthy") for p in probes]
+        for ip, geotag, health in held:
+            if ip not in pool and (":" in ip) == (family == 6):
+                failed = verdicts.get(ip) == "fail"
+                rows.append({"value": ip, "geotag": geotag, "health": "ProbeFailed" if failed else health,
+                             "origin": "local" if geotag == local else "peer", **probe(ip)})
+                pool.add(ip)
         return rows
 
     def _peers(self, zone: str) -> dict[str, Any]:
@@ -252,7 +266,7 @@ def attach(ctx: Context) -> None:
     """The app's seam: serve GET /explain from this backend's own model. Listed after the GSLB and peers
     producers in app.PRODUCERS, so their engine and exchange are on the Context by now."""
     explainer = Explainer(ctx.settings, ctx.store, ctx.gslb_engine, ctx.peer_exchange,
-                          lambda query: ctx.server.table.answer(query))
+                          lambda query: ctx.server.table.answer(query), ctx.prober)
     ctx.server.add_route(ROUTE, explainer.handle)
 
 
@@ -286,11 +300,18 @@ def render(report: Report) -> str:
             lines.append(f"    store {p['key']}: {', '.join(p['targets']) or '(no targets)'}")
         for t in rec["targets"] if rec["strategy"] else ():
             health, geotag = t["health"] or "-", t["geotag"] or "-"
-            lines.append(f"    target {t['value']:<16} geotag {geotag:<8} {health:<9} {t['origin']}".rstrip())
+            probe = f"  probe {t['probe']}" if t.get("probe") else ""
+            row = f"    target {t['value']:<16} geotag {geotag:<8} {health:<9} {t['origin']}{probe}"
+            lines.append(row.rstrip())
     for g in report.get("gslb", []):
         error = f"; {g['error']}" if g["error"] else ""
         lines.append(f"  {g['key']}: {g['health']}; Services {', '.join(g['services']) or '(none)'}; "
                      f"local addresses {', '.join(g['targets']) or '(none)'}{error}")
+    for p in report.get("probes") or ():
+        via = f" via {p['connect']}" if p["connect"] else ""
+        last = "not probed yet" if p["last"] is None else f"last {p['last']} {p['last_seconds_ago']}s ago"
+        lines.append(f"  probe {p['url']}{via} ({p['geotag']}): {p['verdict']}; {last}, "
+                     f"{p['streak']}/{p['failures']} toward a flip, {p['checks']} probes")
     for tag, state in (report.get("peers") or {}).items():
         if state is None:
             continue

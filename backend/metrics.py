@@ -197,3 +197,14 @@ class LoopLag:
 
 
 LAG = LoopLag()
+
+# active probes of GSLB targets (backend/probes/)
+PROBE_CHECKS = Counter("coredns_gslb_probe_checks_total", "Probes of GSLB targets by the targets' geotag and "
+                       "result (ok, failed, timeout)", ["geotag", "result"])
+PROBE_DURATION = Histogram("coredns_gslb_probe_duration_seconds",
+                           "Time one probe took, by the target's geotag", ["geotag"],
+                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+PROBE_UP = Gauge("coredns_gslb_probe_up", "1 while a probed target is served, 0 while its probes withdraw it",
+                 ["host", "address", "geotag"])
+PROBE_TRANSITIONS = Counter("coredns_gslb_probe_transitions_total", "Probe verdicts that flipped, by the "
+                            "target's geotag and new verdict (pass, fail)", ["geotag", "to"])

@@ -10,6 +10,7 @@ import json
 import re
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,8 +63,11 @@ def test_make_lab_replays_the_chapter_and_stops_cleanly(lab_dir: Path) -> None:
 
     assert re.search(r"nginx\.foowidgets\.k8s -> 172\.18\.200\.101", out), out
     assert answers(out, "edge") == ["10.2.1.167", "10.2.1.98", "10.2.1.167"], out
-    assert answers(out, "us-buf") == ["10.2.1.167", "10.2.1.98", "10.2.1.167"], out
-    assert answers(out, "us-nyc") == ["10.2.1.167", "10.2.1.98", "10.2.1.167"], out
+    chapter = ["10.2.1.167", "10.2.1.98", "10.2.1.167"]
+    data_plane = ["10.2.1.98", "10.2.1.167"]  # us-buf's data plane down (pods Ready), then up
+    assert answers(out, "us-buf") == chapter + data_plane, out
+    assert answers(out, "us-nyc") == [*chapter, *data_plane, "10.2.1.167"], "and buf's DNS down: " + out
+    assert "no false failover" in out, out
     shop = ["172.18.200.102", "172.18.201.102", "172.18.200.102"]  # the Gateway-API host beside it
     for observer in ("edge", "us-buf", "us-nyc"):
         assert answers(out, observer, "shop.gb.foowidgets.k8s") == shop, out
@@ -77,7 +81,8 @@ def test_make_lab_replays_the_chapter_and_stops_cleanly(lab_dir: Path) -> None:
     assert set(state["clusters"]) == {"us-buf", "us-nyc"}
     for geotag, ip in (("us-buf", addr.buf), ("us-nyc", addr.nyc)):
         cluster = state["clusters"][geotag]
-        assert set(cluster) == {"kubeconfig", "dns", "backend", "geotag"}
+        assert set(cluster) == {"kubeconfig", "dns", "backend", "geotag", "dataplane"}
+        assert cluster["dataplane"] == f"{ip}:8080"
         assert cluster["geotag"] == geotag
         assert cluster["dns"] == f"{ip}:53"
         assert re.fullmatch(r"127\.0\.0\.1:\d+", cluster["backend"])
@@ -94,8 +99,17 @@ def test_make_lab_replays_the_chapter_and_stops_cleanly(lab_dir: Path) -> None:
     assert dig(state["edge"]["dns"], "fe.gb.foowidgets.k8s").values("A") == ["10.2.1.167"]
     assert dig(state["clusters"]["us-buf"]["dns"], "nginx.foowidgets.k8s").values("A") == ["172.18.200.101"]
 
+    nyc = state["clusters"]["us-nyc"]["dns"]
+    for step, want in (("down", ["10.2.1.98"]), ("up", ["10.2.1.167"])):
+        switched = lab(lab_dir, "dataplane", "us-buf", step, timeout=60)
+        assert switched.returncode == 0, switched.stdout + switched.stderr
+        deadline = time.monotonic() + 60
+        while dig(nyc, "fe.gb.foowidgets.k8s", "A", "+norecurse").values("A") != want:
+            assert time.monotonic() < deadline, f"us-nyc answers {want} after `lab dataplane us-buf {step}`"
+            time.sleep(0.2)
+
     pids = [recorded for f in lab_dir.rglob("*.pid") if (recorded := read_pidfile(f))]
-    assert len(pids) >= 15, "etcd, edge, and per cluster 4 kube components, lbpool, backend, CoreDNS"
+    assert len(pids) >= 17, "etcd, edge, per cluster 4 kube components, lbpool, data plane, backend, CoreDNS"
     again = lab(lab_dir, "up", "--no-demo", *addr.args())
     assert again.returncode == 0 and "already running" in again.stdout, again.stdout + again.stderr
 

@@ -37,6 +37,31 @@ def ready_condition(result: GslbResult) -> tuple[str, str, str]:
     return "True", "Healthy", f"{len(result.hosts)} host(s) healthy and served"
 
 
+def probe_condition(result: GslbResult) -> tuple[str, str, str] | None:
+    """(status, reason, message) of the Probed condition; None for a Gslb without probe annotations."""
+    spec = result.spec
+    if spec is None or (spec.probe is None and not spec.probe_error):
+        return None
+    if spec.probe_error:
+        return "False", "InvalidProbe", f"{spec.probe_error}; answering by endpoint health alone"
+    p = spec.probe
+    assert p is not None
+    return ("True", "Probing", f"{p.url('{address}')} every {p.interval:g}s (timeout {p.timeout:g}s); "
+            f"{p.failures} consecutive results withdraw or restore a target")
+
+
+def _condition(type_: str, state: tuple[str, str, str], generation: Any, current: Obj | None) -> Obj:
+    """One condition; lastTransitionTime moves only when its status does."""
+    status_, reason, message = state
+    old = next((c for c in (current or {}).get("conditions") or () if c.get("type") == type_), None)
+    since = old["lastTransitionTime"] if old and old.get("status") == status_ else kubeapi.timestamp()
+    out = {"type": type_, "status": status_, "reason": reason, "message": message,
+           "lastTransitionTime": since}
+    if generation is not None:
+        out["observedGeneration"] = generation
+    return out
+
+
 Peers = dict[str, tuple[Target, ...]]  # host -> other clusters' healthy targets (Store keys peer/<geotag>)
 
 
@@ -73,20 +98,11 @@ def desired_status(
             for h in hosts
         ],
     }
-    state, reason, message = ready_condition(result)
     generation = (result.obj.get("metadata") or {}).get("generation")
-    old = next((c for c in (current or {}).get("conditions") or () if c.get("type") == "Ready"), None)
-    since = old["lastTransitionTime"] if old and old.get("status") == state else kubeapi.timestamp()
-    ready = {
-        "type": "Ready",
-        "status": state,
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": since,
-    }
-    if generation is not None:
-        ready["observedGeneration"] = generation
-    status["conditions"] = [ready]
+    status["conditions"] = [_condition("Ready", ready_condition(result), generation, current)]
+    probed = probe_condition(result)
+    if probed is not None:
+        status["conditions"].append(_condition("Probed", probed, generation, current))
     return status
 
 
@@ -100,8 +116,13 @@ def events(current: Obj | None, desired: Obj) -> list[Event]:
             continue
         kind = "Normal" if health == HEALTHY else "Warning"
         out.append((kind, f"Host{health}", f"{host} is {health}" + (f" (was {was})" if was else "")))
-    old = next((c for c in (current or {}).get("conditions") or () if c.get("type") == "Ready"), {})
+    olds = {c.get("type"): c for c in (current or {}).get("conditions") or ()}
     new = desired["conditions"][0]
-    if new["status"] == "False" and new["reason"] not in (*TRANSIENT, old.get("reason")):
+    if new["status"] == "False" and new["reason"] not in (*TRANSIENT, olds.get("Ready", {}).get("reason")):
         out.append(("Warning", new["reason"], new["message"]))
+    for probed in desired["conditions"][1:]:  # a broken probe annotation, each time it changes
+        old = olds.get("Probed", {})
+        was = (old.get("status"), old.get("message"))
+        if probed["status"] == "False" and was != ("False", probed["message"]):
+            out.append(("Warning", probed["reason"], probed["message"]))
     return out

@@ -58,6 +58,30 @@ def test_status_is_stable_and_events_follow_transitions() -> None:
     assert status.events(broken, broken) == []  # no repeat while the reason stays
 
 
+def probed(template: str) -> GslbResult:
+    obj = {**GSLB, "metadata": {**GSLB["metadata"], "annotations": {"coredns-gslb.io/probe": template}}}
+    hosts = (HostState("fe.gb.example", ("demo/nginx",), "Healthy", ("10.0.0.1",)),)
+    return GslbResult("gslb/demo/fe", obj, parse(obj), hosts, None)
+
+
+def test_probe_annotations_show_as_the_probed_condition() -> None:
+    plain = status.desired_status(result(), "us-buf")
+    assert [c["type"] for c in plain["conditions"]] == ["Ready"], "no annotation, no condition"
+    good = status.desired_status(probed("http://{address}:80/healthz"), "us-buf", plain)
+    assert good["conditions"][1]["status"] == "True" and good["conditions"][1]["reason"] == "Probing"
+    assert good["conditions"][1]["message"].startswith("http://{address}:80/healthz every 2s")
+    assert status.events(plain, good) == []
+    bad = status.desired_status(probed("http://example.com/"), "us-buf", good)
+    assert bad["conditions"][0]["status"] == "True", "the Gslb stays Ready: it answers by endpoint health"
+    probe = bad["conditions"][1]
+    assert (probe["status"], probe["reason"]) == ("False", "InvalidProbe")
+    assert "the host must be {address}" in probe["message"]
+    assert status.events(good, bad) == [("Warning", "InvalidProbe", probe["message"])]
+    assert status.events(bad, bad) == [], "once per message"
+    other = status.desired_status(probed("tcp://{address}"), "us-buf", bad)
+    assert [e[1] for e in status.events(bad, other)] == ["InvalidProbe"], "a new mistake is told again"
+
+
 def test_owned_ingress_merge_keeps_foreign_fields() -> None:
     desired = objects.owned_ingress(GSLB)
     assert desired["metadata"]["ownerReferences"][0]["uid"] == "u1"

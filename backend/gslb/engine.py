@@ -19,6 +19,7 @@ from backend.config import Settings
 from backend.gslb.health import HEALTHY, NOT_FOUND, UNHEALTHY, HostState, evaluate
 from backend.gslb.spec import GslbSpec, SpecError, parse
 from backend.model import Endpoint, Store, Target, address_type
+from backend.probes.prober import Prober
 from backend.sources.informer import ENDPOINTSLICES, GSLBS, Informer, key_of
 from backend.zone.merge import zone_of
 
@@ -93,9 +94,20 @@ def _targets(values: Iterable[str], geotag: str) -> tuple[Target, ...]:
     return tuple(Target(v, geotag) for v in values)
 
 
-def host_endpoints(spec: GslbSpec, state: HostState, geotag: str) -> list[Endpoint]:
+Serve = Callable[[str, str], bool]  # (host, address) -> do this cluster's probes let it be answered
+
+
+def _always(_host: str, _address: str) -> bool:
+    return True
+
+
+def host_endpoints(spec: GslbSpec, state: HostState, geotag: str, serve: Serve = _always) -> list[Endpoint]:
     """The host answered by its strategy (empty targets = NODATA while unhealthy), and
-    localtargets-<host> with this cluster's healthy addresses for the peers, only while healthy."""
+    localtargets-<host> with this cluster's healthy addresses for the peers, only while healthy.
+
+    `serve` is the probe verdict: a target whose probes fail here leaves the answer but stays in
+    localtargets (that record says what this cluster's endpoints report; each cluster applies its own
+    probes to it)."""
     by_type: dict[str, list[str]] = {"A": [], "AAAA": []}
     for ip in state.targets:
         by_type[address_type(ip)].append(ip)
@@ -103,7 +115,8 @@ def host_endpoints(spec: GslbSpec, state: HostState, geotag: str) -> list[Endpoi
     eps = []
     for rtype, ips in by_type.items():
         if rtype == "A" or ips:
-            eps.append(Endpoint(state.host, rtype, _targets(ips, geotag) if live else (), spec.ttl, spec.ref,
+            served = [ip for ip in ips if serve(state.host, ip)] if live else []
+            eps.append(Endpoint(state.host, rtype, _targets(served, geotag), spec.ttl, spec.ref,
                                 spec.strategy))
         if live and ips and not state.host.startswith("*."):
             eps.append(Endpoint(LOCALTARGETS + state.host, rtype, _targets(ips, geotag), spec.ttl, spec.ref))
@@ -136,8 +149,9 @@ class GslbEngine:
 
     def __init__(self, store: Store, settings: Settings, gslbs: list[Informer], ingresses: Informer,
                  services: Informer, endpointslices: Informer,
-                 gateway_api: dict[str, Informer] | None = None) -> None:
+                 gateway_api: dict[str, Informer] | None = None, prober: Prober | None = None) -> None:
         self.store = store
+        self.prober = prober
         self.settings = settings
         self.gslb_informers = gslbs
         self._informers = {"Ingress": ingresses, "Service": services, **(gateway_api or {})}
@@ -156,6 +170,9 @@ class GslbEngine:
         for kind, informer in self._informers.items():
             informer.add_handler(self._dependency_handler(kind))
         endpointslices.add_handler(self._on_slice)
+        if prober is not None:
+            self.subscribe(prober.on_gslb)  # the prober reads our results (raw addresses) ...
+            prober.subscribe(self._on_verdicts)  # ... and we read its verdicts when writing Endpoints
 
     def subscribe(self, listener: Listener) -> None:
         """`listener(store_key, result or None when the Gslb is gone)`, called on every evaluation;
@@ -226,13 +243,28 @@ class GslbEngine:
         outside = tuple(h.host for h in hosts if zone_of(h.host, self._gslb_zones) is None)
         result = GslbResult(key, obj, spec, hosts, error, outside)
         self.results[key] = result
-        if spec is not None and (error is None or error.reason == "ResourceNotFound"):
-            eps = [ep for h in hosts if h.host not in outside
-                   for ep in host_endpoints(spec, h, self.settings.cluster_geotag)]
-            self.store.replace(key, eps)
-        # Any other error keeps the last good answers: a typo in an edit must not take a name down.
+        self._publish(result)
         _observe(obj, result)
         self._notify(key, result)
+
+    def _publish(self, result: GslbResult) -> None:
+        """The Gslb's Endpoints. Any error but ResourceNotFound keeps the last good answers: a typo in
+        an edit must not take a name down."""
+        spec = result.spec
+        if spec is None or (result.error is not None and result.error.reason != "ResourceNotFound"):
+            return
+        prober = self.prober
+        serve: Serve = _always if prober is None else lambda h, ip: prober.verdict(h, ip) is not False
+        eps = [ep for h in result.hosts if h.host not in result.outside
+               for ep in host_endpoints(spec, h, self.settings.cluster_geotag, serve)]
+        self.store.replace(result.key, eps)
+
+    def _on_verdicts(self, hosts: frozenset[str]) -> None:
+        """Probe verdicts of `hosts` flipped (prober thread): rewrite the Gslbs serving them."""
+        with self._lock:
+            for result in list(self.results.values()):
+                if any(h.host in hosts for h in result.hosts):
+                    self._publish(result)
 
     def _set_deps(self, key: str, deps: set[Dep]) -> None:
         old = self._deps.get(key, set())

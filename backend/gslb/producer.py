@@ -26,6 +26,7 @@ def gslb(ctx: Context) -> None:
         ctx.informer(SERVICES),
         ctx.informer(ENDPOINTSLICES),
         {kind: ctx.informer(res) for kind, res in resources.items() if kind in served},
+        prober=ctx.prober,
     )
     ctx.gslb_engine = engine
     controller = Controller(ctx.api, ctx.settings, engine, ctx.informer(INGRESSES), ctx.recorder,

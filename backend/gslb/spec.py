@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from backend.model import ObjectRef, Strategy
+from backend.probes.config import ProbeConfig, ProbeError
+from backend.probes.config import parse as parse_probe
 
 Obj = dict[str, Any]
 
@@ -47,6 +49,8 @@ class GslbSpec:
     ingress: Obj | None  # spec.ingress (an IngressSpec); None when resourceRef is used
     resource: ResourceRef | None
     exposed_ips: tuple[str, ...]  # the k8gb.io/exposed-ip-addresses override, unchecked
+    probe: ProbeConfig | None = None  # coredns-gslb.io/probe annotations (backend/probes/)
+    probe_error: str = ""  # why those annotations are unusable; the Gslb then answers by endpoint health
 
 
 def object_ref(obj: Obj) -> ObjectRef:
@@ -112,7 +116,14 @@ def parse(obj: Obj, default_ttl: int = 30) -> GslbSpec:
     if not ingress and not raw_ref:
         raise SpecError("MissingResource", "the Gslb needs spec.ingress or spec.resourceRef")
     resource = _resource_ref(raw_ref, meta.get("namespace", "")) if raw_ref else None
-    exposed = (meta.get("annotations") or {}).get(EXPOSED_IPS, "")
+    annotations = meta.get("annotations") or {}
+    exposed = annotations.get(EXPOSED_IPS, "")
+    probe: ProbeConfig | None = None
+    probe_error = ""
+    try:
+        probe = parse_probe(annotations)
+    except ProbeError as e:
+        probe_error = str(e)
     return GslbSpec(
         ref=object_ref(obj),
         strategy=strategy,
@@ -121,4 +132,6 @@ def parse(obj: Obj, default_ttl: int = 30) -> GslbSpec:
         ingress=ingress if isinstance(ingress, dict) else None,
         resource=resource,
         exposed_ips=tuple(ip.strip() for ip in exposed.split(",") if ip.strip()),
+        probe=probe,
+        probe_error=probe_error,
     )

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import socket
+import time
 from typing import Any
 
 import pytest
@@ -12,6 +15,7 @@ from backend.gslb.engine import GslbEngine, GslbResult
 from backend.gslb.health import combine
 from backend.gslb.spec import SpecError, parse
 from backend.model import Store, Strategy, Target
+from backend.probes.prober import Prober
 from backend.sources.informer import ENDPOINTSLICES, GSLBS, GSLBS_IO, INGRESSES, SERVICES, Informer
 
 Obj = dict[str, Any]
@@ -58,14 +62,14 @@ def endpoint_slice(service_name: str = "nginx", ns: str = "demo", ready: tuple[b
 class Cluster:
     """Real informers (never started) fed with watch events, the engine attached as the app does it."""
 
-    def __init__(self, settings: Settings = SETTINGS) -> None:
+    def __init__(self, settings: Settings = SETTINGS, prober: Prober | None = None) -> None:
         self.informers = {r.plural + r.group: Informer(None, r)  # type: ignore[arg-type]
                           for r in (GSLBS, GSLBS_IO, INGRESSES, SERVICES, ENDPOINTSLICES)}
         self.store = Store()
         i = self.informers
         self.engine = GslbEngine(self.store, settings, [i["gslbsk8gb.absa.oss"], i["gslbsk8gb.io"]],
                                  i["ingressesnetworking.k8s.io"], i["services"],
-                                 i["endpointslicesdiscovery.k8s.io"])
+                                 i["endpointslicesdiscovery.k8s.io"], prober=prober)
         self.evaluated: list[str] = []
         self.engine.subscribe(lambda key, _r: self.evaluated.append(key))
         self._rv = 1
@@ -118,6 +122,38 @@ def test_chapter_failover_healthy_then_scaled_to_zero_then_back(cluster: Cluster
 
     cluster.apply(endpoint_slice(ready=(False, True)))
     assert cluster.answers(HOST) == (Target("10.2.1.167", "us-buf"),)
+
+
+def test_a_target_failing_its_probes_leaves_the_answer_but_not_localtargets() -> None:
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: connection refused
+    settings = dataclasses.replace(SETTINGS, probe_address_map=(("10.2.1.167", *closed.getsockname()),))
+    prober = Prober(settings)
+    c = Cluster(settings, prober)
+    prober.start()
+    try:
+        chapter(c)
+        assert c.answers(HOST) == (Target("10.2.1.167", "us-buf"),)
+        probed = gslb()
+        probed["metadata"]["annotations"] = {"coredns-gslb.io/probe": "tcp://{address}:443",
+                                             "coredns-gslb.io/probe-interval-seconds": "0.2",
+                                             "coredns-gslb.io/probe-failures": "1"}
+        c.apply(probed)
+
+        def soon(want: tuple[Target, ...], what: str) -> None:
+            deadline = time.monotonic() + 20
+            while c.answers(HOST) != want and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert c.answers(HOST) == want, what
+
+        soon((), "withdrawn from the answer by the probe verdict")
+        assert c.answers("localtargets-" + HOST) == (Target("10.2.1.167", "us-buf"),), "kept for peers"
+        assert c.result().hosts[0].health == "Healthy"
+        c.apply(gslb())
+        soon((Target("10.2.1.167", "us-buf"),), "annotation removed: endpoint health alone again")
+    finally:
+        prober.stop()
+        closed.close()
 
 
 def test_hosts_are_served_before_the_owned_ingress_exists(cluster: Cluster) -> None:

@@ -15,10 +15,11 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from backend.lab import dataplane
 from backend.lab.bind9 import Bind9
 from backend.lab.dig import dig, split_server
 from backend.lab.kube import ControlPlane, Etcd, Pki, kubectl
@@ -107,6 +108,7 @@ class Lab:
     edge: Bind9
     planes: dict[str, ControlPlane]
     stacks: dict[str, DnsStack]
+    dataplanes: dict[str, str] = field(default_factory=dict)  # cluster -> its stand-in data plane "IP:PORT"
 
     def state(self) -> dict[str, object]:
         return {
@@ -117,6 +119,7 @@ class Lab:
                     "dns": stack.address,
                     "backend": stack.backend.grpc,
                     "geotag": geotag,
+                    "dataplane": self.dataplanes[geotag],
                 }
                 for geotag, stack in self.stacks.items()
             },
@@ -158,6 +161,9 @@ def start_all(
                 detached=True,
             )
             start(f"{spec.geotag} lbpool (ingress {spec.ingress})", pool, pool.start)
+            data = dataplane.DataPlane(folder, dataplane.address(spec), spec.geotag, detached=True)
+            start(f"{spec.geotag} data plane for {spec.ingress} on {data.address}", data, data.start)
+            result.dataplanes[spec.geotag] = data.address
             flags = [
                 "--zones",
                 EDGE_ZONE,
@@ -177,6 +183,7 @@ def start_all(
                 str(edge.key_file),
                 "--namespace",
                 SA_NAMESPACE,
+                *dataplane.backend_flags(specs),
                 *backend_args,
             ]
             zones = (EDGE_ZONE, GSLB_ZONE)
@@ -221,7 +228,8 @@ def prepare_cluster(plane: ControlPlane) -> Path:
 def apply_manifests(plane: ControlPlane, spec: ClusterSpec) -> None:
     for name in spec.manifests:
         plane.kubectl("apply", "-f", str(MANIFESTS / name))
-    say(f"{spec.geotag}: applied {', '.join(spec.manifests)}")
+    dataplane.annotate_gslb(plane, spec)
+    say(f"{spec.geotag}: applied {', '.join(spec.manifests)}; Gslbs annotated {dataplane.PROBE}")
 
 
 @dataclass
@@ -302,18 +310,25 @@ def demo(state: dict) -> bool:
     return ok
 
 
+def replay_all(lab: Path, state: dict) -> bool:
+    """The chapter, then the data-plane chapter (backend/lab/dataplane.py)."""
+    ok = demo(state)
+    return dataplane.demo(lab, state) and ok
+
+
 def up(
     lab: Path, edge_address: str, specs: list[ClusterSpec], replay: bool, backend_args: Sequence[str]
 ) -> int:
     state_file = lab / "state.json"
     if running(lab):
         say(f"already running (state: {rel(state_file)}); `make lab-down` stops it")
-        return 0 if not replay or demo(json.loads(state_file.read_text())) else 1
+        return 0 if not replay or replay_all(lab, json.loads(state_file.read_text())) else 1
     if pidfiles(lab):
         say("stopping the remains of an earlier lab")
         down(lab)
     shutil.rmtree(lab, ignore_errors=True)
-    addresses = [split_server(edge_address), *((s.ip, 53) for s in specs)]
+    addresses = [split_server(edge_address), *((s.ip, 53) for s in specs),
+                 *(split_server(dataplane.address(s)) for s in specs)]
     taken = [f"{ip}:{port}" for ip, port in addresses if not port_free(ip, port)]
     if taken:
         print(
@@ -336,7 +351,7 @@ def up(
     state = started.state()
     state_file.write_text(json.dumps(state, indent=2) + "\n")
     say(f"up in {time.monotonic() - t0:.1f}s; {rel(state_file)}:\n{json.dumps(state, indent=2)}")
-    ok = demo(state) if replay else True
+    ok = replay_all(lab, state) if replay else True
     kubeconfig = state["clusters"]["us-buf"]["kubeconfig"]
     say(f"the lab keeps running: dig {dig_args(state['edge']['dns'])} {HOST}")
     say(f"                       kubectl --kubeconfig {kubeconfig} get gslb -A; make lab-down")
@@ -360,7 +375,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="coredns-gslb lab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("action", choices=["up", "down", "status", "dataplane"])
+    p.add_argument("args", nargs="*", metavar="CLUSTER down|up", help="dataplane: stop or start a cluster's "
+                   "stand-in data plane (its pods stay Ready)")
     p.add_argument("--dir", type=Path, default=ROOT / ".lab", help="state, logs and pid files (default .lab)")
     p.add_argument("--edge", default="127.0.0.1:1053", help="edge DNS address (an interface's, for BIND9)")
     p.add_argument("--buf-ip", default="127.0.0.21", help="us-buf CoreDNS's loopback address (port 53)")
@@ -379,4 +396,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return down(lab)
     if a.action == "status":
         return status(lab)
+    if a.action == "dataplane":
+        if len(a.args) != 2 or a.args[1] not in ("down", "up"):
+            p.error("usage: lab dataplane CLUSTER down|up")
+        return dataplane.switch(lab, a.args[0], a.args[1])
     return up(lab, a.edge, clusters(a.buf_ip, a.nyc_ip), not a.no_demo, a.backend_arg)

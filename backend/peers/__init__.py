@@ -24,7 +24,7 @@ def attach(ctx: Context) -> None:
                     ", ".join(s.ext_gslb_clusters_geotags))
         return
     exchange = PeerExchange(s, ctx.store, book=PeerBook(ctx.api, s.namespace),
-                            may_write=ctx.first_sync.is_set)
+                            may_write=ctx.first_sync.is_set, prober=ctx.prober)
     ctx.peer_exchange = exchange
     ctx.server.on_notify(exchange.on_notify)
     ctx.server.add_readiness_detail("peers", exchange.readiness)

@@ -37,6 +37,7 @@ from backend.model import Endpoint, Store, Strategy, Target
 from backend.peers import shards
 from backend.peers.persist import PeerBook
 from backend.peers.query import QueryError, Server, ask, parse_server, rdata_texts, txt_strings
+from backend.probes.prober import Prober
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ class PeerZone:
     targets: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     last_ok: float | None = None
     error: str = ""  # why the last poll failed; "" while the peer answers
+    stale: bool = False  # grace over: targets are kept only while this cluster's probes of them pass
     recheck: int = 0  # quick rechecks left after a NOTIFY
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -125,10 +127,11 @@ class PeerExchange:
 
     def __init__(self, settings: Settings, store: Store, *,
                  clock: Callable[[], float] = time.monotonic, book: PeerBook | None = None,
-                 may_write: Callable[[], bool] = lambda: True) -> None:
+                 may_write: Callable[[], bool] = lambda: True, prober: Prober | None = None) -> None:
         self.settings = settings
         self.store = store
         self.clock = clock
+        self.prober = prober
         self.book = book  # last known peer addresses in the cluster, for when the edge is away
         self.may_write = may_write  # False until our first full sync: nothing unsynced writes
         self.edge = [parse_server(s) for s in settings.edge_dns_servers]
@@ -188,6 +191,16 @@ class PeerExchange:
 
     # --- main loop ----------------------------------------------------------------------------
 
+    def _on_verdicts(self, hosts: frozenset[str]) -> None:
+        """Probe verdicts flipped (prober thread): republish the peers holding those hosts."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._republish, hosts)
+
+    def _republish(self, hosts: frozenset[str]) -> None:
+        for geotag, zones in self.peers.items():
+            if any(host in hosts for pz in zones for host, _ in pz.targets):
+                self._publish(geotag)
+
     def settled(self) -> bool:
         """Every peer answered once, or has been failing for the grace since we started: until then
         an empty `peer/<geotag>` is our ignorance, not the peer's state (the Gslb status waits)."""
@@ -200,6 +213,8 @@ class PeerExchange:
         self._loop = asyncio.get_running_loop()
         self._started = self.clock()
         self._loop_thread = threading.get_ident()
+        if self.prober is not None:
+            self.prober.subscribe(self._on_verdicts)
         self._refresh_local(notify=False)
         loops = [self._watch_local()] + [self._poll_loop(pz) for zones in self.peers.values() for pz in zones]
         await asyncio.gather(*loops)
@@ -359,7 +374,7 @@ class PeerExchange:
                     pz.targets = await self._fetch(server, pz, hosts)
                     pz.version, pz.hosts, pz.fetched_at = version, hosts, now
                     moved = True
-            pz.last_ok = now
+            pz.last_ok, pz.stale = now, False
             if pz.error:
                 log.info("peer %s answers again for %s", pz.geotag, pz.zone.dns_zone)
                 pz.error = ""
@@ -370,10 +385,15 @@ class PeerExchange:
             pz.error = str(e)
             expired = pz.last_ok is None or now - pz.last_ok >= self.settings.peer_grace_seconds
             if expired and (pz.targets or pz.version is not None or pz.shard_digests):
-                if pz.targets:
-                    log.warning("peer %s: grace over, dropping its targets in %s",
+                # Probed targets outlive the grace while this cluster's probes of them pass (the
+                # peer's application still serves); the rest drop. Everything is refetched on return.
+                if pz.targets and not pz.stale:
+                    log.warning("peer %s: grace over in %s, keeping only targets whose probes pass",
                                 pz.geotag, pz.zone.dns_zone)
-                pz.targets, pz.version, pz.hosts = {}, None, None
+                pz.stale = self.prober is not None and any(self.prober.probed(h) for h, _ in pz.targets)
+                if not pz.stale:
+                    pz.targets = {}
+                pz.version, pz.hosts = None, None
                 pz.shards, pz.shard_digests = {}, ()
         self._publish(pz.geotag)
         return moved
@@ -383,15 +403,29 @@ class PeerExchange:
         the zone merges per (name, type), and a peer's AAAA for a host we serve over IPv4 only must
         still be answered by that strategy and TTL, not as a plain record."""
         zones = self.peers[geotag]
+        if self.prober is not None:  # the raw targets, stale ones included: the prober probes them all
+            raw: dict[str, list[str]] = {}
+            for pz in zones:
+                for (host, _rtype), values in pz.targets.items():
+                    raw.setdefault(host, []).extend(values)
+            self.prober.set_peer(geotag, raw)
         endpoints = []
         for pz in zones:
             for (host, rtype), values in sorted(pz.targets.items()):
                 ttl, strategy = self._policy.get(host, (None, None))
-                endpoints.append(Endpoint(host, rtype, tuple(Target(v, geotag) for v in values), ttl=ttl,
-                                          strategy=strategy))
+                served = [v for v in values if self._serve(pz, host, v)]
+                if served:
+                    endpoints.append(Endpoint(host, rtype, tuple(Target(v, geotag) for v in served), ttl=ttl,
+                                              strategy=strategy))
         self.store.replace(f"peer/{geotag}", endpoints)
         metrics.PEER_RECORDS.labels(geotag).set(len(endpoints))
         metrics.PEER_UP.labels(geotag).set(int(all(not pz.error and pz.last_ok is not None for pz in zones)))
+
+    def _serve(self, pz: PeerZone, host: str, address: str) -> bool:
+        """The verdict on one of the peer's targets: as the peer reports it unless this cluster's probes
+        fail it; past the grace (stale) only while probes of it pass."""
+        verdict = None if self.prober is None else self.prober.verdict(host, address)
+        return verdict is True if pz.stale else verdict is not False
 
     # --- DNS ----------------------------------------------------------------------------------
 
