@@ -109,10 +109,15 @@ class Context:
 
 
 def external_dns(ctx: Context) -> None:
-    """ExternalDNS's sources: annotated Services (and their EndpointSlices), Ingresses, DNSEndpoints."""
+    """ExternalDNS's sources chosen by --source: annotated Services (and their EndpointSlices),
+    Ingresses, DNSEndpoints (source `crd`); a source left out costs no watch of its own."""
+    chosen = ctx.settings.sources
     ExternalDnsSources(
-        ctx.settings, ctx.store, ctx.recorder, ctx.informer(SERVICES), ctx.informer(ENDPOINTSLICES),
-        ctx.informer(INGRESSES), ctx.informer(DNSENDPOINTS),
+        ctx.settings, ctx.store, ctx.recorder,
+        ctx.informer(SERVICES) if "service" in chosen else None,
+        ctx.informer(ENDPOINTSLICES) if "service" in chosen else None,
+        ctx.informer(INGRESSES) if "ingress" in chosen else None,
+        ctx.informer(DNSENDPOINTS) if "crd" in chosen else None,
     )
 
 

@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from backend.model import normalize_name
 from backend.sources import selectors
+
+# ExternalDNS's names for its sources (--source); the default is every one of them (a kind whose CRD is
+# not installed is simply empty). Gslbs are k8gb's and are always read.
+SOURCES = ("service", "ingress", "crd", "gateway-httproute", "gateway-grpcroute", "gateway-tlsroute",
+           "gateway-tcproute", "gateway-udproute")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +70,15 @@ class Settings:
     gateway_name: str = ""
     gateway_namespace: str = ""
     gateway_label_filter: str = ""  # a label selector on Gateways
+    # ExternalDNS's source filters, same flag names and meaning (backend/sources/filters.py)
+    sources: tuple[str, ...] = SOURCES
+    domain_filter: tuple[str, ...] = ()
+    exclude_domains: tuple[str, ...] = ()
+    regex_domain_filter: str = ""
+    regex_domain_exclusion: str = ""
+    annotation_filter: str = ""  # a label selector over annotations
+    label_filter: str = ""
+    ingress_class: tuple[str, ...] = ()
 
     @property
     def all_zones(self) -> tuple[str, ...]:
@@ -129,7 +144,64 @@ def parser() -> argparse.ArgumentParser:
                    help="only Gateways in this namespace")
     p.add_argument("--gateway-label-filter", default=_env("GATEWAY_LABEL_FILTER", ""),
                    help="only Gateways matching this label selector")
+    _filter_flags(p)
     return p
+
+
+def _filter_flags(p: argparse.ArgumentParser) -> None:
+    """ExternalDNS's filters: list flags repeat or take commas; the environment counts without the flag."""
+    for flag, help_ in (
+        ("--source", f"sources to read, repeatable ({', '.join(SOURCES)}; default all)"),
+        ("--domain-filter", "publish only names in these domains (a leading dot: subdomains only)"),
+        ("--exclude-domains", "do not publish names in these domains"),
+        ("--ingress-class", "only Ingresses of these classes (spec.ingressClassName or the annotation)"),
+    ):
+        p.add_argument(flag, action="append", help=help_)
+    p.add_argument("--regex-domain-filter", default=_env("REGEX_DOMAIN_FILTER", ""),
+                   help="publish only names matching; overrides --domain-filter")
+    p.add_argument("--regex-domain-exclusion", default=_env("REGEX_DOMAIN_EXCLUSION", ""),
+                   help="do not publish names matching; overrides --domain-filter")
+    p.add_argument("--annotation-filter", default=_env("ANNOTATION_FILTER", ""),
+                   help="label selector over objects' annotations")
+    p.add_argument("--label-filter", default=_env("LABEL_FILTER", ""),
+                   help="label selector over objects' labels")
+
+
+def _filter_settings(p: argparse.ArgumentParser, a: argparse.Namespace) -> dict[str, object]:
+    """The filter flags checked as ExternalDNS checks them: a bad one stops start-up."""
+    from backend.sources import filters
+
+    def listed(given: list[str] | None, env: str | None) -> tuple[str, ...]:
+        return _split(",".join(given) if given is not None else env)
+
+    sources = listed(a.source, _env("SOURCE")) or SOURCES
+    ingress_class = listed(a.ingress_class, _env("INGRESS_CLASS"))
+    unknown = sorted(set(sources) - set(SOURCES))
+    if unknown:
+        p.error(f"--source {', '.join(unknown)}: not one of {', '.join(SOURCES)}")
+    try:
+        filters.DomainFilter.of(regex=a.regex_domain_filter, regex_exclusion=a.regex_domain_exclusion)
+    except re.error as e:
+        p.error(f"--regex-domain-filter/--regex-domain-exclusion: {e}")
+    for flag, text in (("--annotation-filter", a.annotation_filter), ("--label-filter", a.label_filter)):
+        try:
+            selector = filters.parse_selector(text)
+        except filters.SelectorError as e:
+            p.error(f"{flag}: {e}")
+        if (flag == "--annotation-filter" and ingress_class
+                and any(r.key == filters.INGRESS_CLASS_ANNOTATION for r in selector)):
+            p.error("--ingress-class is mutually exclusive with the kubernetes.io/ingress.class "
+                    "annotation filter")
+    return {
+        "sources": tuple(dict.fromkeys(sources)),
+        "domain_filter": listed(a.domain_filter, _env("DOMAIN_FILTER")),
+        "exclude_domains": listed(a.exclude_domains, _env("EXCLUDE_DOMAINS")),
+        "regex_domain_filter": a.regex_domain_filter,
+        "regex_domain_exclusion": a.regex_domain_exclusion,
+        "annotation_filter": a.annotation_filter,
+        "label_filter": a.label_filter,
+        "ingress_class": ingress_class,
+    }
 
 
 def from_args(argv: Sequence[str] | None = None) -> Settings:
@@ -182,4 +254,5 @@ def from_args(argv: Sequence[str] | None = None) -> Settings:
         gateway_name=a.gateway_name,
         gateway_namespace=a.gateway_namespace,
         gateway_label_filter=a.gateway_label_filter,
+        **_filter_settings(p, a),  # type: ignore[arg-type]
     )
