@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from backend.controller.manager import Controller
 from backend.gslb.engine import GslbEngine
+from backend.gslb.hostnames import HostnameResolver
 from backend.sources import gateways
 from backend.sources.gateway_producer import served_kinds
 from backend.sources.informer import ENDPOINTSLICES, GSLBS, GSLBS_IO, INGRESSES, SERVICES
@@ -28,6 +29,7 @@ def gslb(ctx: Context) -> None:
         {kind: ctx.informer(res) for kind, res in resources.items() if kind in served},
     )
     ctx.gslb_engine = engine
+    ctx.background(HostnameResolver(engine, ctx.settings).run)
     controller = Controller(ctx.api, ctx.settings, engine, ctx.informer(INGRESSES), ctx.recorder,
                             gate=lambda: ctx.first_sync.is_set() and (
                                 ctx.peer_exchange is None or ctx.peer_exchange.settled()))

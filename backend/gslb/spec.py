@@ -7,18 +7,23 @@ Ready=False condition with a reason and an Event on the object.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
-from backend.model import ObjectRef, Strategy
+from backend.model import ObjectRef, Strategy, normalize_name
 
 Obj = dict[str, Any]
 
 STRATEGIES = ("roundRobin", "failover", "geoip")
 POLICIES = ("Any", "All")
 EXPOSED_IPS = "k8gb.io/exposed-ip-addresses"
+EXPOSED_HOSTNAMES = "k8gb.io/exposed-hostnames"  # k8gb v0.20: resolved to addresses, wins over EXPOSED_IPS
 HOSTNAME = "k8gb.io/hostname"
 ROUTE_KINDS = ("HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute", "UDPRoute")  # Gateway API, as k8gb v0.17+
+
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$")
 
 
 class SpecError(ValueError):
@@ -47,6 +52,7 @@ class GslbSpec:
     ingress: Obj | None  # spec.ingress (an IngressSpec); None when resourceRef is used
     resource: ResourceRef | None
     exposed_ips: tuple[str, ...]  # the k8gb.io/exposed-ip-addresses override, unchecked
+    exposed_hostnames: tuple[str, ...] = ()  # k8gb.io/exposed-hostnames, normalized DNS names
 
 
 def object_ref(obj: Obj) -> ObjectRef:
@@ -112,7 +118,14 @@ def parse(obj: Obj, default_ttl: int = 30) -> GslbSpec:
     if not ingress and not raw_ref:
         raise SpecError("MissingResource", "the Gslb needs spec.ingress or spec.resourceRef")
     resource = _resource_ref(raw_ref, meta.get("namespace", "")) if raw_ref else None
-    exposed = (meta.get("annotations") or {}).get(EXPOSED_IPS, "")
+    annotations = meta.get("annotations") or {}
+    exposed = annotations.get(EXPOSED_IPS, "")
+    hostnames = tuple(dict.fromkeys(normalize_name(h) for h in annotations.get(EXPOSED_HOSTNAMES, "").split(",")
+                                    if h.strip()))
+    bad = [h for h in hostnames if not _HOSTNAME.match(h)]
+    if bad:
+        raise SpecError("InvalidHostname", f"annotation {EXPOSED_HOSTNAMES}: {', '.join(bad)} is not an "
+                        "RFC 1123 hostname")
     return GslbSpec(
         ref=object_ref(obj),
         strategy=strategy,
@@ -121,4 +134,5 @@ def parse(obj: Obj, default_ttl: int = 30) -> GslbSpec:
         ingress=ingress if isinstance(ingress, dict) else None,
         resource=resource,
         exposed_ips=tuple(ip.strip() for ip in exposed.split(",") if ip.strip()),
+        exposed_hostnames=hostnames,
     )
