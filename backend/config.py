@@ -28,6 +28,7 @@ class GslbZone:
 
     dns_zone: str  # gb.foowidgets.k8s
     edge_zone: str  # foowidgets.k8s
+    negative_ttl: int | None = None  # a ZoneDelegation's dnsZoneNegTTL; None: --negative-ttl
 
     def ns_name(self, geotag: str) -> str:
         """k8gb's name for a cluster's nameserver: gslb-ns-<geotag>-<zone minus edge zone>.<edge zone>."""

@@ -177,6 +177,12 @@ def delegation_job(claim: Claim, key: dns.tsig.Key | None) -> Job:
     return Job("delegation", claim.zone, lambda: claim, lambda server, _w: sync_claim(server, claim, key))
 
 
+def withdraw_job(claim: Claim, key: dns.tsig.Key | None) -> Job:
+    """Our NS target and glue for zones we no longer serve, removed (and kept removed)."""
+    return Job("withdraw", claim.zone, lambda: claim,
+               lambda server, _w: sync_claim(server, claim, key, leave=True))
+
+
 @dataclass
 class Job:
     """One thing kept at the edge. `wanted()` runs on a worker thread (it may read the whole Store);

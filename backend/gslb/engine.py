@@ -175,6 +175,14 @@ class GslbEngine:
         for key, result in held:
             listener(key, result)
 
+    def reconfigure(self, settings: Settings) -> None:
+        """Other GSLB zones (ZoneDelegations): every Gslb is evaluated again against them."""
+        with self._lock:
+            self.settings = settings
+            self._gslb_zones = [z.dns_zone for z in settings.gslb_zones]
+            for key in sorted(self._objs):
+                self._evaluate(key)
+
     def hostnames(self) -> list[str]:
         """The exposed hostnames some Gslb reads now (what the resolver keeps resolved)."""
         with self._lock:

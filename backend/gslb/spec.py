@@ -23,7 +23,8 @@ HOSTNAME = "k8gb.io/hostname"
 ROUTE_KINDS = ("HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute", "UDPRoute")  # Gateway API, as k8gb v0.17+
 
 
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$")
+_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 
 
 class SpecError(ValueError):
@@ -120,8 +121,8 @@ def parse(obj: Obj, default_ttl: int = 30) -> GslbSpec:
     resource = _resource_ref(raw_ref, meta.get("namespace", "")) if raw_ref else None
     annotations = meta.get("annotations") or {}
     exposed = annotations.get(EXPOSED_IPS, "")
-    hostnames = tuple(dict.fromkeys(normalize_name(h) for h in annotations.get(EXPOSED_HOSTNAMES, "").split(",")
-                                    if h.strip()))
+    listed = annotations.get(EXPOSED_HOSTNAMES, "").split(",")
+    hostnames = tuple(dict.fromkeys(normalize_name(h) for h in listed if h.strip()))
     bad = [h for h in hostnames if not _HOSTNAME.match(h)]
     if bad:
         raise SpecError("InvalidHostname", f"annotation {EXPOSED_HOSTNAMES}: {', '.join(bad)} is not an "

@@ -32,6 +32,7 @@ Obj = dict[str, Any]
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 SLICES_BY_SERVICE = "service"  # EndpointSlice index: "ns/service-name"
 Derive = Callable[[Obj], tuple[list[Endpoint], list[Problem]]]
+Handler = Callable[[str, Obj, Obj | None], None]
 
 
 def slice_service(obj: Obj) -> list[str]:
@@ -82,20 +83,33 @@ class ExternalDnsSources:
         self.objects, self.domains = filters.from_settings(settings)
         self.services = services_
         self.slices = endpointslices
-        self._lock = threading.Lock()  # derive + replace as one step, or a stale derive can land last
+        self._lock = threading.RLock()  # derive + replace as one step, or a stale derive can land last
         self._reporter = ProblemReporter(recorder)
+        self._watched: list[tuple[Informer, Handler]] = []
         if services_ is not None and endpointslices is not None:
             endpointslices.add_index(SLICES_BY_SERVICE, slice_service)
-            services_.add_handler(self._handler("service", self._service))
+            self._watch(services_, self._handler("service", self._service))
             endpointslices.add_handler(self._on_slice)
         if ingresses_ is not None:
-            ingresses_.add_handler(
-                self._handler("ingress", lambda o: ingresses.endpoints(o, self.zones, self.gslb_zones))
-            )
+            self._watch(ingresses_, self._handler(
+                "ingress", lambda o: ingresses.endpoints(o, self.zones, self.gslb_zones)))
         if dnsendpoints_ is not None:
-            dnsendpoints_.add_handler(
-                self._handler("dnsendpoint", lambda o: dnsendpoints.endpoints(o, self.zones))
-            )
+            self._watch(dnsendpoints_, self._handler(
+                "dnsendpoint", lambda o: dnsendpoints.endpoints(o, self.zones)))
+
+    def _watch(self, informer: Informer, handler: Handler) -> None:
+        informer.add_handler(handler)
+        self._watched.append((informer, handler))
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Other GSLB zones (ZoneDelegations): every object is derived again against them, under the
+        lock so no event derives against half-switched zones."""
+        with self._lock:
+            self.zones = settings.all_zones
+            self.gslb_zones = tuple(z.dns_zone for z in settings.gslb_zones)
+            for informer, handler in self._watched:
+                for obj in informer.list():
+                    handler("MODIFIED", obj, None)
 
     def _service(self, svc: Obj) -> tuple[list[Endpoint], list[Problem]]:
         assert self.slices is not None
@@ -113,7 +127,7 @@ class ExternalDnsSources:
         return ([ep for ep in eps if self.domains.match(ep.name)],
                 [p for p in problems if not p.name or self.domains.match(p.name)])
 
-    def _handler(self, kind: str, derive: Derive) -> Callable[[str, Obj, Obj | None], None]:
+    def _handler(self, kind: str, derive: Derive) -> Handler:
         def handle(type_: str, obj: Obj, _old: Obj | None) -> None:
             key = f"{kind}/{key_of(obj)}"
             with self._lock:
