@@ -61,11 +61,14 @@ def zone_delegation(name: str, zone: str, parent: str = "foowidgets.k8s", neg_tt
                        "spec": {"loadBalancedZone": zone, "parentZone": parent, "dnsZoneNegTTL": neg_ttl}})
 
 
-def referral(named: Bind9, zone: str) -> tuple[list[str], list[str]]:
-    """(NS names, glue addresses) the edge hands out for `zone` (a referral, +norecurse)."""
+def referral(named: Bind9, zone: str) -> list[str]:
+    """The NS names the edge hands out for `zone` (a referral: +norecurse, NS in the authority section)."""
     r = dig(named.address, zone, "NS", "+norecurse")
-    ns = sorted(rec.data for rec in r.authority if rec.rtype == "NS")
-    return ns, sorted(rec.data for rec in r.additional if rec.rtype == "A")
+    return sorted(rec.data for rec in r.authority if rec.rtype == "NS")
+
+
+def glue(named: Bind9, name: str) -> list[str]:
+    return sorted(dig(named.address, name, "A", "+norecurse").values("A"))
 
 
 def test_zone_delegation_at_run_time_serves_the_zone_publishes_ns_and_glue_and_fills_status(
@@ -83,7 +86,7 @@ def test_zone_delegation_at_run_time_serves_the_zone_publishes_ns_and_glue_and_f
                                "--edge-publish-names", "false")
     # CoreDNS forwards the whole parent zone, so a zone declared later reaches the backend too.
     stack = dns_stack_factory(crds, zones=("foowidgets.k8s",), flags=flags)
-    crds.wait_for(lambda: "gslb-ns-us-buf-gb.foowidgets.k8s." in referral(bind9, ZONE)[0],
+    crds.wait_for(lambda: "gslb-ns-us-buf-gb.foowidgets.k8s." in referral(bind9, ZONE),
                   what="the flags' zone delegated at the edge", timeout=30)
     assert stack.dig(host).rcode == "REFUSED"  # not a zone of ours yet
     try:
@@ -92,7 +95,8 @@ def test_zone_delegation_at_run_time_serves_the_zone_publishes_ns_and_glue_and_f
         soa = stack.dig(zone, "SOA")
         assert soa.rcode == "NOERROR" and "aa" in soa.flags, soa.output
         assert soa.values("SOA")[0].split()[-1] == "7", soa.output  # dnsZoneNegTTL is the SOA minimum
-        crds.wait_for(lambda: referral(bind9, zone) == ([ns_name + "."], ["127.0.9.9"]),
+        delegated = ([ns_name + "."], ["127.0.9.9"])
+        crds.wait_for(lambda: (referral(bind9, zone), glue(bind9, ns_name)) == delegated,
                       what=f"NS {ns_name} and its glue for {zone} at the edge", timeout=30)
 
         def status() -> list[dict[str, str]]:
@@ -104,8 +108,9 @@ def test_zone_delegation_at_run_time_serves_the_zone_publishes_ns_and_glue_and_f
     finally:
         crds.kubectl("delete", "zd", f"zd-{namespace}", "--ignore-not-found")
     wait_answer(crds, stack, host, "A", "REFUSED")  # the zone went with its ZoneDelegation ...
-    crds.wait_for(lambda: referral(bind9, zone)[0] == [], what=f"our NS for {zone} withdrawn", timeout=30)
-    assert "gslb-ns-us-buf-gb.foowidgets.k8s." in referral(bind9, ZONE)[0]  # ... the flags' zone stays
+    crds.wait_for(lambda: referral(bind9, zone) == [] and glue(bind9, ns_name) == [],
+                  what=f"our NS and glue for {zone} withdrawn from the edge", timeout=30)
+    assert "gslb-ns-us-buf-gb.foowidgets.k8s." in referral(bind9, ZONE)  # ... the flags' zone stays
 
 
 def test_unusable_zone_delegation_gets_a_warning_and_changes_nothing(
