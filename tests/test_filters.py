@@ -33,6 +33,12 @@ def service(plane: ControlPlane, namespace: str, name: str, hostname: str, ip: s
     set_load_balancer(plane.api_client(), "Service", namespace, name, [ip])
 
 
+def services(plane: ControlPlane, namespace: str, names: Mapping[str, str]) -> None:
+    """One annotated LoadBalancer Service per name -> address."""
+    for i, (name, ip) in enumerate(names.items()):
+        service(plane, namespace, f"s{i}", name, ip)
+
+
 def ingress(plane: ControlPlane, namespace: str, name: str, host: str, ip: str, class_name: str = "",
             annotations: Mapping[str, str] = {}) -> None:
     klass = f"  ingressClassName: {class_name}\n" if class_name else ""
@@ -58,8 +64,7 @@ def test_domain_filter_keeps_the_domain_and_below_a_leading_dot_only_below(
     team, lead, other = (f"{p}-{namespace}.{ZONE}" for p in ("team", "lead", "other"))
     names = {f"app.{team}": "172.18.201.1", team: "172.18.201.2", f"app.{lead}": "172.18.201.3",
              lead: "172.18.201.4", f"app.{other}": "172.18.201.5"}
-    for i, (name, ip) in enumerate(names.items()):
-        service(control_plane, namespace, f"s{i}", name, ip)
+    services(control_plane, namespace, names)
     stack = dns_stack_factory(control_plane, flags=["--domain-filter", team, "--domain-filter", "." + lead])
     check(control_plane, stack, {n: names[n] for n in (f"app.{team}", team, f"app.{lead}")},
           absent=[lead, f"app.{other}"])
@@ -69,9 +74,8 @@ def test_exclude_domains_removes_a_domain_and_below_from_the_rest(
     control_plane: ControlPlane, dns_stack_factory: StackFactory, namespace: str
 ) -> None:
     staging, keep = f"staging-{namespace}.{ZONE}", f"keep-{namespace}.{ZONE}"
-    service(control_plane, namespace, "staging", staging, "172.18.202.1")
-    service(control_plane, namespace, "app", f"app.{staging}", "172.18.202.2")
-    service(control_plane, namespace, "keep", keep, "172.18.202.3")
+    services(control_plane, namespace, {staging: "172.18.202.1", f"app.{staging}": "172.18.202.2",
+                                        keep: "172.18.202.3"})
     flags = [f"--domain-filter={ZONE}", f"--exclude-domains={staging}"]
     stack = dns_stack_factory(control_plane, flags=flags)
     check(control_plane, stack, {keep: "172.18.202.3"}, absent=[staging, f"app.{staging}"])
@@ -81,12 +85,10 @@ def test_regex_domain_filter_keeps_matching_names_and_overrides_domain_filter(
     control_plane: ControlPlane, dns_stack_factory: StackFactory, namespace: str
 ) -> None:
     api, web = f"api-{namespace}.{ZONE}", f"web-{namespace}.{ZONE}"
-    service(control_plane, namespace, "api", api, "172.18.203.1")
-    service(control_plane, namespace, "web", web, "172.18.203.2")
-    regex = rf"^api-{namespace}\.foowidgets\.k8s$"
+    services(control_plane, namespace, {api: "172.18.203.1", web: "172.18.203.2"})
     # --domain-filter names another domain: the regex mode ignores it (ExternalDNS: "overrides")
-    flags = ["--regex-domain-filter", regex, "--domain-filter", "example.org"]
-    stack = dns_stack_factory(control_plane, flags=flags)
+    stack = dns_stack_factory(control_plane, flags=[
+        "--regex-domain-filter", rf"^api-{namespace}\.foowidgets\.k8s$", "--domain-filter", "example.org"])
     check(control_plane, stack, {api: "172.18.203.1"}, absent=[web])
 
 
@@ -94,14 +96,11 @@ def test_regex_domain_exclusion_wins_over_the_regex_filter_and_works_alone(
     control_plane: ControlPlane, dns_stack_factory: StackFactory, namespace: str
 ) -> None:
     temp, prod = f"temp-{namespace}.{ZONE}", f"prod-{namespace}.{ZONE}"
-    service(control_plane, namespace, "temp", temp, "172.18.204.1")
-    service(control_plane, namespace, "prod", prod, "172.18.204.2")
-    flags = ["--regex-domain-filter", rf"-{namespace}\.foowidgets\.k8s$",
-             "--regex-domain-exclusion", "^temp-"]
-    both = dns_stack_factory(control_plane, flags=flags)
-    check(control_plane, both, {prod: "172.18.204.2"}, absent=[temp])
-    alone = dns_stack_factory(control_plane, flags=["--regex-domain-exclusion", "^temp-"])
-    check(control_plane, alone, {prod: "172.18.204.2"}, absent=[temp])
+    services(control_plane, namespace, {temp: "172.18.204.1", prod: "172.18.204.2"})
+    exclusion = ["--regex-domain-exclusion", "^temp-"]
+    for flags in (["--regex-domain-filter", rf"-{namespace}\.foowidgets\.k8s$", *exclusion], exclusion):
+        stack = dns_stack_factory(control_plane, flags=flags)
+        check(control_plane, stack, {prod: "172.18.204.2"}, absent=[temp])
 
 
 def test_annotation_filter_is_a_label_selector_over_annotations(
