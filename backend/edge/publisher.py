@@ -284,6 +284,8 @@ class EdgePublisher:
 
     def readiness(self) -> str:
         """The /readyz detail line: per job, in sync or the edge's last rcode. Never gates readiness."""
+        if not self.jobs:
+            return "nothing to publish (no GSLB zone or no --nameserver-address)"
         if not self.status:
             return "not synced yet"
         return "; ".join(f"{label} in sync" if st.ok else f"{label} failing, rcode {st.rcode}: {st.error}"
