@@ -90,6 +90,10 @@ class ZoneDelegations:
     def _usable(self, zone: GslbZone, taken: list[GslbZone]) -> GslbZone:
         if not self.settings.cluster_geotag:
             raise ValueError("--cluster-geo-tag (clusterGeoTag) is not set: no nameserver name to delegate")
+        ns_name = zone.ns_name(self.settings.cluster_geotag)
+        if check_name(ns_name) is None:
+            raise ValueError(f"the nameserver name {ns_name} (gslb-ns-<geotag>-<zone label>) is not a valid "
+                             "DNS name (a label over 63 characters?)")
         if any(z.dns_zone == zone.dns_zone for z in taken):
             raise ValueError(f"zone {zone.dns_zone} is already a GSLB zone (flags or another ZoneDelegation)")
         return zone

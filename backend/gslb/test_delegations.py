@@ -37,6 +37,7 @@ def test_zone_set_is_flags_then_usable_delegations_and_follows_deletes() -> None
     informer._apply({"type": "ADDED", "object": zd("b-eu", "eu.foowidgets.k8s")})
     informer._apply({"type": "ADDED", "object": zd("a-dup", "gb.foowidgets.k8s")})  # the flags' zone
     informer._apply({"type": "ADDED", "object": zd("c-bad", "x.example.org")})
+    informer._apply({"type": "ADDED", "object": zd("d-long", "a" * 50 + ".foowidgets.k8s")})  # NS label > 63
     assert zds.zones == (FLAGS, GslbZone("eu.foowidgets.k8s", "foowidgets.k8s", 7)) and len(seen) == 1
     informer._apply({"type": "DELETED", "object": zd("b-eu", "eu.foowidgets.k8s")})
     assert seen[-1] == (FLAGS,)
