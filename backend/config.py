@@ -186,11 +186,11 @@ def _filter_settings(p: argparse.ArgumentParser, a: argparse.Namespace) -> dict[
         p.error(f"--regex-domain-filter/--regex-domain-exclusion: {e}")
     for flag, text in (("--annotation-filter", a.annotation_filter), ("--label-filter", a.label_filter)):
         try:
-            selector = filters.parse_selector(text)
-        except filters.SelectorError as e:
+            selector = selectors.parse(text)
+        except ValueError as e:
             p.error(f"{flag}: {e}")
         if (flag == "--annotation-filter" and ingress_class
-                and any(r.key == filters.INGRESS_CLASS_ANNOTATION for r in selector)):
+                and any(r.key == filters.INGRESS_CLASS_ANNOTATION for r in selector.requirements)):
             p.error("--ingress-class is mutually exclusive with the kubernetes.io/ingress.class "
                     "annotation filter")
     return {

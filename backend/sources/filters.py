@@ -1,102 +1,32 @@
 """ExternalDNS's source filters as pure functions: which objects a source reads, which names it keeps.
 
-- `parse_selector(text)`: Kubernetes label-selector syntax (`k=v`, `k==v`, `k!=v`, `k in (a,b)`,
-  `k notin (a)`, `k`, `!k`, `k>1`, `k<1`, comma = AND), as `--label-filter` (over labels) and
-  `--annotation-filter` (over annotations) take it. `!=` and `notin` match an object without the key.
+- `ObjectFilter`: `--label-filter` (over labels) and `--annotation-filter` (over annotations), both
+  Kubernetes label selectors (`selectors.py`), and `--ingress-class` for Ingresses.
 - `ingress_class_matches(ing, classes)`: `--ingress-class` (ExternalDNS v0.22: a non-empty
   spec.ingressClassName must be in the list, else the legacy `kubernetes.io/ingress.class` annotation).
 - `DomainFilter`: `--domain-filter`/`--exclude-domains` (plain: the domain and its subdomains; a
   leading dot means subdomains only) or, when either regex is set, `--regex-domain-filter` /
   `--regex-domain-exclusion` (exclusion checked first; exclusion alone accepts everything else; the
   plain lists are then ignored), on the lowercase name without the trailing dot.
+- `SourceFilter.apply(derive, obj)`: all of them around a source's pure derive function
+  (`from_settings(settings)` builds it); every ExternalDNS-style source, the gateway routes included.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from backend.model import Endpoint
+from backend.sources.annotations import Problem
+from backend.sources.selectors import Selector, parse
 
 if TYPE_CHECKING:
     from backend.config import Settings
 
 INGRESS_CLASS_ANNOTATION = "kubernetes.io/ingress.class"
-
-_KEY = r"(?:[A-Za-z0-9][-A-Za-z0-9_.]*/)?[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?"
-_VALUE = r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?)?"
-_SET = re.compile(rf"^({_KEY})\s+(in|notin)\s*\(([^()]*)\)$")
-_EQ = re.compile(rf"^({_KEY})\s*(==|=|!=)\s*({_VALUE})$")
-_CMP = re.compile(rf"^({_KEY})\s*([<>])\s*(-?\d+)$")
-_EXISTS = re.compile(rf"^(!?)\s*({_KEY})$")
-_VALUE_ONLY = re.compile(rf"^{_VALUE}$")
-
-
-class SelectorError(ValueError):
-    """A selector that Kubernetes would refuse too; the message says which part."""
-
-
-@dataclass(frozen=True, slots=True)
-class Requirement:
-    key: str
-    op: str  # in notin exists !exists gt lt
-    values: tuple[str, ...] = ()
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        has = self.key in labels
-        value = labels.get(self.key, "")
-        if self.op == "in":
-            return has and value in self.values
-        if self.op == "notin":
-            return not has or value not in self.values
-        if self.op == "exists":
-            return has
-        if self.op == "!exists":
-            return not has
-        if not has or not re.fullmatch(r"-?\d+", value):
-            return False
-        return int(value) > int(self.values[0]) if self.op == "gt" else int(value) < int(self.values[0])
-
-
-Selector = tuple[Requirement, ...]
-
-
-def _parts(text: str) -> list[str]:
-    """Split on commas outside parentheses."""
-    parts, depth, start = [], 0, 0
-    for i, ch in enumerate(text):
-        depth += (ch == "(") - (ch == ")")
-        if ch == "," and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    parts.append(text[start:])
-    return [p.strip() for p in parts]
-
-
-def parse_selector(text: str) -> Selector:
-    """A selector; the empty string selects everything."""
-    if not text.strip():
-        return ()
-    reqs: list[Requirement] = []
-    for part in _parts(text):
-        if m := _SET.match(part):
-            values = tuple(v.strip() for v in m.group(3).split(","))
-            if not all(_VALUE_ONLY.match(v) for v in values):
-                raise SelectorError(f"{part!r}: a value is not a valid label value")
-            reqs.append(Requirement(m.group(1), m.group(2), values))
-        elif m := _EQ.match(part):
-            reqs.append(Requirement(m.group(1), "notin" if m.group(2) == "!=" else "in", (m.group(3),)))
-        elif m := _CMP.match(part):
-            reqs.append(Requirement(m.group(1), "gt" if m.group(2) == ">" else "lt", (m.group(3),)))
-        elif m := _EXISTS.match(part):
-            reqs.append(Requirement(m.group(2), "!exists" if m.group(1) else "exists"))
-        else:
-            raise SelectorError(f"{part!r} is not a label-selector requirement")
-    return tuple(reqs)
-
-
-def selector_matches(selector: Selector, labels: Mapping[str, str]) -> bool:
-    return all(r.matches(labels) for r in selector)
 
 
 def ingress_class_matches(ing: Mapping[str, Any], classes: Sequence[str]) -> bool:
@@ -156,23 +86,42 @@ class DomainFilter:
 class ObjectFilter:
     """--label-filter, --annotation-filter and (for Ingresses) --ingress-class over one object."""
 
-    labels: Selector = ()
-    annotations: Selector = ()
+    labels: Selector = field(default_factory=Selector)
+    annotations: Selector = field(default_factory=Selector)
     ingress_classes: tuple[str, ...] = ()
 
     def admits(self, obj: Mapping[str, Any]) -> bool:
         meta = obj.get("metadata") or {}
-        if not selector_matches(self.labels, meta.get("labels") or {}):
-            return False
-        if not selector_matches(self.annotations, meta.get("annotations") or {}):
-            return False
-        return obj.get("kind") != "Ingress" or ingress_class_matches(obj, self.ingress_classes)
+        return (self.labels.matches(meta.get("labels")) and self.annotations.matches(meta.get("annotations"))
+                and (obj.get("kind") != "Ingress" or ingress_class_matches(obj, self.ingress_classes)))
 
 
-def from_settings(settings: Settings) -> tuple[ObjectFilter, DomainFilter]:
+Derived = tuple[list[Endpoint], list[Problem]]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceFilter:
+    """Every ExternalDNS filter a source applies, as one step around its pure derive function."""
+
+    objects: ObjectFilter = field(default_factory=ObjectFilter)
+    domains: DomainFilter = field(default_factory=DomainFilter)
+
+    def apply(self, derive: Callable[[Any], Derived], obj: Mapping[str, Any]) -> Derived:
+        """Nothing for an object the filters leave out; else only the names the domain filter keeps
+        (problems about the names it drops are muted too)."""
+        if not self.objects.admits(obj):
+            return [], []
+        eps, problems = derive(obj)
+        if not self.domains.configured:
+            return eps, problems
+        return ([ep for ep in eps if self.domains.match(ep.name)],
+                [p for p in problems if not p.name or self.domains.match(p.name)])
+
+
+def from_settings(settings: Settings) -> SourceFilter:
     """The filters `settings` asks for (config.py has already checked that they parse)."""
-    objects = ObjectFilter(parse_selector(settings.label_filter), parse_selector(settings.annotation_filter),
+    objects = ObjectFilter(parse(settings.label_filter), parse(settings.annotation_filter),
                            settings.ingress_class)
     domains = DomainFilter.of(settings.domain_filter, settings.exclude_domains, settings.regex_domain_filter,
                               settings.regex_domain_exclusion)
-    return objects, domains
+    return SourceFilter(objects, domains)

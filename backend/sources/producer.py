@@ -80,7 +80,7 @@ class ExternalDnsSources:
         self.recorder = recorder
         self.zones = settings.all_zones
         self.gslb_zones = tuple(z.dns_zone for z in settings.gslb_zones)
-        self.objects, self.domains = filters.from_settings(settings)
+        self.filter = filters.from_settings(settings)
         self.services = services_
         self.slices = endpointslices
         self._lock = threading.RLock()  # derive + replace as one step, or a stale derive can land last
@@ -116,17 +116,6 @@ class ExternalDnsSources:
         slices = self.slices.by_index(SLICES_BY_SERVICE, key_of(svc)) if services.is_headless(svc) else []
         return services.endpoints(svc, slices, self.zones)
 
-    def _filtered(self, derive: Derive, obj: Obj) -> tuple[list[Endpoint], list[Problem]]:
-        """`derive(obj)` narrowed by the filters: nothing for an object they leave out, and only the
-        names the domain filter keeps (problems about the names it drops are muted too)."""
-        if not self.objects.admits(obj):
-            return [], []
-        eps, problems = derive(obj)
-        if not self.domains.configured:
-            return eps, problems
-        return ([ep for ep in eps if self.domains.match(ep.name)],
-                [p for p in problems if not p.name or self.domains.match(p.name)])
-
     def _handler(self, kind: str, derive: Derive) -> Handler:
         def handle(type_: str, obj: Obj, _old: Obj | None) -> None:
             key = f"{kind}/{key_of(obj)}"
@@ -135,7 +124,7 @@ class ExternalDnsSources:
                     self.store.replace(key, ())
                     self._reporter.forget(key)
                     return
-                eps, problems = self._filtered(derive, obj)
+                eps, problems = self.filter.apply(derive, obj)
                 self.store.replace(key, eps)
                 self._reporter.report(key, obj, problems)
 
@@ -147,6 +136,6 @@ class ExternalDnsSources:
             svc = self.services.get(svc_key)
             if svc is not None and services.is_headless(svc):
                 with self._lock:
-                    eps, problems = self._filtered(self._service, svc)
+                    eps, problems = self.filter.apply(self._service, svc)
                     self.store.replace(f"service/{svc_key}", eps)
                     self._reporter.report(f"service/{svc_key}", svc, problems)

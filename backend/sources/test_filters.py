@@ -8,9 +8,6 @@ from backend.config import from_args
 from backend.sources.filters import (
     DomainFilter,
     ObjectFilter,
-    SelectorError,
-    parse_selector,
-    selector_matches,
 )
 
 
@@ -35,20 +32,6 @@ def test_regex_modes_follow_externaldns_docs() -> None:
         True, True, False, False]
     alone = DomainFilter.of(regex_exclusion="^temp-")
     assert alone.match("prod.example.com") and not alone.match("temp-1.example.com")
-
-
-def test_selectors() -> None:
-    sel = parse_selector("env in (prod, staging),tier!=db,!legacy,app")
-    assert selector_matches(sel, {"env": "prod", "app": "x"})
-    assert not selector_matches(sel, {"env": "prod", "app": "x", "tier": "db"})
-    assert not selector_matches(sel, {"env": "dev", "app": "x"})
-    assert not selector_matches(sel, {"env": "prod", "app": "x", "legacy": ""})
-    assert selector_matches(parse_selector("a notin (x)"), {})  # notin matches a missing key
-    assert selector_matches(parse_selector("n>3"), {"n": "4"})
-    assert not selector_matches(parse_selector("n>3"), {})
-    assert parse_selector("  ") == ()
-    with pytest.raises(SelectorError):
-        parse_selector("a in b")
 
 
 def test_ingress_class_name_wins_over_the_annotation() -> None:
