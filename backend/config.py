@@ -158,14 +158,14 @@ def _filter_flags(p: argparse.ArgumentParser) -> None:
         ("--ingress-class", "only Ingresses of these classes (spec.ingressClassName or the annotation)"),
     ):
         p.add_argument(flag, action="append", help=help_)
-    p.add_argument("--regex-domain-filter", default=_env("REGEX_DOMAIN_FILTER", ""),
-                   help="publish only names matching; overrides --domain-filter")
-    p.add_argument("--regex-domain-exclusion", default=_env("REGEX_DOMAIN_EXCLUSION", ""),
-                   help="do not publish names matching; overrides --domain-filter")
-    p.add_argument("--annotation-filter", default=_env("ANNOTATION_FILTER", ""),
-                   help="label selector over objects' annotations")
-    p.add_argument("--label-filter", default=_env("LABEL_FILTER", ""),
-                   help="label selector over objects' labels")
+    for flag, default, help_ in (
+        ("--regex-domain-filter", _env("REGEX_DOMAIN_FILTER", ""), "publish only names matching; overrides "
+         "--domain-filter"),
+        ("--regex-domain-exclusion", _env("REGEX_DOMAIN_EXCLUSION", ""), "do not publish names matching"),
+        ("--annotation-filter", _env("ANNOTATION_FILTER", ""), "label selector over objects' annotations"),
+        ("--label-filter", _env("LABEL_FILTER", ""), "label selector over objects' labels"),
+    ):
+        p.add_argument(flag, default=default, help=help_)
 
 
 def _filter_settings(p: argparse.ArgumentParser, a: argparse.Namespace) -> dict[str, object]:
