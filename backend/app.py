@@ -18,13 +18,13 @@ import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kubernetes import client
 
 from backend import edge, explain, metrics, peers, probes
-from backend.config import Settings, from_args
+from backend.config import GslbZone, Settings, from_args
 from backend.controller.events import EventRecorder
 from backend.gslb.engine import GslbEngine
 from backend.gslb.producer import gslb
@@ -66,6 +66,17 @@ class Context:
     # sees an empty model, and writing it would delete what the cluster really has.
     first_sync: threading.Event = field(default_factory=threading.Event)
     prober: Prober | None = None  # set by probes.attach; the engine and peers read its verdicts
+    reconfigured: list[Callable[[Settings], None]] = field(default_factory=list)
+
+    def reconfigure(self, gslb_zones: tuple[GslbZone, ...]) -> None:
+        """A new GSLB zone set (ZoneDelegations came or went): every component registered in
+        `reconfigured` gets the new Settings, on the calling (watch) thread, never the DNS loop."""
+        self.settings = replace(self.settings, gslb_zones=gslb_zones)
+        for fn in list(self.reconfigured):
+            try:
+                fn(self.settings)
+            except Exception:
+                log.exception("reconfiguring %s failed", fn)
 
     def informer(self, resource: Resource) -> Informer:
         """The one shared Informer for `resource`, created on first ask (before the informers start)."""
@@ -111,11 +122,17 @@ class Context:
 
 
 def external_dns(ctx: Context) -> None:
-    """ExternalDNS's sources: annotated Services (and their EndpointSlices), Ingresses, DNSEndpoints."""
-    ExternalDnsSources(
-        ctx.settings, ctx.store, ctx.recorder, ctx.informer(SERVICES), ctx.informer(ENDPOINTSLICES),
-        ctx.informer(INGRESSES), ctx.informer(DNSENDPOINTS),
+    """ExternalDNS's sources chosen by --source: annotated Services (and their EndpointSlices),
+    Ingresses, DNSEndpoints (source `crd`); a source left out costs no watch of its own."""
+    chosen = ctx.settings.sources
+    sources = ExternalDnsSources(
+        ctx.settings, ctx.store, ctx.recorder,
+        ctx.informer(SERVICES) if "service" in chosen else None,
+        ctx.informer(ENDPOINTSLICES) if "service" in chosen else None,
+        ctx.informer(INGRESSES) if "ingress" in chosen else None,
+        ctx.informer(DNSENDPOINTS) if "crd" in chosen else None,
     )
+    ctx.reconfigured.append(sources.reconfigure)
 
 
 Producer = Callable[[Context], None]
@@ -143,6 +160,7 @@ class Compiler:
         self._reported: set[tuple[ObjectRef, str]] = set()
         self._recompiler = Recompiler(ctx.settings, ctx.geo)
         self._next_freeze = 0.0
+        self._settings: Settings | None = None  # new zones for the next compile
         self._thread = threading.Thread(target=self._run, name="compiler", daemon=True)
 
     def poke(self, _version: int = 0) -> None:
@@ -153,6 +171,11 @@ class Compiler:
         with self._keys_lock:
             self._keys |= keys
         self._dirty.set()
+
+    def reconfigure(self, settings: Settings) -> None:
+        """New zones: the next compile (on the compiler thread) is a full one with them."""
+        self._settings = settings
+        self.poke()
 
     def start(self) -> None:
         self._thread.start()
@@ -180,6 +203,9 @@ class Compiler:
 
     def _compile(self) -> None:
         self._dirty.clear()
+        settings, self._settings = self._settings, None
+        if settings is not None:
+            self._recompiler.reconfigure(settings)
         with self._keys_lock:
             keys, self._keys = self._keys, set()
         version, by_key = self.ctx.store.snapshot()  # a change after the keys are taken comes again
@@ -225,6 +251,7 @@ def build(
     ctx = Context(settings, api, Store(), recorder, DnsServer(settings), geo)
     compiler = Compiler(ctx)
     ctx.recompile = compiler.poke
+    ctx.reconfigured.append(compiler.reconfigure)
     for produce in producers or PRODUCERS:
         produce(ctx)
     ctx.store.subscribe_keys(compiler.changed)

@@ -10,11 +10,17 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from backend.model import normalize_name
 from backend.sources import selectors
+
+# ExternalDNS's names for its sources (--source); the default is every one of them (a kind whose CRD is
+# not installed is simply empty). Gslbs are k8gb's and are always read.
+SOURCES = ("service", "ingress", "crd", "gateway-httproute", "gateway-grpcroute", "gateway-tlsroute",
+           "gateway-tcproute", "gateway-udproute")
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +29,7 @@ class GslbZone:
 
     dns_zone: str  # gb.foowidgets.k8s
     edge_zone: str  # foowidgets.k8s
+    negative_ttl: int | None = None  # a ZoneDelegation's dnsZoneNegTTL; None: --negative-ttl
 
     def ns_name(self, geotag: str) -> str:
         """k8gb's name for a cluster's nameserver: gslb-ns-<geotag>-<zone minus edge zone>.<edge zone>."""
@@ -68,6 +75,15 @@ class Settings:
     # LAB ONLY: where probes of an exposed address really connect ("10.2.1.167=127.0.8.67:8080"), because
     # the lab's addresses are answer data that must never be contacted. Host header and SNI are unchanged.
     probe_address_map: tuple[tuple[str, str, int | None], ...] = ()  # (exposed address, IP, port or None)
+    # ExternalDNS's source filters, same flag names and meaning (backend/sources/filters.py)
+    sources: tuple[str, ...] = SOURCES
+    domain_filter: tuple[str, ...] = ()
+    exclude_domains: tuple[str, ...] = ()
+    regex_domain_filter: str = ""
+    regex_domain_exclusion: str = ""
+    annotation_filter: str = ""  # a label selector over annotations
+    label_filter: str = ""
+    ingress_class: tuple[str, ...] = ()
 
     @property
     def all_zones(self) -> tuple[str, ...]:
@@ -156,7 +172,64 @@ def parser() -> argparse.ArgumentParser:
                    help="only Gateways matching this label selector")
     p.add_argument("--probe-address-map", default=_env("PROBE_ADDRESS_MAP", ""),
                    help="LAB ONLY: ADDRESS=IP[:PORT],... where probes of an exposed address connect instead")
+    _filter_flags(p)
     return p
+
+
+def _filter_flags(p: argparse.ArgumentParser) -> None:
+    """ExternalDNS's filters: list flags repeat or take commas; the environment counts without the flag."""
+    for flag, help_ in (
+        ("--source", f"sources to read, repeatable ({', '.join(SOURCES)}; default all)"),
+        ("--domain-filter", "publish only names in these domains (a leading dot: subdomains only)"),
+        ("--exclude-domains", "do not publish names in these domains"),
+        ("--ingress-class", "only Ingresses of these classes (spec.ingressClassName or the annotation)"),
+    ):
+        p.add_argument(flag, action="append", help=help_)
+    for flag, default, help_ in (
+        ("--regex-domain-filter", _env("REGEX_DOMAIN_FILTER", ""), "publish only names matching; overrides "
+         "--domain-filter"),
+        ("--regex-domain-exclusion", _env("REGEX_DOMAIN_EXCLUSION", ""), "do not publish names matching"),
+        ("--annotation-filter", _env("ANNOTATION_FILTER", ""), "label selector over objects' annotations"),
+        ("--label-filter", _env("LABEL_FILTER", ""), "label selector over objects' labels"),
+    ):
+        p.add_argument(flag, default=default, help=help_)
+
+
+def _filter_settings(p: argparse.ArgumentParser, a: argparse.Namespace) -> dict[str, object]:
+    """The filter flags checked as ExternalDNS checks them: a bad one stops start-up."""
+    from backend.sources import filters
+
+    def listed(given: list[str] | None, env: str | None) -> tuple[str, ...]:
+        return _split(",".join(given) if given is not None else env)
+
+    sources = listed(a.source, _env("SOURCE")) or SOURCES
+    ingress_class = listed(a.ingress_class, _env("INGRESS_CLASS"))
+    unknown = sorted(set(sources) - set(SOURCES))
+    if unknown:
+        p.error(f"--source {', '.join(unknown)}: not one of {', '.join(SOURCES)}")
+    try:
+        filters.DomainFilter.of(regex=a.regex_domain_filter, regex_exclusion=a.regex_domain_exclusion)
+    except re.error as e:
+        p.error(f"--regex-domain-filter/--regex-domain-exclusion: {e}")
+    for flag, text in (("--annotation-filter", a.annotation_filter), ("--label-filter", a.label_filter)):
+        try:
+            selector = selectors.parse(text)
+        except ValueError as e:
+            p.error(f"{flag}: {e}")
+        if (flag == "--annotation-filter" and ingress_class
+                and any(r.key == filters.INGRESS_CLASS_ANNOTATION for r in selector.requirements)):
+            p.error("--ingress-class is mutually exclusive with the kubernetes.io/ingress.class "
+                    "annotation filter")
+    return {
+        "sources": tuple(dict.fromkeys(sources)),
+        "domain_filter": listed(a.domain_filter, _env("DOMAIN_FILTER")),
+        "exclude_domains": listed(a.exclude_domains, _env("EXCLUDE_DOMAINS")),
+        "regex_domain_filter": a.regex_domain_filter,
+        "regex_domain_exclusion": a.regex_domain_exclusion,
+        "annotation_filter": a.annotation_filter,
+        "label_filter": a.label_filter,
+        "ingress_class": ingress_class,
+    }
 
 
 def from_args(argv: Sequence[str] | None = None) -> Settings:
@@ -214,4 +287,5 @@ def from_args(argv: Sequence[str] | None = None) -> Settings:
         gateway_namespace=a.gateway_namespace,
         gateway_label_filter=a.gateway_label_filter,
         probe_address_map=probe_map,
+        **_filter_settings(p, a),  # type: ignore[arg-type]
     )

@@ -268,6 +268,7 @@ def attach(ctx: Context) -> None:
     explainer = Explainer(ctx.settings, ctx.store, ctx.gslb_engine, ctx.peer_exchange,
                           lambda query: ctx.server.table.answer(query), ctx.prober)
     ctx.server.add_route(ROUTE, explainer.handle)
+    ctx.reconfigured.append(lambda settings: setattr(explainer, "settings", settings))
 
 
 # --- the CLI ---------------------------------------------------------------------------------------

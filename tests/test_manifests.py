@@ -111,6 +111,8 @@ ALLOWED = [
     *[r for kind in ("gateways", "httproutes", "grpcroutes", "tlsroutes", "tcproutes", "udproutes")
       for r in _reads("gateway.networking.k8s.io", kind)],
     *_reads("", "namespaces"),
+    *_reads("k8gb.io", "zonedelegations"),
+    ("patch", "k8gb.io", "zonedelegations/status", "", ""),
     *[(verb, "networking.k8s.io", "ingresses", "demo", "") for verb in WRITES],
     *[(verb, group, "gslbs", "demo", "") for group in K8GB for verb in ("create", "update")],
     *[(verb, group, "gslbs/status", "demo", "") for group in K8GB
@@ -134,6 +136,8 @@ FORBIDDEN = [
     *[(verb, group, "gslbs", "demo", "") for group in K8GB
       for verb in ("patch", "delete")],
     ("create", "discovery.k8s.io", "endpointslices", "demo", ""),
+    *[(verb, "k8gb.io", "zonedelegations", "", "") for verb in ("create", "update", "patch", "delete")],
+    ("update", "k8gb.io", "zonedelegations/status", "", ""),
     ("create", "externaldns.k8s.io", "dnsendpoints", "demo", ""),
     ("delete", "", "events", "demo", ""),
     ("create", "events.k8s.io", "events", "demo", ""),

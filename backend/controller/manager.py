@@ -1,10 +1,11 @@
 """The leader's writes to the API, driven by informer events and engine results through one queue.
 
 Work items are ("status", Gslb store key), ("ingress", Gslb store key) for the owned Ingress,
-("gslb", Ingress key) for an annotated Ingress and ("peers", "") after a Store change (other
-clusters' targets are part of a Gslb's healthyRecords). Items are deduplicated while they wait, processed
-one at a time on one thread, and only while this replica leads; a failed write is retried with
-backoff. Becoming leader queues everything once, so a new leader repairs whatever the old one left.
+("gslb", Ingress key) for an annotated Ingress, ("zd", name) for a ZoneDelegation's status.dnsServers
+and ("peers", "") after a Store change (other clusters' targets are part of a Gslb's healthyRecords).
+Items are deduplicated while they wait, processed one at a time on one thread, and only while this
+replica leads; a failed write is retried with backoff. Becoming leader queues everything once, so a
+new leader repairs whatever the old one left.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from backend.gslb.engine import GslbEngine, GslbResult, store_key
 from backend.gslb.spec import object_ref
 from backend.model import Target
 from backend.sources import kubeapi
-from backend.sources.informer import GSLBS, GSLBS_IO, INGRESSES, Informer, Resource, key_of
+from backend.sources.informer import GSLBS, GSLBS_IO, INGRESSES, ZONEDELEGATIONS, Informer, Resource, key_of
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +113,29 @@ class Controller:
         self.elector = LeaderElector(api, settings.namespace, identity=settings.identity,
                                      on_started=self._resync)
         self._peers: status.Peers = {}
+        self._delegations: Informer | None = None
+        self._dns_servers: Callable[[Obj], list[dict[str, str]]] = lambda _obj: []
         self._thread = threading.Thread(target=self._run, name="gslb-controller", daemon=True)
         engine.subscribe(self._on_result)
         ingresses.add_handler(self._on_ingress)
         # Store listeners run on the writer's thread: only queue, the worker diffs (only peers' keys
         # matter: any other change walking the whole Store was most of this thread's work under churn).
         engine.store.subscribe_keys(self._on_store_keys)
+
+    def write_delegation_status(self, informer: Informer,
+                                dns_servers: Callable[[Obj], list[dict[str, str]]]) -> None:
+        """Keep each ZoneDelegation's status.dnsServers at `dns_servers(obj)` (call before start)."""
+        self._delegations = informer
+        self._dns_servers = dns_servers
+        informer.add_handler(self._on_delegation)
+
+    def _on_delegation(self, type_: str, obj: Obj, _old: Obj | None) -> None:
+        if type_ != "DELETED":
+            self.queue.add(("zd", key_of(obj)))
+
+    def _queue_delegations(self) -> None:
+        for obj in self._delegations.list() if self._delegations is not None else ():
+            self.queue.add(("zd", key_of(obj)))
 
     def start(self) -> None:
         self.elector.start()
@@ -160,6 +178,7 @@ class Controller:
             self._on_result(key, self.engine.results.get(key))
         for obj in self.ingresses.list():
             self._on_ingress("ADDED", obj, None)
+        self._queue_delegations()
 
     # -- doing it ------------------------------------------------------------------------------
 
@@ -174,7 +193,7 @@ class Controller:
                 continue  # a non-leader keeps nothing queued: becoming leader queues everything anew
             try:
                 {"status": self._write_status, "ingress": self._ensure_ingress, "gslb": self._ensure_gslb,
-                 "peers": self._peers_changed}[item[0]](item[1])
+                 "peers": self._peers_changed, "zd": self._write_delegation}[item[0]](item[1])
                 self.queue.forget(item)
             except kubeapi.KubeError as e:
                 if e.status == 422:  # the API refuses what the user's spec makes us write: say so, once
@@ -218,8 +237,22 @@ class Controller:
         for type_, reason, message in status.events(current, desired):
             self.recorder.record(ref, type_, reason, message)
 
+    def _write_delegation(self, name: str) -> None:
+        """status.dnsServers of one ZoneDelegation, patched only when it differs."""
+        obj = self._delegations.get(name) if self._delegations is not None else None
+        if obj is None:
+            return
+        desired = self._dns_servers(obj)
+        if desired == ((obj.get("status") or {}).get("dnsServers") or []):
+            return
+        path = ZONEDELEGATIONS.path(None, name) + "/status"
+        kubeapi.request(self.api, "PATCH", path, body={"status": {"dnsServers": desired}},
+                        content_type="application/merge-patch+json")
+
     def _peers_changed(self, _: str) -> None:
-        """Queue the status of every Gslb whose hosts gained or lost another cluster's targets."""
+        """Queue the status of every Gslb whose hosts gained or lost another cluster's targets (and
+        every ZoneDelegation's: the peers' nameserver addresses may have moved)."""
+        self._queue_delegations()
         _, by_key = self.engine.store.snapshot()
         peers: dict[str, list[Target]] = {}
         for key, eps in by_key.items():

@@ -13,7 +13,9 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from backend.config import Settings, from_args
+import dns.tsig
+
+from backend.config import GslbZone, Settings, from_args
 from backend.edge import names, tsig
 from backend.edge.publisher import (
     Claim,
@@ -23,6 +25,7 @@ from backend.edge.publisher import (
     delegation_claims,
     delegation_job,
     sync,
+    withdraw_job,
 )
 from backend.model import Store
 from backend.peers.query import parse_server
@@ -43,6 +46,23 @@ def claims(settings: Settings) -> list[Claim]:
                              settings.ns_record_ttl)
 
 
+def jobs(settings: Settings, store: Store | None, key: dns.tsig.Key | None,
+         withdrawn: Sequence[GslbZone] = ()) -> list[Job]:
+    """What the edge should hold: our delegation per edge zone (needs --nameserver-address), the
+    ExternalDNS-style names per edge zone (needs a Store and --edge-publish-names), and the removal
+    of our NS and glue for zones that stopped being GSLB zones (a ZoneDelegation deleted)."""
+    out: list[Job] = []
+    if addresses(settings):
+        out += [delegation_job(claim, key) for claim in claims(settings)]
+        gone = [z for z in withdrawn if z not in settings.gslb_zones]
+        out += [withdraw_job(claim, key) for claim in delegation_claims(
+            gone, settings.cluster_geotag, addresses(settings), settings.ns_record_ttl)]
+    if store is not None and settings.edge_publish_names:
+        edge_zones = sorted({gz.edge_zone for gz in settings.gslb_zones})
+        out += [names.job(settings, store, key, zone) for zone in edge_zones]
+    return out
+
+
 def publisher(settings: Settings, store: Store | None = None) -> EdgePublisher | None:
     """The updater for `serve`, or None when there is nothing to publish (a log line says why).
 
@@ -51,31 +71,49 @@ def publisher(settings: Settings, store: Store | None = None) -> EdgePublisher |
     """
     if not settings.edge_dns_servers or not settings.gslb_zones:
         return None
+    pub, _key = _build(settings, store)
+    return pub if pub.jobs else None
+
+
+def _build(settings: Settings, store: Store | None) -> tuple[EdgePublisher, dns.tsig.Key | None]:
     key = tsig.load(settings)
-    jobs: list[Job] = []
-    if addresses(settings):
-        jobs += [delegation_job(claim, key) for claim in claims(settings)]
-    else:
+    if not addresses(settings):
         log.warning("edge delegation off: --nameserver-address (this cluster's CoreDNS address) is not set")
-    if store is not None and settings.edge_publish_names:
-        edge_zones = sorted({gz.edge_zone for gz in settings.gslb_zones})
-        jobs += [names.job(settings, store, key, zone) for zone in edge_zones]
-    if not jobs:
-        return None
     if key is None:
         log.warning("no TSIG key configured (--tsig-key-file or --tsig-secret): edge updates go unsigned")
     servers = [parse_server(s) for s in settings.edge_dns_servers]
-    return EdgePublisher(servers, jobs, settings.edge_sync_seconds)
+    return EdgePublisher(servers, jobs(settings, store, key), settings.edge_sync_seconds), key
+
+
+class _ZoneFollower:
+    """Rebuilds the publisher's jobs when the GSLB zones change, withdrawing the zones that went."""
+
+    def __init__(self, pub: EdgePublisher, store: Store, key: dns.tsig.Key | None,
+                 zones: tuple[GslbZone, ...]) -> None:
+        self.pub, self.store, self.key, self.zones = pub, store, key, zones
+        self.withdrawn: tuple[GslbZone, ...] = ()
+
+    def __call__(self, settings: Settings) -> None:
+        self.withdrawn = tuple(z for z in dict.fromkeys((*self.withdrawn, *self.zones))
+                               if z not in settings.gslb_zones)
+        self.zones = settings.gslb_zones
+        self.pub.jobs = jobs(settings, self.store, self.key, self.withdrawn)
+        self.pub.wake()
 
 
 def attach(ctx: Context) -> None:
     """`serve`'s updater: its state shows on /readyz (never gating it); Store changes wake it. It starts
-    after the first full sync: before, the Store is empty and a pass would delete our names."""
-    pub = publisher(ctx.settings, ctx.store)
-    if pub is not None:
-        ctx.server.add_readiness_detail("edge", pub.readiness)
-        ctx.store.subscribe(pub.wake)
-        ctx.background(ctx.after_first_sync(pub.run))
+    after the first full sync: before, the Store is empty and a pass would delete our names. With
+    --edge-dns-servers it runs even before there is a GSLB zone (ZoneDelegations may bring one), and
+    its jobs follow the zone set."""
+    settings = ctx.settings
+    if not settings.edge_dns_servers or not settings.cluster_geotag:
+        return
+    pub, key = _build(settings, ctx.store)
+    ctx.reconfigured.append(_ZoneFollower(pub, ctx.store, key, settings.gslb_zones))
+    ctx.server.add_readiness_detail("edge", pub.readiness)
+    ctx.store.subscribe(pub.wake)
+    ctx.background(ctx.after_first_sync(pub.run))
 
 
 async def leave(settings: Settings) -> int:

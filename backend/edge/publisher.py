@@ -177,6 +177,12 @@ def delegation_job(claim: Claim, key: dns.tsig.Key | None) -> Job:
     return Job("delegation", claim.zone, lambda: claim, lambda server, _w: sync_claim(server, claim, key))
 
 
+def withdraw_job(claim: Claim, key: dns.tsig.Key | None) -> Job:
+    """Our NS target and glue for zones we no longer serve, removed (and kept removed)."""
+    return Job("withdraw", claim.zone, lambda: claim,
+               lambda server, _w: sync_claim(server, claim, key, leave=True))
+
+
 @dataclass
 class Job:
     """One thing kept at the edge. `wanted()` runs on a worker thread (it may read the whole Store);
@@ -278,6 +284,8 @@ class EdgePublisher:
 
     def readiness(self) -> str:
         """The /readyz detail line: per job, in sync or the edge's last rcode. Never gates readiness."""
+        if not self.jobs:
+            return "nothing to publish (no GSLB zone or no --nameserver-address)"
         if not self.status:
             return "not synced yet"
         return "; ".join(f"{label} in sync" if st.ok else f"{label} failing, rcode {st.rcode}: {st.error}"

@@ -12,7 +12,8 @@ from typing import Any, Protocol
 from backend.lab.lbpool import set_load_balancer
 
 ROOT = Path(__file__).resolve().parents[2]
-CRDS = (ROOT / "k8s" / "crds" / "gslb.k8gb.absa.oss.yaml", ROOT / "k8s" / "crds" / "gslb.k8gb.io.yaml")
+CRDS = (ROOT / "k8s" / "crds" / "gslb.k8gb.absa.oss.yaml", ROOT / "k8s" / "crds" / "gslb.k8gb.io.yaml",
+        ROOT / "k8s" / "crds" / "zonedelegation.k8gb.io.yaml")
 CHAPTER_APP = ROOT / "backend" / "lab" / "manifests" / "demo.yaml"
 CHAPTER_GSLB = ROOT / "backend" / "lab" / "manifests" / "gslb-failover-buf.yaml"
 HOST = "fe.gb.foowidgets.k8s"
@@ -33,13 +34,14 @@ class Plane(Protocol):
 
 
 def install_crds(plane: Plane) -> None:
-    """Apply both Gslb CRDs and wait until the API serves them. Server-side, as tests/test_manifests.py
-    dry-runs the same files on the shared plane: a client-side apply would leave a
-    last-applied-configuration annotation its server-side apply then trips over."""
+    """Apply both Gslb CRDs and k8gb's ZoneDelegation and wait until the API serves them. Server-side,
+    as tests/test_manifests.py dry-runs the same files on the shared plane: a client-side apply would
+    leave a last-applied-configuration annotation its server-side apply then trips over."""
     for crd in CRDS:
         plane.apply(crd.read_text(), "--server-side")
     plane.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", "crd/gslbs.k8gb.absa.oss", "crd/gslbs.k8gb.io"
+        "wait", "--for=condition=Established", "--timeout=60s", "crd/gslbs.k8gb.absa.oss",
+        "crd/gslbs.k8gb.io", "crd/zonedelegations.k8gb.io",
     )
 
 

@@ -30,6 +30,7 @@ Dep = tuple[str, str]  # (kind, "ns/name") or (kind, "ns/*") for a label selecti
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 SLICE_INDEX = "gslb-service"
 LOCALTARGETS = "localtargets-"
+HOSTNAME_DEP = "Hostname"  # a k8gb.io/exposed-hostnames name, resolved by backend/gslb/hostnames.py
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +70,16 @@ def _labels_match(obj: Obj, labels: dict[str, str]) -> bool:
 class _Recording:
     """A View over the informers that remembers every (kind, key) it was asked for."""
 
-    def __init__(self, informers: dict[str, Informer], slices: Informer) -> None:
+    def __init__(self, informers: dict[str, Informer], slices: Informer,
+                 resolved: dict[str, tuple[str, ...]]) -> None:
         self.informers = informers
         self.slice_informer = slices
+        self._resolved = resolved
         self.deps: set[Dep] = set()
+
+    def resolved(self, hostname: str) -> tuple[str, ...]:
+        self.deps.add((HOSTNAME_DEP, hostname))
+        return self._resolved.get(hostname, ())
 
     def get(self, kind: str, key: str) -> Obj | None:
         self.deps.add((kind, key))
@@ -162,6 +169,8 @@ class GslbEngine:
         self._objs: dict[str, Obj] = {}
         self.results: dict[str, GslbResult] = {}
         self._listeners: list[Listener] = []
+        self._resolved: dict[str, tuple[str, ...]] = {}  # exposed hostname -> its addresses
+        self.on_hostnames: Callable[[], None] = lambda: None  # a new exposed hostname is wanted
         self._gslb_zones = [z.dns_zone for z in settings.gslb_zones]
         assert endpointslices.resource == ENDPOINTSLICES
         endpointslices.add_index(SLICE_INDEX, _slice_services)
@@ -182,6 +191,27 @@ class GslbEngine:
             held = list(self.results.items())
         for key, result in held:
             listener(key, result)
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Other GSLB zones (ZoneDelegations): every Gslb is evaluated again against them."""
+        with self._lock:
+            self.settings = settings
+            self._gslb_zones = [z.dns_zone for z in settings.gslb_zones]
+            for key in sorted(self._objs):
+                self._evaluate(key)
+
+    def hostnames(self) -> list[str]:
+        """The exposed hostnames some Gslb reads now (what the resolver keeps resolved)."""
+        with self._lock:
+            return sorted(key for kind, key in self._rev if kind == HOSTNAME_DEP)
+
+    def set_resolved(self, hostname: str, addresses: tuple[str, ...]) -> None:
+        """New addresses for an exposed hostname: re-evaluate the Gslbs that read it."""
+        with self._lock:
+            if self._resolved.get(hostname) == addresses:
+                return
+            self._resolved[hostname] = addresses
+            self._reevaluate([(HOSTNAME_DEP, hostname)])
 
     def synced(self) -> bool:
         informers = [*self.gslb_informers, *self._informers.values(), self._slices]
@@ -227,7 +257,7 @@ class GslbEngine:
 
     def _evaluate(self, key: str) -> None:
         obj = self._objs[key]
-        view = _Recording(self._informers, self._slices)
+        view = _Recording(self._informers, self._slices, self._resolved)
         spec: GslbSpec | None = None
         hosts: tuple[HostState, ...] = ()
         error: SpecError | None = None
@@ -274,9 +304,16 @@ class GslbEngine:
                 users.discard(key)
                 if not users:
                     del self._rev[dep]
+        new_hostname = False
         for dep in deps - old:
+            new_hostname |= dep[0] == HOSTNAME_DEP and dep not in self._rev
             self._rev.setdefault(dep, set()).add(key)
         self._deps[key] = deps
+        for dep in old - deps:
+            if dep[0] == HOSTNAME_DEP and dep not in self._rev:
+                self._resolved.pop(dep[1], None)
+        if new_hostname:
+            self.on_hostnames()
 
     def _notify(self, key: str, result: GslbResult | None) -> None:
         for listener in self._listeners:

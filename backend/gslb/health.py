@@ -32,6 +32,10 @@ class View(Protocol):
         """The EndpointSlices of a Service (label kubernetes.io/service-name)."""
         ...
 
+    def resolved(self, hostname: str) -> tuple[str, ...]:
+        """The addresses `hostname` resolved to last (empty until it has resolved once)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class HostState:
@@ -171,12 +175,20 @@ def _route_source(view: View, route: Obj) -> tuple[Obj | None, dict[str, set[str
 
 
 def evaluate(spec: GslbSpec, view: View) -> tuple[HostState, ...]:
-    """Every host of the Gslb with its health and this cluster's addresses, sorted by host."""
-    exposed = _checked_ips(spec.exposed_ips, "annotation k8gb.io/exposed-ip-addresses")
+    """Every host of the Gslb with its health and this cluster's addresses, sorted by host.
+
+    Addresses, in k8gb's order of precedence: the exposed-hostnames annotation (resolved), the
+    exposed-ip-addresses annotation, the load-balancer status. Hostnames that have not resolved yet
+    give no address (NODATA), never the status's."""
+    if spec.exposed_hostnames:
+        exposed = tuple(dict.fromkeys(ip for h in spec.exposed_hostnames for ip in view.resolved(h)))
+    else:
+        exposed = _checked_ips(spec.exposed_ips, "annotation k8gb.io/exposed-ip-addresses")
     services: dict[str, set[str]] = {}
     targets: dict[str, list[str]] = {}
     for obj, hosts in _sources(spec, view):
-        addresses = exposed or _checked_ips(lb_addresses(obj), "status.loadBalancer")
+        addresses = exposed if exposed or spec.exposed_hostnames else _checked_ips(lb_addresses(obj),
+                                                                                   "status.loadBalancer")
         for host, svcs in hosts.items():
             services.setdefault(host, set()).update(svcs)
             targets.setdefault(host, []).extend(addresses)

@@ -7,10 +7,11 @@ Ready=False condition with a reason and an Event on the object.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
-from backend.model import ObjectRef, Strategy
+from backend.model import ObjectRef, Strategy, normalize_name
 from backend.probes.config import ProbeConfig, ProbeError
 from backend.probes.config import parse as parse_probe
 
@@ -19,8 +20,13 @@ Obj = dict[str, Any]
 STRATEGIES = ("roundRobin", "failover", "geoip")
 POLICIES = ("Any", "All")
 EXPOSED_IPS = "k8gb.io/exposed-ip-addresses"
+EXPOSED_HOSTNAMES = "k8gb.io/exposed-hostnames"  # k8gb v0.20: resolved to addresses, wins over EXPOSED_IPS
 HOSTNAME = "k8gb.io/hostname"
 ROUTE_KINDS = ("HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute", "UDPRoute")  # Gateway API, as k8gb v0.17+
+
+
+_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 
 
 class SpecError(ValueError):
@@ -51,6 +57,7 @@ class GslbSpec:
     exposed_ips: tuple[str, ...]  # the k8gb.io/exposed-ip-addresses override, unchecked
     probe: ProbeConfig | None = None  # coredns-gslb.io/probe annotations (backend/probes/)
     probe_error: str = ""  # why those annotations are unusable; the Gslb then answers by endpoint health
+    exposed_hostnames: tuple[str, ...] = ()  # k8gb.io/exposed-hostnames, normalized DNS names
 
 
 def object_ref(obj: Obj) -> ObjectRef:
@@ -124,6 +131,12 @@ def parse(obj: Obj, default_ttl: int = 30) -> GslbSpec:
         probe = parse_probe(annotations)
     except ProbeError as e:
         probe_error = str(e)
+    listed = annotations.get(EXPOSED_HOSTNAMES, "").split(",")
+    hostnames = tuple(dict.fromkeys(normalize_name(h) for h in listed if h.strip()))
+    bad = [h for h in hostnames if not _HOSTNAME.match(h)]
+    if bad:
+        raise SpecError("InvalidHostname", f"annotation {EXPOSED_HOSTNAMES}: {', '.join(bad)} is not an "
+                        "RFC 1123 hostname")
     return GslbSpec(
         ref=object_ref(obj),
         strategy=strategy,
@@ -134,4 +147,5 @@ def parse(obj: Obj, default_ttl: int = 30) -> GslbSpec:
         exposed_ips=tuple(ip.strip() for ip in exposed.split(",") if ip.strip()),
         probe=probe,
         probe_error=probe_error,
+        exposed_hostnames=hostnames,
     )

@@ -296,3 +296,24 @@ def test_spec_defaults_and_weights() -> None:
 ])
 def test_service_health_policy(states: list[str], policy: str, want: str) -> None:
     assert combine(states, policy) == want
+
+
+def test_exposed_hostnames_win_over_exposed_ips_and_follow_their_resolution(cluster: Cluster) -> None:
+    chapter(cluster)
+    g = gslb()
+    g["metadata"]["annotations"] = {"k8gb.io/exposed-ip-addresses": "10.9.9.9",
+                                    "k8gb.io/exposed-hostnames": "Node1.DDNS.example.net."}
+    wanted: list[str] = []
+    cluster.engine.on_hostnames = lambda: wanted.append("wake")
+    cluster.apply(g)
+    assert wanted and cluster.engine.hostnames() == ["node1.ddns.example.net"]
+    assert cluster.answers(HOST) == ()  # not resolved yet: no address, never the others
+    cluster.engine.set_resolved("node1.ddns.example.net", ("10.7.0.1", "2001:db8::7"))
+    assert cluster.answers(HOST) == (Target("10.7.0.1", "us-buf"),)
+    assert cluster.answers(HOST, "AAAA") == (Target("2001:db8::7", "us-buf"),)
+    del g["metadata"]["annotations"]["k8gb.io/exposed-hostnames"]
+    cluster.apply(g)
+    assert cluster.engine.hostnames() == [] and cluster.answers(HOST) == (Target("10.9.9.9", "us-buf"),)
+    g["metadata"]["annotations"]["k8gb.io/exposed-hostnames"] = "not a name!"
+    cluster.apply(g)
+    assert cluster.result().error.reason == "InvalidHostname"

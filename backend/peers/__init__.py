@@ -15,9 +15,10 @@ log = logging.getLogger(__name__)
 
 
 def attach(ctx: Context) -> None:
-    """Poll the peers named in extGslbClustersGeoTags; nothing to do without peers or GSLB zones."""
+    """Poll the peers named in extGslbClustersGeoTags in every GSLB zone (the zones may come later,
+    with ZoneDelegations); nothing to do without peers or a clusterGeoTag."""
     s = ctx.settings
-    if not s.gslb_zones or not [t for t in s.ext_gslb_clusters_geotags if t != s.cluster_geotag]:
+    if not s.cluster_geotag or not [t for t in s.ext_gslb_clusters_geotags if t != s.cluster_geotag]:
         return
     if not s.edge_dns_servers:
         log.warning("peers %s configured but no --edge-dns-servers to find them through",
@@ -28,4 +29,5 @@ def attach(ctx: Context) -> None:
     ctx.peer_exchange = exchange
     ctx.server.on_notify(exchange.on_notify)
     ctx.server.add_readiness_detail("peers", exchange.readiness)
+    ctx.reconfigured.append(exchange.reconfigure)
     ctx.background(exchange.run)

@@ -157,6 +157,7 @@ class PeerExchange:
         self._notifying: dict[GslbZone, bool] = {}  # zone -> another NOTIFY round is wanted
         self._tasks: set[asyncio.Task[None]] = set()  # the loop holds tasks weakly
         self._started: float | None = None
+        self._polls: dict[tuple[str, GslbZone], asyncio.Task[None]] = {}  # (geotag, zone) -> its poll loop
 
     # --- inputs -------------------------------------------------------------------------------
 
@@ -216,8 +217,44 @@ class PeerExchange:
         if self.prober is not None:
             self.prober.subscribe(self._on_verdicts)
         self._refresh_local(notify=False)
-        loops = [self._watch_local()] + [self._poll_loop(pz) for zones in self.peers.values() for pz in zones]
-        await asyncio.gather(*loops)
+        for zones in self.peers.values():
+            for pz in zones:
+                self._start_poll(pz)
+        try:
+            await self._watch_local()
+        finally:
+            for task in self._polls.values():
+                task.cancel()
+
+    def _start_poll(self, pz: PeerZone) -> None:
+        self._polls[(pz.geotag, pz.zone)] = asyncio.ensure_future(self._poll_loop(pz))
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Other GSLB zones (ZoneDelegations), from any thread: poll every peer in the new zones, stop
+        polling (and drop the targets of) the zones that went."""
+        if self._loop is None:
+            self._set_zones(settings)
+        else:
+            self._loop.call_soon_threadsafe(self._set_zones, settings)
+
+    def _set_zones(self, settings: Settings) -> None:
+        self.settings = settings
+        for tag, zones in self.peers.items():
+            have = {pz.zone: pz for pz in zones}
+            self.peers[tag] = [have.get(z) or PeerZone(tag, z) for z in settings.gslb_zones]
+            for pz in self.peers[tag]:
+                if self._loop is not None and (tag, pz.zone) not in self._polls:
+                    self._start_poll(pz)
+            for zone in have.keys() - set(settings.gslb_zones):
+                task = self._polls.pop((tag, zone), None)
+                if task is not None:
+                    task.cancel()
+            self._publish(tag)
+        self._local_changed.set()
+
+    def addresses(self, zone: GslbZone, geotag: str) -> list[str]:
+        """The peer's nameserver addresses for `zone` as last resolved at the edge (any thread)."""
+        return [s.host for pz in self.peers.get(geotag, ()) if pz.zone == zone for s in pz.addresses]
 
     async def _watch_local(self) -> None:
         """Refreshes run on a worker thread: a burst (a namespace of Gslbs deleted) is 10,000 keys,

@@ -24,6 +24,7 @@ class Problem:
 
     reason: str
     message: str
+    name: str = ""  # the DNS name it is about, when it is about one (the domain filter may mute it)
 
 
 def annotation(annotations: Mapping[str, str], name: str) -> str | None:
@@ -166,7 +167,7 @@ def endpoints_for(
     for name in names:
         if not in_zones(name, zones):
             why = f"{name} is not inside any served zone ({', '.join(zones)})"
-            problems.append(Problem("OutsideZones", why))
+            problems.append(Problem("OutsideZones", why, name))
             continue
         types = dict(by_type)
         if "CNAME" in types and len(types) > 1:

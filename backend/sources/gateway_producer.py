@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from backend.config import Settings
 from backend.controller.events import EventRecorder
 from backend.model import Store
-from backend.sources import gateways, kubeapi, selectors
+from backend.sources import filters, gateways, kubeapi, selectors
 from backend.sources.informer import Informer, key_of
 from backend.sources.producer import ProblemReporter
 
@@ -58,6 +58,7 @@ class GatewaySources:
         self.gslb_zones = tuple(z.dns_zone for z in settings.gslb_zones)
         self.filter = gateways.GatewayFilter(settings.gateway_name, settings.gateway_namespace,
                                              selectors.parse(settings.gateway_label_filter))
+        self.source_filter = filters.from_settings(settings)  # --label-filter, --domain-filter, ...
         self.gateways = gateways_
         self.namespaces = namespaces
         self.routes = routes
@@ -87,11 +88,21 @@ class GatewaySources:
     def _derive(self, route: Obj) -> None:
         key = f"{route.get('kind', '').lower()}/{key_of(route)}"
         with self._lock:
-            eps, problems = gateways.endpoints(route, self.gateways.get, self.namespaces.get, self.zones,
-                                               self.gslb_zones, self.filter)
+            eps, problems = self.source_filter.apply(
+                lambda r: gateways.endpoints(r, self.gateways.get, self.namespaces.get, self.zones,
+                                             self.gslb_zones, self.filter), route)
             self.store.replace(key, eps)
             if self._all_synced:
                 self._reporter.report(key, route, problems)
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Other GSLB zones (ZoneDelegations): every route is derived again against them."""
+        with self._lock:
+            self.zones = settings.all_zones
+            self.gslb_zones = tuple(z.dns_zone for z in settings.gslb_zones)
+        for informer in self.routes.values():
+            for route in informer.list():
+                self._derive(route)
 
     def _on_route(self, kind: str) -> Callable[[str, Obj, Obj | None], None]:
         def handle(type_: str, obj: Obj, _old: Obj | None) -> None:
@@ -125,7 +136,11 @@ def gateway_routes(ctx: Context) -> None:
     if "Gateway" not in served:
         log.warning("Gateway API (%s/v1 gateways) not served: gateway-*route sources off", gateways.GROUP)
         return
-    routes = {kind: ctx.informer(res) for kind, res in gateways.ROUTES.items() if kind in served}
+    routes = {kind: ctx.informer(res) for kind, res in gateways.ROUTES.items()
+              if kind in served and f"gateway-{kind.lower()}" in ctx.settings.sources}  # --source
+    if not routes:
+        return
     sources = GatewaySources(ctx.settings, ctx.store, ctx.recorder, ctx.informer(gateways.GATEWAYS),
                              ctx.informer(gateways.NAMESPACES), routes)
     ctx.ready_checks.append(sources.ready)
+    ctx.reconfigured.append(sources.reconfigure)

@@ -55,6 +55,7 @@ ENDPOINTSLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointS
 DNSENDPOINTS = Resource("externaldns.k8s.io", "v1alpha1", "dnsendpoints", "DNSEndpoint")
 GSLBS = Resource("k8gb.absa.oss", "v1beta1", "gslbs", "Gslb")
 GSLBS_IO = Resource("k8gb.io", "v1beta1", "gslbs", "Gslb")
+ZONEDELEGATIONS = Resource("k8gb.io", "v1beta1", "zonedelegations", "ZoneDelegation", namespaced=False)
 
 
 # Kinds we only read, never write back: their objects may lose more than managedFields.

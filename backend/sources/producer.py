@@ -5,6 +5,10 @@ every change re-derives that key's whole list, so a delete or a relist needs no 
 headless Service's records also depend on its EndpointSlices, so a slice change re-derives its
 Service. Problems (bad annotations, names outside the zones) become one Warning Event per new problem
 and a log line; the rest of the object is still published.
+
+ExternalDNS's filters apply here, before the Store: an object the label/annotation/ingress-class
+filters do not admit publishes nothing (so a label edit that takes it out removes its names), and a
+name the domain filter rejects is dropped silently, as ExternalDNS does (see README.md).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from backend.config import Settings
 from backend.controller.events import EventRecorder
 from backend.model import Endpoint, Store
 from backend.sources import annotations as ann
-from backend.sources import dnsendpoints, ingresses, services
+from backend.sources import dnsendpoints, filters, ingresses, services
 from backend.sources.annotations import Problem
 from backend.sources.informer import Informer, key_of
 
@@ -27,6 +31,8 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 SLICES_BY_SERVICE = "service"  # EndpointSlice index: "ns/service-name"
+Derive = Callable[[Obj], tuple[list[Endpoint], list[Problem]]]
+Handler = Callable[[str, Obj, Obj | None], None]
 
 
 def slice_service(obj: Obj) -> list[str]:
@@ -64,38 +70,53 @@ class ExternalDnsSources:
         settings: Settings,
         store: Store,
         recorder: EventRecorder | None,
-        services_: Informer,
-        endpointslices: Informer,
+        services_: Informer | None,
+        endpointslices: Informer | None,
         ingresses_: Informer | None = None,
         dnsendpoints_: Informer | None = None,
     ) -> None:
+        """Pass None for a source --source leaves out (services_ and endpointslices go together)."""
         self.store = store
         self.recorder = recorder
         self.zones = settings.all_zones
         self.gslb_zones = tuple(z.dns_zone for z in settings.gslb_zones)
+        self.filter = filters.from_settings(settings)
         self.services = services_
         self.slices = endpointslices
-        self._lock = threading.Lock()  # derive + replace as one step, or a stale derive can land last
+        self._lock = threading.RLock()  # derive + replace as one step, or a stale derive can land last
         self._reporter = ProblemReporter(recorder)
-        endpointslices.add_index(SLICES_BY_SERVICE, slice_service)
-        services_.add_handler(self._handler("service", self._service))
-        endpointslices.add_handler(self._on_slice)
+        self._watched: list[tuple[Informer, Handler]] = []
+        if services_ is not None and endpointslices is not None:
+            endpointslices.add_index(SLICES_BY_SERVICE, slice_service)
+            self._watch(services_, self._handler("service", self._service))
+            endpointslices.add_handler(self._on_slice)
         if ingresses_ is not None:
-            ingresses_.add_handler(
-                self._handler("ingress", lambda o: ingresses.endpoints(o, self.zones, self.gslb_zones))
-            )
+            self._watch(ingresses_, self._handler(
+                "ingress", lambda o: ingresses.endpoints(o, self.zones, self.gslb_zones)))
         if dnsendpoints_ is not None:
-            dnsendpoints_.add_handler(
-                self._handler("dnsendpoint", lambda o: dnsendpoints.endpoints(o, self.zones))
-            )
+            self._watch(dnsendpoints_, self._handler(
+                "dnsendpoint", lambda o: dnsendpoints.endpoints(o, self.zones)))
+
+    def _watch(self, informer: Informer, handler: Handler) -> None:
+        informer.add_handler(handler)
+        self._watched.append((informer, handler))
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Other GSLB zones (ZoneDelegations): every object is derived again against them, under the
+        lock so no event derives against half-switched zones."""
+        with self._lock:
+            self.zones = settings.all_zones
+            self.gslb_zones = tuple(z.dns_zone for z in settings.gslb_zones)
+            for informer, handler in self._watched:
+                for obj in informer.list():
+                    handler("MODIFIED", obj, None)
 
     def _service(self, svc: Obj) -> tuple[list[Endpoint], list[Problem]]:
+        assert self.slices is not None
         slices = self.slices.by_index(SLICES_BY_SERVICE, key_of(svc)) if services.is_headless(svc) else []
         return services.endpoints(svc, slices, self.zones)
 
-    def _handler(
-        self, kind: str, derive: Callable[[Obj], tuple[list[Endpoint], list[Problem]]]
-    ) -> Callable[[str, Obj, Obj | None], None]:
+    def _handler(self, kind: str, derive: Derive) -> Handler:
         def handle(type_: str, obj: Obj, _old: Obj | None) -> None:
             key = f"{kind}/{key_of(obj)}"
             with self._lock:
@@ -103,17 +124,18 @@ class ExternalDnsSources:
                     self.store.replace(key, ())
                     self._reporter.forget(key)
                     return
-                eps, problems = derive(obj)
+                eps, problems = self.filter.apply(derive, obj)
                 self.store.replace(key, eps)
                 self._reporter.report(key, obj, problems)
 
         return handle
 
     def _on_slice(self, _type: str, obj: Obj, old: Obj | None) -> None:
+        assert self.services is not None
         for svc_key in {*slice_service(obj), *(slice_service(old) if old else ())}:
             svc = self.services.get(svc_key)
             if svc is not None and services.is_headless(svc):
                 with self._lock:
-                    eps, problems = self._service(svc)
+                    eps, problems = self.filter.apply(self._service, svc)
                     self.store.replace(f"service/{svc_key}", eps)
                     self._reporter.report(f"service/{svc_key}", svc, problems)

@@ -60,7 +60,8 @@ def zone_endpoints(settings: Settings, serial: int) -> list[Endpoint]:
             eps.append(_glue(ns, settings.nameserver_address, settings.default_ttl))
     for gz in {gz.dns_zone: gz for gz in reversed(settings.gslb_zones)}.values():
         names = [gz.ns_name(tag) for tag in tags if tag]
-        eps += _apex(gz.dns_zone, names, settings.dns_ttl_seconds, settings.negative_ttl, serial)
+        negative_ttl = settings.negative_ttl if gz.negative_ttl is None else gz.negative_ttl
+        eps += _apex(gz.dns_zone, names, settings.dns_ttl_seconds, negative_ttl, serial)
         if settings.nameserver_address and settings.cluster_geotag:
             # lands in a served zone only if the edge zone is also served here; dropped otherwise
             eps.append(_glue(gz.ns_name(settings.cluster_geotag), settings.nameserver_address,

@@ -687,6 +687,11 @@ class Recompiler:
         self._keys: dict[str, set[str]] = {}  # name -> the Store keys with an Endpoint there
         self._table: Table | None = None  # the table `_by_key` compiled to
 
+    def reconfigure(self, settings: Settings) -> None:
+        """Other zones: the next compile is a full one (the last table's zones no longer hold)."""
+        self.settings = settings
+        self._table = None
+
     def compile(self, by_key: dict[str, tuple[Endpoint, ...]], serial: int,
                 keys: Iterable[str] | None = None) -> Table:
         """The table for `by_key`. `keys`, if given, holds every key changed since the last call
