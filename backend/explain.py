@@ -24,7 +24,7 @@ import dns.rcode
 
 from backend.config import Settings
 from backend.config import parser as settings_parser
-from backend.gslb.strategy import plan
+from backend.gslb.strategy import answers
 from backend.model import ObjectRef, Store, Strategy, Target, normalize_name
 from backend.zone.merge import Merged, merge, zone_endpoints, zone_of
 
@@ -96,7 +96,7 @@ def why(strategy: Strategy | None, targets: tuple[Target, ...], negative_ttl: in
 def _answers(merged: Merged) -> list[list[str]]:
     """The distinct answers the strategy can give (one for failover, one per geotag for weights/geoip)."""
     seen: dict[frozenset[str], list[str]] = {}
-    for variant in plan(merged.strategy, merged.targets).variants:
+    for variant in answers(merged.strategy, merged.targets).variants:
         values = [t.value for t in variant]
         seen.setdefault(frozenset(values), values)
     return list(seen.values())

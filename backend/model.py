@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import ipaddress
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+Obj = dict[str, Any]  # a Kubernetes object as the API's JSON: what informers hold and sources read
+LOCALTARGETS = "localtargets-"  # name prefix of this cluster's own targets of a GSLB host (k8gb's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +30,19 @@ class ObjectRef:
     def __str__(self) -> str:
         scope = f"{self.namespace}/" if self.namespace else ""
         return f"{self.kind.lower()}/{scope}{self.name}"
+
+
+def object_ref(obj: Mapping[str, Any], kind: str = "", api_version: str = "") -> ObjectRef:
+    """The ObjectRef of an object as the API returns it. Items of a list carry no kind (nor
+    apiVersion): a caller that knows them (from the informer's Resource) passes them."""
+    meta = obj.get("metadata") or {}
+    return ObjectRef(
+        kind=kind or str(obj.get("kind") or ""),
+        namespace=str(meta.get("namespace") or ""),
+        name=str(meta.get("name") or ""),
+        uid=str(meta.get("uid") or ""),
+        api_version=api_version or str(obj.get("apiVersion") or "v1"),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +90,20 @@ def address_type(address: str) -> str:
 def normalize_name(name: str) -> str:
     """The form every Endpoint name takes: lowercase, no trailing dot, no surrounding space."""
     return name.strip().rstrip(".").lower()
+
+
+def in_zone(name: str, zone: str) -> bool:
+    """`name` is `zone` or below it (normalized names; a wildcard "*.zone" is below zone)."""
+    return name == zone or name.endswith("." + zone)
+
+
+def zone_of(name: str, zones: Iterable[str]) -> str | None:
+    """The longest of `zones` that holds `name`, if any."""
+    best: str | None = None
+    for zone in zones:
+        if in_zone(name, zone) and (best is None or len(zone) > len(best)):
+            best = zone
+    return best
 
 
 Listener = Callable[[int], None]

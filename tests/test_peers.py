@@ -23,11 +23,11 @@ import dns.rrset
 import pytest
 
 from backend.config import GslbZone, Settings
-from backend.gslb.strategy import plan
+from backend.dnsclient import parse_server
+from backend.gslb.strategy import answers
 from backend.model import Endpoint, ObjectRef, Store, Strategy, Target
 from backend.peers import persist, shards
 from backend.peers.exchange import INDEX_KEY, PeerExchange, PeerZone
-from backend.peers.query import parse_server
 
 ZONE = GslbZone("gb.foowidgets.k8s", "foowidgets.k8s")
 HOST = "fe.gb.foowidgets.k8s"
@@ -453,9 +453,9 @@ def test_server_forms() -> None:
 def test_failover_with_three_clusters_takes_the_primary_while_it_has_targets_anywhere() -> None:
     buf, nyc = Target("10.2.1.167", "us-buf"), Target("10.2.1.98", "us-nyc")
     sfo = Target("10.2.1.50", "us-sfo")
-    assert plan(FAILOVER, (buf, nyc, sfo)).variants == [(buf,)]
-    assert sorted(plan(FAILOVER, (nyc, sfo)).variants[0], key=lambda t: t.geotag) == [nyc, sfo]
-    assert plan(FAILOVER, (sfo,)).variants == [(sfo,)]
+    assert answers(FAILOVER, (buf, nyc, sfo)).variants == [(buf,)]
+    assert sorted(answers(FAILOVER, (nyc, sfo)).variants[0], key=lambda t: t.geotag) == [nyc, sfo]
+    assert answers(FAILOVER, (sfo,)).variants == [(sfo,)]
 
 
 @asynchronous

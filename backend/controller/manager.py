@@ -16,7 +16,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from kubernetes import client
 
@@ -25,14 +24,12 @@ from backend.controller import objects, status
 from backend.controller.events import EventRecorder
 from backend.controller.leader import LeaderElector
 from backend.gslb.engine import GslbEngine, GslbResult, store_key
-from backend.gslb.spec import object_ref
-from backend.model import Target
+from backend.model import Obj, Target, object_ref
 from backend.sources import kubeapi
 from backend.sources.informer import GSLBS, GSLBS_IO, INGRESSES, ZONEDELEGATIONS, Informer, Resource, key_of
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 Item = tuple[str, str]
 MAX_BACKOFF = 30.0
 PEER_PREFIX = "peer/"  # Store keys of other clusters' targets (backend/peers)

@@ -4,9 +4,7 @@ and the Gslb an Ingress annotated `k8gb.io/strategy` asks for. Pure functions; t
 
 from __future__ import annotations
 
-from typing import Any
-
-Obj = dict[str, Any]
+from backend.model import Obj
 
 MANAGED_BY = "app.k8gb.io/managed-by"
 STRATEGY = "k8gb.io/strategy"

@@ -10,11 +10,10 @@ from typing import Any
 
 from backend.gslb.engine import GslbResult
 from backend.gslb.health import HEALTHY
-from backend.gslb.strategy import plan
-from backend.model import Target
+from backend.gslb.strategy import answers
+from backend.model import Obj, Target
 from backend.sources import kubeapi
 
-Obj = dict[str, Any]
 Event = tuple[str, str, str]  # (Normal|Warning, reason, message)
 TRANSIENT = ("Unhealthy", "NoAddress")  # Ready=False states of a correct Gslb: no Warning of their own
 
@@ -72,7 +71,7 @@ def healthy_records(result: GslbResult, geotag: str, peers: Peers) -> dict[str, 
     for h in result.hosts:
         targets = (*(Target(ip, geotag) for ip in h.targets if h.healthy), *peers.get(h.host, ()))
         if targets and result.spec is not None and result.spec.strategy.type == "failover":
-            targets = plan(result.spec.strategy, targets).variants[0]
+            targets = answers(result.spec.strategy, targets).variants[0]
         if targets:
             out[h.host] = [t.value for t in targets]
     return out

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import dns.tsig
 
 from backend.config import GslbZone, Settings, from_args
+from backend.dnsclient import parse_server
 from backend.edge import names, tsig
 from backend.edge.publisher import (
     Claim,
@@ -28,7 +29,6 @@ from backend.edge.publisher import (
     withdraw_job,
 )
 from backend.model import Store
-from backend.peers.query import parse_server
 
 if TYPE_CHECKING:
     from backend.app import Context

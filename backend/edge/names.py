@@ -25,10 +25,9 @@ import dns.tsig
 import dns.zone
 
 from backend.config import Settings
+from backend.dnsclient import Server
 from backend.edge.publisher import EdgeError, Job, Record, send_update
-from backend.model import Endpoint, Store
-from backend.peers.exchange import in_zone
-from backend.peers.query import Server
+from backend.model import Endpoint, Store, in_zone
 
 log = logging.getLogger(__name__)
 

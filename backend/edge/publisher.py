@@ -27,7 +27,7 @@ import dns.update
 
 from backend import metrics
 from backend.config import GslbZone
-from backend.peers.query import QueryError, Server, ask, rdata_texts
+from backend.dnsclient import QueryError, Server, ask, rdata_texts
 
 log = logging.getLogger(__name__)
 

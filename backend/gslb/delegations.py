@@ -15,24 +15,16 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from backend.config import GslbZone, Settings
 from backend.controller.events import EventRecorder
-from backend.model import ObjectRef
+from backend.model import Obj, object_ref
 from backend.sources.annotations import check_name
 from backend.sources.informer import ZONEDELEGATIONS, Informer
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 Servers = Callable[[GslbZone, str], Sequence[str]]  # (zone, geotag) -> that cluster's nameserver addresses
-
-
-def object_ref(obj: Obj) -> ObjectRef:
-    meta = obj.get("metadata") or {}
-    return ObjectRef("ZoneDelegation", "", meta.get("name", ""), meta.get("uid", ""),
-                     obj.get("apiVersion", ZONEDELEGATIONS.api_version))
 
 
 def parse(obj: Obj) -> GslbZone:
@@ -104,7 +96,8 @@ class ZoneDelegations:
             return
         log.warning("ZoneDelegation %s left out: %s", name, problem)
         if self.recorder is not None:
-            self.recorder.record(object_ref(obj), "Warning", "InvalidZoneDelegation", problem)
+            ref = object_ref(obj, ZONEDELEGATIONS.kind, ZONEDELEGATIONS.api_version)  # list items lack kind
+            self.recorder.record(ref, "Warning", "InvalidZoneDelegation", problem)
 
 
 def dns_servers(settings: Settings, obj: Obj, servers: Servers) -> list[dict[str, str]]:

@@ -12,24 +12,18 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from backend import metrics
 from backend.config import Settings
 from backend.gslb.health import HEALTHY, NOT_FOUND, UNHEALTHY, HostState, evaluate
 from backend.gslb.spec import GslbSpec, SpecError, parse
-from backend.model import Endpoint, Store, Target, address_type
+from backend.model import LOCALTARGETS, Endpoint, Obj, Store, Target, address_type, zone_of
 from backend.probes.prober import Prober
-from backend.sources.informer import ENDPOINTSLICES, GSLBS, Informer, key_of
-from backend.zone.merge import zone_of
+from backend.sources.informer import ENDPOINTSLICES, GSLBS, SLICES_BY_SERVICE, Informer, key_of, slice_service
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 Dep = tuple[str, str]  # (kind, "ns/name") or (kind, "ns/*") for a label selection
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"
-SLICE_INDEX = "gslb-service"
-LOCALTARGETS = "localtargets-"
 HOSTNAME_DEP = "Hostname"  # a k8gb.io/exposed-hostnames name, resolved by backend/gslb/hostnames.py
 
 
@@ -52,14 +46,6 @@ def store_key(obj: Obj) -> str:
     """gslb/<ns>/<name>; a Gslb of the newer k8gb.io group with the same name gets its own key."""
     group = (obj.get("apiVersion") or "").split("/")[0]
     return f"gslb/{key_of(obj)}" + ("" if group == GSLBS.group else f"@{group}")
-
-
-def _slice_services(obj: Obj | None) -> list[str]:
-    if obj is None:
-        return []
-    meta = obj.get("metadata") or {}
-    name = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
-    return [f"{meta.get('namespace', '')}/{name}"] if name else []
 
 
 def _labels_match(obj: Obj, labels: dict[str, str]) -> bool:
@@ -94,7 +80,7 @@ class _Recording:
 
     def slices(self, service_key: str) -> list[Obj]:
         self.deps.add(("Service", service_key))
-        return self.slice_informer.by_index(SLICE_INDEX, service_key)
+        return self.slice_informer.by_index(SLICES_BY_SERVICE, service_key)
 
 
 def _targets(values: Iterable[str], geotag: str) -> tuple[Target, ...]:
@@ -173,7 +159,7 @@ class GslbEngine:
         self.on_hostnames: Callable[[], None] = lambda: None  # a new exposed hostname is wanted
         self._gslb_zones = [z.dns_zone for z in settings.gslb_zones]
         assert endpointslices.resource == ENDPOINTSLICES
-        endpointslices.add_index(SLICE_INDEX, _slice_services)
+        endpointslices.add_index(SLICES_BY_SERVICE, slice_service)
         for informer in gslbs:
             informer.add_handler(self._on_gslb)
         for kind, informer in self._informers.items():
@@ -239,7 +225,7 @@ class GslbEngine:
         return handle
 
     def _on_slice(self, _type: str, obj: Obj, old: Obj | None) -> None:
-        self._reevaluate([("Service", s) for s in {*_slice_services(obj), *_slice_services(old)}])
+        self._reevaluate([("Service", s) for s in {*slice_service(obj), *slice_service(old)}])
 
     def _reevaluate(self, deps: list[Dep]) -> None:
         with self._lock:

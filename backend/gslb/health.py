@@ -10,13 +10,11 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from backend.gslb.spec import HOSTNAME, ROUTE_KINDS, GslbSpec, SpecError
-from backend.model import normalize_name
+from backend.model import Obj, normalize_name
 from backend.sources.gateways import parent_keys
-
-Obj = dict[str, Any]
 
 HEALTHY, UNHEALTHY, NOT_FOUND = "Healthy", "Unhealthy", "NotFound"
 

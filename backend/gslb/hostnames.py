@@ -23,8 +23,8 @@ import dns.rcode
 import dns.rdatatype
 
 from backend.config import Settings
+from backend.dnsclient import MAX_RECORDS, QueryError, Server, ask, parse_server
 from backend.gslb.engine import GslbEngine
-from backend.peers.query import MAX_RECORDS, QueryError, Server, ask, parse_server
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from backend.model import ObjectRef, Strategy, normalize_name
+from backend.model import Obj, ObjectRef, Strategy, normalize_name, object_ref
 from backend.probes.config import ProbeConfig, ProbeError
 from backend.probes.config import parse as parse_probe
-
-Obj = dict[str, Any]
 
 STRATEGIES = ("roundRobin", "failover", "geoip")
 POLICIES = ("Any", "All")
@@ -58,12 +56,6 @@ class GslbSpec:
     probe: ProbeConfig | None = None  # coredns-gslb.io/probe annotations (backend/probes/)
     probe_error: str = ""  # why those annotations are unusable; the Gslb then answers by endpoint health
     exposed_hostnames: tuple[str, ...] = ()  # k8gb.io/exposed-hostnames, normalized DNS names
-
-
-def object_ref(obj: Obj) -> ObjectRef:
-    meta = obj.get("metadata") or {}
-    return ObjectRef(obj.get("kind", ""), meta.get("namespace", ""), meta.get("name", ""),
-                     meta.get("uid", ""), obj.get("apiVersion", "v1"))
 
 
 def _strategy(raw: Any, default_ttl: int) -> tuple[Strategy, int]:

@@ -1,7 +1,7 @@
-"""k8gb's strategies as answer plans: every possible answer is fixed when the model changes, and a
+"""k8gb's strategies as precomputed answers: every possible answer is fixed when the model changes, and a
 query only picks one of them.
 
-Precomputing the variants lets the zone layer compile each one to wire bytes once; `Plan.pick` is then
+Precomputing the variants lets the zone layer compile each one to wire bytes once; `Answers.pick` is then
 the whole per-query cost of a strategy.
 """
 
@@ -19,7 +19,7 @@ GeoLookup = Callable[[str], str | None]  # client IP -> the geotag its mmdb reco
 
 
 @dataclass
-class Plan:
+class Answers:
     """The answers a name can give and how a query chooses among them.
 
     `variants[i]` is one complete answer. `pick(client_ip)` returns an index into it and the ECS scope
@@ -44,17 +44,17 @@ def _by_geotag(targets: tuple[Target, ...]) -> dict[str, tuple[Target, ...]]:
     return {tag: tuple(ts) for tag, ts in sorted(groups.items())}
 
 
-def _rotations(targets: tuple[Target, ...]) -> Plan:
+def _rotations(targets: tuple[Target, ...]) -> Answers:
     """roundRobin without weights: every rotation of the full set, taken in turn."""
     if len(targets) <= 1:
-        return Plan([targets], _fixed)
+        return Answers([targets], _fixed)
     variants = [targets[i:] + targets[:i] for i in range(len(targets))]
     counter = itertools.count()
     n = len(variants)
-    return Plan(variants, lambda _ip, _p: (next(counter) % n, 0))
+    return Answers(variants, lambda _ip, _p: (next(counter) % n, 0))
 
 
-def _weighted(groups: dict[str, tuple[Target, ...]], weights: dict[str, int]) -> Plan:
+def _weighted(groups: dict[str, tuple[Target, ...]], weights: dict[str, int]) -> Answers:
     """Each answer holds one geotag's targets, chosen at random by weight, so a resolver that reorders
     records cannot undo the weights. Weight 0 (or no weight) is a last resort, used only when no
     weighted geotag has a healthy target."""
@@ -73,17 +73,17 @@ def _weighted(groups: dict[str, tuple[Target, ...]], weights: dict[str, int]) ->
                 return i, 0
         return len(cum) - 1, 0
 
-    return Plan(variants, pick)
+    return Answers(variants, pick)
 
 
-def _failover(groups: dict[str, tuple[Target, ...]], primary: str) -> Plan:
+def _failover(groups: dict[str, tuple[Target, ...]], primary: str) -> Answers:
     """The primary's targets while it has any healthy, else every other cluster's."""
     if primary in groups:
-        return Plan([groups[primary]], _fixed)
+        return Answers([groups[primary]], _fixed)
     return _rotations(tuple(t for tag, ts in groups.items() if tag != primary for t in ts))
 
 
-def _geoip(groups: dict[str, tuple[Target, ...]], geo: GeoLookup | None) -> Plan:
+def _geoip(groups: dict[str, tuple[Target, ...]], geo: GeoLookup | None) -> Answers:
     """The targets of the geotag the client's address maps to; all targets when it maps to none."""
     everything = tuple(t for ts in groups.values() for t in ts)
     tags = list(groups)
@@ -100,13 +100,13 @@ def _geoip(groups: dict[str, tuple[Target, ...]], geo: GeoLookup | None) -> Plan
         tag = geo(ip)
         return index.get(tag or "", 0), prefix
 
-    return Plan(variants, pick)
+    return Answers(variants, pick)
 
 
-def plan(strategy: Strategy | None, targets: tuple[Target, ...], geo: GeoLookup | None = None) -> Plan:
-    """The answer plan for one name's healthy targets (local and peers', each with its geotag)."""
+def answers(strategy: Strategy | None, targets: tuple[Target, ...], geo: GeoLookup | None = None) -> Answers:
+    """The possible answers of one name's healthy targets (local and peers', each with its geotag)."""
     if strategy is None or not targets:
-        return Plan([targets], _fixed)
+        return Answers([targets], _fixed)
     groups = _by_geotag(targets)
     if strategy.type == "failover":
         return _failover(groups, strategy.primary_geotag)

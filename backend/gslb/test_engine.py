@@ -14,11 +14,10 @@ from backend.config import GslbZone, Settings
 from backend.gslb.engine import GslbEngine, GslbResult
 from backend.gslb.health import combine
 from backend.gslb.spec import SpecError, parse
-from backend.model import Store, Strategy, Target
+from backend.model import Obj, Store, Strategy, Target
 from backend.probes.prober import Prober
 from backend.sources.informer import ENDPOINTSLICES, GSLBS, GSLBS_IO, INGRESSES, SERVICES, Informer
 
-Obj = dict[str, Any]
 SETTINGS = Settings(gslb_zones=(GslbZone("gb.foowidgets.k8s", "foowidgets.k8s"),), cluster_geotag="us-buf")
 HOST = "fe.gb.foowidgets.k8s"
 

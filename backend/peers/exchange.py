@@ -33,15 +33,14 @@ import dns.opcode
 
 from backend import metrics
 from backend.config import GslbZone, Settings
-from backend.model import Endpoint, Store, Strategy, Target
+from backend.dnsclient import QueryError, Server, ask, parse_server, rdata_texts, txt_strings
+from backend.model import LOCALTARGETS, Endpoint, Store, Strategy, Target, in_zone
 from backend.peers import shards
 from backend.peers.persist import PeerBook
-from backend.peers.query import QueryError, Server, ask, parse_server, rdata_texts, txt_strings
 from backend.probes.prober import Prober
 
 log = logging.getLogger(__name__)
 
-LOCALTARGETS = "localtargets-"
 INDEX_KEY = "peers/index"  # our Store key for the localtargets index and shards
 RESOLVE_EVERY = 30.0  # re-resolve a healthy peer's address this often (its glue may move)
 RESOLVE_RETRY = 5.0  # ... and a failing peer's at most this often
@@ -72,10 +71,6 @@ def _from_shards(by_shard: Mapping[int, Mapping[str, tuple[str, ...]]], hosts: t
                     if family:
                         out[(host, rtype)] = tuple(family)
     return out
-
-
-def in_zone(name: str, zone: str) -> bool:
-    return name == zone or name.endswith("." + zone)
 
 
 HostPolicy = tuple[int | None, Strategy]  # the TTL and strategy our Gslb gives a host

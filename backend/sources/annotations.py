@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from backend.model import Endpoint, ObjectRef, Target, address_type, normalize_name
+from backend.model import Endpoint, ObjectRef, Target, address_type, normalize_name, zone_of
 
 PREFIXES = ("external-dns.alpha.kubernetes.io/", "external-dns.kubernetes.io/")
 TTL_MAX = 2**31 - 1
@@ -145,11 +145,6 @@ def typed_targets(values: Iterable[str], what: str) -> tuple[dict[str, list[str]
     return by_type, problems
 
 
-def in_zones(name: str, zones: Sequence[str]) -> bool:
-    bare = name.removeprefix("*.")
-    return any(bare == z or bare.endswith("." + z) for z in zones)
-
-
 def endpoints_for(
     names: Iterable[str],
     by_type: Mapping[str, Sequence[str]],
@@ -165,7 +160,7 @@ def endpoints_for(
     eps: list[Endpoint] = []
     problems: list[Problem] = []
     for name in names:
-        if not in_zones(name, zones):
+        if zone_of(name, zones) is None:
             why = f"{name} is not inside any served zone ({', '.join(zones)})"
             problems.append(Problem("OutsideZones", why, name))
             continue
@@ -186,18 +181,6 @@ def load_balancer_targets(obj: Mapping[str, Any]) -> list[str]:
     """status.loadBalancer.ingress of a Service or Ingress: each entry's ip, else its hostname."""
     lb = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
     return [i.get("ip") or i.get("hostname") for i in lb if i.get("ip") or i.get("hostname")]
-
-
-def object_ref(obj: Mapping[str, object]) -> ObjectRef:
-    meta = obj.get("metadata") or {}
-    assert isinstance(meta, Mapping)
-    return ObjectRef(
-        kind=str(obj.get("kind", "")),
-        namespace=str(meta.get("namespace") or ""),
-        name=str(meta.get("name", "")),
-        uid=str(meta.get("uid") or ""),
-        api_version=str(obj.get("apiVersion", "v1")),
-    )
 
 
 def merge(eps: list[Endpoint]) -> list[Endpoint]:

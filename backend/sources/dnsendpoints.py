@@ -8,14 +8,12 @@ presentation format: TXT quoted, names in rdata (CNAME, NS, SRV, MX) fully quali
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
-from backend.model import Endpoint
+from backend.model import Endpoint, Obj, object_ref
 from backend.sources import annotations as ann
 from backend.sources.annotations import Problem
 
-Obj = Mapping[str, Any]
 TYPES = ("A", "AAAA", "CNAME", "TXT", "SRV", "MX", "NS")
 
 
@@ -75,7 +73,7 @@ CHECKS: dict[str, Callable[[str], str | None]] = {
 def endpoints(obj: Obj, zones: Sequence[str]) -> tuple[list[Endpoint], list[Problem]]:
     if ann.other_controller(obj):
         return [], []
-    ref = ann.object_ref(obj)
+    ref = object_ref(obj)
     eps: list[Endpoint] = []
     problems: list[Problem] = []
     for i, entry in enumerate((obj.get("spec") or {}).get("endpoints") or ()):

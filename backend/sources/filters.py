@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from backend.model import Endpoint
+from backend.model import Endpoint, in_zone
 from backend.sources.annotations import Problem
 from backend.sources.selectors import Selector, parse
 
@@ -50,7 +50,7 @@ def _plain_match(filters: Sequence[str], name: str) -> bool:
         if f.startswith("."):
             if name.endswith(f):
                 return True
-        elif name == f or name.endswith("." + f):
+        elif in_zone(name, f):
             return True
     return False
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from backend.config import Settings
 from backend.controller.events import EventRecorder
-from backend.model import Store
+from backend.model import Obj, Store
 from backend.sources import filters, gateways, kubeapi, selectors
 from backend.sources.informer import Informer, key_of
 from backend.sources.producer import ProblemReporter
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 BY_GATEWAY = "gateway"  # route index: "ns/name" of each parentRef Gateway
 BY_NAMESPACE = "namespace"
 

@@ -25,13 +25,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from backend.model import Endpoint
+from backend.model import Endpoint, Obj, object_ref, zone_of
 from backend.sources import annotations as ann
 from backend.sources.annotations import Problem
 from backend.sources.informer import Resource
 from backend.sources.selectors import Selector, from_label_selector
 
-Obj = Mapping[str, Any]
 GROUP = "gateway.networking.k8s.io"
 GATEWAYS = Resource(GROUP, "v1", "gateways", "Gateway")
 NAMESPACES = Resource("", "v1", "namespaces", "Namespace", namespaced=False)
@@ -287,10 +286,10 @@ def endpoints(
     by_host, problems = host_targets(route, gateways, namespaces, filt)
     ttl, more = ann.ttl(_meta(route).get("annotations") or {})
     problems += more
-    ref = ann.object_ref(route)
+    ref = object_ref(route)
     eps: list[Endpoint] = []
     for host, values in by_host.items():
-        if ann.in_zones(host, gslb_zones):
+        if zone_of(host, gslb_zones) is not None:
             continue
         by_type, bad = ann.typed_targets(values, "Gateway address")
         made, outside = ann.endpoints_for([host], by_type, ttl, ref, zones)

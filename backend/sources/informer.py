@@ -21,11 +21,11 @@ from typing import Any
 import urllib3
 from kubernetes import client
 
+from backend.model import Obj
 from backend.sources import kubeapi
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 Handler = Callable[[str, Obj, Obj | None], None]  # (ADDED|MODIFIED|DELETED, obj, old or None)
 IndexFn = Callable[[Obj], list[str]]
 
@@ -56,6 +56,18 @@ DNSENDPOINTS = Resource("externaldns.k8s.io", "v1alpha1", "dnsendpoints", "DNSEn
 GSLBS = Resource("k8gb.absa.oss", "v1beta1", "gslbs", "Gslb")
 GSLBS_IO = Resource("k8gb.io", "v1beta1", "gslbs", "Gslb")
 ZONEDELEGATIONS = Resource("k8gb.io", "v1beta1", "zonedelegations", "ZoneDelegation", namespaced=False)
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+SLICES_BY_SERVICE = "service"  # the EndpointSlice index every reader shares: "ns/service-name"
+
+
+def slice_service(obj: Obj | None) -> list[str]:
+    """Index function for EndpointSlices: the "ns/name" of the Service they belong to."""
+    if obj is None:
+        return []
+    meta = obj.get("metadata") or {}
+    name = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
+    return [f"{meta.get('namespace', '')}/{name}"] if name else []
 
 
 # Kinds we only read, never write back: their objects may lose more than managedFields.
@@ -154,8 +166,11 @@ class Informer:
             return list(self.objects.values())
 
     def add_index(self, name: str, fn: IndexFn) -> None:
-        """Index objects by the values `fn` returns (e.g. EndpointSlices by "ns/service-name")."""
+        """Index objects by the values `fn` returns (e.g. EndpointSlices by "ns/service-name"); asking
+        again for an index this informer already keeps costs nothing."""
         with self._lock:
+            if self._indexers.get(name) is fn:
+                return
             self._indexers[name] = fn
             index: dict[str, set[str]] = {}
             for key, obj in self.objects.items():

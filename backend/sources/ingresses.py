@@ -11,14 +11,11 @@ put two producers, with different answers, on one name.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-from backend.model import Endpoint
+from backend.model import Endpoint, Obj, object_ref, zone_of
 from backend.sources import annotations as ann
 from backend.sources.annotations import Problem
-
-Obj = Mapping[str, Any]
 
 
 def hosts(ing: Obj) -> list[str]:
@@ -40,13 +37,13 @@ def endpoints(
     if ann.other_controller(ing):
         return [], []
     annotations = (ing.get("metadata") or {}).get("annotations") or {}
-    ref = ann.object_ref(ing)
+    ref = object_ref(ing)
     from_annotation, problems = ann.hostnames(annotations)
     source = ann.annotation(annotations, "ingress-hostname-source") or ""
     names = [] if source == "annotation-only" else hosts(ing)
     if source != "defined-hosts-only":
         names += [n for n in from_annotation if n not in names]
-    names = [n for n in names if not ann.in_zones(n, gslb_zones)]
+    names = [n for n in names if zone_of(n, gslb_zones) is None]
     ttl, more = ann.ttl(annotations)
     problems += more
     values = ann.split_list(ann.annotation(annotations, "target"))

@@ -16,30 +16,18 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from backend.config import Settings
 from backend.controller.events import EventRecorder
-from backend.model import Endpoint, Store
-from backend.sources import annotations as ann
+from backend.model import Endpoint, Obj, Store, object_ref
 from backend.sources import dnsendpoints, filters, ingresses, services
 from backend.sources.annotations import Problem
-from backend.sources.informer import Informer, key_of
+from backend.sources.informer import SLICES_BY_SERVICE, Informer, key_of, slice_service
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"
-SLICES_BY_SERVICE = "service"  # EndpointSlice index: "ns/service-name"
 Derive = Callable[[Obj], tuple[list[Endpoint], list[Problem]]]
 Handler = Callable[[str, Obj, Obj | None], None]
-
-
-def slice_service(obj: Obj) -> list[str]:
-    """Index function for EndpointSlices: the "ns/name" of the Service they belong to."""
-    meta = obj.get("metadata") or {}
-    name = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
-    return [f"{meta.get('namespace', '')}/{name}"] if name else []
 
 
 class ProblemReporter:
@@ -54,7 +42,7 @@ class ProblemReporter:
         for p in sorted(new - self._problems.get(key, set()), key=lambda p: (p.reason, p.message)):
             log.warning("%s: %s: %s", key, p.reason, p.message)
             if self.recorder is not None:
-                self.recorder.record(ann.object_ref(obj), "Warning", p.reason, p.message)
+                self.recorder.record(object_ref(obj), "Warning", p.reason, p.message)
         if new:
             self._problems[key] = new
         else:
@@ -132,7 +120,7 @@ class ExternalDnsSources:
 
     def _on_slice(self, _type: str, obj: Obj, old: Obj | None) -> None:
         assert self.services is not None
-        for svc_key in {*slice_service(obj), *(slice_service(old) if old else ())}:
+        for svc_key in {*slice_service(obj), *slice_service(old)}:
             svc = self.services.get(svc_key)
             if svc is not None and services.is_headless(svc):
                 with self._lock:

@@ -12,14 +12,11 @@ most load-balanced clusters do not route).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
 
-from backend.model import Endpoint
+from backend.model import Endpoint, Obj, object_ref
 from backend.sources import annotations as ann
 from backend.sources.annotations import Problem
-
-Obj = Mapping[str, Any]
 
 
 def is_headless(svc: Obj) -> bool:
@@ -67,7 +64,7 @@ def endpoints(svc: Obj, slices: Sequence[Obj], zones: Sequence[str]) -> tuple[li
     if ann.other_controller(svc):
         return [], []
     annotations = (svc.get("metadata") or {}).get("annotations") or {}
-    ref = ann.object_ref(svc)
+    ref = object_ref(svc)
     names, problems = ann.hostnames(annotations)
     internal, more = ann.hostnames(annotations, "internal-hostname")
     problems += more

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from backend.config import Settings
-from backend.model import Endpoint, ObjectRef, Strategy, Target, address_type, normalize_name
+from backend.model import Endpoint, ObjectRef, Strategy, Target, address_type, normalize_name, zone_of
 
 # refresh and retry as CoreDNS's own plugins; expire one week (CoreDNS: 86400), the least Zonemaster
 # accepts without a WARNING. All three only matter to secondaries, and AXFR is refused.
@@ -30,15 +30,6 @@ class Merged:
 
 
 Conflict = tuple[ObjectRef, str]
-
-
-def zone_of(name: str, zones: Iterable[str]) -> str | None:
-    """The longest served zone containing `name` (a child zone wins over its parent)."""
-    best: str | None = None
-    for zone in zones:
-        if (name == zone or name.endswith("." + zone)) and (best is None or len(zone) > len(best)):
-            best = zone
-    return best
 
 
 def plain_ns_name(zone: str) -> str:

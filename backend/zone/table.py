@@ -3,7 +3,7 @@
 A query costs a header and question parse, one dict lookup on the lowercased wire name, the ID and
 question copied from the request and a precompiled tail appended. Names in the tail point at the
 question (offset 12) with compression pointers, so the same bytes fit every letter case of the
-query. GSLB names hold one tail per `Plan` variant and `Plan.pick` chooses per query.
+query. GSLB names hold one tail per `Answers` variant and `Answers.pick` chooses per query.
 
 Answers that depend on the query's name length (wildcards, NXDOMAIN under a zone, referrals for
 names below a delegation) are compiled on first use per length and kept: at most 255 per node.
@@ -22,7 +22,7 @@ import dns.exception
 import dns.rdatatype
 
 from backend.config import Settings
-from backend.gslb.strategy import GeoLookup, plan
+from backend.gslb.strategy import GeoLookup, answers
 from backend.model import Endpoint, ObjectRef, normalize_name
 from backend.zone import wire
 from backend.zone.encode import (
@@ -459,7 +459,7 @@ class Table:
         self._inputs[name] = (types, node, records, rejects)
 
     def _parse(self, node: _Node, name: str, types: dict[str, Merged]) -> tuple[int, list[Conflict]]:
-        """Encode and plan each RRset of `node`: the number of records kept, and what was rejected."""
+        """Encode each RRset of `node`: the number of records kept, and what was rejected."""
         records = 0
         rejects: list[Conflict] = []
         for rtype, merged in types.items():
@@ -477,7 +477,7 @@ class Table:
             targets = tuple(t for t in merged.targets if t.value in parsed)
             if not targets:
                 continue
-            p = plan(merged.strategy, targets, self._geo)
+            p = answers(merged.strategy, targets, self._geo)
             variants = [[parsed[t.value] for t in v] for v in p.variants if v]
             node.rrsets[rdtype] = _RRset(rdtype, merged.ttl, variants, p.pick if len(variants) > 1 else None)
             records += len(targets)
@@ -649,7 +649,7 @@ def compile_table(settings: Settings, endpoints: Iterable[Endpoint], serial: int
     sources report them); conflicts and unparsable targets are listed in `Table.conflicts`.
 
     With `previous` (the table this one replaces), names whose merged records did not change reuse
-    its encoded RRsets, plans and answers, so a change costs little more than the merge.
+    its encoded RRsets, answer variants, so a change costs little more than the merge.
     """
     table = Table(settings, serial)
     table._geo = geo

@@ -37,7 +37,7 @@ class Edns:
         self.ecs = ecs  # (family, source prefix, address bytes as sent)
 
     def client(self) -> tuple[str | None, int]:
-        """The ECS client address and source prefix, for `Plan.pick`; (None, 0) without ECS."""
+        """The ECS client address and source prefix, for `Answers.pick`; (None, 0) without ECS."""
         if self.ecs is None or self.ecs[1] == 0:
             return None, 0
         family, source, addr = self.ecs
