@@ -3,13 +3,21 @@
 Like ExternalDNS's Endpoint: sources (Kubernetes objects), the GSLB engine and peers only ever produce
 `Endpoint`s; nothing downstream reads Kubernetes objects. Each producer owns a key in the `Store` and
 replaces its whole list at once, so a deleted object is one `Store.replace(key, ())`.
+
+Store keys, and who writes them (one writer per prefix; keys are made only by the functions below):
+
+    service/<ns>/<name>, ingress/..., dnsendpoint/...   sources/producer.py: one object's records
+    httproute/<ns>/<name>, grpcroute/..., tlsroute/...  sources/gateway_producer.py: one route's records
+    gslb/<ns>/<name>[@k8gb.io]                          gslb/engine.py: this cluster's answer for a Gslb
+    peer/<geotag>                                       peers/exchange.py: that other cluster's targets
+    published/localtargets                              peers/exchange.py: ours, served to the peers
 """
 
 from __future__ import annotations
 
 import ipaddress
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +51,41 @@ def object_ref(obj: Mapping[str, Any], kind: str = "", api_version: str = "") ->
         uid=str(meta.get("uid") or ""),
         api_version=api_version or str(obj.get("apiVersion") or "v1"),
     )
+
+
+def key_of(obj: Mapping[str, Any]) -> str:
+    """"namespace/name", or "name" for cluster-scoped objects (client-go's MetaNamespaceKeyFunc)."""
+    meta = obj.get("metadata") or {}
+    ns = meta.get("namespace")
+    return f"{ns}/{meta.get('name', '')}" if ns else meta.get("name", "")
+
+
+GSLB_KEYS = "gslb/"
+PEER_KEYS = "peer/"
+PUBLISHED_KEY = "published/localtargets"  # this cluster's localtargets index and shards, for peers
+LEGACY_GSLB_GROUP = "k8gb.absa.oss"  # k8gb's first API group; its Gslbs keep the plain key
+
+
+def source_key(kind: str, obj: Mapping[str, Any]) -> str:
+    """<kind>/<ns>/<name>: the records a source derived from one watched object (kind lowercased)."""
+    return f"{kind.lower()}/{key_of(obj)}"
+
+
+def source_prefix(kind: str) -> str:
+    """The prefix of every `source_key` of `kind`, for readers that pick sources by kind (the edge)."""
+    return f"{kind.lower()}/"
+
+
+def gslb_key(obj: Mapping[str, Any]) -> str:
+    """gslb/<ns>/<name>: this cluster's records for one Gslb; a Gslb of the newer k8gb.io group with the
+    same name gets its own key (`@k8gb.io`)."""
+    group = str(obj.get("apiVersion") or "").split("/")[0]
+    return f"{GSLB_KEYS}{key_of(obj)}" + ("" if group == LEGACY_GSLB_GROUP else f"@{group}")
+
+
+def peer_key(geotag: str) -> str:
+    """peer/<geotag>: the healthy targets the peer exchange learned from that other cluster."""
+    return f"{PEER_KEYS}{geotag}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,21 +200,6 @@ class Store:
             keys_listener(keys)
         for listener in self._listeners:
             listener(version)
-
-    def replace_prefix(self, prefix: str, by_key: dict[str, Sequence[Endpoint]]) -> bool:
-        """Set every key under `prefix` at once (a relist): keys not in `by_key` are removed."""
-        with self._lock:
-            old = {k: v for k, v in self._by_key.items() if k.startswith(prefix)}
-            new = {k: tuple(v) for k, v in by_key.items() if v}
-            if old == new:
-                return False
-            for key in old:
-                del self._by_key[key]
-            self._by_key.update(new)
-            self._version += 1
-            version = self._version
-        self._notify(version, frozenset(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)))
-        return True
 
     def snapshot(self) -> tuple[int, dict[str, tuple[Endpoint, ...]]]:
         with self._lock:

@@ -28,7 +28,7 @@ from backend.lab.coredns import CoreDNS
 from backend.lab.dig import dig
 from backend.lab.kube import ControlPlane
 from backend.lab.proc import free_port, wait_for
-from backend.model import Endpoint, Target
+from backend.model import Endpoint, Target, peer_key
 
 pytestmark = pytest.mark.controlplane
 
@@ -103,7 +103,7 @@ def healthy_records(plane: ControlPlane, namespace: str) -> dict[str, list[str]]
 
 
 def inject_peer(ctx: app.Context, host: str, ip: str, geotag: str = "us-nyc") -> None:
-    ctx.store.replace(f"peer/{geotag}", [Endpoint(host, "A", (Target(ip, geotag),))])
+    ctx.store.replace(peer_key(geotag), [Endpoint(host, "A", (Target(ip, geotag),))])
 
 
 def test_weighted_round_robin_holds_over_10000_queries(

@@ -25,9 +25,9 @@ import pytest
 from backend.config import GslbZone, Settings
 from backend.dnsclient import parse_server
 from backend.gslb.strategy import answers
-from backend.model import Endpoint, ObjectRef, Store, Strategy, Target
+from backend.model import GSLB_KEYS, PUBLISHED_KEY, Endpoint, ObjectRef, Store, Strategy, Target, peer_key
 from backend.peers import persist, shards
-from backend.peers.exchange import INDEX_KEY, PeerExchange, PeerZone
+from backend.peers.exchange import PeerExchange, PeerZone
 
 ZONE = GslbZone("gb.foowidgets.k8s", "foowidgets.k8s")
 HOST = "fe.gb.foowidgets.k8s"
@@ -197,7 +197,7 @@ class Rig:
 
     def targets(self) -> list[tuple[str, str, tuple[Target, ...]]]:
         _, by_key = self.store.snapshot()
-        return [(ep.name, ep.rtype, ep.targets) for ep in by_key.get("peer/us-nyc", ())]
+        return [(ep.name, ep.rtype, ep.targets) for ep in by_key.get(peer_key("us-nyc"), ())]
 
 
 @contextlib.contextmanager
@@ -313,7 +313,7 @@ async def test_a_shard_with_foreign_hosts_is_rejected() -> None:
 def test_our_index_follows_our_localtargets_only() -> None:
     with rig() as r:
         def published() -> str:
-            eps = r.store.snapshot()[1][INDEX_KEY]
+            eps = r.store.snapshot()[1][PUBLISHED_KEY]
             return next(ep for ep in eps if ep.name == shards.index_name(ZONE.dns_zone)).targets[0].value
 
         first = published()
@@ -356,12 +356,13 @@ def test_local_index_kept_incrementally_equals_one_built_afresh() -> None:
             store.replace(f"gslb/demo/g{i}", eps)
         kept._refresh_local(notify=False)
         if step % 25 == 0 or step == 299:
-            index = store.snapshot()[1][INDEX_KEY]
+            index = store.snapshot()[1][PUBLISHED_KEY]
             fresh = PeerExchange(settings, Store())
-            fresh.store.replace_prefix("gslb/", {k: v for k, v in store.snapshot()[1].items()
-                                                 if k.startswith("gslb/")})
+            for key, eps in store.snapshot()[1].items():
+                if key.startswith(GSLB_KEYS):
+                    fresh.store.replace(key, eps)
             fresh._refresh_local(notify=False)
-            assert fresh.store.snapshot()[1][INDEX_KEY] == index, step
+            assert fresh.store.snapshot()[1][PUBLISHED_KEY] == index, step
             assert (fresh._hosts, fresh._policy) == (kept._hosts, kept._policy), step
 
 
@@ -465,7 +466,7 @@ async def test_peer_records_carry_our_gslbs_strategy_and_ttl() -> None:
     with rig() as r:
         publish(r.peer, {HOST: ["10.2.1.98", "2001:db8::98"]})
         await r.poll()
-        peer = r.store.snapshot()[1]["peer/us-nyc"]
+        peer = r.store.snapshot()[1][peer_key("us-nyc")]
         assert {(ep.rtype, ep.ttl, ep.strategy) for ep in peer} == {("A", 30, FAILOVER),
                                                                     ("AAAA", 30, FAILOVER)}
 

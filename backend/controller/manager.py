@@ -23,8 +23,8 @@ from backend.config import Settings
 from backend.controller import objects, status
 from backend.controller.events import EventRecorder
 from backend.controller.leader import LeaderElector
-from backend.gslb.engine import GslbEngine, GslbResult, store_key
-from backend.model import Obj, Target, object_ref
+from backend.gslb.engine import GslbEngine, GslbResult
+from backend.model import PEER_KEYS, Obj, Target, gslb_key, object_ref
 from backend.sources import kubeapi
 from backend.sources.informer import GSLBS, GSLBS_IO, INGRESSES, ZONEDELEGATIONS, Informer, Resource, key_of
 
@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 
 Item = tuple[str, str]
 MAX_BACKOFF = 30.0
-PEER_PREFIX = "peer/"  # Store keys of other clusters' targets (backend/peers)
 
 
 class WorkQueue:
@@ -152,7 +151,7 @@ class Controller:
                 self.queue.add(("ingress", key))
 
     def _on_store_keys(self, keys: frozenset[str]) -> None:
-        if any(k.startswith(PEER_PREFIX) for k in keys):
+        if any(k.startswith(PEER_KEYS) for k in keys):
             self.queue.add(("peers", ""))
 
     def _on_ingress(self, type_: str, obj: Obj, _old: Obj | None) -> None:
@@ -167,7 +166,7 @@ class Controller:
                         "apiVersion": ref.get("apiVersion", ""),
                         "metadata": {"namespace": meta.get("namespace"), "name": ref.get("name")},
                     }
-                    self.queue.add(("ingress", store_key(owner)))
+                    self.queue.add(("ingress", gslb_key(owner)))
 
     def _resync(self) -> None:
         self.queue.add(("peers", ""))  # statuses include other clusters' targets; a change requeues them
@@ -253,7 +252,7 @@ class Controller:
         _, by_key = self.engine.store.snapshot()
         peers: dict[str, list[Target]] = {}
         for key, eps in by_key.items():
-            if key.startswith(PEER_PREFIX):
+            if key.startswith(PEER_KEYS):
                 for ep in eps:
                     if ep.rtype in ("A", "AAAA"):
                         peers.setdefault(ep.name, []).extend(ep.targets)

@@ -61,7 +61,7 @@ def _condition(type_: str, state: tuple[str, str, str], generation: Any, current
     return out
 
 
-Peers = dict[str, tuple[Target, ...]]  # host -> other clusters' healthy targets (Store keys peer/<geotag>)
+Peers = dict[str, tuple[Target, ...]]  # host -> other clusters' healthy targets (Store peer/<geotag>)
 
 
 def healthy_records(result: GslbResult, geotag: str, peers: Peers) -> dict[str, list[str]]:

@@ -17,9 +17,9 @@ from backend import metrics
 from backend.config import Settings
 from backend.gslb.health import HEALTHY, NOT_FOUND, UNHEALTHY, HostState, evaluate
 from backend.gslb.spec import GslbSpec, SpecError, parse
-from backend.model import LOCALTARGETS, Endpoint, Obj, Store, Target, address_type, zone_of
+from backend.model import LOCALTARGETS, Endpoint, Obj, Store, Target, address_type, gslb_key, zone_of
 from backend.probes.prober import Prober
-from backend.sources.informer import ENDPOINTSLICES, GSLBS, SLICES_BY_SERVICE, Informer, key_of, slice_service
+from backend.sources.informer import ENDPOINTSLICES, SLICES_BY_SERVICE, Informer, key_of, slice_service
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,6 @@ class GslbResult:
 
 
 Listener = Callable[[str, GslbResult | None], None]
-
-
-def store_key(obj: Obj) -> str:
-    """gslb/<ns>/<name>; a Gslb of the newer k8gb.io group with the same name gets its own key."""
-    group = (obj.get("apiVersion") or "").split("/")[0]
-    return f"gslb/{key_of(obj)}" + ("" if group == GSLBS.group else f"@{group}")
 
 
 def _labels_match(obj: Obj, labels: dict[str, str]) -> bool:
@@ -170,7 +164,7 @@ class GslbEngine:
             prober.subscribe(self._on_verdicts)  # ... and we read its verdicts when writing Endpoints
 
     def subscribe(self, listener: Listener) -> None:
-        """`listener(store_key, result or None when the Gslb is gone)`, called on every evaluation;
+        """`listener(gslb_key, result or None when the Gslb is gone)`, called on every evaluation;
         it must be cheap (the controller only queues)."""
         with self._lock:
             self._listeners.append(listener)
@@ -206,7 +200,7 @@ class GslbEngine:
     # -- events ----------------------------------------------------------------------------------
 
     def _on_gslb(self, type_: str, obj: Obj, _old: Obj | None) -> None:
-        key = store_key(obj)
+        key = gslb_key(obj)
         with self._lock:
             if type_ == "DELETED":
                 self._forget(key)

@@ -34,14 +34,23 @@ import dns.opcode
 from backend import metrics
 from backend.config import GslbZone, Settings
 from backend.dnsclient import QueryError, Server, ask, parse_server, rdata_texts, txt_strings
-from backend.model import LOCALTARGETS, Endpoint, Store, Strategy, Target, in_zone
+from backend.model import (
+    GSLB_KEYS,
+    LOCALTARGETS,
+    PUBLISHED_KEY,
+    Endpoint,
+    Store,
+    Strategy,
+    Target,
+    in_zone,
+    peer_key,
+)
 from backend.peers import shards
 from backend.peers.persist import PeerBook
 from backend.probes.prober import Prober
 
 log = logging.getLogger(__name__)
 
-INDEX_KEY = "peers/index"  # our Store key for the localtargets index and shards
 RESOLVE_EVERY = 30.0  # re-resolve a healthy peer's address this often (its glue may move)
 RESOLVE_RETRY = 5.0  # ... and a failing peer's at most this often
 SOA_REFETCH = 30.0  # refetch a peer without an index this often even if its serial stands still
@@ -159,7 +168,7 @@ class PeerExchange:
     def on_store_keys(self, keys: frozenset[str]) -> None:
         """Store listener (any thread): our hosts or health may have changed. Our own writes
         (index, peers' records) are not `gslb/` keys and do not wake us."""
-        ours = [k for k in keys if k.startswith("gslb/")]
+        ours = [k for k in keys if k.startswith(GSLB_KEYS)]
         if not ours:
             return
         with self._dirty_lock:
@@ -280,7 +289,7 @@ class PeerExchange:
         zones = [gz.dns_zone for gz in self.settings.gslb_zones]
         shares = self._shares
         if not self._indexed:  # the first time: every key we do not hold yet
-            dirty = {k for k in by_key if k.startswith("gslb/")} | shares.keys()
+            dirty = {k for k in by_key if k.startswith(GSLB_KEYS)} | shares.keys()
         changed = [k for k in dirty
                    if (k in shares) != (k in by_key) or (k in shares and shares[k].eps is not by_key[k])]
         hosts: set[str] = set()  # GSLB hosts and localtargets names the changed keys touch
@@ -342,7 +351,7 @@ class PeerExchange:
                 self._publish(geotag)
         if moved_zones or not self._indexed:
             self._indexed = True
-            self.store.replace(INDEX_KEY, [ep for gz in self.settings.gslb_zones
+            self.store.replace(PUBLISHED_KEY, [ep for gz in self.settings.gslb_zones
                                     for ep in self._publication[gz.dns_zone].endpoints()])
 
     def _notify_soon(self, gz: GslbZone) -> None:
@@ -449,7 +458,7 @@ class PeerExchange:
                 if served:
                     endpoints.append(Endpoint(host, rtype, tuple(Target(v, geotag) for v in served), ttl=ttl,
                                               strategy=strategy))
-        self.store.replace(f"peer/{geotag}", endpoints)
+        self.store.replace(peer_key(geotag), endpoints)
         metrics.PEER_RECORDS.labels(geotag).set(len(endpoints))
         metrics.PEER_UP.labels(geotag).set(int(all(not pz.error and pz.last_ok is not None for pz in zones)))
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from backend.config import Settings
 from backend.controller.events import EventRecorder
-from backend.model import Obj, Store
+from backend.model import Obj, Store, source_key
 from backend.sources import filters, gateways, kubeapi, selectors
 from backend.sources.informer import Informer, key_of
 from backend.sources.producer import ProblemReporter
@@ -85,7 +85,7 @@ class GatewaySources:
         return True
 
     def _derive(self, route: Obj) -> None:
-        key = f"{route.get('kind', '').lower()}/{key_of(route)}"
+        key = source_key(route.get("kind", ""), route)
         with self._lock:
             eps, problems = self.source_filter.apply(
                 lambda r: gateways.endpoints(r, self.gateways.get, self.namespaces.get, self.zones,
@@ -106,7 +106,7 @@ class GatewaySources:
     def _on_route(self, kind: str) -> Callable[[str, Obj, Obj | None], None]:
         def handle(type_: str, obj: Obj, _old: Obj | None) -> None:
             if type_ == "DELETED":
-                key = f"{kind.lower()}/{key_of(obj)}"
+                key = source_key(kind, obj)
                 with self._lock:
                     self.store.replace(key, ())
                     self._reporter.forget(key)

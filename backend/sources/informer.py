@@ -21,7 +21,7 @@ from typing import Any
 import urllib3
 from kubernetes import client
 
-from backend.model import Obj
+from backend.model import Obj, key_of
 from backend.sources import kubeapi
 
 log = logging.getLogger(__name__)
@@ -99,13 +99,6 @@ def _interned(value: Any, shared: bool = False) -> Any:
     if shared and isinstance(value, str):
         return sys.intern(value)
     return value
-
-
-def key_of(obj: Obj) -> str:
-    """"namespace/name", or "name" for cluster-scoped objects (client-go's MetaNamespaceKeyFunc)."""
-    meta = obj.get("metadata") or {}
-    ns = meta.get("namespace")
-    return f"{ns}/{meta.get('name', '')}" if ns else meta.get("name", "")
 
 
 class _Gone(Exception):

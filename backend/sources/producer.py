@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 from backend.config import Settings
 from backend.controller.events import EventRecorder
-from backend.model import Endpoint, Obj, Store, object_ref
+from backend.model import Endpoint, Obj, Store, object_ref, source_key
 from backend.sources import dnsendpoints, filters, ingresses, services
 from backend.sources.annotations import Problem
 from backend.sources.informer import SLICES_BY_SERVICE, Informer, key_of, slice_service
@@ -106,7 +106,7 @@ class ExternalDnsSources:
 
     def _handler(self, kind: str, derive: Derive) -> Handler:
         def handle(type_: str, obj: Obj, _old: Obj | None) -> None:
-            key = f"{kind}/{key_of(obj)}"
+            key = source_key(kind, obj)
             with self._lock:
                 if type_ == "DELETED":
                     self.store.replace(key, ())
@@ -125,5 +125,6 @@ class ExternalDnsSources:
             if svc is not None and services.is_headless(svc):
                 with self._lock:
                     eps, problems = self.filter.apply(self._service, svc)
-                    self.store.replace(f"service/{svc_key}", eps)
-                    self._reporter.report(f"service/{svc_key}", svc, problems)
+                    key = source_key("Service", svc)
+                    self.store.replace(key, eps)
+                    self._reporter.report(key, svc, problems)
