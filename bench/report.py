@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+SIDE_SCRIPTS = Path(__file__).resolve().parent / "side-scripts.md"
+
 TARGETS = (
     ("a_file", "(a) CoreDNS `file` plugin (ceiling)"),
     ("b_grpc", "(b) CoreDNS -> grpc -> backend"),
@@ -404,6 +406,8 @@ def render(res: dict[str, Any]) -> str:
                 "",
                 *_profile_table(p["top"]), ""]
     out += _notes(res)
+    # figures of the side scripts that print rather than write results.json, recorded by hand
+    out += ["", SIDE_SCRIPTS.read_text().rstrip()]
     return "\n".join(out)
 
 
