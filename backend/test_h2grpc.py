@@ -45,11 +45,11 @@ from backend.h2grpc import (
     HpackDecoder,
     Limits,
     ProtocolError,
-    _hpack_int,
     connection_cap,
     frame,
 )
 from backend.proto import dns_pb2, dns_pb2_grpc
+from fuzz.h2 import huffman_field
 
 HEADER = st.tuples(
     st.sampled_from([b":path", b"content-type", b"grpc-timeout", b"x-a", b"user-agent"]),
@@ -474,18 +474,6 @@ def test_continuation_flood_ends_the_connection() -> None:
             assert goaway_code(client.read_until(goaway_code)) == ENHANCE_YOUR_CALM
             client.close()
         assert srv.call(b"ok").startswith(b"ko")
-
-
-def huffman_field(rng: random.Random, symbols: int) -> bytes:
-    """A literal field `x-junk` without indexing whose value is `symbols` random Huffman-coded
-    characters of the 5-bit codes (RFC 7541 appendix B: 0-2, a, c, e, i, o, s, t), built directly
-    because hpack's encoder takes seconds for megabytes."""
-    codes = [0b00000, 0b00001, 0b00010, 0b00011, 0b00100, 0b00101, 0b00110, 0b00111, 0b01000, 0b01001]
-    bits = "".join(format(rng.choice(codes), "05b") for _ in range(symbols))
-    bits += "1" * (-len(bits) % 8)  # padding: the most significant bits of EOS
-    value = int(bits, 2).to_bytes(len(bits) // 8, "big")
-    name = b"x-junk"
-    return b"\x00" + bytes((len(name),)) + name + _hpack_int(len(value), 7, 0x80) + value
 
 
 def test_distinct_huffman_strings_leave_no_memory_behind() -> None:

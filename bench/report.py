@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+SIDE_SCRIPTS = Path(__file__).resolve().parent / "side-scripts.md"
+
 TARGETS = (
     ("a_file", "(a) CoreDNS `file` plugin (ceiling)"),
     ("b_grpc", "(b) CoreDNS -> grpc -> backend"),
@@ -283,6 +285,18 @@ def _workers(w: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _hostile(h: dict[str, Any]) -> list[str]:
+    lines = ["| attack | server RSS before / peak / 5 s after (MiB) | queries lost (1 s timeout) "
+             "| slowest answer |",
+             "|---|---|---:|---:|"]
+    for key, r in h.items():
+        if isinstance(r, dict):
+            lines.append(f"| {key.replace('_', ' ')} | {r['rss_mib_before']} / {r['rss_mib_peak']} / "
+                         f"{r['rss_mib_after']} | {r['lost']} of {r['queries']} | "
+                         f"{_ms(r['slowest_answer_ms'])} ms |")
+    return lines
+
+
 def _scale(s: dict[str, Any]) -> list[str]:
     rows = [
         ("objects in the apiserver", f"{s['services']:,} Services, {s['endpointslices']:,} EndpointSlices, "
@@ -381,6 +395,10 @@ def render(res: dict[str, Any]) -> str:
     c = res.get("churn")
     if c:
         out += [f"## Churn ({c['date']}, load average at start {c['loadavg_at_start']})", "", *_churn(c), ""]
+    h = res.get("hostile")
+    if h:
+        out += [f"## Hostile HTTP/2 clients (`python -m bench.hostile`, {h['date']}, "
+                f"{h['seconds']:.0f} s each, load average {h['loadavg_at_start']})", "", *_hostile(h), ""]
     p = res.get("profile")
     if p:
         out += [f"## Profile of the backend under (b)'s load ({p['date']})", "",
@@ -388,6 +406,8 @@ def render(res: dict[str, Any]) -> str:
                 "",
                 *_profile_table(p["top"]), ""]
     out += _notes(res)
+    # figures of the side scripts that print rather than write results.json, recorded by hand
+    out += ["", SIDE_SCRIPTS.read_text().rstrip()]
     return "\n".join(out)
 
 
