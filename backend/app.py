@@ -1,11 +1,14 @@
-"""`coredns-gslb serve`: settings -> API client -> shared informers -> producers -> Store -> debounced
-compile -> DnsServer, and a clean stop on SIGTERM/SIGINT.
+"""`coredns-gslb serve`, the composition root: settings -> API client -> shared informers -> producers
+-> Store -> debounced compile -> DnsServer, and a clean stop on SIGTERM/SIGINT.
 
-Producers are the seam every component attaches through: each is `fn(ctx)` called once before the
-informers start. It asks `ctx.informer(resource)` for the shared watches it needs (one watch per kind
-however many producers read it), writes Endpoints to `ctx.store`, and may register readiness checks,
-start hooks (coroutines run on the event loop) and stop hooks. The app is ready (SERVFAIL until then)
-once every informer has completed its first full list and every readiness check passes.
+`build` wires every part explicitly, producers before consumers: each wiring function below takes the
+parts it reads as arguments, so a consumer cannot be wired before what it reads exists. Producers write
+their own Store keys (model.py says which); consumers read the Store and the producers' state and
+write only outside (Gslb status, the edge zone) or answer (/explain). Nothing imports this module but
+the CLI: the parts meet here, and through the model (the import-linter contract in pyproject.toml).
+
+The app is ready (SERVFAIL until then) once every informer has completed its first full list and every
+readiness check passes.
 """
 
 from __future__ import annotations
@@ -23,19 +26,39 @@ from typing import Any
 
 from kubernetes import client
 
-from backend import edge, explain, metrics, peers, probes
+from backend import edge, metrics
 from backend.config import GslbZone, Settings, from_args
-from backend.controller.events import EventRecorder
+from backend.controller.manager import Controller
+from backend.explain import ROUTE as EXPLAIN_ROUTE
+from backend.explain import Explainer
+from backend.gslb.delegations import ZoneDelegations, dns_servers
 from backend.gslb.engine import GslbEngine
-from backend.gslb.producer import gslb
+from backend.gslb.hostnames import HostnameResolver
 from backend.gslb.strategy import GeoLookup
+from backend.kube import kubeapi
+from backend.kube.events import EventRecorder
+from backend.kube.informer import (
+    DNSENDPOINTS,
+    ENDPOINTSLICES,
+    GATEWAY_GROUP,
+    GATEWAYS,
+    GSLBS,
+    GSLBS_IO,
+    INGRESSES,
+    NAMESPACES,
+    ROUTES,
+    SERVICES,
+    ZONEDELEGATIONS,
+    Informer,
+    Resource,
+    served_gateway_kinds,
+)
 from backend.model import ObjectRef, Store
 from backend.peers.exchange import PeerExchange
+from backend.peers.persist import PeerBook
 from backend.probes.prober import Prober
 from backend.server import DnsServer
-from backend.sources import kubeapi
-from backend.sources.gateway_producer import gateway_routes
-from backend.sources.informer import DNSENDPOINTS, ENDPOINTSLICES, INGRESSES, SERVICES, Informer, Resource
+from backend.sources.gateway_producer import GatewaySources
 from backend.sources.producer import ExternalDnsSources
 from backend.zone.table import Recompiler, next_serial_in, soa_serial
 
@@ -45,27 +68,24 @@ Hook = Callable[[], Awaitable[None] | None]
 
 
 @dataclass
-class Context:
-    """What a producer gets: shared informers, the Store, the Event recorder, the server's HTTP seams."""
+class App:
+    """What the wiring shares: the shared informers, the Store, the Event recorder, the server, and the
+    process's hooks (readiness, start, stop, new zones). Parts never see it; `build` hands each part
+    the pieces it needs."""
 
     settings: Settings
     api: client.ApiClient
     store: Store
     recorder: EventRecorder
     server: DnsServer
-    geo: GeoLookup | None = None
     informers: dict[Resource, Informer] = field(default_factory=dict)
     ready_checks: list[Callable[[], bool]] = field(default_factory=list)
     start_hooks: list[Hook] = field(default_factory=list)
     stop_hooks: list[Hook] = field(default_factory=list)
-    recompile: Callable[[], None] = lambda: None
-    gslb_engine: GslbEngine | None = None  # set by the gslb producer; explain reads health from it
-    peer_exchange: PeerExchange | None = None  # set by peers.attach; explain reads the peers' state
     # Set once every source has completed its first full list and the first table is compiled. Nothing
     # writes outside this process before (edge, Gslb status, persisted peers): an unsynced backend
     # sees an empty model, and writing it would delete what the cluster really has.
     first_sync: threading.Event = field(default_factory=threading.Event)
-    prober: Prober | None = None  # set by probes.attach; the engine and peers read its verdicts
     reconfigured: list[Callable[[Settings], None]] = field(default_factory=list)
 
     def reconfigure(self, gslb_zones: tuple[GslbZone, ...]) -> None:
@@ -121,23 +141,142 @@ class Context:
         return all(i.synced.is_set() for i in self.informers.values()) and all(c() for c in self.ready_checks)
 
 
-def external_dns(ctx: Context) -> None:
+# --- producers: each writes its own Store keys ---------------------------------------------------------
+
+
+def external_dns(app: App) -> None:
     """ExternalDNS's sources chosen by --source: annotated Services (and their EndpointSlices),
     Ingresses, DNSEndpoints (source `crd`); a source left out costs no watch of its own."""
-    chosen = ctx.settings.sources
+    chosen = app.settings.sources
     sources = ExternalDnsSources(
-        ctx.settings, ctx.store, ctx.recorder,
-        ctx.informer(SERVICES) if "service" in chosen else None,
-        ctx.informer(ENDPOINTSLICES) if "service" in chosen else None,
-        ctx.informer(INGRESSES) if "ingress" in chosen else None,
-        ctx.informer(DNSENDPOINTS) if "crd" in chosen else None,
+        app.settings, app.store, app.recorder,
+        app.informer(SERVICES) if "service" in chosen else None,
+        app.informer(ENDPOINTSLICES) if "service" in chosen else None,
+        app.informer(INGRESSES) if "ingress" in chosen else None,
+        app.informer(DNSENDPOINTS) if "crd" in chosen else None,
     )
-    ctx.reconfigured.append(sources.reconfigure)
+    app.reconfigured.append(sources.reconfigure)
 
 
-Producer = Callable[[Context], None]
-PRODUCERS: list[Producer] = [external_dns, gateway_routes, probes.attach, gslb, peers.attach, edge.attach,
-                             explain.attach]
+def gateway_routes(app: App, served: set[str]) -> None:
+    """The gateway-*route sources for the kinds this cluster serves (`served`: asked once at start)."""
+    if "Gateway" not in served:
+        log.warning("Gateway API (%s/v1 gateways) not served: gateway-*route sources off", GATEWAY_GROUP)
+        return
+    routes = {kind: app.informer(res) for kind, res in ROUTES.items()
+              if kind in served and f"gateway-{kind.lower()}" in app.settings.sources}  # --source
+    if not routes:
+        return
+    sources = GatewaySources(app.settings, app.store, app.recorder, app.informer(GATEWAYS),
+                             app.informer(NAMESPACES), routes)
+    app.ready_checks.append(sources.ready)
+    app.reconfigured.append(sources.reconfigure)
+
+
+def prober(app: App) -> Prober | None:
+    """The prober every replica runs (each replica answers from its own verdicts); the GSLB engine and
+    the peers read its verdicts and feed it targets."""
+    if not app.settings.gslb_zones:
+        return None
+    found = Prober(app.settings)
+    app.start_hooks.append(found.start)
+    app.stop_hooks.append(found.stop)
+    return found
+
+
+def gslb_engine(app: App, served: set[str], probes: Prober | None) -> GslbEngine:
+    """Gslb watches of both API groups and the engine every replica runs (health -> gslb/ keys), the
+    exposed-hostname resolver it asks, and the ZoneDelegations that change the zone set."""
+    resources = {"Gateway": GATEWAYS, **ROUTES} if "Gateway" in served else {}
+    engine = GslbEngine(
+        app.store,
+        app.settings,
+        [app.informer(GSLBS), app.informer(GSLBS_IO)],
+        app.informer(INGRESSES),
+        app.informer(SERVICES),
+        app.informer(ENDPOINTSLICES),
+        {kind: app.informer(res) for kind, res in resources.items() if kind in served},
+        prober=probes,
+    )
+    app.background(HostnameResolver(engine, app.settings).run)
+    app.reconfigured.append(engine.reconfigure)
+    ZoneDelegations(app.settings, app.informer(ZONEDELEGATIONS), app.recorder, app.reconfigure)
+    return engine
+
+
+def peer_exchange(app: App, probes: Prober | None) -> PeerExchange | None:
+    """Poll the peers named in extGslbClustersGeoTags in every GSLB zone (the zones may come later,
+    with ZoneDelegations); nothing to do without peers or a clusterGeoTag."""
+    s = app.settings
+    if not s.cluster_geotag or not [t for t in s.ext_gslb_clusters_geotags if t != s.cluster_geotag]:
+        return None
+    if not s.edge_dns_servers:
+        log.warning("peers %s configured but no --edge-dns-servers to find them through",
+                    ", ".join(s.ext_gslb_clusters_geotags))
+        return None
+    exchange = PeerExchange(s, app.store, book=PeerBook(app.api, s.namespace),
+                            may_write=app.first_sync.is_set, prober=probes)
+    app.server.on_notify(exchange.on_notify)
+    app.server.add_readiness_detail("peers", exchange.readiness)
+    app.reconfigured.append(exchange.reconfigure)
+    app.background(exchange.run)
+    return exchange
+
+
+# --- consumers: read the Store and the producers' state, write only outside ---------------------------
+
+
+def gslb_controller(app: App, engine: GslbEngine, peers: PeerExchange | None) -> None:
+    """The leader-elected controller: Gslb and ZoneDelegation status, owned Ingresses, Gslbs for
+    annotated Ingresses; it writes once the first sync is done and the peers have settled."""
+    controller = Controller(app.api, app.settings, engine, app.informer(INGRESSES), app.recorder,
+                            gate=lambda: app.first_sync.is_set() and (peers is None or peers.settled()))
+
+    def peer_addresses(zone: GslbZone, geotag: str) -> list[str]:
+        return peers.addresses(zone, geotag) if peers is not None else []
+
+    controller.write_delegation_status(app.informer(ZONEDELEGATIONS),
+                                       lambda obj: dns_servers(app.settings, obj, peer_addresses))
+    app.start_hooks.append(controller.start)
+    app.stop_hooks.append(controller.stop)
+
+
+def edge_publisher(app: App) -> None:
+    """The edge updater: its state shows on /readyz (never gating it); Store changes wake it. It starts
+    after the first full sync: before, the Store is empty and a pass would delete our names. With
+    --edge-dns-servers it runs even before there is a GSLB zone (ZoneDelegations may bring one), and
+    its jobs follow the zone set."""
+    settings = app.settings
+    if not settings.edge_dns_servers or not settings.cluster_geotag:
+        return
+    pub, key = edge.build(settings, app.store)
+    app.reconfigured.append(edge.ZoneFollower(pub, app.store, key, settings.gslb_zones))
+    app.server.add_readiness_detail("edge", pub.readiness)
+    app.store.subscribe(pub.wake)
+    app.background(app.after_first_sync(pub.run))
+
+
+def explain_route(app: App, engine: GslbEngine, peers: PeerExchange | None, probes: Prober | None) -> None:
+    """GET /explain from this backend's own model, checked against the table that answers."""
+    explainer = Explainer(app.settings, app.store, engine, peers,
+                          lambda query: app.server.table.answer(query), probes)
+    app.server.add_route(EXPLAIN_ROUTE, explainer.handle)
+    app.reconfigured.append(lambda settings: setattr(explainer, "settings", settings))
+
+
+def wire(app: App) -> None:
+    """Every part, producers before consumers: the consumers take the producers as arguments."""
+    served = served_gateway_kinds(app.api)
+    external_dns(app)
+    gateway_routes(app, served)
+    probes = prober(app)
+    engine = gslb_engine(app, served, probes)
+    peers = peer_exchange(app, probes)
+    gslb_controller(app, engine, peers)
+    edge_publisher(app)
+    explain_route(app, engine, peers, probes)
+
+
 FREEZE_EVERY = 300.0  # seconds between gc.freeze() calls while patches accumulate long-lived objects
 
 
@@ -148,8 +287,8 @@ class Compiler:
     so a relist or a Deployment rollout costs one compile, not hundreds, then swaps the table in.
     """
 
-    def __init__(self, ctx: Context, debounce: float = 0.015) -> None:
-        self.ctx = ctx
+    def __init__(self, app: App, geo: GeoLookup | None, debounce: float = 0.015) -> None:
+        self.app = app
         self.debounce = debounce
         self.serial = 0
         self.compiles = 0
@@ -158,7 +297,7 @@ class Compiler:
         self._keys_lock = threading.Lock()
         self._stop = threading.Event()
         self._reported: set[tuple[ObjectRef, str]] = set()
-        self._recompiler = Recompiler(ctx.settings, ctx.geo)
+        self._recompiler = Recompiler(app.settings, geo)
         self._next_freeze = 0.0
         self._settings: Settings | None = None  # new zones for the next compile
         self._thread = threading.Thread(target=self._run, name="compiler", daemon=True)
@@ -187,15 +326,15 @@ class Compiler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            if not self.ctx.synced():
+            if not self.app.synced():
                 self._stop.wait(0.05)
                 continue
             self._compile()
-            if not self.ctx.first_sync.is_set():
+            if not self.app.first_sync.is_set():
                 log.info("first full sync done: %d objects watched, serving",
-                         sum(len(i.objects) for i in self.ctx.informers.values()))
-                self.ctx.first_sync.set()
-                self.ctx.server.set_ready(True)
+                         sum(len(i.objects) for i in self.app.informers.values()))
+                self.app.first_sync.set()
+                self.app.server.set_ready(True)
             # a change, or the next hour's SOA serial, which every server of the zone moves to at once
             self._dirty.wait(next_serial_in())
             if self._stop.wait(self.debounce):
@@ -208,7 +347,7 @@ class Compiler:
             self._recompiler.reconfigure(settings)
         with self._keys_lock:
             keys, self._keys = self._keys, set()
-        version, by_key = self.ctx.store.snapshot()  # a change after the keys are taken comes again
+        version, by_key = self.app.store.snapshot()  # a change after the keys are taken comes again
         self.serial = soa_serial(self.serial)
         start = time.perf_counter()
         full = self._recompiler.full
@@ -217,7 +356,7 @@ class Compiler:
         except Exception:  # keep serving the previous table; the next change retries
             log.exception("compiling store version %d failed", version)
             return
-        self.ctx.server.set_table(table)
+        self.app.server.set_table(table)
         self.compiles += 1
         if self._recompiler.full != full or time.monotonic() >= self._next_freeze:
             # Out of the collector's sight from now on: the objects held now (the table, the informers'
@@ -234,58 +373,58 @@ class Compiler:
         current = set(conflicts)
         for ref, why in sorted(current - self._reported, key=str):
             log.warning("%s: %s", ref, why)
-            self.ctx.recorder.record(ref, "Warning", "RecordConflict", why)
+            self.app.recorder.record(ref, "Warning", "RecordConflict", why)
         self._reported = current
 
 
-def build(
-    settings: Settings, api: client.ApiClient, producers: Sequence[Producer] = ()
-) -> tuple[Context, Compiler]:
-    """Everything but the event loop: the pieces `serve` starts, also used by tests in-process."""
+def build(settings: Settings, api: client.ApiClient) -> tuple[App, Compiler]:
+    """Everything but the event loop: the pieces `serve` starts."""
     geo: GeoLookup | None = None
     if settings.geoip_db:
         from backend.gslb.geoip import GeoIP
 
         geo = GeoIP(settings.geoip_db, settings.geoip_field)
     recorder = EventRecorder(api, instance=settings.identity)
-    ctx = Context(settings, api, Store(), recorder, DnsServer(settings), geo)
-    compiler = Compiler(ctx)
-    ctx.recompile = compiler.poke
-    ctx.reconfigured.append(compiler.reconfigure)
-    for produce in producers or PRODUCERS:
-        produce(ctx)
-    ctx.store.subscribe_keys(compiler.changed)
-    return ctx, compiler
+    app = App(settings, api, Store(), recorder, DnsServer(settings))
+    compiler = Compiler(app, geo)
+    app.reconfigured.append(compiler.reconfigure)
+    wire(app)
+    app.store.subscribe_keys(compiler.changed)
+    return app, compiler
 
 
-async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
+async def serve(settings: Settings, stop: asyncio.Event | None = None,
+                built: Callable[[App], None] = lambda _app: None) -> None:
+    """Serve until `stop` (or SIGTERM/SIGINT); `built(app)` sees the wired App before it starts (tests
+    that run the backend in-process read its Store and server through it)."""
     api = kubeapi.api_client(settings.kubeconfig)
-    ctx, compiler = build(settings, api)
+    app, compiler = build(settings, api)
+    built(app)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    ctx.server.on_handover(stop.set)
-    await ctx.server.start()
+    app.server.on_handover(stop.set)
+    await app.server.start()
     try:
-        for informer in ctx.informers.values():
+        for informer in app.informers.values():
             informer.start()
         compiler.start()
-        for hook in ctx.start_hooks:
+        for hook in app.start_hooks:
             await _call(hook)
         await stop.wait()
         log.info("shutting down")
     finally:
-        await ctx.server.stop()  # unready, answer until CoreDNS leaves, then GOAWAY
-        for hook in reversed(ctx.stop_hooks):
+        await app.server.stop()  # unready, answer until CoreDNS leaves, then GOAWAY
+        for hook in reversed(app.stop_hooks):
             try:
                 await _call(hook)
             except Exception:
                 log.exception("stop hook %s failed", hook)
         compiler.stop()
-        for informer in ctx.informers.values():
+        for informer in app.informers.values():
             informer.stop(timeout=2)
-        ctx.recorder.stop()
+        app.recorder.stop()
         api.close()
 
 

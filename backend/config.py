@@ -14,11 +14,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from backend.kube import selectors
 from backend.model import normalize_name
-from backend.sources import selectors
 
 # ExternalDNS's names for its sources (--source); the default is every one of them (a kind whose CRD is
 # not installed is simply empty). Gslbs are k8gb's and are always read.
+INGRESS_CLASS_ANNOTATION = "kubernetes.io/ingress.class"  # what --ingress-class matches without a className
 SOURCES = ("service", "ingress", "crd", "gateway-httproute", "gateway-grpcroute", "gateway-tlsroute",
            "gateway-tcproute", "gateway-udproute")
 
@@ -197,8 +198,6 @@ def _filter_flags(p: argparse.ArgumentParser) -> None:
 
 def _filter_settings(p: argparse.ArgumentParser, a: argparse.Namespace) -> dict[str, object]:
     """The filter flags checked as ExternalDNS checks them: a bad one stops start-up."""
-    from backend.sources import filters
-
     def listed(given: list[str] | None, env: str | None) -> tuple[str, ...]:
         return _split(",".join(given) if given is not None else env)
 
@@ -208,7 +207,8 @@ def _filter_settings(p: argparse.ArgumentParser, a: argparse.Namespace) -> dict[
     if unknown:
         p.error(f"--source {', '.join(unknown)}: not one of {', '.join(SOURCES)}")
     try:
-        filters.DomainFilter.of(regex=a.regex_domain_filter, regex_exclusion=a.regex_domain_exclusion)
+        for regex in (a.regex_domain_filter, a.regex_domain_exclusion):
+            re.compile(regex)
     except re.error as e:
         p.error(f"--regex-domain-filter/--regex-domain-exclusion: {e}")
     for flag, text in (("--annotation-filter", a.annotation_filter), ("--label-filter", a.label_filter)):
@@ -217,7 +217,7 @@ def _filter_settings(p: argparse.ArgumentParser, a: argparse.Namespace) -> dict[
         except ValueError as e:
             p.error(f"{flag}: {e}")
         if (flag == "--annotation-filter" and ingress_class
-                and any(r.key == filters.INGRESS_CLASS_ANNOTATION for r in selector.requirements)):
+                and any(r.key == INGRESS_CLASS_ANNOTATION for r in selector.requirements)):
             p.error("--ingress-class is mutually exclusive with the kubernetes.io/ingress.class "
                     "annotation filter")
     return {

@@ -29,7 +29,6 @@ from backend.model import ObjectRef, Store, Strategy, Target, normalize_name
 from backend.zone.merge import Merged, merge, zone_endpoints, zone_of
 
 if TYPE_CHECKING:
-    from backend.app import Context
     from backend.gslb.engine import GslbEngine
     from backend.peers.exchange import PeerExchange
     from backend.probes.prober import Prober
@@ -260,15 +259,6 @@ def name_problem(name: str) -> str | None:
     if len(longest) > 63:
         return f"label of {len(longest)} characters, at most 63"
     return None
-
-
-def attach(ctx: Context) -> None:
-    """The app's seam: serve GET /explain from this backend's own model. Listed after the GSLB and peers
-    producers in app.PRODUCERS, so their engine and exchange are on the Context by now."""
-    explainer = Explainer(ctx.settings, ctx.store, ctx.gslb_engine, ctx.peer_exchange,
-                          lambda query: ctx.server.table.answer(query), ctx.prober)
-    ctx.server.add_route(ROUTE, explainer.handle)
-    ctx.reconfigured.append(lambda settings: setattr(explainer, "settings", settings))
 
 
 # --- the CLI ---------------------------------------------------------------------------------------

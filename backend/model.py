@@ -16,6 +16,7 @@ Store keys, and who writes them (one writer per prefix; keys are made only by th
 from __future__ import annotations
 
 import ipaddress
+import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -147,6 +148,24 @@ def zone_of(name: str, zones: Iterable[str]) -> str | None:
         if in_zone(name, zone) and (best is None or len(zone) > len(best)):
             best = zone
     return best
+
+
+_LABEL = re.compile(r"^(\*|[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)$")
+
+
+def check_name(raw: str) -> str | None:
+    """The normalized name, or None if it is not a DNS name (a wildcard only as the first label).
+
+    An all-numeric last label is refused (RFC 3696), so a mistyped IP ("10.0.0.256") is reported as a
+    bad target instead of becoming a CNAME.
+    """
+    name = normalize_name(raw)
+    if not name or len(name) > 253:
+        return None
+    labels = name.split(".")
+    if not all(_LABEL.match(label) for label in labels) or "*" in labels[1:] or labels[-1].isdigit():
+        return None
+    return name
 
 
 Listener = Callable[[int], None]

@@ -37,10 +37,10 @@ import dns.query
 import dns.rdatatype
 
 from backend.gslb import demo
+from backend.kube.informer import ENDPOINTSLICES, Informer
 from backend.lab.coredns import GRPC_TEMPLATE, render
 from backend.lab.kube import ControlPlane
 from backend.lab.proc import free_port, wait_for
-from backend.sources.informer import ENDPOINTSLICES, Informer
 from bench.env import Bed
 from bench.propagation import percentile
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.config import GslbZone, Settings
-from backend.gslb.engine import GslbResult
+from backend.gslb.engine import GslbResult, probe_targets
 from backend.gslb.health import HostState
 from backend.gslb.spec import parse
 from backend.lab.dataplane import DataPlane
@@ -83,7 +83,7 @@ def measure(targets: int = 1000, seconds: float = 20.0, interval: float = 2.0,
 
         async def probed() -> list[float]:
             prober.start()
-            prober.on_gslb(result.key, result)
+            prober.on_gslb(result.key, probe_targets(result))
             try:
                 return await loop_lag(seconds)
             finally:

@@ -48,11 +48,10 @@ def crds(control_plane: ControlPlane) -> ControlPlane:
 
 
 def run_backend(
-    settings: Settings, body: Callable[[app.Context], None], monkeypatch: pytest.MonkeyPatch
+    settings: Settings, body: Callable[[app.App], None]
 ) -> None:
     """`serve` on this (main) thread until `body(ctx)`, run on a worker once the backend is ready, returns."""
-    captured: list[app.Context] = []
-    monkeypatch.setattr(app, "PRODUCERS", [*app.PRODUCERS, captured.append])
+    captured: list[app.App] = []
     failures: list[BaseException] = []
 
     async def main() -> None:
@@ -72,7 +71,7 @@ def run_backend(
 
         worker = threading.Thread(target=work, name="test-body")
         worker.start()
-        await app.serve(settings, stop)
+        await app.serve(settings, stop, built=captured.append)
         worker.join()
 
     asyncio.run(main())
@@ -102,18 +101,18 @@ def healthy_records(plane: ControlPlane, namespace: str) -> dict[str, list[str]]
     return (obj.get("status") or {}).get("healthyRecords") or {}
 
 
-def inject_peer(ctx: app.Context, host: str, ip: str, geotag: str = "us-nyc") -> None:
+def inject_peer(ctx: app.App, host: str, ip: str, geotag: str = "us-nyc") -> None:
     ctx.store.replace(peer_key(geotag), [Endpoint(host, "A", (Target(ip, geotag),))])
 
 
 def test_weighted_round_robin_holds_over_10000_queries(
-    crds: ControlPlane, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    crds: ControlPlane, namespace: str, tmp_path: Path
 ) -> None:
     host = f"weighted-{namespace}.{ZONE}"
     gslb_app(crds, namespace, host, {"type": "roundRobin", "weight": {"us-buf": 75, "us-nyc": 25}})
     settings = settings_for(crds)
 
-    def body(ctx: app.Context) -> None:
+    def body(ctx: app.App) -> None:
         demo.announce_ingress(crds, namespace, "web", ["10.2.1.167"])
         inject_peer(ctx, host, "10.2.1.98")
         coredns = CoreDNS(tmp_path, zones=(ZONE,), grpc=settings.grpc_listen).start()
@@ -137,11 +136,11 @@ def test_weighted_round_robin_holds_over_10000_queries(
         share = counts[("10.2.1.167",)] / 10_000
         assert abs(share - 0.75) <= 0.02, counts
 
-    run_backend(settings, body, monkeypatch)
+    run_backend(settings, body)
 
 
 def test_geoip_answers_by_client_subnet(
-    crds: ControlPlane, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    crds: ControlPlane, namespace: str, tmp_path: Path
 ) -> None:
     host = f"geo-{namespace}.{ZONE}"
     gslb_app(crds, namespace, host, {"type": "geoip"})
@@ -157,7 +156,7 @@ def test_geoip_answers_by_client_subnet(
     )
     settings = settings_for(crds, geoip_db=str(db))
 
-    def body(ctx: app.Context) -> None:
+    def body(ctx: app.App) -> None:
         demo.announce_ingress(crds, namespace, "web", ["10.2.1.167"])
         inject_peer(ctx, host, "10.2.1.98")
         plain = CoreDNS(tmp_path, NO_REWRITE, zones=(ZONE,), grpc=settings.grpc_listen, name="plain").start()
@@ -193,4 +192,4 @@ def test_geoip_answers_by_client_subnet(
             for server in (plain, shipped):
                 server.stop()
 
-    run_backend(settings, body, monkeypatch)
+    run_backend(settings, body)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from backend.controller.events import EventRecorder
+from backend.kube.events import EventRecorder
+from backend.kube.kubeapi import api_client
 from backend.lab.kube import ControlPlane
 from backend.model import ObjectRef
-from backend.sources.kubeapi import api_client
 
 pytestmark = pytest.mark.controlplane
 

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
+from backend.kube.informer import SERVICES, Informer, Resource
+from backend.kube.kubeapi import api_client
 from backend.lab.kube import ControlPlane
-from backend.sources.informer import SERVICES, Informer, Resource
-from backend.sources.kubeapi import api_client
 
 pytestmark = pytest.mark.controlplane
 

@@ -16,11 +16,10 @@ from collections.abc import Callable
 
 from kubernetes import client
 
-from backend.sources import kubeapi
+from backend.kube import kubeapi
 
 log = logging.getLogger(__name__)
 
-LEASES = ("coordination.k8s.io", "v1", "leases")
 
 
 class LeaderElector:
@@ -68,7 +67,7 @@ class LeaderElector:
                 log.info("leader: could not release the Lease: %s", e)
 
     def _path(self, name: str = "") -> str:
-        return kubeapi.resource_path(*LEASES, self.namespace, name)
+        return kubeapi.resource_path(*kubeapi.LEASES, self.namespace, name)
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -21,12 +21,12 @@ from kubernetes import client
 
 from backend.config import Settings
 from backend.controller import objects, status
-from backend.controller.events import EventRecorder
 from backend.controller.leader import LeaderElector
 from backend.gslb.engine import GslbEngine, GslbResult
-from backend.model import PEER_KEYS, Obj, Target, gslb_key, object_ref
-from backend.sources import kubeapi
-from backend.sources.informer import GSLBS, GSLBS_IO, INGRESSES, ZONEDELEGATIONS, Informer, Resource, key_of
+from backend.kube import kubeapi
+from backend.kube.events import EventRecorder
+from backend.kube.informer import GSLBS, GSLBS_IO, INGRESSES, ZONEDELEGATIONS, Informer, Resource
+from backend.model import PEER_KEYS, Obj, Target, gslb_key, key_of, object_ref
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from typing import Any
 from backend.gslb.engine import GslbResult
 from backend.gslb.health import HEALTHY
 from backend.gslb.strategy import answers
+from backend.kube import kubeapi
 from backend.model import Obj, Target
-from backend.sources import kubeapi
 
 Event = tuple[str, str, str]  # (Normal|Warning, reason, message)
 TRANSIENT = ("Unhealthy", "NoAddress")  # Ready=False states of a correct Gslb: no Warning of their own

@@ -11,7 +11,6 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import dns.tsig
 
@@ -29,9 +28,6 @@ from backend.edge.publisher import (
     withdraw_job,
 )
 from backend.model import Store
-
-if TYPE_CHECKING:
-    from backend.app import Context
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +67,12 @@ def publisher(settings: Settings, store: Store | None = None) -> EdgePublisher |
     """
     if not settings.edge_dns_servers or not settings.gslb_zones:
         return None
-    pub, _key = _build(settings, store)
+    pub, _key = build(settings, store)
     return pub if pub.jobs else None
 
 
-def _build(settings: Settings, store: Store | None) -> tuple[EdgePublisher, dns.tsig.Key | None]:
+def build(settings: Settings, store: Store | None) -> tuple[EdgePublisher, dns.tsig.Key | None]:
+    """The publisher and the TSIG key its jobs sign with (`serve` rebuilds the jobs with the key)."""
     key = tsig.load(settings)
     if not addresses(settings):
         log.warning("edge delegation off: --nameserver-address (this cluster's CoreDNS address) is not set")
@@ -85,7 +82,7 @@ def _build(settings: Settings, store: Store | None) -> tuple[EdgePublisher, dns.
     return EdgePublisher(servers, jobs(settings, store, key), settings.edge_sync_seconds), key
 
 
-class _ZoneFollower:
+class ZoneFollower:
     """Rebuilds the publisher's jobs when the GSLB zones change, withdrawing the zones that went."""
 
     def __init__(self, pub: EdgePublisher, store: Store, key: dns.tsig.Key | None,
@@ -99,21 +96,6 @@ class _ZoneFollower:
         self.zones = settings.gslb_zones
         self.pub.jobs = jobs(settings, self.store, self.key, self.withdrawn)
         self.pub.wake()
-
-
-def attach(ctx: Context) -> None:
-    """`serve`'s updater: its state shows on /readyz (never gating it); Store changes wake it. It starts
-    after the first full sync: before, the Store is empty and a pass would delete our names. With
-    --edge-dns-servers it runs even before there is a GSLB zone (ZoneDelegations may bring one), and
-    its jobs follow the zone set."""
-    settings = ctx.settings
-    if not settings.edge_dns_servers or not settings.cluster_geotag:
-        return
-    pub, key = _build(settings, ctx.store)
-    ctx.reconfigured.append(_ZoneFollower(pub, ctx.store, key, settings.gslb_zones))
-    ctx.server.add_readiness_detail("edge", pub.readiness)
-    ctx.store.subscribe(pub.wake)
-    ctx.background(ctx.after_first_sync(pub.run))
 
 
 async def leave(settings: Settings) -> int:

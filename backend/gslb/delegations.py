@@ -17,10 +17,9 @@ import threading
 from collections.abc import Callable, Sequence
 
 from backend.config import GslbZone, Settings
-from backend.controller.events import EventRecorder
-from backend.model import Obj, object_ref
-from backend.sources.annotations import check_name
-from backend.sources.informer import ZONEDELEGATIONS, Informer
+from backend.kube.events import EventRecorder
+from backend.kube.informer import ZONEDELEGATIONS, Informer
+from backend.model import Obj, check_name, object_ref
 
 log = logging.getLogger(__name__)
 

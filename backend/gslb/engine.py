@@ -17,9 +17,9 @@ from backend import metrics
 from backend.config import Settings
 from backend.gslb.health import HEALTHY, NOT_FOUND, UNHEALTHY, HostState, evaluate
 from backend.gslb.spec import GslbSpec, SpecError, parse
-from backend.model import LOCALTARGETS, Endpoint, Obj, Store, Target, address_type, gslb_key, zone_of
-from backend.probes.prober import Prober
-from backend.sources.informer import ENDPOINTSLICES, SLICES_BY_SERVICE, Informer, key_of, slice_service
+from backend.kube.informer import ENDPOINTSLICES, SLICES_BY_SERVICE, Informer, slice_service
+from backend.model import LOCALTARGETS, Endpoint, Obj, Store, Target, address_type, gslb_key, key_of, zone_of
+from backend.probes.prober import Prober, ProbeTargets
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,15 @@ class GslbResult:
 
 
 Listener = Callable[[str, GslbResult | None], None]
+
+
+def probe_targets(result: GslbResult | None) -> ProbeTargets:
+    """What the prober probes for one Gslb: per served host, its probe config and this cluster's
+    addresses (none without probe annotations, or once the Gslb is gone)."""
+    if result is None or result.spec is None or result.spec.probe is None:
+        return {}
+    probe = result.spec.probe
+    return {h.host: (probe, h.targets) for h in result.hosts if h.host not in result.outside}
 
 
 def _labels_match(obj: Obj, labels: dict[str, str]) -> bool:
@@ -160,7 +169,8 @@ class GslbEngine:
             informer.add_handler(self._dependency_handler(kind))
         endpointslices.add_handler(self._on_slice)
         if prober is not None:
-            self.subscribe(prober.on_gslb)  # the prober reads our results (raw addresses) ...
+            # the prober reads our results (raw addresses) ...
+            self.subscribe(lambda key, result: prober.on_gslb(key, probe_targets(result)))
             prober.subscribe(self._on_verdicts)  # ... and we read its verdicts when writing Endpoints
 
     def subscribe(self, listener: Listener) -> None:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from backend.gslb.spec import HOSTNAME, ROUTE_KINDS, GslbSpec, SpecError
+from backend.kube.informer import parent_keys
 from backend.model import Obj, normalize_name
-from backend.sources.gateways import parent_keys
 
 HEALTHY, UNHEALTHY, NOT_FOUND = "Healthy", "Unhealthy", "NotFound"
 

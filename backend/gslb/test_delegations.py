@@ -1,4 +1,4 @@
-"""ZoneDelegations -> the GSLB zone set, and what the edge and status make of it (no API server)."""
+"""ZoneDelegations -> the GSLB zone set, and what status makes of it (no API server)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ from typing import Any
 
 import pytest
 
-from backend import edge
 from backend.config import GslbZone, Settings
 from backend.gslb.delegations import ZoneDelegations, dns_servers, parse
-from backend.sources.informer import ZONEDELEGATIONS, Informer
+from backend.kube.informer import ZONEDELEGATIONS, Informer
 
 FLAGS = GslbZone("gb.foowidgets.k8s", "foowidgets.k8s")
 SETTINGS = Settings(gslb_zones=(FLAGS,), cluster_geotag="us-buf", ext_gslb_clusters_geotags=("us-nyc",),
@@ -43,13 +42,7 @@ def test_zone_set_is_flags_then_usable_delegations_and_follows_deletes() -> None
     assert seen[-1] == (FLAGS,)
 
 
-def test_edge_jobs_withdraw_zones_that_went_and_status_lists_every_cluster() -> None:
-    eu = GslbZone("eu.foowidgets.k8s", "foowidgets.k8s", 7)
-    jobs = edge.jobs(SETTINGS, None, None, withdrawn=(eu,))
-    assert [j.label for j in jobs] == ["delegation foowidgets.k8s", "withdraw foowidgets.k8s"]
-    withdraw = jobs[1].wanted()
-    assert {(r.name, r.rtype) for r in withdraw.records} == {  # type: ignore[attr-defined]
-        ("eu.foowidgets.k8s", "NS"), ("gslb-ns-us-buf-eu.foowidgets.k8s", "A")}
+def test_status_lists_every_cluster() -> None:
     servers = dns_servers(SETTINGS, zd("b-eu", "eu.foowidgets.k8s"), lambda _z, _tag: ["10.2.1.221"])
     assert servers == [{"name": "gslb-ns-us-buf-eu.foowidgets.k8s", "address": "10.2.1.224"},
                        {"name": "gslb-ns-us-nyc-eu.foowidgets.k8s", "address": "10.2.1.221"}]

@@ -14,9 +14,9 @@ from backend.config import GslbZone, Settings
 from backend.gslb.engine import GslbEngine, GslbResult
 from backend.gslb.health import combine
 from backend.gslb.spec import SpecError, parse
+from backend.kube.informer import ENDPOINTSLICES, GSLBS, GSLBS_IO, INGRESSES, SERVICES, Informer
 from backend.model import Obj, Store, Strategy, Target
 from backend.probes.prober import Prober
-from backend.sources.informer import ENDPOINTSLICES, GSLBS, GSLBS_IO, INGRESSES, SERVICES, Informer
 
 SETTINGS = Settings(gslb_zones=(GslbZone("gb.foowidgets.k8s", "foowidgets.k8s"),), cluster_geotag="us-buf")
 HOST = "fe.gb.foowidgets.k8s"
@@ -316,3 +316,12 @@ def test_exposed_hostnames_win_over_exposed_ips_and_follow_their_resolution(clus
     g["metadata"]["annotations"]["k8gb.io/exposed-hostnames"] = "not a name!"
     cluster.apply(g)
     assert cluster.result().error.reason == "InvalidHostname"
+
+
+def test_a_malformed_annotation_leaves_the_gslb_usable() -> None:
+    obj = {"apiVersion": "k8gb.absa.oss/v1beta1", "kind": "Gslb",
+           "metadata": {"name": "fe", "namespace": "demo",
+                        "annotations": {"coredns-gslb.io/probe": "http://x/"}},
+           "spec": {"ingress": {"rules": []}, "strategy": {"type": "roundRobin"}}}
+    spec = parse(obj)
+    assert spec.probe is None and "the host must be {address}" in spec.probe_error

@@ -19,13 +19,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from backend.kube import kubeapi
+from backend.kube.informer import GATEWAY_GROUP, GATEWAYS, NAMESPACES, ROUTES, SERVICES, Resource
 from backend.sources import gateways as gw_rules
-from backend.sources import kubeapi
-from backend.sources.informer import SERVICES, Resource
 
 CONTROLLER_NAME = "lab.coredns-gslb.io/lbpool"
-GATEWAY_CLASSES = Resource(gw_rules.GROUP, "v1", "gatewayclasses", "GatewayClass", namespaced=False)
-KINDS = [GATEWAY_CLASSES, gw_rules.GATEWAYS, *gw_rules.ROUTES.values(), gw_rules.NAMESPACES, SERVICES]
+GATEWAY_CLASSES = Resource(GATEWAY_GROUP, "v1", "gatewayclasses", "GatewayClass", namespaced=False)
+KINDS = [GATEWAY_CLASSES, GATEWAYS, *ROUTES.values(), NAMESPACES, SERVICES]
 
 Obj = dict[str, Any]
 
@@ -119,16 +119,16 @@ class GatewayController:
             if not _same(conds, old):
                 self._status(GATEWAY_CLASSES, gc, {"conditions": conds})
         gateways: dict[str, Obj] = {}
-        for gw in self._list(gw_rules.GATEWAYS):
+        for gw in self._list(GATEWAYS):
             if (gw.get("spec") or {}).get("gatewayClassName") not in ours:
                 continue
             gateways[_key(gw)] = gw
             self._gateway(gw)
         if not gateways:
             return
-        namespaces = {ns["metadata"]["name"]: ns for ns in self._list(gw_rules.NAMESPACES)}
+        namespaces = {ns["metadata"]["name"]: ns for ns in self._list(NAMESPACES)}
         services = {_key(s) for s in self._list(SERVICES)}
-        for res in gw_rules.ROUTES.values():
+        for res in ROUTES.values():
             for route in self._list(res):
                 self._route(res, route, gateways, services, namespaces)
 
@@ -143,7 +143,7 @@ class GatewayController:
                  condition("Programmed", bool(addresses), "Programmed" if addresses else "AddressNotAssigned",
                            "address assigned" if addresses else "the pool is exhausted", gen, old)]
         if addresses != current or not _same(conds, old):
-            self._status(gw_rules.GATEWAYS, gw, {"addresses": [address_entry(a) for a in addresses],
+            self._status(GATEWAYS, gw, {"addresses": [address_entry(a) for a in addresses],
                                                  "conditions": conds})
             print(f"gateway {_key(gw)} -> {', '.join(addresses)}", flush=True)
 

@@ -14,8 +14,7 @@ import logging
 
 from kubernetes import client
 
-from backend.controller.leader import LEASES
-from backend.sources import kubeapi
+from backend.kube import kubeapi
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,7 @@ class PeerBook:
 
     def __init__(self, api: client.ApiClient, namespace: str, lease: str = LEASE) -> None:
         self.api = api
-        self.path = kubeapi.resource_path(*LEASES, namespace, lease)
+        self.path = kubeapi.resource_path(*kubeapi.LEASES, namespace, lease)
         self.known: Book | None = None  # what the Lease said when we last read or wrote it
 
     def load(self) -> Book:

@@ -22,19 +22,17 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from backend import metrics
 from backend.config import Settings
 from backend.probes.check import check
 from backend.probes.config import ProbeConfig
 
-if TYPE_CHECKING:
-    from backend.gslb.engine import GslbResult
-
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (host, exposed address)
+ProbeTargets = Mapping[str, tuple[ProbeConfig, tuple[str, ...]]]  # one Gslb's host -> (config, addresses)
 Listener = Callable[[frozenset[str]], None]
 MAX_IN_FLIGHT = 256
 
@@ -87,17 +85,15 @@ class Prober:
 
     # --- inputs (any thread) ------------------------------------------------------------------
 
-    def on_gslb(self, key: str, result: GslbResult | None) -> None:
-        """GslbEngine listener: a Gslb's probe config and this cluster's addresses per host."""
-        hosts: dict[str, tuple[ProbeConfig, tuple[str, ...]]] = {}
-        if result is not None and result.spec is not None and result.spec.probe is not None:
-            probe = result.spec.probe
-            hosts = {h.host: (probe, h.targets) for h in result.hosts if h.host not in result.outside}
+    def on_gslb(self, key: str, hosts: ProbeTargets) -> None:
+        """One Gslb's probe config and this cluster's addresses per host (gslb/engine.py's
+        `probe_targets`); empty once it is gone or no longer probed."""
+        new = dict(hosts)
         with self._lock:
-            if self._local.get(key, {}) == hosts:
+            if self._local.get(key, {}) == new:
                 return
-            if hosts:
-                self._local[key] = hosts
+            if new:
+                self._local[key] = new
             else:
                 self._local.pop(key, None)
         self._schedule_sync()

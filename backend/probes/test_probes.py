@@ -12,12 +12,9 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from backend.config import GslbZone, Settings, parse_address_map
-from backend.gslb.engine import GslbResult
-from backend.gslb.health import HostState
-from backend.gslb.spec import parse as parse_gslb
 from backend.probes.check import check
 from backend.probes.config import ProbeConfig, ProbeError, parse
-from backend.probes.prober import Prober
+from backend.probes.prober import Prober, ProbeTargets
 
 HOST = "fe.gb.foowidgets.k8s"
 
@@ -55,15 +52,6 @@ def test_annotations_parse_into_a_config_or_a_clear_error() -> None:
             parse({"coredns-gslb.io/probe": "http://{address}/", f"coredns-gslb.io/probe-{key}": value})
     with pytest.raises(ProbeError, match=re.escape("without coredns-gslb.io/probe")):
         parse({"coredns-gslb.io/probe-failures": "3"})
-
-
-def test_a_malformed_annotation_leaves_the_gslb_usable() -> None:
-    obj = {"apiVersion": "k8gb.absa.oss/v1beta1", "kind": "Gslb",
-           "metadata": {"name": "fe", "namespace": "demo",
-                        "annotations": {"coredns-gslb.io/probe": "http://x/"}},
-           "spec": {"ingress": {"rules": []}, "strategy": {"type": "roundRobin"}}}
-    spec = parse_gslb(obj)
-    assert spec.probe is None and "the host must be {address}" in spec.probe_error
 
 
 def test_address_map_entries() -> None:
@@ -152,14 +140,9 @@ def test_one_probe_passes_fails_and_times_out(listener: Callable[..., Listener])
     assert asyncio.run(check(tcp, HOST, ("127.0.0.1", hang.port))) == "", "tcp: a connection is a pass"
 
 
-def result(addresses: tuple[str, ...], c: ProbeConfig | None) -> GslbResult:
-    obj = {"apiVersion": "k8gb.absa.oss/v1beta1", "kind": "Gslb",
-           "metadata": {"name": "fe", "namespace": "demo"},
-           "spec": {"ingress": {"rules": []}, "strategy": {"type": "failover", "primaryGeoTag": "us-buf"}}}
-    spec = parse_gslb(obj)
-    object.__setattr__(spec, "probe", c)
-    hosts = (HostState(HOST, ("demo/nginx",), "Healthy", addresses),)
-    return GslbResult("gslb/demo/fe", obj, spec, hosts, None)
+def targets(addresses: tuple[str, ...], c: ProbeConfig | None) -> ProbeTargets:
+    """One Gslb's probe input as the GSLB engine gives it: nothing without a probe config."""
+    return {HOST: (c, addresses)} if c is not None else {}
 
 
 def until(check_: Callable[[], bool], what: str, timeout: float = 20) -> float:
@@ -184,7 +167,7 @@ def test_prober_withdraws_after_failures_restores_after_successes_and_a_hang_del
     prober.start()
     try:
         c = config(interval=0.2, failures=2, timeout=0.5)
-        prober.on_gslb("gslb/demo/fe", result(("10.2.1.167", "10.2.1.50", "10.7.7.7"), c))
+        prober.on_gslb("gslb/demo/fe", targets(("10.2.1.167", "10.2.1.50", "10.7.7.7"), c))
         prober.set_peer("us-nyc", {HOST: ["10.2.1.98"], "other.gb.foowidgets.k8s": ["10.9.9.9"]})
         until(lambda: prober.verdict(HOST, "10.2.1.98") is not None, "the targets taken up")
         assert prober.verdict(HOST, "10.2.1.167") is True, "a new target starts as served"
@@ -215,9 +198,9 @@ def test_prober_withdraws_after_failures_restores_after_successes_and_a_hang_del
         hang.mode = "answer"
         hang.close()
         again = listener()
-        prober.on_gslb("gslb/demo/fe", result(("10.2.1.167",), c))
+        prober.on_gslb("gslb/demo/fe", targets(("10.2.1.167",), c))
         assert until(lambda: prober.verdict(HOST, "10.2.1.50") is None, "a local address gone: forgotten") < 5
-        prober.on_gslb("gslb/demo/fe", result(("10.2.1.167",), None))
+        prober.on_gslb("gslb/demo/fe", targets(("10.2.1.167",), None))
         until(lambda: prober.verdict(HOST, "10.2.1.167") is None, "the annotation removed: nothing probed")
         assert again.seen == []
     finally:

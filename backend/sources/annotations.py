@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from backend.model import Endpoint, ObjectRef, Target, address_type, normalize_name, zone_of
+from backend.model import Endpoint, ObjectRef, Target, address_type, check_name, zone_of
 
 PREFIXES = ("external-dns.alpha.kubernetes.io/", "external-dns.kubernetes.io/")
 TTL_MAX = 2**31 - 1
@@ -46,24 +46,6 @@ def other_controller(obj: Mapping[str, Any]) -> bool:
 
 def split_list(value: str | None) -> list[str]:
     return [part.strip() for part in (value or "").replace(" ", "").split(",") if part.strip()]
-
-
-_LABEL = re.compile(r"^(\*|[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)$")
-
-
-def check_name(raw: str) -> str | None:
-    """The normalized name, or None if it is not a DNS name (a wildcard only as the first label).
-
-    An all-numeric last label is refused (RFC 3696), so a mistyped IP ("10.0.0.256") is reported as a
-    bad target instead of becoming a CNAME.
-    """
-    name = normalize_name(raw)
-    if not name or len(name) > 253:
-        return None
-    labels = name.split(".")
-    if not all(_LABEL.match(label) for label in labels) or "*" in labels[1:] or labels[-1].isdigit():
-        return None
-    return name
 
 
 def hostnames(annotations: Mapping[str, str], key: str = "hostname") -> tuple[list[str], list[Problem]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Sequence
 
-from backend.model import Endpoint, Obj, object_ref
+from backend.model import Endpoint, Obj, check_name, object_ref
 from backend.sources import annotations as ann
 from backend.sources.annotations import Problem
 
@@ -29,7 +29,7 @@ def _ip(version: int) -> Callable[[str], str | None]:
 
 
 def _name(value: str) -> str | None:
-    name = ann.check_name(value)
+    name = check_name(value)
     return None if name is None else name + "."
 
 
@@ -78,7 +78,7 @@ def endpoints(obj: Obj, zones: Sequence[str]) -> tuple[list[Endpoint], list[Prob
     problems: list[Problem] = []
     for i, entry in enumerate((obj.get("spec") or {}).get("endpoints") or ()):
         where = f"spec.endpoints[{i}]"
-        name = ann.check_name(str(entry.get("dnsName") or ""))
+        name = check_name(str(entry.get("dnsName") or ""))
         rtype = str(entry.get("recordType") or "A").upper()
         if name is None:
             why = f"{where}: dnsName {entry.get('dnsName')!r} is not a DNS name"

@@ -17,16 +17,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from backend.config import INGRESS_CLASS_ANNOTATION, Settings
+from backend.kube.selectors import Selector, parse
 from backend.model import Endpoint, in_zone
 from backend.sources.annotations import Problem
-from backend.sources.selectors import Selector, parse
-
-if TYPE_CHECKING:
-    from backend.config import Settings
-
-INGRESS_CLASS_ANNOTATION = "kubernetes.io/ingress.class"
 
 
 def ingress_class_matches(ing: Mapping[str, Any], classes: Sequence[str]) -> bool:

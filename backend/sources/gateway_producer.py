@@ -16,33 +16,21 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from backend.config import Settings
-from backend.controller.events import EventRecorder
-from backend.model import Obj, Store, source_key
-from backend.sources import filters, gateways, kubeapi, selectors
-from backend.sources.informer import Informer, key_of
+from backend.kube import selectors
+from backend.kube.events import EventRecorder
+from backend.kube.informer import Informer, parent_keys
+from backend.model import Obj, Store, key_of, source_key
+from backend.sources import filters, gateways
 from backend.sources.producer import ProblemReporter
 
 if TYPE_CHECKING:
-    from kubernetes import client
 
-    from backend.app import Context
+    pass
 
 log = logging.getLogger(__name__)
 
 BY_GATEWAY = "gateway"  # route index: "ns/name" of each parentRef Gateway
 BY_NAMESPACE = "namespace"
-
-
-def served_kinds(api: client.ApiClient) -> set[str]:
-    """The Gateway API kinds served at v1 ("Gateway", "HTTPRoute", ...); all of them if the API
-    did not answer at start (the informers then wait for it, as for every other kind)."""
-    try:
-        found = kubeapi.request(api, "GET", f"/apis/{gateways.GROUP}/v1", [], timeout=10)
-    except kubeapi.KubeError as e:
-        return set() if e.status == 404 else {"Gateway", *gateways.ROUTES}
-    except Exception:
-        return {"Gateway", *gateways.ROUTES}
-    return {r.get("kind", "") for r in found.get("resources") or () if "/" not in r.get("name", "/")}
 
 
 def _namespace_of(obj: Obj) -> list[str]:
@@ -65,7 +53,7 @@ class GatewaySources:
         self._reporter = ProblemReporter(recorder)
         self._all_synced = False  # until then a missing Gateway may only be not listed yet: no Events
         for kind, informer in routes.items():
-            informer.add_index(BY_GATEWAY, gateways.parent_keys)
+            informer.add_index(BY_GATEWAY, parent_keys)
             informer.add_index(BY_NAMESPACE, _namespace_of)
             informer.add_handler(self._on_route(kind))
         gateways_.add_handler(self._on_gateway)
@@ -127,19 +115,3 @@ class GatewaySources:
         labels = (obj.get("metadata") or {}).get("labels")
         if old is None or (old.get("metadata") or {}).get("labels") != labels:
             self._rederive(BY_NAMESPACE, key_of(obj))
-
-
-def gateway_routes(ctx: Context) -> None:
-    """The app producer: the gateway-*route sources for the kinds this cluster serves."""
-    served = served_kinds(ctx.api)
-    if "Gateway" not in served:
-        log.warning("Gateway API (%s/v1 gateways) not served: gateway-*route sources off", gateways.GROUP)
-        return
-    routes = {kind: ctx.informer(res) for kind, res in gateways.ROUTES.items()
-              if kind in served and f"gateway-{kind.lower()}" in ctx.settings.sources}  # --source
-    if not routes:
-        return
-    sources = GatewaySources(ctx.settings, ctx.store, ctx.recorder, ctx.informer(gateways.GATEWAYS),
-                             ctx.informer(gateways.NAMESPACES), routes)
-    ctx.ready_checks.append(sources.ready)
-    ctx.reconfigured.append(sources.reconfigure)

@@ -25,19 +25,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from backend.model import Endpoint, Obj, object_ref, zone_of
+from backend.kube.informer import GATEWAY_GROUP, gateway_key, is_gateway_ref, parent_keys
+from backend.kube.selectors import Selector, from_label_selector
+from backend.model import Endpoint, Obj, check_name, object_ref, zone_of
 from backend.sources import annotations as ann
 from backend.sources.annotations import Problem
-from backend.sources.informer import Resource
-from backend.sources.selectors import Selector, from_label_selector
 
-GROUP = "gateway.networking.k8s.io"
-GATEWAYS = Resource(GROUP, "v1", "gateways", "Gateway")
-NAMESPACES = Resource("", "v1", "namespaces", "Namespace", namespaced=False)
-ROUTES = {
-    kind: Resource(GROUP, "v1", kind.lower() + "s", kind)
-    for kind in ("HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute", "UDPRoute")
-}
 PROTOCOL = {"HTTPRoute": "HTTP", "GRPCRoute": "HTTP", "TLSRoute": "TLS", "TCPRoute": "TCP", "UDPRoute": "UDP"}
 
 
@@ -60,23 +53,8 @@ def _meta(obj: Obj) -> Mapping[str, Any]:
     return obj.get("metadata") or {}
 
 
-def _is_gateway(ref: Obj) -> bool:
-    return (ref.get("group") or GROUP) == GROUP and (ref.get("kind") or "Gateway") == "Gateway"
-
-
-def _gateway_key(ref: Obj, route_ns: str) -> str:
-    return f"{ref.get('namespace') or route_ns}/{ref.get('name', '')}"
-
-
-def parent_keys(route: Obj) -> list[str]:
-    """"ns/name" of the Gateways a route names in spec.parentRefs (an Informer index function)."""
-    ns = _meta(route).get("namespace", "")
-    refs = (route.get("spec") or {}).get("parentRefs") or ()
-    return sorted({_gateway_key(r, ns) for r in refs if _is_gateway(r)})
-
-
 def _same_ref(a: Obj, b: Obj, route_ns: str) -> bool:
-    return (_is_gateway(a) == _is_gateway(b) and _gateway_key(a, route_ns) == _gateway_key(b, route_ns)
+    return (is_gateway_ref(a) == is_gateway_ref(b) and gateway_key(a, route_ns) == gateway_key(b, route_ns)
             and (a.get("sectionName") or "") == (b.get("sectionName") or "")
             and a.get("port") == b.get("port"))
 
@@ -115,8 +93,8 @@ def allowed_by(gw: Obj, listener: Obj, route: Obj, namespaces: Callable[[str], O
     elif from_ not in ("Same", "All"):
         return False
     kinds = allowed.get("kinds") or ()
-    return not kinds or any((k.get("group") or GROUP) == GROUP and k.get("kind") == route.get("kind")
-                            for k in kinds)
+    return not kinds or any((k.get("group") or GATEWAY_GROUP) == GATEWAY_GROUP
+                            and k.get("kind") == route.get("kind") for k in kinds)
 
 
 def _host(name: str) -> str | None:
@@ -127,7 +105,7 @@ def _host(name: str) -> str | None:
         ipaddress.ip_address(name)
         return None
     except ValueError:
-        return ann.check_name(name)
+        return check_name(name)
 
 
 def matching_host(a: str, b: str) -> str | None:
@@ -211,7 +189,7 @@ def gateway_addresses(gw: Obj) -> tuple[list[str], list[Problem]]:
                 values.append(str(ipaddress.ip_address(value)))
             except ValueError:
                 problems.append(Problem("InvalidAddress", f"{key}: IPAddress {value!r} is not an IP address"))
-        elif type_ == "Hostname" and ann.check_name(value) and not value.startswith("*"):
+        elif type_ == "Hostname" and check_name(value) and not value.startswith("*"):
             values.append(value)
         else:
             why = f"{key}: {type_} address {value!r} cannot be a DNS target"
@@ -237,9 +215,9 @@ def host_targets(
             problems.append(Problem("GatewayNotFound", f"parentRef Gateway {key} does not exist"))
     for parent in (route.get("status") or {}).get("parents") or ():
         ref = parent.get("parentRef") or {}
-        if not _is_gateway(ref) or not any(_same_ref(ref, r, route_ns) for r in refs):
+        if not is_gateway_ref(ref) or not any(_same_ref(ref, r, route_ns) for r in refs):
             continue
-        gw_key = _gateway_key(ref, route_ns)
+        gw_key = gateway_key(ref, route_ns)
         gw = gateways(gw_key)
         if gw is None or (filt is not None and not filt.selects(gw)):
             continue

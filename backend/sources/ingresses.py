@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from backend.model import Endpoint, Obj, object_ref, zone_of
+from backend.model import Endpoint, Obj, check_name, object_ref, zone_of
 from backend.sources import annotations as ann
 from backend.sources.annotations import Problem
 
@@ -25,7 +25,7 @@ def hosts(ing: Obj) -> list[str]:
     raw += [h for t in spec.get("tls") or () for h in t.get("hosts") or ()]
     out: list[str] = []
     for host in raw:
-        name = ann.check_name(host) if host else None
+        name = check_name(host) if host else None
         if name and name not in out:
             out.append(name)
     return out

@@ -18,11 +18,11 @@ import threading
 from collections.abc import Callable, Sequence
 
 from backend.config import Settings
-from backend.controller.events import EventRecorder
-from backend.model import Endpoint, Obj, Store, object_ref, source_key
+from backend.kube.events import EventRecorder
+from backend.kube.informer import SLICES_BY_SERVICE, Informer, slice_service
+from backend.model import Endpoint, Obj, Store, key_of, object_ref, source_key
 from backend.sources import dnsendpoints, filters, ingresses, services
 from backend.sources.annotations import Problem
-from backend.sources.informer import SLICES_BY_SERVICE, Informer, key_of, slice_service
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from backend.kube.selectors import parse
 from backend.sources import gateways as gw
-from backend.sources.selectors import parse
 
 ZONES = ("example.com",)
 HOSTNAME = "external-dns.alpha.kubernetes.io/hostname"

@@ -16,8 +16,8 @@ from collections import OrderedDict
 
 from kubernetes import client
 
+from backend.kube import kubeapi
 from backend.model import ObjectRef
-from backend.sources import kubeapi
 
 log = logging.getLogger(__name__)
 

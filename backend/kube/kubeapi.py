@@ -47,6 +47,9 @@ def api_client(kubeconfig: str | None = None, pool_size: int = 32) -> client.Api
     return client.ApiClient(cfg)
 
 
+LEASES = ("coordination.k8s.io", "v1", "leases")  # (group, version, plural): leader election, peer book
+
+
 def resource_path(group: str, version: str, plural: str, namespace: str | None = None, name: str = "") -> str:
     """/api/v1/... for the core group, /apis/<group>/<version>/... otherwise."""
     path = f"/api/{version}" if not group else f"/apis/{group}/{version}"

@@ -21,8 +21,8 @@ from typing import Any
 import urllib3
 from kubernetes import client
 
-from backend.model import Obj, key_of
-from backend.sources import kubeapi
+from backend.kube import kubeapi
+from backend.model import LEGACY_GSLB_GROUP, Obj, key_of
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +53,46 @@ SERVICES = Resource("", "v1", "services", "Service")
 INGRESSES = Resource("networking.k8s.io", "v1", "ingresses", "Ingress")
 ENDPOINTSLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")
 DNSENDPOINTS = Resource("externaldns.k8s.io", "v1alpha1", "dnsendpoints", "DNSEndpoint")
-GSLBS = Resource("k8gb.absa.oss", "v1beta1", "gslbs", "Gslb")
+GSLBS = Resource(LEGACY_GSLB_GROUP, "v1beta1", "gslbs", "Gslb")
 GSLBS_IO = Resource("k8gb.io", "v1beta1", "gslbs", "Gslb")
 ZONEDELEGATIONS = Resource("k8gb.io", "v1beta1", "zonedelegations", "ZoneDelegation", namespaced=False)
+
+GATEWAY_GROUP = "gateway.networking.k8s.io"
+GATEWAYS = Resource(GATEWAY_GROUP, "v1", "gateways", "Gateway")
+NAMESPACES = Resource("", "v1", "namespaces", "Namespace", namespaced=False)
+ROUTES = {
+    kind: Resource(GATEWAY_GROUP, "v1", kind.lower() + "s", kind)
+    for kind in ("HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute", "UDPRoute")
+}
+
+
+def served_gateway_kinds(api: client.ApiClient) -> set[str]:
+    """The Gateway API kinds served at v1 ("Gateway", "HTTPRoute", ...); all of them if the API
+    did not answer at start (the informers then wait for it, as for every other kind)."""
+    try:
+        found = kubeapi.request(api, "GET", f"/apis/{GATEWAY_GROUP}/v1", [], timeout=10)
+    except kubeapi.KubeError as e:
+        return set() if e.status == 404 else {"Gateway", *ROUTES}
+    except Exception:
+        return {"Gateway", *ROUTES}
+    return {r.get("kind", "") for r in found.get("resources") or () if "/" not in r.get("name", "/")}
+
+
+def is_gateway_ref(ref: Obj) -> bool:
+    group, kind = ref.get("group") or GATEWAY_GROUP, ref.get("kind") or "Gateway"
+    return group == GATEWAY_GROUP and kind == "Gateway"
+
+
+def gateway_key(ref: Obj, route_ns: str) -> str:
+    return f"{ref.get('namespace') or route_ns}/{ref.get('name', '')}"
+
+
+def parent_keys(route: Obj) -> list[str]:
+    """Index function for routes: "ns/name" of the Gateways a route names in spec.parentRefs."""
+    ns = (route.get("metadata") or {}).get("namespace", "")
+    refs = (route.get("spec") or {}).get("parentRefs") or ()
+    return sorted({gateway_key(r, ns) for r in refs if is_gateway_ref(r)})
+
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 SLICES_BY_SERVICE = "service"  # the EndpointSlice index every reader shares: "ns/service-name"

@@ -1,0 +1,1 @@
+"""Kubernetes API plumbing every part shares: the client, the informers, label selectors, Events."""
