@@ -37,7 +37,7 @@ from backend.sources import kubeapi
 from backend.sources.gateway_producer import gateway_routes
 from backend.sources.informer import DNSENDPOINTS, ENDPOINTSLICES, INGRESSES, SERVICES, Informer, Resource
 from backend.sources.producer import ExternalDnsSources
-from backend.zone.table import Recompiler, next_serial_in, soa_serial
+from backend.zone.build import Recompiler, next_serial_in, soa_serial
 
 log = logging.getLogger(__name__)
 
