@@ -60,7 +60,7 @@ from backend.probes.prober import Prober
 from backend.server import DnsServer
 from backend.sources.gateway_producer import GatewaySources
 from backend.sources.producer import ExternalDnsSources
-from backend.zone.table import Recompiler, next_serial_in, soa_serial
+from backend.zone.build import Recompiler, next_serial_in, soa_serial
 
 log = logging.getLogger(__name__)
 

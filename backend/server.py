@@ -22,7 +22,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from backend import listener, metrics
 from backend.config import Settings
 from backend.h2grpc import GRPC_UNAVAILABLE, GrpcError, H2GrpcServer
-from backend.zone.table import NotifyCallback, Table
+from backend.zone.lookup import Table
+from backend.zone.notify import NotifyCallback
 
 log = logging.getLogger(__name__)
 SERVFAIL = 2

@@ -16,7 +16,7 @@ from backend.config import Settings
 from backend.model import Endpoint, Target
 from backend.proto import dns_pb2, dns_pb2_grpc
 from backend.server import DnsServer, split_hostport
-from backend.zone.table import compile_table
+from backend.zone.build import compile_table
 
 SETTINGS = Settings(zones=("foowidgets.k8s",), grpc_listen="127.0.0.1:0", http_listen="127.0.0.1:0",
                     admin_listen="127.0.0.1:0")

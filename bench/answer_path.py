@@ -11,7 +11,8 @@ import dns.message
 
 from backend.config import GslbZone, Settings
 from backend.model import Endpoint, ObjectRef, Strategy, Target
-from backend.zone.table import Table, compile_table
+from backend.zone.build import compile_table
+from backend.zone.lookup import Table
 
 SETTINGS = Settings(zones=("foowidgets.k8s",), gslb_zones=(GslbZone("gb.foowidgets.k8s", "foowidgets.k8s"),),
                     cluster_geotag="us-buf", ext_gslb_clusters_geotags=("us-nyc",))

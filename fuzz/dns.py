@@ -28,7 +28,8 @@ import dns.rcode
 from backend.config import GslbZone, Settings
 from backend.model import Endpoint, ObjectRef, Strategy, Target
 from backend.server import DnsServer
-from backend.zone.table import Table, compile_table
+from backend.zone.build import compile_table
+from backend.zone.lookup import Table
 
 SETTINGS = Settings(
     zones=("foowidgets.k8s",),

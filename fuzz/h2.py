@@ -40,7 +40,7 @@ import asyncio, logging, sys
 from backend.config import Settings
 from backend.model import Endpoint, ObjectRef, Target
 from backend.server import DnsServer
-from backend.zone.table import compile_table
+from backend.zone.build import compile_table
 
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 settings = Settings(zones=("foowidgets.k8s",), grpc_listen="127.0.0.1:0", http_listen="127.0.0.1:0")

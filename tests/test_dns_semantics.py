@@ -29,7 +29,8 @@ from backend.lab.dig import DigResult, dig
 from backend.model import Endpoint, ObjectRef, Strategy, Target
 from backend.proto import dns_pb2, dns_pb2_grpc
 from backend.server import DnsServer
-from backend.zone.table import Table, compile_table
+from backend.zone.build import compile_table
+from backend.zone.lookup import Table
 
 SETTINGS = Settings(
     zones=("foowidgets.k8s",),

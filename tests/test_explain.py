@@ -20,7 +20,7 @@ from backend.lab.proc import PYTHON, ROOT
 from backend.lab.run import prepare_cluster
 from backend.lab.sidecar import Backend
 from backend.model import Endpoint, ObjectRef, Store, Strategy, Target
-from backend.zone.table import compile_table
+from backend.zone.build import compile_table
 
 GSLB_FLAGS = ("--zones", "foowidgets.k8s", "--dns-zone", "gb.foowidgets.k8s", "--edge-dns-zone",
               "foowidgets.k8s", "--cluster-geo-tag", "us-buf", "--ext-gslb-clusters-geo-tags", "us-nyc")

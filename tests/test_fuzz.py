@@ -16,7 +16,7 @@ import dns.rcode
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend.zone.table import Table
+from backend.zone.lookup import Table
 from fuzz.dns import corpus, mutate, problem, random_packet, structured, table
 
 RANDOM_PACKETS = 40_000

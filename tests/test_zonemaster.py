@@ -20,7 +20,7 @@ from backend.gslb import demo
 from backend.lab import zonemaster
 from backend.lab.bind9 import Bind9
 from backend.lab.dig import dig
-from backend.zone.table import soa_serial
+from backend.zone.build import soa_serial
 
 TAGS = ("us-buf", "us-nyc")
 SERIAL_SKEW = 10.0  # bound on how long after the hour a loaded cluster may still serve the old serial

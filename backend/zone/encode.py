@@ -51,6 +51,11 @@ def name_wire(text: str) -> bytes:
     return bytes(out)
 
 
+def name_text(key: bytes) -> str:
+    """The name `name_wire` wrote, as text without the final dot (explain shows it)."""
+    return dns.name.from_wire(key, 0)[0].to_text(omit_final_dot=True)
+
+
 def parent(key: bytes) -> bytes:
     return key[key[0] + 1:]
 

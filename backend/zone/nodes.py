@@ -1,0 +1,239 @@
+"""What a frozen table is made of: one `Node` per name (its RRsets and precompiled answers), one
+`Zone` per apex, and how a reply is put together from them (`recipe`: CNAME chains, referrals, the SOA
+of negatives) and written to wire bytes (`precompile`).
+
+The builder (build.py) makes nodes and precompiles their answers; the lookup (lookup.py) only reads
+them, except for the answers that depend on the query name's length (wildcards, NXDOMAIN/NODATA,
+referrals below a delegation), which it precompiles on first use per length with the same `recipe`
+and keeps: at most 255 per node.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from backend.config import Settings
+from backend.gslb.strategy import GeoLookup
+from backend.zone.encode import Rdata, is_subdomain, name_wire, put_name, put_rdata, seed
+from backend.zone.merge import Conflict, Merged
+from backend.zone.wire import AA, NOERROR, NXDOMAIN, QR
+
+T_A, T_NS, T_CNAME, T_SOA, T_AAAA = 1, 2, 5, 6, 28
+T_OPT, T_IXFR, T_AXFR, T_MAILB, T_MAILA, T_ANY = 41, 251, 252, 253, 254, 255
+OTHER = -1  # answer key: any qtype the node has nothing specific for
+REFERRAL = -2
+MAX_CHAIN = 8  # CNAME hops followed inside our zones
+MAX_MESSAGE = 65535
+MAX_OPT = 11 + 4 + 4 + 16  # our OPT with an IPv6 client-subnet option
+TC = 0x0200
+
+Pick = Callable[[str | None, int], tuple[int, int]]
+# One precompiled reply tail: header flags, counts without / with our OPT, the sections' bytes.
+Variant = tuple[int, bytes, bytes, bytes]
+Owner = bytes | None  # a name in wire form; None is the query name (a pointer to offset 12)
+
+
+@dataclass(slots=True)
+class RRset:
+    rdtype: int
+    ttl: int
+    variants: list[list[Rdata]]
+    pick: Pick | None  # set when there is more than one variant
+
+
+@dataclass(slots=True)
+class Recipe:
+    """What one reply holds, before it is written to wire bytes."""
+
+    rcode: int = NOERROR
+    aa: bool = True
+    answer: list[tuple[Owner, RRset]] = field(default_factory=list)
+    authority: list[tuple[Owner, RRset]] = field(default_factory=list)
+    additional: list[tuple[Owner, RRset]] = field(default_factory=list)
+
+
+class Answer:
+    """One precompiled reply: a tail per `Answers` variant, and the pick that chooses one per query."""
+
+    __slots__ = ("pick", "variants")
+
+    def __init__(self, variants: tuple[Variant, ...], pick: Pick | None) -> None:
+        self.variants = variants
+        self.pick = pick
+
+
+class Zone:
+    """One served zone of one table: its SOA (the serial is the table's) and its negative answers."""
+
+    __slots__ = ("apex", "name", "negatives", "soa")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.apex = name_wire(name)
+        self.soa: RRset | None = None
+        self.negatives: dict[tuple[int, int], Answer] = {}
+
+    def negative(self, rcode: int, qlen: int) -> Answer:
+        """NXDOMAIN or NODATA with our SOA in authority, for a query name `qlen` bytes long."""
+        ans = self.negatives.get((rcode, qlen))
+        if ans is None:
+            recipe = Recipe(rcode, authority=soa(self))
+            ans = self.negatives[(rcode, qlen)] = precompile(recipe, self.apex, qlen)
+        return ans
+
+
+def served_zones(settings: Settings) -> dict[bytes, Zone]:
+    """A fresh `Zone` per served zone, by apex in wire form."""
+    zones = (Zone(name) for name in settings.all_zones)
+    return {zone.apex: zone for zone in zones}
+
+
+class Node:
+    """One name: its RRsets and answers. Shared by the tables of successive patches, so it holds its
+    zone's apex, not the `Zone` (whose SOA carries one table's serial)."""
+
+    __slots__ = ("answers", "any_type", "apex", "cut", "default", "key", "lazy", "rrsets")
+
+    def __init__(self, key: bytes, apex: bytes) -> None:
+        self.key = key  # lowercase wire name
+        self.apex = apex
+        self.rrsets: dict[int, RRset] = {}
+        self.cut: Node | None = None  # the delegation this node is at or below
+        self.any_type = 0  # the RRset an ANY query gets (RFC 8482), 0: none
+        self.answers: dict[int, Answer] = {}  # by qtype, for exactly this name
+        self.default: Answer | None = None  # other qtypes; None: NODATA
+        self.lazy: dict[tuple[int, int], Answer] = {}  # (qtype key, qname length) -> answer
+
+
+@dataclass(slots=True)
+class Index:
+    """How the builder made a table's nodes, kept with the table so the next compile reuses the work
+    (`compile_table(previous=)`) or patches only the changed names (`Recompiler`). The lookup never
+    reads it."""
+
+    geo: GeoLookup | None = None
+    nodes: dict[bytes, Node] = field(default_factory=dict)  # the table's own node dict
+    # name -> (merged input, its node, records, rejections)
+    inputs: dict[str, tuple[dict[str, Merged], Node, int, list[Conflict]]] = field(default_factory=dict)
+    # by name: merge conflicts (and a bad name's), and records that would not encode
+    conflicts: dict[str, list[Conflict]] = field(default_factory=dict)
+    rejected: dict[str, list[Conflict]] = field(default_factory=dict)
+    held: set[bytes] = field(default_factory=set)  # names with input (other nodes: empty non-terminals)
+    children: dict[bytes, int] = field(default_factory=dict)  # node -> how many nodes sit directly below it
+    present: set[int] = field(default_factory=lambda: {T_ANY})  # every type a node holds (a patch only adds)
+    cnames: set[bytes] = field(default_factory=set)  # CNAME nodes outside delegations: answers read others
+
+
+def precompile(recipe: Recipe, anchor: bytes, qlen: int) -> Answer:
+    """Write a recipe for a query name of `qlen` bytes that ends in `anchor`.
+
+    A reply that would not fit a DNS message (thousands of pod IPs) keeps the records that fit
+    and sets TC, so it is still a valid message.
+    """
+    pick = next((rr.pick for _, rr in recipe.answer if rr.pick is not None), None)
+    count = max(len(rr.variants) for _, rr in recipe.answer if rr.pick is pick) if pick else 1
+    base = 16 + qlen
+    limit = MAX_MESSAGE - base - MAX_OPT
+    variants: list[Variant] = []
+    for v in range(count):
+        flags = QR | (AA if recipe.aa else 0) | recipe.rcode
+        out = bytearray()
+        compress = seed(anchor, qlen)
+        counts = [0, 0, 0]
+        records = [(i, owner, rr, rd)
+                   for i, section in enumerate((recipe.answer, recipe.authority, recipe.additional))
+                   for owner, rr in section
+                   for rd in (rr.variants[v] if pick is not None and rr.pick is pick else rr.variants[0])]
+        for i, owner, rr, rd in records:
+            mark = len(out)
+            if owner is None:
+                out += b"\xc0\x0c"
+            else:
+                put_name(out, base, compress, owner)
+            out += struct.pack(">HHI", rr.rdtype, 1, rr.ttl)
+            put_rdata(out, base, compress, rd)
+            if len(out) > limit:
+                del out[mark:]
+                flags |= TC
+                break
+            counts[i] += 1
+        an, ns, ar = counts
+        variants.append((flags, struct.pack(">HHHH", 1, an, ns, ar), struct.pack(">HHHH", 1, an, ns, ar + 1),
+                         bytes(out)))
+    return Answer(tuple(variants), pick)
+
+
+def closest(nodes: dict[bytes, Node], key: bytes) -> tuple[Node | None, int]:
+    """The closest encloser of a name we do not hold, and its offset in `key`."""
+    pos = 0
+    while key[pos]:
+        pos += key[pos] + 1
+        node = nodes.get(key[pos:])
+        if node is not None:
+            return node, pos
+    return None, 0
+
+
+def recipe(nodes: dict[bytes, Node], zones: dict[bytes, Zone], node: Node, qtype: int) -> Recipe:
+    """The reply for `qtype` at `node`, following CNAMEs while they stay inside our zones."""
+    if node.cut is not None:
+        return referral(nodes, node.cut)
+    answer: list[tuple[Owner, RRset]] = []
+    owner: Owner = None
+    cur = node
+    seen = {id(node)}
+    while True:
+        want = cur.any_type if qtype == T_ANY else qtype
+        rr = cur.rrsets.get(want)
+        if rr is not None:
+            answer.append((owner, rr))
+            return Recipe(answer=answer)
+        cname = cur.rrsets.get(T_CNAME)
+        if cname is None:
+            return Recipe(answer=answer, authority=soa(zones[cur.apex]))
+        answer.append((owner, cname))
+        owner = names(cname.variants[0][0])[0]
+        nxt = _follow(nodes, zones, owner)
+        if isinstance(nxt, Zone):
+            return Recipe(NXDOMAIN, answer=answer, authority=soa(nxt))
+        if nxt is None or id(nxt) in seen or len(answer) >= MAX_CHAIN:
+            return Recipe(answer=answer)
+        seen.add(id(nxt))
+        cur = nxt
+
+
+def soa(zone: Zone) -> list[tuple[Owner, RRset]]:
+    return [(zone.apex, zone.soa)] if zone.soa is not None else []
+
+
+def referral(nodes: dict[bytes, Node], cut: Node) -> Recipe:
+    """Below a delegation (an NS RRset under the apex) we are not authoritative: refer."""
+    ns = cut.rrsets[T_NS]
+    glue: list[tuple[Owner, RRset]] = []
+    for rd in ns.variants[0]:
+        target = names(rd)[0]
+        host = nodes.get(target) if is_subdomain(target, cut.key) else None
+        if host is not None:
+            glue += [(target, host.rrsets[t]) for t in (T_A, T_AAAA) if t in host.rrsets]
+    return Recipe(aa=False, authority=[(cut.key, ns)], additional=glue)
+
+
+def _follow(nodes: dict[bytes, Node], zones: dict[bytes, Zone], key: bytes) -> Node | Zone | None:
+    """Where a CNAME target leads: a node (exact or wildcard), a zone where it is NXDOMAIN, or
+    None when it leaves our zones or enters a delegation."""
+    node = nodes.get(key)
+    if node is None:
+        ce, pos = closest(nodes, key)
+        if ce is None:
+            return None
+        node = None if ce.cut else nodes.get(b"\x01*" + key[pos:])
+        if node is None:
+            return None if ce.cut else zones[ce.apex]
+    return None if node.cut else node
+
+
+def names(rd: Rdata) -> tuple[bytes, ...]:
+    """The names inside a CNAME/NS/MX/SOA rdata."""
+    return rd[1] if isinstance(rd, tuple) else ()
