@@ -20,7 +20,7 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 Obj = dict[str, Any]  # a Kubernetes object as the API's JSON: what informers hold and sources read
 LOCALTARGETS = "localtargets-"  # name prefix of this cluster's own targets of a GSLB host (k8gb's)
@@ -227,3 +227,20 @@ class Store:
     def endpoints(self) -> list[Endpoint]:
         _, by_key = self.snapshot()
         return [ep for eps in by_key.values() for ep in eps]
+
+
+class Verdicts(Protocol):
+    """What the peer exchange reads of the prober (backend/probes/prober.py), and feeds it: the layers
+    keep peers and probes apart, so they meet through this interface."""
+
+    def subscribe(self, listener: Callable[[frozenset[str]], None]) -> None:
+        """`listener(hosts)` after the verdicts of those hosts flipped."""
+
+    def set_peer(self, geotag: str, targets: Mapping[str, Iterable[str]]) -> None:
+        """A peer's raw targets (host -> addresses), to be probed."""
+
+    def verdict(self, host: str, address: str) -> bool | None:
+        """True: served; False: withdrawn; None: not probed."""
+
+    def probed(self, host: str) -> bool:
+        """This cluster probes `host` (its own Gslb has a probe config)."""

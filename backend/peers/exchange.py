@@ -42,12 +42,12 @@ from backend.model import (
     Store,
     Strategy,
     Target,
+    Verdicts,
     in_zone,
     peer_key,
 )
 from backend.peers import shards
 from backend.peers.persist import PeerBook
-from backend.probes.prober import Prober
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class PeerExchange:
 
     def __init__(self, settings: Settings, store: Store, *,
                  clock: Callable[[], float] = time.monotonic, book: PeerBook | None = None,
-                 may_write: Callable[[], bool] = lambda: True, prober: Prober | None = None) -> None:
+                 may_write: Callable[[], bool] = lambda: True, prober: Verdicts | None = None) -> None:
         self.settings = settings
         self.store = store
         self.clock = clock
