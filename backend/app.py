@@ -257,9 +257,9 @@ def edge_publisher(app: App) -> None:
 
 
 def explain_route(app: App, engine: GslbEngine, peers: PeerExchange | None, probes: Prober | None) -> None:
-    """GET /explain from this backend's own model, checked against the table that answers."""
-    explainer = Explainer(app.settings, app.store, engine, peers,
-                          lambda query: app.server.table.answer(query), probes)
+    """GET /explain: the table that answers gives the rcode, owner and answer; the model the evidence."""
+    explainer = Explainer(app.settings, app.store, lambda: app.server.table, engine=engine, peers=peers,
+                          prober=probes)
     app.server.add_route(EXPLAIN_ROUTE, explainer.handle)
     app.reconfigured.append(lambda settings: setattr(explainer, "settings", settings))
 

@@ -14,7 +14,7 @@ VERBS = {
     "serve": ("backend.app", "serve the zones to CoreDNS's grpc plugin"),
     "listen": ("backend.listener", "hold serve's sockets across restarts (--listener-socket PATH)"),
     "lab": ("backend.lab", "the local lab: up | down | status"),
-    "explain": ("backend.explain", "why a name answers what it answers"),
+    "explain": ("backend.cli_explain", "why a name answers what it answers"),
     "edge": ("backend.edge", "edge delegation by RFC 2136: leave"),
 }
 

@@ -1,32 +1,30 @@
-"""`coredns-gslb explain NAME`: which Kubernetes objects made a name, each target's geotag and health, the
-strategy, and why the answer is what it is.
+"""The report behind `coredns-gslb explain NAME`: which Kubernetes objects made a name, each target's
+geotag and health, the strategy, and why the answer is what it is.
 
 The running backend builds the report from its own model (`Explainer`, served as `GET /explain?name=`),
 so it shows exactly what that backend answers, including other clusters' targets learned from peers.
-The CLI only fetches the JSON and prints it; `--cluster` finds a lab backend's HTTP address.
+The rcode, the owner name (the name itself, the wildcard that matched, the delegation that refers) and
+the answer come from the served table's own lookup (`Table.lookup`), so the report cannot disagree with
+the answer; the Store adds the evidence: the owner's records and who produced them. The command that
+fetches and prints the report is backend/cli_explain.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import sys
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dns.message
 import dns.rcode
+import dns.rdatatype
 
 from backend.config import Settings
-from backend.config import parser as settings_parser
 from backend.gslb.strategy import answers
-from backend.model import ObjectRef, Store, Strategy, Target, normalize_name
-from backend.zone.merge import Merged, merge, zone_endpoints, zone_of
+from backend.model import ObjectRef, Store, Strategy, Target, normalize_name, zone_of
+from backend.zone.lookup import Table
+from backend.zone.merge import Merged, merge
 
 if TYPE_CHECKING:
     from backend.gslb.engine import GslbEngine
@@ -35,9 +33,7 @@ if TYPE_CHECKING:
 
 ROUTE = "/explain"
 NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_*.")
-LAB = Path(__file__).resolve().parents[1] / ".lab"
 Report = dict[str, Any]
-Answer = Callable[[bytes], bytes]  # a DNS query in wire format -> the reply the backend serves now
 
 
 def _ref(ref: ObjectRef) -> dict[str, str]:
@@ -102,54 +98,58 @@ def _answers(merged: Merged) -> list[list[str]]:
 
 
 class Explainer:
-    """Builds the explain report from the Store, the GSLB engine's health results and the peers' state,
-    and asks the served answer table what a query gets right now (the proof the reasoning matches)."""
+    """Builds the explain report: the served table's lookup gives the rcode, the owner name and the answer;
+    the Store, the GSLB engine's health results and the peers' state give the evidence."""
 
-    def __init__(self, settings: Settings, store: Store, engine: GslbEngine | None = None,
-                 peers: PeerExchange | None = None, answer: Answer | None = None,
+    def __init__(self, settings: Settings, store: Store, table: Callable[[], Table],
+                 engine: GslbEngine | None = None, peers: PeerExchange | None = None,
                  prober: Prober | None = None) -> None:
         self.settings = settings
         self.store = store
+        self.table = table  # the table served now
         self.engine = engine
         self.peers = peers
-        self.answer = answer
         self.prober = prober
 
-    def served(self, name: str, rtype: str) -> dict[str, Any] | None:
-        """What a query for (name, rtype) is answered now, from the compiled table."""
-        if self.answer is None:
-            return None
-        reply = dns.message.from_wire(self.answer(dns.message.make_query(name, rtype).to_wire()))
-        return {"rcode": dns.rcode.to_text(reply.rcode()),
-                "answer": [rd.to_text() for rrset in reply.answer for rd in rrset]}
+    def served(self, name: str, rtype: str) -> tuple[str | None, dict[str, Any]]:
+        """What a query for (name, rtype) is answered now, and the name whose records made the answer
+        (the name, a wildcard, a delegation; None when no name did), by the table's own lookup."""
+        found = self.table().lookup(name, dns.rdatatype.from_text(rtype))
+        reply = dns.message.from_wire(found.reply)
+        return found.owner, {"rcode": dns.rcode.to_text(reply.rcode()),
+                             "answer": [rd.to_text() for rrset in reply.answer for rd in rrset]}
 
     def report(self, name: str) -> Report:
         name = normalize_name(name)
         version, by_key = self.store.snapshot()
         zone = zone_of(name, self.settings.all_zones)
+        owner, served = self.served(name, "A")
         out: Report = {"name": name, "cluster": self.settings.cluster_geotag, "zone": zone,
-                       "version": version, "records": [], "wildcard": None}
-        out["served"] = self.served(name, "A")
-        if zone is None:
-            out["rcode"] = "REFUSED"
+                       "version": version, "records": [], "rcode": served["rcode"], "owner": owner,
+                       "wildcard": None, "served": served}
+        if served["rcode"] == "REFUSED":
             out["why"] = f"not in a zone this backend serves ({', '.join(self.settings.all_zones) or 'none'})"
             return out
-        # Merge only the owner's records: explaining one name need not cost a merge of the whole model.
-        endpoints = [ep for eps in by_key.values() for ep in eps]
-        existing = {ep.name for ep in endpoints} | {ep.name for ep in zone_endpoints(self.settings, version)}
-        owner = self._owner(name, zone, existing)
+        if served["rcode"] == "SERVFAIL":
+            out["why"] = "the backend has not finished its first sync with the Kubernetes API -> SERVFAIL"
+            return out
         if owner is None:
-            out["rcode"] = "NXDOMAIN"
             out["why"] = f"no Kubernetes object publishes {name} -> NXDOMAIN with the SOA of {zone}"
             return out
-        held = sorted(((key, ep) for key, eps in by_key.items() for ep in eps if ep.name == owner),
-                      key=lambda held_by: held_by[0])
-        names, _ = merge(self.settings, [ep for _, ep in held], version)
-        out["rcode"] = "NOERROR"
-        out["wildcard"] = owner if owner != name else None
+        # Merge only the owner's records: explaining one name need not cost a merge of the whole model.
+        held = sorted(((key, ep) for key, eps in by_key.items() for ep in eps
+                       if normalize_name(ep.name) == owner), key=lambda held_by: held_by[0])
+        types = merge(self.settings, [ep for _, ep in held], version)[0].get(owner, {})
+        if owner != name and owner.startswith("*."):
+            out["wildcard"] = owner
+        if "NS" in types and owner != zone:  # an NS RRset below the apex: the table refers (RFC 1034 4.3.2)
+            out["delegation"] = owner
+        if not types:
+            out["why"] = f"{name} holds no records but names below it do (an empty non-terminal) -> NODATA"
+            return out
         gslb = self._gslb_hosts(owner)
         probes = self.prober.report(owner) if self.prober is not None else []
-        for rtype, merged in sorted(names[owner].items()):
+        for rtype, merged in sorted(types.items()):
             producers = [{"key": key, "targets": [t.value for t in ep.targets]}
                          for key, ep in held if ep.rtype.upper() == rtype]
             out["records"].append({
@@ -160,27 +160,14 @@ class Explainer:
                 "producers": producers,
                 "targets": self._targets(merged, gslb, rtype, probes),
                 "answers": _answers(merged),
-                "served": self.served(name, rtype),
+                "served": self.served(name, rtype)[1],
                 "why": why(merged.strategy, merged.targets, self.settings.negative_ttl) if producers
                 else "the zone's own record (apex SOA and NS, or this server's glue)",
             })
         out["gslb"] = gslb
         out["probes"] = probes
-        out["peers"] = self._peers(zone) if gslb else {}
+        out["peers"] = self._peers(zone) if gslb and zone else {}
         return out
-
-    def _owner(self, name: str, zone: str, names: set[str]) -> str | None:
-        """The name itself, else the wildcard at its closest existing ancestor (RFC 4592, simplified)."""
-        if name in names:
-            return name
-        parent = name
-        while parent != zone:
-            parent = parent.split(".", 1)[1]
-            if "*." + parent in names:
-                return "*." + parent
-            if parent in names:
-                return None
-        return None
 
     def _gslb_hosts(self, host: str) -> list[dict[str, Any]]:
         """This cluster's view of every Gslb naming `host`: health, backing Services, local addresses."""
@@ -259,111 +246,3 @@ def name_problem(name: str) -> str | None:
     if len(longest) > 63:
         return f"label of {len(longest)} characters, at most 63"
     return None
-
-
-# --- the CLI ---------------------------------------------------------------------------------------
-
-
-def _served_line(served: dict[str, Any] | None, indent: str) -> list[str]:
-    if served is None:
-        return []
-    return [f"{indent}a query now gets: {served['rcode']} {', '.join(served['answer'])}".rstrip()]
-
-
-def render(report: Report) -> str:
-    """The report as a person reads it: the answer and the reason first, the evidence under it."""
-    head = f"{report['name']}  (cluster {report['cluster'] or '-'}, zone {report['zone'] or '-'})"
-    lines = [head]
-    if not report["records"]:
-        lines.append(f"  {report['rcode']}: {report['why']}")
-        lines += _served_line(report["served"], "  ")
-        return "\n".join(lines)
-    if report["wildcard"]:
-        lines.append(f"  matched wildcard {report['wildcard']}")
-    for rec in report["records"]:
-        answers = " | ".join(", ".join(a) or "(none)" for a in rec["answers"])
-        lines.append(f"  {rec['type']} ttl {rec['ttl']}: {answers}")
-        lines.append(f"    why: {rec['why']}")
-        lines += _served_line(rec["served"], "    ")
-        for ref in rec["sources"]:
-            lines.append(f"    from {ref['kind']} {ref['namespace']}/{ref['name']} ({ref['apiVersion']})")
-        for p in rec["producers"]:
-            lines.append(f"    store {p['key']}: {', '.join(p['targets']) or '(no targets)'}")
-        for t in rec["targets"] if rec["strategy"] else ():
-            health, geotag = t["health"] or "-", t["geotag"] or "-"
-            probe = f"  probe {t['probe']}" if t.get("probe") else ""
-            row = f"    target {t['value']:<16} geotag {geotag:<8} {health:<9} {t['origin']}{probe}"
-            lines.append(row.rstrip())
-    for g in report.get("gslb", []):
-        error = f"; {g['error']}" if g["error"] else ""
-        lines.append(f"  {g['key']}: {g['health']}; Services {', '.join(g['services']) or '(none)'}; "
-                     f"local addresses {', '.join(g['targets']) or '(none)'}{error}")
-    for p in report.get("probes") or ():
-        via = f" via {p['connect']}" if p["connect"] else ""
-        last = "not probed yet" if p["last"] is None else f"last {p['last']} {p['last_seconds_ago']}s ago"
-        lines.append(f"  probe {p['url']}{via} ({p['geotag']}): {p['verdict']}; {last}, "
-                     f"{p['streak']}/{p['failures']} toward a flip, {p['checks']} probes")
-    for tag, state in (report.get("peers") or {}).items():
-        if state is None:
-            continue
-        status = "answering" if state.get("ok") else f"unreachable ({state.get('error') or 'not polled yet'})"
-        lines.append(f"  peer {tag}: {status}, {state.get('records', 0)} localtargets records")
-    return "\n".join(lines)
-
-
-def lab_addresses(cluster: str | None, lab: Path = LAB) -> dict[str, str]:
-    """cluster -> backend HTTP address, from the running lab: its clusters from `state.json` (whose shape
-    is fixed), each backend's HTTP address from the side file `<lab>/<cluster>/http` ("IP:PORT")."""
-    state_file = lab / "state.json"
-    if not state_file.exists():
-        return {}
-    clusters = list(json.loads(state_file.read_text()).get("clusters", {}))
-    if cluster is not None:
-        if cluster not in clusters:
-            raise SystemExit(f"explain: the lab has no cluster {cluster!r} (it has {', '.join(clusters)})")
-        clusters = [cluster]
-    out = {}
-    for c in clusters:
-        side = lab / c / "http"
-        if not side.exists():
-            raise SystemExit(f"explain: the lab did not record {c}'s backend HTTP address ({side}); "
-                             "pass --http HOST:PORT")
-        out[c] = side.read_text().strip()
-    return out
-
-
-def fetch(http: str, name: str, timeout: float = 10.0) -> Report:
-    url = f"http://{http}{ROUTE}?{urllib.parse.urlencode({'name': name})}"
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return json.load(r)
-
-
-def main(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="coredns-gslb explain",
-                                description="Why a name answers what it answers, as a backend sees it.")
-    p.add_argument("name")
-    p.add_argument("--cluster", help="a lab cluster (default: every cluster of the running lab)")
-    p.add_argument("--http", help="the backend's HTTP address HOST:PORT (e.g. through kubectl port-forward)")
-    p.add_argument("--json", action="store_true", help="print the raw report")
-    p.add_argument("--lab", type=Path, default=LAB, help="the lab's folder, as `lab --dir` (default .lab)")
-    a = p.parse_args(argv)
-    if a.http:
-        targets = {a.cluster or a.http: a.http}
-    else:
-        local = settings_parser().get_default("admin_listen")  # a `coredns-gslb serve` on this machine
-        targets = lab_addresses(a.cluster, a.lab.resolve()) or {"local": local}
-    failed = 0
-    for cluster, http in targets.items():
-        try:
-            report = fetch(http, a.name)
-        except urllib.error.HTTPError as e:  # it answered, but not with a report (e.g. an older backend)
-            body = e.read().decode(errors="replace").strip()
-            print(f"explain: the backend of {cluster} at {http} said {e.code}: {body}", file=sys.stderr)
-            failed += 1
-            continue
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            print(f"explain: cannot reach the backend of {cluster} at {http}: {e}", file=sys.stderr)
-            failed += 1
-            continue
-        print(json.dumps(report, indent=2) if a.json else render(report))
-    return 1 if failed else 0

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
+from backend.cli_explain import lab_addresses, render
 from backend.config import from_args
-from backend.explain import Explainer, lab_addresses, render, why
+from backend.explain import Explainer, why
 from backend.lab.kube import ControlPlane
 from backend.lab.lbpool import set_load_balancer
 from backend.lab.proc import PYTHON, ROOT
@@ -59,7 +60,7 @@ def test_report_merges_producers_and_says_refused_or_nxdomain() -> None:
                                                      ObjectRef("DNSEndpoint", "demo", "wild"))])
     settings = from_args(list(GSLB_FLAGS))
     table = compile_table(settings, store.endpoints(), 1)
-    explainer = Explainer(settings, store, answer=table.answer)
+    explainer = Explainer(settings, store, lambda: table)
 
     report = explainer.report("FE.gb.foowidgets.k8s.")
     [record] = report["records"]
@@ -92,15 +93,18 @@ def test_report_merges_producers_and_says_refused_or_nxdomain() -> None:
 
 
 def test_cluster_addresses_come_from_the_lab(tmp_path: Path) -> None:
-    (tmp_path / "state.json").write_text(json.dumps({"clusters": {"us-buf": {}, "us-nyc": {}}}))
-    for cluster, port in (("us-buf", 18080), ("us-nyc", 18081)):
-        (tmp_path / cluster).mkdir()
-        (tmp_path / cluster / "http").write_text(f"127.0.0.1:{port}\n")
+    clusters = {"us-buf": {"dns": "127.0.0.21:53", "admin": "127.0.0.1:18080"},
+                "us-nyc": {"dns": "127.0.0.22:53", "admin": "127.0.0.1:18081"}}
+    (tmp_path / "state.json").write_text(json.dumps({"clusters": clusters}))
     assert lab_addresses(None, tmp_path) == {"us-buf": "127.0.0.1:18080", "us-nyc": "127.0.0.1:18081"}
     assert lab_addresses("us-nyc", tmp_path) == {"us-nyc": "127.0.0.1:18081"}
     with pytest.raises(SystemExit, match="no cluster 'us-lon'"):
         lab_addresses("us-lon", tmp_path)
     assert lab_addresses(None, tmp_path / "no-lab") == {}
+    del clusters["us-nyc"]["admin"]  # a lab started before the address was recorded
+    (tmp_path / "state.json").write_text(json.dumps({"clusters": clusters}))
+    with pytest.raises(SystemExit, match="no backend admin address for us-nyc"):
+        lab_addresses(None, tmp_path)
 
 
 def test_cli_says_when_the_backend_is_unreachable() -> None:

@@ -118,6 +118,7 @@ class Lab:
                     "kubeconfig": rel(self.planes[geotag].kubeconfig),
                     "dns": stack.address,
                     "backend": stack.backend.grpc,
+                    "admin": stack.backend.admin.removeprefix("http://"),  # /explain (`coredns-gslb explain`)
                     "geotag": geotag,
                     "dataplane": self.dataplanes[geotag],
                 }
@@ -197,8 +198,6 @@ def start_all(
             )
             result.planes[spec.geotag] = plane
             result.stacks[spec.geotag] = stack
-            # state.json's shape is fixed; `coredns-gslb explain --cluster` reads the backend's HTTP here
-            (folder / "http").write_text(stack.backend.admin.removeprefix("http://") + "\n")
         return result
     except BaseException:
         for item in reversed(started):

@@ -61,8 +61,9 @@ class Lookup:
     """What `Table.lookup` found: the reply served to that query, and the name whose records made it."""
 
     reply: bytes
-    owner: str | None  # the query name, the wildcard that matched (RFC 4592), the delegation that refers,
-    # the name a CNAME chain starts at; None when no name answers (NXDOMAIN, REFUSED, SERVFAIL)
+    # The query name (also when it is an alias or an empty non-terminal), the wildcard that matched
+    # (RFC 4592), the delegation that refers; None when no name answers (NXDOMAIN, REFUSED, SERVFAIL).
+    owner: str | None
 
 
 class Table:
