@@ -1,10 +1,12 @@
 # The coredns-gslb backend image: the sidecar next to CoreDNS in k8s/deployment.yaml and the backend
 # service in docker-compose.yml. Build: docker build -t coredns-gslb:0.1.0 .
+# Only what a cluster runs: the wheel leaves out the unit tests and the tests' gRPC stub (setup.py), and
+# the lab (lab/) is not in the build context (tests/test_wheel.py).
 FROM python:3.11.14-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/coredns-gslb
 WORKDIR /src
-COPY pyproject.toml ./
+COPY pyproject.toml setup.py ./
 COPY proto/ proto/
 COPY backend/ backend/
 RUN /opt/coredns-gslb/bin/pip install . && rm -rf /src

@@ -15,7 +15,8 @@ test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: deps
-	$(PY) -m ruff check backend tests bench fuzz
+	$(PY) -m ruff check backend lab tests bench fuzz setup.py
+	.venv/bin/lint-imports  # pyproject.toml's layers contract over backend/
 
 lab: deps
 	$(PY) -m backend.cli lab up

@@ -11,9 +11,9 @@ import pytest
 
 from backend.config import Settings
 from backend.h2grpc import H2GrpcServer
-from backend.lab.proc import free_port
 from backend.listener import Holder, receive
 from backend.proto import dns_pb2, dns_pb2_grpc
+from lab.proc import free_port
 
 
 async def call(channel: grpc.aio.Channel, msg: bytes = b"q") -> bytes:

@@ -3,7 +3,7 @@
 `all` (the default, `make bench`) runs every part: about 15 minutes on two cores, most of it the
 scale part's 30,000 objects.
 
-Each part measures on real components started here (backend/lab) and merges its figures into
+Each part measures on real components started here (lab) and merges its figures into
 bench/results.json; BENCHMARKS.md is rewritten from results.json after every part.
 """
 
@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backend.lab.proc import binary
 from bench import report
 from bench.env import Bed
 from bench.procstat import loadavg
+from lab.proc import binary
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results.json"

@@ -22,7 +22,6 @@ from typing import Any
 
 import dns.rcode
 
-from backend.lab.proc import wait_for
 from bench import dataset, dnsperf
 from bench.env import Bed
 from bench.objects import Api, Obj, deployment, dns_endpoint, endpoint_slice, gslb, service
@@ -30,6 +29,7 @@ from bench.procstat import cpu_seconds, loadavg, rss_bytes
 from bench.profile import Sampler
 from bench.profile import summary as summary_rows
 from bench.scale import NS, Loaded, addresses, lb_ip, load, summary, wait_quiet
+from lab.proc import wait_for
 
 KINDS = {  # kind: share of the changes
     "lb_address": 30,  # a Service's LoadBalancer address patched

@@ -1,6 +1,6 @@
-"""The bench's real components, from backend/lab: one control plane (etcd, kube-apiserver, controllers,
+"""The bench's real components, from lab: one control plane (etcd, kube-apiserver, controllers,
 scheduler, kwok), our backend processes and CoreDNS instances, all on loopback in one work folder and
-all stopped on exit (they also die with this process: backend/lab's children have PDEATHSIG set).
+all stopped on exit (they also die with this process: lab's children have PDEATHSIG set).
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from backend.gslb.demo import install_crds
-from backend.lab.coredns import CoreDNS
-from backend.lab.kube import ControlPlane, Etcd, Pki
-from backend.lab.lbpool import LbPool
-from backend.lab.sidecar import Backend
+from lab.coredns import CoreDNS
+from lab.demo import install_crds
+from lab.kube import ControlPlane, Etcd, Pki
+from lab.lbpool import LbPool
+from lab.sidecar import Backend
 
 
 class Stoppable(Protocol):

@@ -36,13 +36,13 @@ import dns.message
 import dns.query
 import dns.rdatatype
 
-from backend.gslb import demo
 from backend.kube.informer import ENDPOINTSLICES, Informer
-from backend.lab.coredns import GRPC_TEMPLATE, render
-from backend.lab.kube import ControlPlane
-from backend.lab.proc import free_port, wait_for
 from bench.env import Bed
 from bench.propagation import percentile
+from lab import demo
+from lab.coredns import GRPC_TEMPLATE, render
+from lab.kube import ControlPlane
+from lab.proc import free_port, wait_for
 
 IP = "10.2.1.167"
 

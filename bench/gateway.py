@@ -22,9 +22,9 @@ import dns.message
 import dns.query
 import dns.rdatatype
 
-from backend.lab.coredns import GRPC_TEMPLATE, render
 from bench.env import Bed
 from bench.propagation import percentile
+from lab.coredns import GRPC_TEMPLATE, render
 
 NS = "default"
 ROUTE = "/apis/gateway.networking.k8s.io/v1/namespaces/default/httproutes"

@@ -16,8 +16,8 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from backend.lab.kube import ControlPlane
-from backend.lab.lbpool import lb_ingress
+from lab.kube import ControlPlane
+from lab.lbpool import lb_ingress
 
 Obj = dict[str, Any]
 EXTERNAL_DNS_HOSTNAME = "external-dns.alpha.kubernetes.io/hostname"

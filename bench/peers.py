@@ -28,13 +28,13 @@ import dns.message
 import dns.query
 from prometheus_client.parser import text_string_to_metric_families
 
-from backend.gslb import demo
-from backend.lab.bind9 import Bind9
-from backend.lab.kube import ControlPlane, Etcd, Pki
-from backend.lab.lbpool import LbPool
-from backend.lab.proc import free_loopback_ip
-from backend.lab.sidecar import DnsStack
 from backend.peers import shards
+from lab import demo
+from lab.bind9 import Bind9
+from lab.kube import ControlPlane, Etcd, Pki
+from lab.lbpool import LbPool
+from lab.proc import free_loopback_ip
+from lab.sidecar import DnsStack
 
 ZONE, EDGE_ZONE = "gb.foowidgets.k8s", "foowidgets.k8s"
 INGRESS = {"us-buf": "10.2.1.167", "us-nyc": "10.2.1.98"}

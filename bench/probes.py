@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.probes [--targets 1000] [--seconds 20]
 
 The Prober runs as in the backend (its own thread and event loop) against the lab's stand-in data plane
-(`backend/lab/dataplane.py`, a child process); every target is a distinct exposed address mapped to it
+(`lab/dataplane.py`, a child process); every target is a distinct exposed address mapped to it
 with the lab-only address map. On this process's main event loop (where the backend answers DNS) a
 timer due every 10 ms records how late it fires: the loop lag. Measured the same way with no probes
 (the baseline), then with them. A running backend exports the same kind of figure as
@@ -25,10 +25,10 @@ from backend.config import GslbZone, Settings
 from backend.gslb.engine import GslbResult, probe_targets
 from backend.gslb.health import HostState
 from backend.gslb.spec import parse
-from backend.lab.dataplane import DataPlane
-from backend.lab.proc import free_port
 from backend.probes.prober import Prober
 from bench.propagation import percentile
+from lab.dataplane import DataPlane
+from lab.proc import free_port
 
 TICK = 0.01
 

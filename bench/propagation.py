@@ -20,9 +20,9 @@ import dns.message
 import dns.query
 import dns.rdatatype
 
-from backend.lab.coredns import GRPC_TEMPLATE, render
-from backend.lab.kube import ControlPlane
 from bench.env import Bed
+from lab.coredns import GRPC_TEMPLATE, render
+from lab.kube import ControlPlane
 
 NAME = "bench-propagation.foowidgets.k8s"
 ALPHA = "external-dns.alpha.kubernetes.io/"

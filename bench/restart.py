@@ -8,7 +8,7 @@ and the queries after /readyz 200 that got SERVFAIL or no answer. Then a rollout
 (400 q/s): with --listener a second backend is started beside the first on the holder's sockets (the
 first hands over and exits); without, the backend is stopped and started again, as a restart would.
 
-Only backend.lab's long-standing API is used without --listener, so the same file measures an older
+Only lab's long-standing API is used without --listener, so the same file measures an older
 checkout: `cd OTHER && PYTHONPATH=$PWD .venv/bin/python /path/to/bench/restart.py` (the "before").
 """
 
@@ -28,11 +28,11 @@ import dns.message
 import dns.query
 import dns.rcode
 
-from backend.lab.coredns import GRPC_TEMPLATE, CoreDNS
-from backend.lab.kube import ControlPlane, Etcd, Pki
-from backend.lab.lbpool import set_load_balancer
-from backend.lab.proc import ROOT, wait_for
-from backend.lab.sidecar import Backend
+from lab.coredns import GRPC_TEMPLATE, CoreDNS
+from lab.kube import ControlPlane, Etcd, Pki
+from lab.lbpool import set_load_balancer
+from lab.proc import ROOT, wait_for
+from lab.sidecar import Backend
 
 NAME = "nginx.foowidgets.k8s"
 
@@ -117,12 +117,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         plane = ControlPlane("restart", workdir / "restart", etcd, Pki.create(workdir / "pki"))
         started.append(plane)
         plane.start()
-        plane.apply((ROOT / "backend" / "lab" / "manifests" / "nginx-lb.yaml").read_text())
+        plane.apply((ROOT / "lab" / "manifests" / "nginx-lb.yaml").read_text())
         set_load_balancer(plane.api_client(), "Service", "default", "nginx-ext-dns", ["172.18.200.101"])
         listener = None
         flags = ["--zones", "foowidgets.k8s"]
         if a.listener:
-            from backend.lab.sidecar import Listener
+            from lab.sidecar import Listener
 
             listener = Listener(workdir).start()
             started.append(listener)

@@ -17,9 +17,6 @@ from dataclasses import dataclass
 
 import dns.rdatatype
 
-from backend.lab.coredns import GRPC_TEMPLATE
-from backend.lab.proc import wait_for
-from backend.lab.sidecar import Backend
 from bench import dataset
 from bench.dnsperf import percentile
 from bench.env import Bed
@@ -27,6 +24,9 @@ from bench.objects import Api, Obj, endpoint_slice, gslb, namespace, service
 from bench.procstat import cpu_seconds, loadavg, rss_bytes
 from bench.profile import Sampler
 from bench.profile import summary as summary_rows
+from lab.coredns import GRPC_TEMPLATE
+from lab.proc import wait_for
+from lab.sidecar import Backend
 
 NS = "scale"
 POLL = 0.002

@@ -11,13 +11,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend.lab.coredns import GRPC_TEMPLATE, CoreDNS
-from backend.lab.proc import wait_for
-from backend.lab.sidecar import Backend
 from bench import dataset, dnsperf
 from bench.env import Bed
 from bench.objects import Api
 from bench.procstat import cpu_seconds, loadavg
+from lab.coredns import GRPC_TEMPLATE, CoreDNS
+from lab.proc import wait_for
+from lab.sidecar import Backend
 
 WARMUP = 2.0
 SWEEP = (0.1, 0.25)  # shares of (b)'s peak rate for the latency sweep (0.5 is the goal's own run)

@@ -8,11 +8,11 @@ all of it. The listener no longer uses SO_REUSEPORT (no other process may take a
 
 from __future__ import annotations
 
-from backend.lab.proc import wait_for
-from backend.lab.sidecar import Backend
 from bench import dataset
 from bench.env import Bed
 from bench.throughput import Target, backend_stack, interleaved, load_dataset
+from lab.proc import wait_for
+from lab.sidecar import Backend
 
 
 def grpc_upstreams(addresses: list[str]) -> str:

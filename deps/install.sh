@@ -113,7 +113,7 @@ kube() {
 }
 
 # The Gateway API CRDs from the Go module (Apache-2.0), standard channel, into $DEPS_DIR/crds/gateway-api:
-# the control planes of the tests and the lab apply them (backend/lab/kube.py: install_gateway_api).
+# the control planes of the tests and the lab apply them (lab/kube.py: install_gateway_api).
 gateway_api() {
   local dest=$DEPS_DIR/crds/gateway-api cached=$CACHE_DIR/gateway-api-crds-$GATEWAY_API_VERSION
   [[ -f $dest/.version && $(cat "$dest/.version") == "$GATEWAY_API_VERSION" ]] && return 0
@@ -135,10 +135,11 @@ gateway_api() {
 venv() {
   local py=$root/.venv/bin/python stamp=$root/.venv/.installed
   [[ -x $py ]] || python3 -m venv "$root/.venv"
-  if [[ ! -f $stamp || $root/pyproject.toml -nt $stamp ]]; then
-    log "pip install -e .[dev]"
+  if [[ ! -f $stamp || $root/pyproject.toml -nt $stamp || $root/lab/pyproject.toml -nt $stamp ]]; then
+    # the lab is a distribution of its own (lab/pyproject.toml), never in the product's wheel
+    log "pip install -e .[dev] -e lab"
     "$py" -m pip install -q --upgrade pip >/dev/null
-    "$py" -m pip install -q -e "$root[dev]"
+    "$py" -m pip install -q -e "$root[dev]" -e "$root/lab"
     touch "$stamp"
   fi
 }

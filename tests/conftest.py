@@ -1,6 +1,6 @@
 """Test-bed fixtures: real etcd, Kubernetes control planes with kwok, CoreDNS, our backend, BIND9.
 
-The API is documented in tests/README.md; the process management lives in backend/lab/ (the lab reuses it).
+The API is documented in tests/README.md; the process management lives in lab/ (the lab reuses it).
 Control planes are session-scoped (they are the slow part); everything else is started per test and
 stopped when the test ends. Every child dies with the pytest process, even on SIGKILL.
 """
@@ -15,12 +15,12 @@ from typing import TypeVar
 
 import pytest
 
-from backend.lab.bind9 import Bind9, LoopbackAddress
-from backend.lab.coredns import GRPC_TEMPLATE, CoreDNS
-from backend.lab.kube import ControlPlane, Etcd, Pki
-from backend.lab.lbpool import LbPool
-from backend.lab.proc import free_loopback_ip
-from backend.lab.sidecar import Backend, DnsStack
+from lab.bind9 import Bind9, LoopbackAddress
+from lab.coredns import GRPC_TEMPLATE, CoreDNS
+from lab.kube import ControlPlane, Etcd, Pki
+from lab.lbpool import LbPool
+from lab.proc import free_loopback_ip
+from lab.sidecar import Backend, DnsStack
 
 ControlPlaneFactory = Callable[..., ControlPlane]
 T = TypeVar("T", CoreDNS, Backend, DnsStack, Bind9, LbPool, LoopbackAddress)

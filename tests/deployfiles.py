@@ -16,7 +16,7 @@ from backend.config import Settings, from_args
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
-CHAPTER = ROOT / "backend" / "lab" / "manifests"  # the chapter's manifests, as the lab applies them
+CHAPTER = ROOT / "lab" / "manifests"  # the chapter's manifests, as the lab applies them
 COREFILE = ROOT / "corefile" / "Corefile"
 
 

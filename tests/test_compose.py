@@ -144,6 +144,17 @@ def test_dependencies_name_real_services(services: dict[str, dict[str, Any]]) ->
             assert "ports" not in svc and "networks" not in svc, name
 
 
+def test_lab_modules_are_mounted_since_the_image_has_no_lab(services: dict[str, dict[str, Any]]) -> None:
+    """A service running `python -m lab.X` from the backend's image finds lab/X.py through a bind mount
+    under its PYTHONPATH (tests/test_wheel.py: the image holds no lab)."""
+    for name, svc in services.items():
+        words = svc.get("entrypoint", [])
+        if words[1:2] == ["-m"] and words[2].startswith("lab."):
+            module = words[2].replace(".", "/") + ".py"
+            path = svc["environment"]["PYTHONPATH"].rstrip("/") + "/" + module
+            assert _in_container(svc, path) == (ROOT / module).resolve(), name
+
+
 def test_readme_says_compose_is_not_run_in_ci() -> None:
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Docker", 1)[1].split("\n## ", 1)[0]

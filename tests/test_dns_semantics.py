@@ -24,13 +24,13 @@ import grpc
 import pytest
 
 from backend.config import GslbZone, Settings
-from backend.lab.coredns import CoreDNS
-from backend.lab.dig import DigResult, dig
 from backend.model import Endpoint, ObjectRef, Strategy, Target
 from backend.proto import dns_pb2, dns_pb2_grpc
 from backend.server import DnsServer
 from backend.zone.build import compile_table
 from backend.zone.lookup import Table
+from lab.coredns import CoreDNS
+from lab.dig import DigResult, dig
 
 SETTINGS = Settings(
     zones=("foowidgets.k8s",),

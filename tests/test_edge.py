@@ -17,18 +17,18 @@ import pytest
 from backend import edge
 from backend.config import GslbZone, Settings
 from backend.edge import tsig
-from backend.lab.bind9 import Bind9
-from backend.lab.dig import dig
-from backend.lab.kube import ControlPlane
-from backend.lab.lbpool import LbPool
-from backend.lab.proc import PYTHON, ROOT, wait_for
-from backend.lab.sidecar import Backend, DnsStack
 from backend.model import Endpoint, ObjectRef, Store, Target
+from lab.bind9 import Bind9
+from lab.dig import dig
+from lab.kube import ControlPlane
+from lab.lbpool import LbPool
+from lab.proc import PYTHON, ROOT, wait_for
+from lab.sidecar import Backend, DnsStack
 
 ZONE = GslbZone("gb.foowidgets.k8s", "foowidgets.k8s")
 BUF, NYC = "gslb-ns-us-buf-gb.foowidgets.k8s", "gslb-ns-us-nyc-gb.foowidgets.k8s"
 DELEGATION = f"delegation {ZONE.edge_zone}"
-NGINX_LB = ROOT / "backend" / "lab" / "manifests" / "nginx-lb.yaml"
+NGINX_LB = ROOT / "lab" / "manifests" / "nginx-lb.yaml"
 
 
 def cluster(named: Bind9, geotag: str, address: str, **overrides: object) -> Settings:

@@ -15,13 +15,13 @@ import pytest
 from backend.cli_explain import lab_addresses, render
 from backend.config import from_args
 from backend.explain import Explainer, why
-from backend.lab.kube import ControlPlane
-from backend.lab.lbpool import set_load_balancer
-from backend.lab.proc import PYTHON, ROOT
-from backend.lab.run import prepare_cluster
-from backend.lab.sidecar import Backend
 from backend.model import Endpoint, ObjectRef, Store, Strategy, Target
 from backend.zone.build import compile_table
+from lab.kube import ControlPlane
+from lab.lbpool import set_load_balancer
+from lab.proc import PYTHON, ROOT
+from lab.run import prepare_cluster
+from lab.sidecar import Backend
 
 GSLB_FLAGS = ("--zones", "foowidgets.k8s", "--dns-zone", "gb.foowidgets.k8s", "--edge-dns-zone",
               "foowidgets.k8s", "--cluster-geo-tag", "us-buf", "--ext-gslb-clusters-geo-tags", "us-nyc")

@@ -9,9 +9,9 @@ from collections.abc import Callable, Mapping
 
 import pytest
 
-from backend.lab.kube import ControlPlane
-from backend.lab.lbpool import set_load_balancer
-from backend.lab.sidecar import DnsStack
+from lab.kube import ControlPlane
+from lab.lbpool import set_load_balancer
+from lab.sidecar import DnsStack
 from tests.test_sources_services import ALPHA, wait_answer
 
 pytestmark = pytest.mark.controlplane

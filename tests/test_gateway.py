@@ -12,13 +12,13 @@ import pytest
 from test_multicluster import clusters  # noqa: F401  (the two-cluster fixture)
 from test_multicluster import until as mc_until
 
-from backend.gslb import demo
-from backend.lab.bind9 import Bind9
-from backend.lab.dig import DigResult
-from backend.lab.kube import ControlPlane
-from backend.lab.lbpool import LbPool
-from backend.lab.proc import wait_for
-from backend.lab.sidecar import DnsStack
+from lab import demo
+from lab.bind9 import Bind9
+from lab.dig import DigResult
+from lab.kube import ControlPlane
+from lab.lbpool import LbPool
+from lab.proc import wait_for
+from lab.sidecar import DnsStack
 
 pytestmark = pytest.mark.controlplane
 

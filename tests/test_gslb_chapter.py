@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from backend.gslb import demo
-from backend.lab.dig import DigResult
-from backend.lab.kube import ControlPlane
-from backend.lab.lbpool import set_load_balancer
-from backend.lab.proc import wait_for
-from backend.lab.sidecar import DnsStack
+from lab import demo
+from lab.dig import DigResult
+from lab.kube import ControlPlane
+from lab.lbpool import set_load_balancer
+from lab.proc import wait_for
+from lab.sidecar import DnsStack
 
 pytestmark = pytest.mark.controlplane
 

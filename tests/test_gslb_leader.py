@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from backend.gslb import demo
-from backend.lab.kube import ControlPlane
-from backend.lab.sidecar import Backend, DnsStack
+from lab import demo
+from lab.kube import ControlPlane
+from lab.sidecar import Backend, DnsStack
 
 pytestmark = pytest.mark.controlplane
 

@@ -22,13 +22,13 @@ import pytest
 
 from backend import app
 from backend.config import GslbZone, Settings
-from backend.gslb import demo
-from backend.gslb.geoip import write_db
-from backend.lab.coredns import CoreDNS
-from backend.lab.dig import dig
-from backend.lab.kube import ControlPlane
-from backend.lab.proc import free_port, wait_for
 from backend.model import Endpoint, Target, peer_key
+from lab import demo
+from lab.coredns import CoreDNS
+from lab.dig import dig
+from lab.kube import ControlPlane
+from lab.mmdb import write_db
+from lab.proc import free_port, wait_for
 
 pytestmark = pytest.mark.controlplane
 

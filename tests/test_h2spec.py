@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from test_dns_semantics import InProcessBackend
 
-from backend.lab.proc import binary
+from lab.proc import binary
 
 SUMMARY = re.compile(r"(\d+) tests, (\d+) passed, (\d+) skipped, (\d+) failed")
 

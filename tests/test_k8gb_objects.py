@@ -11,11 +11,11 @@ import dns.tsig
 import dns.update
 import pytest
 
-from backend.gslb import demo
-from backend.lab.bind9 import Bind9
-from backend.lab.dig import dig
-from backend.lab.kube import ControlPlane
-from backend.lab.sidecar import DnsStack
+from lab import demo
+from lab.bind9 import Bind9
+from lab.dig import dig
+from lab.kube import ControlPlane
+from lab.sidecar import DnsStack
 from tests.test_sources_services import wait_answer
 
 pytestmark = pytest.mark.controlplane

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from backend.lab.dig import dig
-from backend.lab.proc import PYTHON, ROOT, free_loopback_ip, free_port, pid_running, port_free, read_pidfile
+from lab.dig import dig
+from lab.proc import PYTHON, ROOT, free_loopback_ip, free_port, pid_running, port_free, read_pidfile
 
 pytestmark = pytest.mark.lab
 

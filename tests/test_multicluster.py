@@ -16,13 +16,13 @@ import dns.update
 import pytest
 from test_peers import DnsDouble, serving
 
-from backend.gslb import demo
-from backend.lab.bind9 import Bind9
-from backend.lab.dig import dig
-from backend.lab.kube import ControlPlane
-from backend.lab.lbpool import LbPool
-from backend.lab.proc import PYTHON, ROOT, free_loopback_ip, wait_for
-from backend.lab.sidecar import DnsStack
+from lab import demo
+from lab.bind9 import Bind9
+from lab.dig import dig
+from lab.kube import ControlPlane
+from lab.lbpool import LbPool
+from lab.proc import PYTHON, ROOT, free_loopback_ip, wait_for
+from lab.sidecar import DnsStack
 
 ZONE, EDGE_ZONE = "gb.foowidgets.k8s", "foowidgets.k8s"
 HOST = demo.HOST

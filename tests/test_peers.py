@@ -244,11 +244,12 @@ async def test_fetches_peer_targets_when_the_serial_moves_and_every_30s() -> Non
 
 def publish(double: DnsDouble, targets: dict[str, list[str]]) -> None:
     """Give the double a localtargets index and shards, as a cluster of ours publishes them."""
-    localtargets = [("localtargets-" + host, "A", tuple(Target(v) for v in values))
-                    for host, values in targets.items()]
+    publication = shards.Publication(ZONE.dns_zone, 30)
+    for host, values in targets.items():
+        publication.set(host, values)
     for key in [k for k in double.records if k[0].startswith(shards.LABEL)]:
         del double.records[key]
-    for ep in shards.publication(localtargets, ZONE.dns_zone, "localtargets-", 30):
+    for ep in publication.endpoints():
         double.records[(ep.name, "TXT")] = [f'"{t.value}"' for t in ep.targets]
 
 

@@ -1,5 +1,5 @@
 """Failover that follows the data plane (issue 15), through real CoreDNS, backends, control planes and
-BIND9: each cluster's stand-in data plane (backend/lab/dataplane.py) serves the probes of its ingress
+BIND9: each cluster's stand-in data plane (lab/dataplane.py) serves the probes of its ingress
 address (the lab-only --probe-address-map; 10.2.1.x is never contacted). Every check is what dig answers.
 
 Timing figures are printed, asserted only with generous bounds; bench/failover.py measures them.
@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 from test_multicluster import HOST, INGRESS, ZONE, Cluster, chapter_app, cluster_flags, everywhere, until
 
-from backend.lab.bind9 import Bind9
-from backend.lab.dataplane import DataPlane
-from backend.lab.kube import ControlPlane
-from backend.lab.lbpool import LbPool
-from backend.lab.proc import free_loopback_ip, free_port
-from backend.lab.sidecar import DnsStack
 from bench.probes import measure
+from lab.bind9 import Bind9
+from lab.dataplane import DataPlane
+from lab.kube import ControlPlane
+from lab.lbpool import LbPool
+from lab.proc import free_loopback_ip, free_port
+from lab.sidecar import DnsStack
 
 INTERVAL, FAILURES = 1.0, 2
 GRACE = 2.0  # --peer-grace-seconds: short, so the test can outlast it three times

@@ -15,17 +15,17 @@ import dns.tsig
 import dns.zone
 import pytest
 
-from backend.lab.bind9 import Bind9
-from backend.lab.coredns import CoreDNS
-from backend.lab.dig import dig
-from backend.lab.kube import ControlPlane
-from backend.lab.lbpool import set_load_balancer
-from backend.lab.proc import ROOT, wait_for
-from backend.lab.sidecar import Backend, Listener
 from bench import dnsperf
+from lab.bind9 import Bind9
+from lab.coredns import CoreDNS
+from lab.dig import dig
+from lab.kube import ControlPlane
+from lab.lbpool import set_load_balancer
+from lab.proc import ROOT, wait_for
+from lab.sidecar import Backend, Listener
 
 pytestmark = pytest.mark.controlplane
-NGINX_LB = ROOT / "backend" / "lab" / "manifests" / "nginx-lb.yaml"
+NGINX_LB = ROOT / "lab" / "manifests" / "nginx-lb.yaml"
 NAME = "nginx.foowidgets.k8s"
 
 

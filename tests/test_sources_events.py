@@ -7,8 +7,8 @@ import pytest
 
 from backend.kube.events import EventRecorder
 from backend.kube.kubeapi import api_client
-from backend.lab.kube import ControlPlane
 from backend.model import ObjectRef
+from lab.kube import ControlPlane
 
 pytestmark = pytest.mark.controlplane
 

@@ -10,7 +10,7 @@ import pytest
 
 from backend.kube.informer import SERVICES, Informer, Resource
 from backend.kube.kubeapi import api_client
-from backend.lab.kube import ControlPlane
+from lab.kube import ControlPlane
 
 pytestmark = pytest.mark.controlplane
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from backend.lab.kube import ControlPlane
-from backend.lab.lbpool import set_load_balancer
-from backend.lab.sidecar import DnsStack
+from lab.kube import ControlPlane
+from lab.lbpool import set_load_balancer
+from lab.sidecar import DnsStack
 
 ROOT = Path(__file__).resolve().parent.parent
 ALPHA = "external-dns.alpha.kubernetes.io/"

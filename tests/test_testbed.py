@@ -14,12 +14,12 @@ import dns.tsigkeyring
 import dns.update
 import pytest
 
-from backend.lab.bind9 import Bind9
-from backend.lab.coredns import FILE_TEMPLATE, CoreDNS
-from backend.lab.dig import dig
-from backend.lab.kube import ControlPlane
-from backend.lab.lbpool import LbPool
-from backend.lab.proc import ROOT, free_loopback_ip
+from lab.bind9 import Bind9
+from lab.coredns import FILE_TEMPLATE, CoreDNS
+from lab.dig import dig
+from lab.kube import ControlPlane
+from lab.lbpool import LbPool
+from lab.proc import ROOT, free_loopback_ip
 
 DEPLOYMENT = """
 apiVersion: apps/v1

@@ -16,11 +16,10 @@ from pathlib import Path
 from test_multicluster import EDGE_ZONE, INGRESS, ZONE, Cluster, edge_glue, edge_ns_set, ns_name, until
 from test_multicluster import clusters as clusters  # the fixture: the same two clusters, behind our edge
 
-from backend.gslb import demo
-from backend.lab import zonemaster
-from backend.lab.bind9 import Bind9
-from backend.lab.dig import dig
 from backend.zone.build import soa_serial
+from lab import demo, zonemaster
+from lab.bind9 import Bind9
+from lab.dig import dig
 
 TAGS = ("us-buf", "us-nyc")
 SERIAL_SKEW = 10.0  # bound on how long after the hour a loaded cluster may still serve the old serial

@@ -101,18 +101,3 @@ class GeoIP:
                 self._reader.close()
                 self._reader = None
 
-
-def write_db(path: str, networks: dict[str, dict[str, Any]]) -> None:
-    """Write a small mmdb ({"127.0.0.0/24": {"datacenter": "us-buf"}, ...}) for tests and the lab.
-
-    mmdb-writer is a development dependency, hence the import here.
-    """
-    from mmdb_writer import MMDBWriter
-    from netaddr import IPSet
-
-    writer = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type="coredns-gslb-test")
-    for network, record in networks.items():
-        writer.insert_network(IPSet([network]), record)
-    tmp = f"{path}.tmp"
-    writer.to_db_file(tmp)
-    os.replace(tmp, path)  # atomic, so a reader never sees half a file

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from backend.gslb.geoip import GeoIP, write_db
+from backend.gslb.geoip import GeoIP
+from lab.mmdb import write_db
 
 
 def test_lookup_reload_and_broken_file(tmp_path: Path) -> None:

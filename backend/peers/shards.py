@@ -118,18 +118,6 @@ class Publication:
         return self._endpoints
 
 
-def publication(localtargets: Iterable[tuple[str, str, tuple[Target, ...]]], zone: str, prefix: str,
-                ttl: int) -> list[Endpoint]:
-    """The index and shard records for our own `localtargets-<host>` records of one zone."""
-    by_host: dict[str, list[str]] = {}
-    for name, _rtype, targets in localtargets:
-        by_host.setdefault(name.removeprefix(prefix), []).extend(t.value for t in targets)
-    pub = Publication(zone, ttl)
-    for host, values in by_host.items():
-        pub.set(host, values)
-    return pub.endpoints()
-
-
 def parse_index(text: str) -> tuple[str, ...]:
     """The shard digests of a peer's index; ValueError for anything but a well-formed v2 index."""
     parts = text.split()

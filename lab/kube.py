@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from backend.lab.proc import ROOT, Process, StartupError, binary, free_port, wait_for
+from lab.proc import ROOT, Process, StartupError, binary, free_port, wait_for
 
 if TYPE_CHECKING:
     import kubernetes.client

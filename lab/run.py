@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from backend.lab import dataplane
-from backend.lab.bind9 import Bind9
-from backend.lab.dig import dig, split_server
-from backend.lab.kube import ControlPlane, Etcd, Pki, kubectl
-from backend.lab.lbpool import LbPool
-from backend.lab.proc import ROOT, StartupError, kill_pidfile, pid_running, port_free, read_pidfile
-from backend.lab.sidecar import DnsStack
+from lab import dataplane
+from lab.bind9 import Bind9
+from lab.dig import dig, split_server
+from lab.kube import ControlPlane, Etcd, Pki, kubectl
+from lab.lbpool import LbPool
+from lab.proc import ROOT, StartupError, kill_pidfile, pid_running, port_free, read_pidfile
+from lab.sidecar import DnsStack
 
 MANIFESTS = Path(__file__).parent / "manifests"
 K8S = ROOT / "k8s"
@@ -310,7 +310,7 @@ def demo(state: dict) -> bool:
 
 
 def replay_all(lab: Path, state: dict) -> bool:
-    """The chapter, then the data-plane chapter (backend/lab/dataplane.py)."""
+    """The chapter, then the data-plane chapter (lab/dataplane.py)."""
     ok = demo(state)
     return dataplane.demo(lab, state) and ok
 

@@ -6,7 +6,7 @@ are told, with the lab-only `--probe-address-map 10.2.1.167=IP:8080,...`, where 
 address really go. It answers every HTTP GET with 200 (and so also accepts plain TCP).
 `coredns-gslb lab dataplane CLUSTER down|up` stops and starts it while the cluster's pods stay Ready.
 
-    python -m backend.lab.dataplane --listen IP:PORT [--name us-buf]
+    python -m lab.dataplane --listen IP:PORT [--name us-buf]
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from backend.lab.proc import PYTHON, ROOT, Process, kill_pidfile, wait_for
+from lab.proc import PYTHON, ROOT, Process, kill_pidfile, wait_for
 
 if TYPE_CHECKING:
-    from backend.lab.run import ClusterSpec
+    from lab.run import ClusterSpec
 
 PORT = 8080
 PROBE = "http://{address}:80/healthz"  # the annotation the lab adds to the chapter's Gslbs
@@ -64,7 +64,7 @@ class DataPlane:
     def __init__(self, workdir: Path, address: str, name: str, *, detached: bool = False) -> None:
         self.address = address
         self.process = Process(f"{name}-dataplane",
-                               [PYTHON, "-m", "backend.lab.dataplane", "--listen", address, "--name", name],
+                               [PYTHON, "-m", "lab.dataplane", "--listen", address, "--name", name],
                                workdir / f"{name}-dataplane.log", cwd=ROOT, detached=detached)
 
     def start(self) -> DataPlane:
@@ -77,7 +77,7 @@ class DataPlane:
         self.process.stop()
 
 
-# --- the lab's use of it (backend/lab/run.py calls these) --------------------------------------------
+# --- the lab's use of it (lab/run.py calls these) --------------------------------------------
 
 
 def address(spec: ClusterSpec) -> str:
@@ -125,8 +125,8 @@ def switch(lab: Path, cluster: str, want: str) -> int:
 
 def demo(lab: Path, state: dict[str, Any]) -> bool:
     """After the chapter: failover that follows the data plane, and no false failover."""
-    from backend.lab.coredns import CoreDNS
-    from backend.lab.run import HOST, Observer, say, watch
+    from lab.coredns import CoreDNS
+    from lab.run import HOST, Observer, say, watch
 
     clusters = state["clusters"]
     at_clusters = [Observer(f"{tag} CoreDNS {c['dns']}", c["dns"], ("+norecurse",))
@@ -159,13 +159,13 @@ def demo(lab: Path, state: dict[str, Any]) -> bool:
 
 
 def _answers(server: str) -> list[str]:
-    from backend.lab.dig import dig
+    from lab.dig import dig
 
     return sorted(dig(server, "fe.gb.foowidgets.k8s", "A", "+norecurse", timeout=1).addresses)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m backend.lab.dataplane", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m lab.dataplane", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--listen", required=True, help="IP:PORT")
     p.add_argument("--name", default="dataplane")

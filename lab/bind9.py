@@ -23,7 +23,7 @@ import dns.query
 import dns.rcode
 import dns.tsigkeyring
 
-from backend.lab.proc import Process, Server, StartupError, binary, free_port, wait_for
+from lab.proc import Process, Server, StartupError, binary, free_port, wait_for
 
 START_TIMEOUT = 30.0
 NOWHERE = "127.255.255.254"  # root hints target: loopback, nobody listens

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend.lab.proc import StartupError, binary
+from lab.proc import StartupError, binary
 
 ROOT_NS = "ns.root.test."  # the root server's name (.test is reserved for testing, RFC 2606)
 LEVELS = ("CRITICAL", "ERROR", "WARNING", "NOTICE")

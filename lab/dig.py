@@ -7,7 +7,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from backend.lab.proc import binary
+from lab.proc import binary
 
 _STATUS = re.compile(r"->>HEADER<<- opcode: (\S+), status: (\S+), id: (\d+)")
 _FLAGS = re.compile(r";; flags:([^;]*);")

@@ -4,7 +4,7 @@ Services of type LoadBalancer get the next free address of the service pool (a f
 configured, as the chapter's 172.18.200.101 for nginx-ext-dns); every Ingress gets the ingress
 controller's address. It is also the gateway controller of its own GatewayClass (gatewayctl.py).
 The addresses are answer data only; nothing ever connects to them. Run it as
-`python -m backend.lab.lbpool --kubeconfig K ...`, or call `set_load_balancer` once from a test.
+`python -m lab.lbpool --kubeconfig K ...`, or call `set_load_balancer` once from a test.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from backend.lab.gatewayctl import GatewayController
-from backend.lab.proc import PYTHON, ROOT, Process, wait_for
+from lab.gatewayctl import GatewayController
+from lab.proc import PYTHON, ROOT, Process, wait_for
 
 START_TIMEOUT = 30.0
 
@@ -145,7 +145,7 @@ def _fixed(values: Sequence[str]) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m backend.lab.lbpool", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m lab.lbpool", description=__doc__)
     p.add_argument("--kubeconfig", required=True)
     p.add_argument("--ingress", default="", help="ingress controller address(es), comma-separated")
     p.add_argument("--services", default="", help="LoadBalancer Service pool, comma-separated")
@@ -170,7 +170,7 @@ class LbPool:
         name: str = "lbpool",
         detached: bool = False,
     ) -> None:
-        argv: list[object] = [PYTHON, "-m", "backend.lab.lbpool", "--kubeconfig", kubeconfig]
+        argv: list[object] = [PYTHON, "-m", "lab.lbpool", "--kubeconfig", kubeconfig]
         argv += ["--ingress", ",".join(ingress), "--services", ",".join(services)]
         for key, address in (fixed or {}).items():
             argv += ["--fixed", f"{key}={address}"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import dns.message
 import dns.query
 
-from backend.lab.proc import ROOT, Process, Server, binary, free_port, wait_for
+from lab.proc import ROOT, Process, Server, binary, free_port, wait_for
 
 TEMPLATES = ROOT / "corefile"
 SHIPPED = TEMPLATES / "Corefile"

@@ -1,5 +1,5 @@
 """GSLB objects for the integration tests and bench/failover.py: the Gslb CRDs, the chapter's
-manifests as the lab keeps them (backend/lab/manifests/: namespace demo with Deployment and Service
+manifests as the lab keeps them (lab/manifests/: namespace demo with Deployment and Service
 nginx, Gslb gslb-failover-buf, unchanged) and small Deployment + Service pairs of any name.
 """
 
@@ -9,18 +9,18 @@ import json
 from pathlib import Path
 from typing import Any, Protocol
 
-from backend.lab.lbpool import set_load_balancer
+from lab.lbpool import set_load_balancer
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 CRDS = (ROOT / "k8s" / "crds" / "gslb.k8gb.absa.oss.yaml", ROOT / "k8s" / "crds" / "gslb.k8gb.io.yaml",
         ROOT / "k8s" / "crds" / "zonedelegation.k8gb.io.yaml")
-CHAPTER_APP = ROOT / "backend" / "lab" / "manifests" / "demo.yaml"
-CHAPTER_GSLB = ROOT / "backend" / "lab" / "manifests" / "gslb-failover-buf.yaml"
+CHAPTER_APP = ROOT / "lab" / "manifests" / "demo.yaml"
+CHAPTER_GSLB = ROOT / "lab" / "manifests" / "gslb-failover-buf.yaml"
 HOST = "fe.gb.foowidgets.k8s"
 
 
 class Plane(Protocol):
-    """What is needed of backend.lab.kube.ControlPlane."""
+    """What is needed of lab.kube.ControlPlane."""
 
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60

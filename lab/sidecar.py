@@ -10,9 +10,9 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from backend.lab.coredns import GRPC_TEMPLATE, CoreDNS
-from backend.lab.dig import DigResult, dig
-from backend.lab.proc import PYTHON, ROOT, Process, free_port, wait_for
+from lab.coredns import GRPC_TEMPLATE, CoreDNS
+from lab.dig import DigResult, dig
+from lab.proc import PYTHON, ROOT, Process, free_port, wait_for
 
 START_TIMEOUT = 60.0
 

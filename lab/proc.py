@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 DEPS_BIN = ROOT / ".deps" / "bin"
 PYTHON = ROOT / ".venv" / "bin" / "python"
 
