@@ -146,11 +146,12 @@ def test_a_malformed_probe_annotation_is_reported_and_answers_follow_endpoints(p
 
 
 def test_a_thousand_probed_targets_keep_the_answer_loop_responsive(tmp_path: Path) -> None:
-    """1,000 targets at a 2 s interval against a real data plane process. The figure (p99 <= 20 ms on a
-    quiet machine) is bench/probes.py's; here only what no loaded machine excuses."""
+    """1,000 targets at a 2 s interval against a real data plane process, probed from the prober's own
+    process. The loop-lag figures are bench/probes.py's (speed is the bench's, not a test's); here only
+    the behaviour: every target probed, and by that process, not by a thread of the backend."""
     r = measure(1000, 8.0, 2.0, tmp_path)
     print(json.dumps(r))
-    # every target probed; whether the stand-in keeps up with 500 requests a second on a loaded machine
-    # (probes then time out) is not the answer loop's business
+    # whether the stand-in keeps up with 500 requests a second on a loaded machine (probes then time
+    # out) is not the prober's business
     assert r["probed_targets"] == 1000 and r["unprobed"] == 0, r
-    assert r["with_probes"]["p50_ms"] <= 20, r
+    assert "prober_process" in r["cpu_cores"], r
