@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+import yaml
 from test_multicluster import HOST, INGRESS, ZONE, Cluster, chapter_app, cluster_flags, everywhere, until
 
 from bench.probes import measure
@@ -38,6 +39,17 @@ def annotate(plane: ControlPlane, annotations: dict[str, str], name: str = "gslb
 
 def gslb_status(plane: ControlPlane, name: str = "gslb-failover-buf") -> dict:
     return json.loads(plane.kubectl("get", "gslb", name, "-n", "demo", "-o", "json")).get("status") or {}
+
+
+def healthy_records(plane: ControlPlane, name: str = "gslb-failover-buf") -> dict:
+    """status.healthyRecords as `kubectl get gslb -o yaml` shows it (k8gb's field: what this cluster
+    answers for each host)."""
+    obj = yaml.safe_load(plane.kubectl("get", "gslb", name, "-n", "demo", "-o", "yaml"))
+    return (obj.get("status") or {}).get("healthyRecords") or {}
+
+
+def records_everywhere(cs: Sequence[Cluster], expected: list[str]) -> Callable[[], bool]:
+    return lambda: all(healthy_records(c.plane) == {HOST: expected} for c in cs)
 
 
 @pytest.fixture
@@ -94,11 +106,13 @@ def test_failover_follows_the_data_plane_not_the_peers_dns(probed) -> None:  # t
     assert 'coredns_gslb_probe_up{address="10.2.1.167",geotag="us-buf",host="fe.gb.foowidgets.k8s"} 1.0' in \
         nyc.stack.backend.get("/metrics")[1]
     assert gslb_status(buf.plane)["conditions"][1]["reason"] == "Probing"
+    until(records_everywhere(cs, ["10.2.1.167"]), "healthyRecords: buf's ingress in both clusters", cs)
 
     # buf's ingress dies, its pods stay Ready and its DNS answers: every cluster withdraws 10.2.1.167
     data["us-buf"].stop()
     timed(everywhere(cs, ["10.2.1.98"]), "data plane down -> every CoreDNS answers nyc", cs)
     assert gslb_status(buf.plane)["serviceHealth"] == {HOST: "Healthy"}, "buf's pods are still Ready"
+    until(records_everywhere(cs, ["10.2.1.98"]), "healthyRecords follow the probes (kubectl get gslb)", cs)
     assert f"us-buf {ZONE} ok" in nyc.readyz(), "buf's DNS still answers nyc"
     report = json.loads(nyc.stack.backend.get(f"/explain?name={HOST}")[1])
     probe = next(p for p in report["probes"] if p["address"] == "10.2.1.167")
@@ -108,6 +122,7 @@ def test_failover_follows_the_data_plane_not_the_peers_dns(probed) -> None:  # t
 
     data["us-buf"].start()
     timed(everywhere(cs, ["10.2.1.167"]), "data plane up -> every CoreDNS answers buf again", cs)
+    until(records_everywhere(cs, ["10.2.1.167"]), "healthyRecords: buf's ingress again", cs)
 
     # buf's DNS is gone but its data plane serves: nyc keeps buf's answer well past the grace
     buf.stack.coredns.stop()
