@@ -145,8 +145,8 @@ def main() -> None:
     print(f"{r['targets']} probed targets every {r['interval_s']:g}s ({r['probes_per_second']} probes/s, "
           f"{r['last_probe_failed']} failing at the end): answer-loop lag p50 {lag['p50_ms']} ms, "
           f"p99 {lag['p99_ms']} ms, max {lag['max_ms']} ms "
-          f"(no probes: p50 {base['p50_ms']}, p99 {base['p99_ms']} ms); CPU (cores) {r['cpu_cores']}, "
-          f"load {r['load'][0]} -> {r['load'][1]}")
+          f"(no probes: p50 {base['p50_ms']}, p99 {base['p99_ms']}, max {base['max_ms']} ms); "
+          f"CPU (cores) {r['cpu_cores']}, load {r['load'][0]} -> {r['load'][1]}")
 
 
 if __name__ == "__main__":
