@@ -154,14 +154,14 @@ class Prober:
             assert proc.stdout is not None
             reader = threading.Thread(target=self._read, args=(proc.stdout,), name="prober-reader",
                                       daemon=True)
-            self._proc = proc
             reader.start()
-            self._sync(everything=True)
+            self._sync(proc, everything=True)
+            self._proc = proc  # others may ask it now: it knows its targets
             while not self._stopping.is_set() and reader.is_alive():
                 self._wake.wait(1.0)  # bounded: the reader may end between our check and the wait
                 self._wake.clear()
                 if reader.is_alive() and not self._stopping.is_set():
-                    self._sync()
+                    self._sync(proc)
             self._end(proc)
             reader.join(STOP_TIMEOUT)
             self._proc = None
@@ -195,8 +195,8 @@ class Prober:
             proc.kill()
             proc.wait()
 
-    def _send(self, message: tuple[Any, ...]) -> bool:
-        proc = self._proc
+    def _send(self, message: tuple[Any, ...], proc: subprocess.Popen[bytes] | None = None) -> bool:
+        proc = proc or self._proc
         if proc is None or proc.stdin is None:
             return False
         with self._send_lock:
@@ -246,7 +246,7 @@ class Prober:
             out[host, address] = (config, geotag, (mapped, port or config.port))
         return out
 
-    def _sync(self, *, everything: bool = False) -> None:
+    def _sync(self, proc: subprocess.Popen[bytes], *, everything: bool = False) -> None:
         """Tell the worker the wanted targets (on the supervisor thread); forget the verdicts of targets
         no longer probed (no longer probed: no longer withdrawn)."""
         want = self._desired()
@@ -269,7 +269,7 @@ class Prober:
                     metrics.PROBE_UP.labels(*key, target[1]).set(int(self._verdicts[key]))
             self._targets = want
             message: dict[Key, Target] = {k: (*t, self._verdicts[k]) for k, t in want.items()}
-        self._send(("targets", message))
+        self._send(("targets", message), proc)
         self._notify(changed)
 
     def _apply_flips(self, flips: list[tuple[str, str, bool, str]]) -> None:
