@@ -8,6 +8,8 @@ Timing figures are printed, asserted only with generous bounds; bench/failover.p
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -46,6 +48,19 @@ def healthy_records(plane: ControlPlane, name: str = "gslb-failover-buf") -> dic
     answers for each host)."""
     obj = yaml.safe_load(plane.kubectl("get", "gslb", name, "-n", "demo", "-o", "yaml"))
     return (obj.get("status") or {}).get("healthyRecords") or {}
+
+
+def prober_pid(c: Cluster) -> int | None:
+    """The pid of the backend's prober process (its child running `python -m backend.probes`)."""
+    backend = c.stack.backend.process.pid
+    for task in Path(f"/proc/{backend}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                if b"backend.probes" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    return int(child)
+            except FileNotFoundError:
+                continue
+    return None
 
 
 def records_everywhere(cs: Sequence[Cluster], expected: list[str]) -> Callable[[], bool]:
@@ -119,6 +134,15 @@ def test_failover_follows_the_data_plane_not_the_peers_dns(probed) -> None:  # t
     assert probe["verdict"] == "fail" and probe["last"] == "Connection refused", probe
     assert {"value": "10.2.1.167", "health": "ProbeFailed"}.items() <= next(
         t for t in report["records"][0]["targets"] if t["value"] == "10.2.1.167").items()
+
+    # nyc's prober process dies: the withdrawal stays (last known verdict); its backend starts a new one
+    first = prober_pid(nyc)
+    assert first is not None, "nyc's backend probes from a process of its own"
+    os.kill(first, signal.SIGKILL)
+    assert nyc.answer() == ["10.2.1.98"], "buf's target stays withdrawn while nyc's prober is gone"
+    until(lambda: prober_pid(nyc) not in (None, first), "nyc's backend starts its prober again", cs)
+    assert "coredns_gslb_probe_process_restarts_total 1.0" in nyc.stack.backend.get("/metrics")[1]
+    steady(lambda: nyc.answer() == ["10.2.1.98"], INTERVAL * FAILURES + 1, "the new prober keeps it out")
 
     data["us-buf"].start()
     timed(everywhere(cs, ["10.2.1.167"]), "data plane up -> every CoreDNS answers buf again", cs)
