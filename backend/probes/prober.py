@@ -31,7 +31,7 @@ from typing import IO, Any
 from backend import metrics
 from backend.config import Settings
 from backend.probes.config import ProbeConfig
-from backend.probes.worker import MAX_IN_FLIGHT, Key, Target
+from backend.probes.worker import MAX_IN_FLIGHT, Key, ProbeState, Target
 
 log = logging.getLogger(__name__)
 
@@ -120,12 +120,12 @@ class Prober:
                 return reply[0]
         finally:
             self._replies.pop(request, None)
+        now = time.time()
         with self._lock:  # no worker to ask: what is known here
-            return [{"address": a, "geotag": geotag, "url": config.url(a), "verdict":
-                     "pass" if self._verdicts.get((h, a)) else "fail", "last": "prober process not running",
-                     "failures": config.failures, "interval": config.interval}
-                    for (h, a), (config, geotag, _) in sorted(self._targets.items(), key=lambda kv: kv[1][1])
-                    if h == host]
+            known = [ProbeState(h, a, geotag, config, connect, self._verdicts.get((h, a)) is not False)
+                     for (h, a), (config, geotag, connect) in self._targets.items() if h == host]
+        return [st.report(now) | {"last": "unknown: the prober process is restarting", "last_seconds_ago": 0}
+                for st in sorted(known, key=lambda st: (st.geotag, st.address))]
 
     # --- the worker and its supervision --------------------------------------------------------
 

@@ -238,3 +238,5 @@ def test_a_dead_prober_process_is_restarted_and_verdicts_stay_as_last_known_mean
         prober.stop()
     assert pid is not None and not os.path.exists(f"/proc/{pid}"), "stop() ends the prober process"
     assert prober.verdict(HOST, "10.2.1.167") is True
+    [known] = prober.report(HOST)  # no process to ask: explain still gets the known verdict
+    assert known["verdict"] == "pass" and known["last"] == "unknown: the prober process is restarting", known
