@@ -217,7 +217,7 @@ def test_a_dead_prober_process_is_restarted_and_verdicts_stay_as_last_known_mean
     settings = Settings(gslb_zones=(GslbZone("gb.foowidgets.k8s", "foowidgets.k8s"),),
                         cluster_geotag="us-buf", probe_address_map=(("10.2.1.167", "127.0.0.1", a.port),))
     prober = Prober(settings)
-    prober.on_gslb("gslb/demo/fe", result(("10.2.1.167",), config(interval=0.2, failures=2, timeout=0.5)))
+    prober.on_gslb("gslb/demo/fe", targets(("10.2.1.167",), config(interval=0.2, failures=2, timeout=0.5)))
     prober.start()
     try:
         until(lambda: prober.verdict(HOST, "10.2.1.167") is False, "HTTP 503 withdraws the target")
