@@ -199,11 +199,61 @@ class LoopLag:
 LAG = LoopLag()
 
 # active probes of GSLB targets (backend/probes/)
-PROBE_CHECKS = Counter("coredns_gslb_probe_checks_total", "Probes of GSLB targets by the targets' geotag and "
-                       "result (ok, failed, timeout)", ["geotag", "result"])
-PROBE_DURATION = Histogram("coredns_gslb_probe_duration_seconds",
-                           "Time one probe took, by the target's geotag", ["geotag"],
-                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+PROBE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+ProbeChecks = dict[tuple[str, str], int]  # (geotag, ok|failed|timeout) -> probes
+ProbeDurations = dict[str, tuple[list[int], float]]  # geotag -> (count per PROBE_BUCKETS and +Inf, sum)
+
+
+class ProbeStats(Collector):
+    """Probe counts and durations, counted in the prober's own process and sent here as totals each
+    second; `retire()` when that process ends keeps its totals, so the counters never go back."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._base: tuple[ProbeChecks, ProbeDurations] = ({}, {})
+        self._current: tuple[ProbeChecks, ProbeDurations] = ({}, {})
+
+    def update(self, checks: ProbeChecks, durations: ProbeDurations) -> None:
+        with self._lock:
+            self._current = (checks, durations)
+
+    def retire(self) -> None:
+        with self._lock:
+            self._base, self._current = self._totals(), ({}, {})
+
+    def _totals(self) -> tuple[ProbeChecks, ProbeDurations]:
+        checks = dict(self._base[0])
+        durations = {g: (list(b), s) for g, (b, s) in self._base[1].items()}
+        for key, n in self._current[0].items():
+            checks[key] = checks.get(key, 0) + n
+        for geotag, (buckets, total) in self._current[1].items():
+            have, have_sum = durations.get(geotag) or ([0] * len(buckets), 0.0)
+            durations[geotag] = ([a + b for a, b in zip(have, buckets, strict=True)], have_sum + total)
+        return checks, durations
+
+    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        with self._lock:
+            checks, durations = self._totals()
+        family = CounterMetricFamily("coredns_gslb_probe_checks", "Probes of GSLB targets by the targets' "
+                                     "geotag and result (ok, failed, timeout)", labels=["geotag", "result"])
+        for (geotag, result), n in sorted(checks.items()):
+            family.add_metric([geotag, result], n)
+        yield family
+        histogram = HistogramMetricFamily("coredns_gslb_probe_duration_seconds",
+                                          "Time one probe took, by the target's geotag", labels=["geotag"])
+        for geotag, (buckets, total) in sorted(durations.items()):
+            cumulative, points = 0, []
+            for bound, n in zip([*map(str, PROBE_BUCKETS), "+Inf"], buckets, strict=True):
+                cumulative += n
+                points.append((bound, cumulative))
+            histogram.add_metric([geotag], points, total)
+        yield histogram
+
+
+PROBE_STATS = ProbeStats()
+REGISTRY.register(PROBE_STATS)
+PROBE_RESTARTS = Counter("coredns_gslb_probe_process_restarts_total",
+                         "Times the prober's own process ended unasked and was started again")
 PROBE_UP = Gauge("coredns_gslb_probe_up", "1 while a probed target is served, 0 while its probes withdraw it",
                  ["host", "address", "geotag"])
 PROBE_TRANSITIONS = Counter("coredns_gslb_probe_transitions_total", "Probe verdicts that flipped, by the "

@@ -8,11 +8,14 @@ Timing figures are printed, asserted only with generous bounds; bench/failover.p
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+import yaml
 from test_multicluster import HOST, INGRESS, ZONE, Cluster, chapter_app, cluster_flags, everywhere, until
 
 from bench.probes import measure
@@ -38,6 +41,30 @@ def annotate(plane: ControlPlane, annotations: dict[str, str], name: str = "gslb
 
 def gslb_status(plane: ControlPlane, name: str = "gslb-failover-buf") -> dict:
     return json.loads(plane.kubectl("get", "gslb", name, "-n", "demo", "-o", "json")).get("status") or {}
+
+
+def healthy_records(plane: ControlPlane, name: str = "gslb-failover-buf") -> dict:
+    """status.healthyRecords as `kubectl get gslb -o yaml` shows it (k8gb's field: what this cluster
+    answers for each host)."""
+    obj = yaml.safe_load(plane.kubectl("get", "gslb", name, "-n", "demo", "-o", "yaml"))
+    return (obj.get("status") or {}).get("healthyRecords") or {}
+
+
+def prober_pid(c: Cluster) -> int | None:
+    """The pid of the backend's prober process (its child running `python -m backend.probes`)."""
+    backend = c.stack.backend.process.pid
+    for task in Path(f"/proc/{backend}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                if b"backend.probes" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    return int(child)
+            except FileNotFoundError:
+                continue
+    return None
+
+
+def records_everywhere(cs: Sequence[Cluster], expected: list[str]) -> Callable[[], bool]:
+    return lambda: all(healthy_records(c.plane) == {HOST: expected} for c in cs)
 
 
 @pytest.fixture
@@ -94,11 +121,13 @@ def test_failover_follows_the_data_plane_not_the_peers_dns(probed) -> None:  # t
     assert 'coredns_gslb_probe_up{address="10.2.1.167",geotag="us-buf",host="fe.gb.foowidgets.k8s"} 1.0' in \
         nyc.stack.backend.get("/metrics")[1]
     assert gslb_status(buf.plane)["conditions"][1]["reason"] == "Probing"
+    until(records_everywhere(cs, ["10.2.1.167"]), "healthyRecords: buf's ingress in both clusters", cs)
 
     # buf's ingress dies, its pods stay Ready and its DNS answers: every cluster withdraws 10.2.1.167
     data["us-buf"].stop()
     timed(everywhere(cs, ["10.2.1.98"]), "data plane down -> every CoreDNS answers nyc", cs)
     assert gslb_status(buf.plane)["serviceHealth"] == {HOST: "Healthy"}, "buf's pods are still Ready"
+    until(records_everywhere(cs, ["10.2.1.98"]), "healthyRecords follow the probes (kubectl get gslb)", cs)
     assert f"us-buf {ZONE} ok" in nyc.readyz(), "buf's DNS still answers nyc"
     report = json.loads(nyc.stack.backend.get(f"/explain?name={HOST}")[1])
     probe = next(p for p in report["probes"] if p["address"] == "10.2.1.167")
@@ -106,8 +135,18 @@ def test_failover_follows_the_data_plane_not_the_peers_dns(probed) -> None:  # t
     assert {"value": "10.2.1.167", "health": "ProbeFailed"}.items() <= next(
         t for t in report["records"][0]["targets"] if t["value"] == "10.2.1.167").items()
 
+    # nyc's prober process dies: the withdrawal stays (last known verdict); its backend starts a new one
+    first = prober_pid(nyc)
+    assert first is not None, "nyc's backend probes from a process of its own"
+    os.kill(first, signal.SIGKILL)
+    assert nyc.answer() == ["10.2.1.98"], "buf's target stays withdrawn while nyc's prober is gone"
+    until(lambda: prober_pid(nyc) not in (None, first), "nyc's backend starts its prober again", cs)
+    assert "coredns_gslb_probe_process_restarts_total 1.0" in nyc.stack.backend.get("/metrics")[1]
+    steady(lambda: nyc.answer() == ["10.2.1.98"], INTERVAL * FAILURES + 1, "the new prober keeps it out")
+
     data["us-buf"].start()
     timed(everywhere(cs, ["10.2.1.167"]), "data plane up -> every CoreDNS answers buf again", cs)
+    until(records_everywhere(cs, ["10.2.1.167"]), "healthyRecords: buf's ingress again", cs)
 
     # buf's DNS is gone but its data plane serves: nyc keeps buf's answer well past the grace
     buf.stack.coredns.stop()
@@ -146,11 +185,12 @@ def test_a_malformed_probe_annotation_is_reported_and_answers_follow_endpoints(p
 
 
 def test_a_thousand_probed_targets_keep_the_answer_loop_responsive(tmp_path: Path) -> None:
-    """1,000 targets at a 2 s interval against a real data plane process. The figure (p99 <= 20 ms on a
-    quiet machine) is bench/probes.py's; here only what no loaded machine excuses."""
+    """1,000 targets at a 2 s interval against a real data plane process, probed from the prober's own
+    process. The loop-lag figures are bench/probes.py's (speed is the bench's, not a test's); here only
+    the behaviour: every target probed, and by that process, not by a thread of the backend."""
     r = measure(1000, 8.0, 2.0, tmp_path)
     print(json.dumps(r))
-    # every target probed; whether the stand-in keeps up with 500 requests a second on a loaded machine
-    # (probes then time out) is not the answer loop's business
+    # whether the stand-in keeps up with 500 requests a second on a loaded machine (probes then time
+    # out) is not the prober's business
     assert r["probed_targets"] == 1000 and r["unprobed"] == 0, r
-    assert r["with_probes"]["p50_ms"] <= 20, r
+    assert "prober_process" in r["cpu_cores"], r

@@ -153,6 +153,9 @@ class Controller:
     def _on_store_keys(self, keys: frozenset[str]) -> None:
         if any(k.startswith(PEER_KEYS) for k in keys):
             self.queue.add(("peers", ""))
+        for key in keys:  # a Gslb's own answer changed without a new result: probe verdicts flipped
+            if key in self.engine.results:
+                self.queue.add(("status", key))
 
     def _on_ingress(self, type_: str, obj: Obj, _old: Obj | None) -> None:
         meta = obj.get("metadata") or {}
@@ -222,7 +225,8 @@ class Controller:
             return
         obj = result.obj
         current = obj.get("status")
-        desired = status.desired_status(result, self.settings.cluster_geotag, current, self._peers)
+        desired = status.desired_status(result, self.settings.cluster_geotag, current, self._peers,
+                                        self.engine.serve)
         if desired == (current or {}):
             return
         meta = obj["metadata"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from backend.gslb.engine import GslbResult
+from backend.gslb.engine import GslbResult, Serve, served
 from backend.gslb.health import HEALTHY
 from backend.gslb.strategy import answers
 from backend.kube import kubeapi
@@ -64,12 +64,16 @@ def _condition(type_: str, state: tuple[str, str, str], generation: Any, current
 Peers = dict[str, tuple[Target, ...]]  # host -> other clusters' healthy targets (Store peer/<geotag>)
 
 
-def healthy_records(result: GslbResult, geotag: str, peers: Peers) -> dict[str, list[str]]:
-    """k8gb's healthyRecords: what the host resolves to across clusters. Failover narrows it to the
-    primary's targets while it has any; the other strategies pick among all of them per query."""
+def healthy_records(
+    result: GslbResult, geotag: str, peers: Peers, serve: Serve | None = None
+) -> dict[str, list[str]]:
+    """k8gb's healthyRecords: what this cluster answers for the host, across clusters. Its own targets
+    count while their endpoints are ready and its probes pass (`serve`); `peers` hold only the other
+    clusters' targets its probes let through. Failover narrows it to the primary's targets while it has
+    any; the other strategies pick among all of them per query."""
     out: dict[str, list[str]] = {}
     for h in result.hosts:
-        targets = (*(Target(ip, geotag) for ip in h.targets if h.healthy), *peers.get(h.host, ()))
+        targets = (*(Target(ip, geotag) for ip in served(h, serve)), *peers.get(h.host, ()))
         if targets and result.spec is not None and result.spec.strategy.type == "failover":
             targets = answers(result.spec.strategy, targets).variants[0]
         if targets:
@@ -78,7 +82,8 @@ def healthy_records(result: GslbResult, geotag: str, peers: Peers) -> dict[str, 
 
 
 def desired_status(
-    result: GslbResult, geotag: str, current: Obj | None = None, peers: Peers | None = None
+    result: GslbResult, geotag: str, current: Obj | None = None, peers: Peers | None = None,
+    serve: Serve | None = None,
 ) -> Obj:
     """k8gb's status fields, then conditions; lastTransitionTime moves only when the status does."""
     hosts = result.hosts
@@ -87,7 +92,7 @@ def desired_status(
         "geoTag": geotag,
         "hosts": ", ".join(h.host for h in hosts),
         "serviceHealth": {h.host: h.health for h in hosts},
-        "healthyRecords": healthy_records(result, geotag, peers or {}),
+        "healthyRecords": healthy_records(result, geotag, peers or {}, serve),
         "loadBalancer": {"exposedIps": exposed},
         "servers": [
             {

@@ -159,3 +159,22 @@ def test_healthy_records_span_clusters_and_follow_failover() -> None:
     rr = GslbResult("gslb/demo/fe", GSLB, parse(GSLB), result("Unhealthy").hosts, None)
     assert status.healthy_records(rr, "us-buf", peers) == {"fe.gb.example": ["10.9.0.1"]}
     assert status.healthy_records(rr, "us-buf", {}) == {}
+
+
+def test_healthy_records_follow_the_probe_verdict() -> None:
+    """A target this cluster's probes withdraw is not among its healthyRecords, ready endpoints or not;
+    failover then falls to the next cluster as the answers do."""
+    strategy = {"type": "failover", "primaryGeoTag": "us-buf"}
+    spec = parse({**GSLB, "spec": {**GSLB["spec"], "strategy": strategy}})
+    two = (HostState("fe.gb.example", ("demo/nginx",), "Healthy", ("10.0.0.1", "10.0.0.2")),)
+    failover = GslbResult("gslb/demo/fe", GSLB, spec, two, None)
+    peers = {"fe.gb.example": (Target("10.9.0.1", "us-nyc"),)}
+    withdrawn = {"10.0.0.1"}
+
+    def serve(_host: str, address: str) -> bool:
+        return address not in withdrawn
+
+    assert status.healthy_records(failover, "us-buf", peers, serve) == {"fe.gb.example": ["10.0.0.2"]}
+    withdrawn.add("10.0.0.2")
+    assert status.healthy_records(failover, "us-buf", peers, serve) == {"fe.gb.example": ["10.9.0.1"]}
+    assert status.desired_status(failover, "us-buf", None, {}, serve)["healthyRecords"] == {}

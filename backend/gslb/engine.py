@@ -93,11 +93,18 @@ def _targets(values: Iterable[str], geotag: str) -> tuple[Target, ...]:
 Serve = Callable[[str, str], bool]  # (host, address) -> do this cluster's probes let it be answered
 
 
-def _always(_host: str, _address: str) -> bool:
-    return True
+def served(state: HostState, serve: Serve | None = None) -> tuple[str, ...]:
+    """The verdict on this cluster's targets of a host: its endpoints are ready (healthy) and the
+    probes from here pass (`serve`; None: not probed). What the host's answer holds, and k8gb's
+    healthyRecords."""
+    if not state.healthy:
+        return ()
+    return state.targets if serve is None else tuple(ip for ip in state.targets if serve(state.host, ip))
 
 
-def host_endpoints(spec: GslbSpec, state: HostState, geotag: str, serve: Serve = _always) -> list[Endpoint]:
+def host_endpoints(
+    spec: GslbSpec, state: HostState, geotag: str, serve: Serve | None = None
+) -> list[Endpoint]:
     """The host answered by its strategy (empty targets = NODATA while unhealthy), and
     localtargets-<host> with this cluster's healthy addresses for the peers, only while healthy.
 
@@ -108,12 +115,12 @@ def host_endpoints(spec: GslbSpec, state: HostState, geotag: str, serve: Serve =
     for ip in state.targets:
         by_type[address_type(ip)].append(ip)
     live = state.healthy
+    answered = set(served(state, serve))
     eps = []
     for rtype, ips in by_type.items():
         if rtype == "A" or ips:
-            served = [ip for ip in ips if serve(state.host, ip)] if live else []
-            eps.append(Endpoint(state.host, rtype, _targets(served, geotag), spec.ttl, spec.ref,
-                                spec.strategy))
+            eps.append(Endpoint(state.host, rtype, _targets([ip for ip in ips if ip in answered], geotag),
+                                spec.ttl, spec.ref, spec.strategy))
         if live and ips and not state.host.startswith("*."):
             eps.append(Endpoint(LOCALTARGETS + state.host, rtype, _targets(ips, geotag), spec.ttl, spec.ref))
     return eps
@@ -273,11 +280,14 @@ class GslbEngine:
         spec = result.spec
         if spec is None or (result.error is not None and result.error.reason != "ResourceNotFound"):
             return
-        prober = self.prober
-        serve: Serve = _always if prober is None else lambda h, ip: prober.verdict(h, ip) is not False
         eps = [ep for h in result.hosts if h.host not in result.outside
-               for ep in host_endpoints(spec, h, self.settings.cluster_geotag, serve)]
+               for ep in host_endpoints(spec, h, self.settings.cluster_geotag, self.serve)]
         self.store.replace(result.key, eps)
+
+    def serve(self, host: str, address: str) -> bool:
+        """The probe verdict as answers apply it: False only while this cluster's probes withdraw it."""
+        prober = self.prober
+        return prober is None or prober.verdict(host, address) is not False
 
     def _on_verdicts(self, hosts: frozenset[str]) -> None:
         """Probe verdicts of `hosts` flipped (prober thread): rewrite the Gslbs serving them."""

@@ -1,4 +1,4 @@
-"""Active probes of every GSLB target this cluster knows, on a thread and event loop of their own.
+"""Active probes of every GSLB target this cluster knows, run in a process of their own.
 
 Inputs: the GSLB engine's results (the probe config and this cluster's exposed addresses of each host,
 healthy or not) and the peer exchange's raw targets (what each peer reports healthy, including targets
@@ -6,66 +6,46 @@ it keeps past the grace). Output: a verdict per (host, address), read by the eng
 exchange when they write Endpoints, and a callback with the hosts whose verdict flipped. The prober
 never reads the Store or the answer table, so its own verdicts cannot remove what it probes.
 
-Each target has its own task: probe every `interval`, flip the verdict after `failures` consecutive
-results that contradict it (failures withdraw, successes bring back). A new target starts as passing:
-a backend restart must not withdraw every answer before the first probes are in. A semaphore bounds
-the probes in flight; a probe that hangs holds one slot until its timeout and delays no other target.
+The probing itself runs in `worker.py`'s process (the GIL stays with the answer loop); here are the
+inputs, the verdicts and the supervision: a thread tells the worker the wanted targets, another reads
+its verdict flips and figures. A new target starts as passing (a backend restart must not withdraw every
+answer before the first probes are in). A worker that dies is started again (0.5 s, doubling to 30 s);
+meanwhile and after, every verdict stays as last known: a dead prober is no news about the targets.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import itertools
 import logging
-import random
+import os
+import pickle
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from backend import metrics
 from backend.config import Settings
-from backend.probes.check import check
 from backend.probes.config import ProbeConfig
+from backend.probes.worker import MAX_IN_FLIGHT, Key, ProbeState, Target
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]  # (host, exposed address)
 ProbeTargets = Mapping[str, tuple[ProbeConfig, tuple[str, ...]]]  # one Gslb's host -> (config, addresses)
 Listener = Callable[[frozenset[str]], None]
-MAX_IN_FLIGHT = 256
-
-
-@dataclass
-class ProbeState:
-    """One target's probing: its config, where connections go, the verdict and the evidence for it."""
-
-    host: str
-    address: str
-    geotag: str
-    config: ProbeConfig
-    connect: tuple[str, int]
-    up: bool = True  # the verdict: served while True
-    streak: int = 0  # consecutive results that contradict the verdict
-    last_error: str | None = None  # None: not probed yet; "": the last probe passed
-    last_at: float | None = None  # time.time() of the last result
-    last_seconds: float = 0.0
-    checks: int = 0
-    task: asyncio.Task[None] | None = field(default=None, repr=False)
-
-    def report(self, now: float) -> dict[str, Any]:
-        return {"address": self.address, "geotag": self.geotag, "url": self.config.url(self.address),
-                "connect": None if self.connect == (self.address, self.config.port)
-                else f"{self.connect[0]}:{self.connect[1]}", "verdict": "pass" if self.up else "fail",
-                "last": None if self.last_error is None else self.last_error or "ok",
-                "streak": self.streak, "failures": self.config.failures, "interval": self.config.interval,
-                "checks": self.checks,
-                "last_seconds_ago": None if self.last_at is None else round(now - self.last_at, 1)}
+RESTART_FIRST, RESTART_MAX, RESTART_RESET = 0.5, 30.0, 60.0  # seconds: back-off, and the life that resets it
+REPORT_TIMEOUT = 2.0
+STOP_TIMEOUT = 5.0
+_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding `backend`, for the worker's imports
 
 
 class Prober:
-    """`start()` runs the probe loop on its own thread; `verdict(host, address)` is safe from any thread."""
+    """`start()` runs the worker process and its supervisor; `verdict(host, address)` is safe from any
+    thread."""
 
     def __init__(self, settings: Settings, *, max_in_flight: int = MAX_IN_FLIGHT) -> None:
         self.geotag = settings.cluster_geotag
@@ -75,13 +55,16 @@ class Prober:
         self._local: dict[str, dict[str, tuple[ProbeConfig, tuple[str, ...]]]] = {}  # Gslb key -> host -> ...
         self._peers: dict[str, dict[str, tuple[str, ...]]] = {}  # geotag -> host -> addresses
         self._verdicts: dict[Key, bool] = {}
-        self.states: dict[Key, ProbeState] = {}  # changed only on the probe loop
+        self._targets: dict[Key, tuple[ProbeConfig, str, tuple[str, int]]] = {}  # what the worker probes
         self._listeners: list[Listener] = []
-        self._changed: set[str] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._limit: asyncio.Semaphore | None = None
+        self._wake = threading.Event()  # inputs changed, the worker ended, or stop()
+        self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._sync_pending = False
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._send_lock = threading.Lock()
+        self._requests = itertools.count()
+        self._replies: dict[int, tuple[threading.Event, list[list[dict[str, Any]]]]] = {}
+        self.summary: dict[str, int] = {}  # the worker's last figures: targets, unprobed, failing, checks
 
     # --- inputs (any thread) ------------------------------------------------------------------
 
@@ -96,7 +79,7 @@ class Prober:
                 self._local[key] = new
             else:
                 self._local.pop(key, None)
-        self._schedule_sync()
+        self._wake.set()
 
     def set_peer(self, geotag: str, targets: Mapping[str, Iterable[str]]) -> None:
         """The peer exchange's raw targets of one peer: host -> addresses."""
@@ -105,10 +88,10 @@ class Prober:
             if self._peers.get(geotag, {}) == new:
                 return
             self._peers[geotag] = new
-        self._schedule_sync()
+        self._wake.set()
 
     def subscribe(self, listener: Listener) -> None:
-        """`listener(hosts)` after verdicts of those hosts flipped; runs on the probe thread."""
+        """`listener(hosts)` after verdicts of those hosts flipped; runs on one of the prober's threads."""
         self._listeners.append(listener)
 
     # --- outputs (any thread) -----------------------------------------------------------------
@@ -121,53 +104,128 @@ class Prober:
         with self._lock:
             return any(host in hosts for hosts in self._local.values())
 
-    def report(self, host: str) -> list[dict[str, Any]]:
-        """The probe states of one host, for `explain`."""
-        now = time.time()
-        states = sorted(list(self.states.values()), key=lambda s: (s.geotag, s.address))
-        return [st.report(now) for st in states if st.host == host]
+    @property
+    def pid(self) -> int | None:
+        """The worker process's pid while it runs."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
 
-    # --- the probe loop -----------------------------------------------------------------------
+    def report(self, host: str) -> list[dict[str, Any]]:
+        """The probe states of one host, for `explain` (asks the worker; blocks up to REPORT_TIMEOUT)."""
+        request = next(self._requests)
+        done, reply = threading.Event(), []
+        self._replies[request] = (done, reply)
+        try:
+            if self._send(("report", request, host)) and done.wait(REPORT_TIMEOUT) and reply:
+                return reply[0]
+        finally:
+            self._replies.pop(request, None)
+        now = time.time()
+        with self._lock:  # no worker to ask: what is known here
+            known = [ProbeState(h, a, geotag, config, connect, self._verdicts.get((h, a)) is not False)
+                     for (h, a), (config, geotag, connect) in self._targets.items() if h == host]
+        return [st.report(now) | {"last": "unknown: the prober process is restarting", "last_seconds_ago": 0}
+                for st in sorted(known, key=lambda st: (st.geotag, st.address))]
+
+    # --- the worker and its supervision --------------------------------------------------------
 
     def start(self) -> None:
-        started = threading.Event()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(loop)
-            self._loop, self._limit = loop, asyncio.Semaphore(self.max_in_flight)
-            loop.call_soon(started.set)
-            loop.call_soon(self._sync)
-            try:
-                loop.run_forever()
-                tasks = asyncio.all_tasks(loop)
-                for task in tasks:
-                    task.cancel()
-                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-            finally:
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name="prober", daemon=True)
+        self._thread = threading.Thread(target=self._supervise, name="prober", daemon=True)
         self._thread.start()
-        started.wait(5)
 
     def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            with contextlib.suppress(RuntimeError):  # already closed
-                self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(5)
+        """End the worker (end of its stdin, then SIGKILL after STOP_TIMEOUT) and the supervisor."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(STOP_TIMEOUT + 1)
 
-    def _schedule_sync(self) -> None:
-        with self._lock:
-            if self._sync_pending or self._loop is None:
+    def _supervise(self) -> None:
+        delay = RESTART_FIRST
+        while not self._stopping.is_set():
+            began = time.monotonic()
+            try:
+                proc = self._spawn()
+            except OSError as e:
+                log.error("cannot start the prober process (%s); again in %.1f s", e, delay)
+                self._stopping.wait(delay)
+                delay = min(delay * 2, RESTART_MAX)
+                continue
+            assert proc.stdout is not None
+            reader = threading.Thread(target=self._read, args=(proc.stdout,), name="prober-reader",
+                                      daemon=True)
+            reader.start()
+            self._sync(proc, everything=True)
+            self._proc = proc  # others may ask it now: it knows its targets
+            while not self._stopping.is_set() and reader.is_alive():
+                self._wake.wait(1.0)  # bounded: the reader may end between our check and the wait
+                self._wake.clear()
+                if reader.is_alive() and not self._stopping.is_set():
+                    self._sync(proc)
+            self._end(proc)
+            reader.join(STOP_TIMEOUT)
+            self._proc = None
+            metrics.PROBE_STATS.retire()
+            for done, _ in list(self._replies.values()):
+                done.set()
+            if self._stopping.is_set():
                 return
-            self._sync_pending = True
-        with contextlib.suppress(RuntimeError):  # stopped
-            self._loop.call_soon_threadsafe(self._sync)
+            lived = time.monotonic() - began
+            delay = RESTART_FIRST if lived > RESTART_RESET else delay
+            log.error("the prober process ended (exit %s after %.1f s); verdicts stay as they were, starting "
+                      "it again in %.1f s", proc.returncode, lived, delay)
+            metrics.PROBE_RESTARTS.inc()
+            self._stopping.wait(delay)
+            delay = min(delay * 2, RESTART_MAX)
 
-    def _desired(self) -> dict[Key, tuple[ProbeConfig, str]]:
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        path = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)
+        return subprocess.Popen([sys.executable, "-m", "backend.probes", "--max-in-flight",
+                                 str(self.max_in_flight)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                env={**os.environ, "PYTHONPATH": path},
+                                start_new_session=True)  # ^C in a terminal is the backend's to handle
+
+    def _end(self, proc: subprocess.Popen[bytes]) -> None:
+        with self._send_lock, contextlib.suppress(OSError):
+            assert proc.stdin is not None
+            proc.stdin.close()  # the worker ends at the end of its input
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def _send(self, message: tuple[Any, ...], proc: subprocess.Popen[bytes] | None = None) -> bool:
+        proc = proc or self._proc
+        if proc is None or proc.stdin is None:
+            return False
+        with self._send_lock:
+            try:
+                pickle.dump(message, proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+                proc.stdin.flush()
+            except (OSError, ValueError):  # the worker is gone (ValueError: its pipe is closed)
+                return False
+        return True
+
+    def _read(self, stream: IO[bytes]) -> None:
+        """The worker's messages, until its stdout ends; then wake the supervisor."""
+        with contextlib.suppress(EOFError, OSError, pickle.UnpicklingError):
+            while True:
+                message = pickle.load(stream)
+                if message[0] == "flips":
+                    self._apply_flips(message[1])
+                elif message[0] == "stats":
+                    metrics.PROBE_STATS.update(message[1], message[2])
+                    self.summary = message[3]
+                elif message[0] == "report" and message[1] in self._replies:
+                    done, reply = self._replies[message[1]]
+                    reply.append(message[2])
+                    done.set()
+        self._wake.set()
+
+    def _desired(self) -> dict[Key, tuple[ProbeConfig, str, tuple[str, int]]]:
+        """The targets to probe now: (host, address) -> (config, geotag, where to connect)."""
         with self._lock:
-            self._sync_pending = False
             configs: dict[str, ProbeConfig] = {}
             want: dict[Key, tuple[ProbeConfig, str]] = {}
             for key in sorted(self._local):  # a host in two Gslbs: the first key's config
@@ -180,86 +238,63 @@ class Prober:
                     if host in configs:
                         for address in addresses:
                             want.setdefault((host, address), (configs[host], geotag))
-            return want
-
-    def _sync(self) -> None:
-        """Start, retune and stop per-target tasks to match the inputs (on the probe loop)."""
-        want = self._desired()
-        if self.address_map:  # the lab's map names what may be contacted: answer data never is
-            want = {k: v for k, v in want.items() if k[1] in self.address_map}
-        for key in [k for k in self.states if k not in want]:
-            st = self.states.pop(key)
-            if self._verdicts.pop(key, None) is False:  # no longer probed: no longer withdrawn
-                self._changed_host(st.host)
-            if st.task is not None:
-                st.task.cancel()
-            with contextlib.suppress(KeyError):
-                metrics.PROBE_UP.remove(st.host, st.address, st.geotag)
-        for key, (config, geotag) in want.items():
-            st = self.states.get(key)
-            if st is not None and st.config == config and st.geotag == geotag:
-                continue
-            host, address = key
+        out = {}
+        for (host, address), (config, geotag) in want.items():
+            if self.address_map and address not in self.address_map:
+                continue  # the lab's map names what may be contacted: answer data never is
             mapped, port = self.address_map.get(address, (address, None))
-            if st is None:
-                st = ProbeState(host, address, geotag, config, (mapped, port or config.port))
-                self.states[key] = st
-                self._verdicts[key] = True
-                metrics.PROBE_UP.labels(host, address, geotag).set(1)
-            else:  # new config: keep the verdict, start counting afresh
-                if st.task is not None:
-                    st.task.cancel()
-                st.config, st.geotag, st.streak = config, geotag, 0
-                st.connect = (mapped, port or config.port)
-            st.task = asyncio.ensure_future(self._run(st))
+            out[host, address] = (config, geotag, (mapped, port or config.port))
+        return out
 
-    async def _run(self, st: ProbeState) -> None:
-        assert self._loop is not None and self._limit is not None
-        await asyncio.sleep(random.uniform(0, st.config.interval))  # spread targets over the interval
-        while True:
-            began = self._loop.time()
-            async with self._limit:
-                t0 = time.perf_counter()
-                try:
-                    error = await check(st.config, st.host, st.connect)
-                except Exception as e:  # a bug in one probe must not end this target's probing
-                    log.exception("probe %s %s", st.host, st.address)
-                    error = f"{type(e).__name__}: {e}"
-                self._record(st, error, time.perf_counter() - t0)
-            await asyncio.sleep(max(0.0, st.config.interval - (self._loop.time() - began)))
+    def _sync(self, proc: subprocess.Popen[bytes], *, everything: bool = False) -> None:
+        """Tell the worker the wanted targets (on the supervisor thread); forget the verdicts of targets
+        no longer probed (no longer probed: no longer withdrawn)."""
+        want = self._desired()
+        changed: set[str] = set()
+        with self._lock:
+            if want == self._targets and not everything:
+                return
+            for key in [k for k in self._targets if k not in want]:
+                geotag = self._targets.pop(key)[1]
+                if self._verdicts.pop(key, None) is False:
+                    changed.add(key[0])
+                with contextlib.suppress(KeyError):
+                    metrics.PROBE_UP.remove(*key, geotag)
+            for key, target in want.items():
+                if key not in self._verdicts:
+                    self._verdicts[key] = True
+                    metrics.PROBE_UP.labels(*key, target[1]).set(1)
+                elif key in self._targets and self._targets[key][1] != target[1]:
+                    metrics.PROBE_UP.remove(*key, self._targets[key][1])
+                    metrics.PROBE_UP.labels(*key, target[1]).set(int(self._verdicts[key]))
+            self._targets = want
+            message: dict[Key, Target] = {k: (*t, self._verdicts[k]) for k, t in want.items()}
+        self._send(("targets", message), proc)
+        self._notify(changed)
 
-    def _record(self, st: ProbeState, error: str, seconds: float) -> None:
-        st.checks += 1
-        st.last_error, st.last_at, st.last_seconds = error, time.time(), seconds
-        result = "ok" if not error else "timeout" if error.startswith("timeout") else "failed"
-        metrics.PROBE_CHECKS.labels(st.geotag, result).inc()
-        metrics.PROBE_DURATION.labels(st.geotag).observe(seconds)
-        if (not error) == st.up:
-            st.streak = 0
+    def _apply_flips(self, flips: list[tuple[str, str, bool, str]]) -> None:
+        changed: set[str] = set()
+        with self._lock:
+            for host, address, up, error in flips:
+                target = self._targets.get((host, address))
+                if target is None or self._verdicts.get((host, address)) == up:
+                    continue  # no longer probed, or already so
+                config, geotag, _ = target
+                self._verdicts[host, address] = up
+                metrics.PROBE_UP.labels(host, address, geotag).set(int(up))
+                metrics.PROBE_TRANSITIONS.labels(geotag, "pass" if up else "fail").inc()
+                log.warning("probe %s of %s (%s): %s after %d results -> %s", config.url(address), host,
+                            geotag, error or "passing again", config.failures,
+                            "served" if up else "withdrawn")
+                changed.add(host)
+        self._notify(changed)
+
+    def _notify(self, hosts: set[str]) -> None:
+        if not hosts:
             return
-        st.streak += 1
-        if st.streak < st.config.failures:
-            return
-        st.up, st.streak = not st.up, 0
-        self._verdicts[(st.host, st.address)] = st.up
-        metrics.PROBE_UP.labels(st.host, st.address, st.geotag).set(int(st.up))
-        metrics.PROBE_TRANSITIONS.labels(st.geotag, "pass" if st.up else "fail").inc()
-        log.warning("probe %s of %s (%s): %s after %d results -> %s", st.config.url(st.address), st.host,
-                    st.geotag, error or "passing again", st.config.failures,
-                    "served" if st.up else "withdrawn")
-        self._changed_host(st.host)
-
-    def _changed_host(self, host: str) -> None:
-        """Tell the listeners soon, once for every host that changed in this pass of the loop."""
-        if not self._changed:
-            assert self._loop is not None
-            self._loop.call_soon(self._flush)
-        self._changed.add(host)
-
-    def _flush(self) -> None:
-        hosts, self._changed = frozenset(self._changed), set()
+        frozen = frozenset(hosts)
         for listener in self._listeners:
             try:
-                listener(hosts)
+                listener(frozen)
             except Exception:
                 log.exception("probe listener %s failed", listener)

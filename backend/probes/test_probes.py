@@ -1,9 +1,11 @@
-"""Probe annotations, one probe against real sockets, and the Prober's verdicts on its own thread."""
+"""Probe annotations, one probe against real sockets, and the Prober's verdicts from its own process."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import socket
 import threading
 import time
@@ -11,6 +13,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from backend import metrics
 from backend.config import GslbZone, Settings, parse_address_map
 from backend.probes.check import check
 from backend.probes.config import ProbeConfig, ProbeError, parse
@@ -205,3 +208,35 @@ def test_prober_withdraws_after_failures_restores_after_successes_and_a_hang_del
         assert again.seen == []
     finally:
         prober.stop()
+
+
+def test_a_dead_prober_process_is_restarted_and_verdicts_stay_as_last_known_meanwhile(
+        listener: Callable[..., Listener]) -> None:
+    a = listener()
+    a.status = 503
+    settings = Settings(gslb_zones=(GslbZone("gb.foowidgets.k8s", "foowidgets.k8s"),),
+                        cluster_geotag="us-buf", probe_address_map=(("10.2.1.167", "127.0.0.1", a.port),))
+    prober = Prober(settings)
+    prober.on_gslb("gslb/demo/fe", targets(("10.2.1.167",), config(interval=0.2, failures=2, timeout=0.5)))
+    prober.start()
+    try:
+        until(lambda: prober.verdict(HOST, "10.2.1.167") is False, "HTTP 503 withdraws the target")
+        first = prober.pid
+        assert first is not None and first != os.getpid(), "the probes run in a process of their own"
+        restarts = metrics.PROBE_RESTARTS._value.get()
+        os.kill(first, signal.SIGKILL)
+        until(lambda: prober.pid not in (None, first), "the prober process started again")
+        assert metrics.PROBE_RESTARTS._value.get() == restarts + 1
+        assert prober.verdict(HOST, "10.2.1.167") is False
+        report = prober.report(HOST)  # a process that started from "pass" would say so for two probes
+        assert [p["verdict"] for p in report] == ["fail"], "the new process resumes the last known verdict"
+        a.status = 200
+        until(lambda: prober.verdict(HOST, "10.2.1.167") is True, "two passes from the new process")
+        assert next(p for p in prober.report(HOST))["last"] == "ok"
+        pid = prober.pid
+    finally:
+        prober.stop()
+    assert pid is not None and not os.path.exists(f"/proc/{pid}"), "stop() ends the prober process"
+    assert prober.verdict(HOST, "10.2.1.167") is True
+    [known] = prober.report(HOST)  # no process to ask: explain still gets the known verdict
+    assert known["verdict"] == "pass" and known["last"] == "unknown: the prober process is restarting", known
