@@ -56,6 +56,8 @@ def summary(collapsed: Path, top: int = 25) -> list[tuple[str, float, float]]:
     samples = 0
     for line in collapsed.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
+        if not count.isdigit():  # the tail of a frame name that held a newline (a string's repr)
+            continue
         n = int(count)
         frames = [f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0] + ")" if " (" in f else f
                   for f in stack.split(";")]

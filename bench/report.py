@@ -231,10 +231,17 @@ def _goals(res: dict[str, Any]) -> list[str]:
         at_most("loop lag max under churn", c["loop_lag_max_ms"], 20, "ms")
         for q, limit in (("p50", 200), ("p99", 1000)):
             at_most(f"change -> answer {q} under churn", c[f"change_to_answer_{q}_ms"], limit, "ms")
+            if f"write_to_answer_{q}_ms" in c:
+                at_most(f"... from the API's acknowledgment of the write, {q}", c[f"write_to_answer_{q}_ms"],
+                        limit, "ms")
         row("RSS flat under churn", "end <= 1.05 x start", f"{c['rss_mib_start']} -> {c['rss_mib_end']} MiB",
             c["rss_mib_end"] <= 1.05 * c["rss_mib_start"])
         row("wrong answers after churn", "0", str(c["wrong_answers"]), c["wrong_answers"] == 0)
     return ["| goal | target | measured | |", "|---|---|---|---|", *rows] if rows else []
+
+
+def _p50_p99(t: dict[str, Any] | None) -> str:
+    return f"{t['p50_ms']} / {t['p99_ms']}" if t else "-"
 
 
 def _churn(c: dict[str, Any]) -> list[str]:
@@ -259,10 +266,16 @@ def _churn(c: dict[str, Any]) -> list[str]:
         f"RSS {c['rss_mib_start']} MiB before the churn, {c['rss_mib_end']} MiB after it; wrong answers at "
         f"the end: {c['wrong_answers']}.",
         "",
-        "| change -> answer | trials | p50 ms | p99 ms | max ms | not seen in 10 s |",
-        "|---|---:|---:|---:|---:|---:|",
+        "Change -> answer is timed from just before the API write; the write's own round trip (the "
+        "apiserver, on the same two cores) and the time from its acknowledgment to the answer (what the "
+        "backend controls; 'not seen' counts 10 s from there) are shown apart.",
+        "",
+        "| change -> answer | trials | p50 ms | p99 ms | max ms | API write p50 / p99 ms "
+        "| acknowledged -> answer p50 / p99 ms | not seen in 10 s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
         *(f"| {kind} | {k['trials']} | {k.get('p50_ms', '-')} | {k.get('p99_ms', '-')} | "
-          f"{k.get('max_ms', '-')} | {k['timed_out']} |"
+          f"{k.get('max_ms', '-')} | {_p50_p99(k.get('api_write'))} | {_p50_p99(k.get('after_write'))} | "
+          f"{k['timed_out']} |"
           for kind, k in c["change_to_answer_by_kind"].items()),
     ]
     if c.get("profile_during_churn"):
