@@ -14,7 +14,7 @@ from typing import Protocol
 
 from backend.gslb.spec import HOSTNAME, ROUTE_KINDS, GslbSpec, SpecError
 from backend.kube.informer import parent_keys
-from backend.model import Obj, normalize_name
+from backend.model import Obj, key_of, normalize_name
 
 HEALTHY, UNHEALTHY, NOT_FOUND = "Healthy", "Unhealthy", "NotFound"
 
@@ -111,11 +111,6 @@ def _ingress_hosts(ingress_spec: Obj, namespace: str) -> dict[str, set[str]]:
     return hosts
 
 
-def _key(obj: Obj) -> str:
-    meta = obj.get("metadata") or {}
-    return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
-
-
 def _sources(spec: GslbSpec, view: View) -> list[tuple[Obj | None, dict[str, set[str]]]]:
     """(the object whose load-balancer status gives the addresses, host -> backend Services)."""
     ns = spec.ref.namespace
@@ -129,7 +124,7 @@ def _sources(spec: GslbSpec, view: View) -> list[tuple[Obj | None, dict[str, set
         objs = [found] if found is not None else []
         wanted = f"{ref.kind} {ns}/{ref.name}"
     else:
-        objs = sorted(view.select(ref.kind, ns, dict(ref.match_labels)), key=_key)
+        objs = sorted(view.select(ref.kind, ns, dict(ref.match_labels)), key=key_of)
         wanted = f"{ref.kind} in {ns} matching {dict(ref.match_labels)}"
     if not objs:
         raise SpecError("ResourceNotFound", f"spec.resourceRef: no {wanted}")
@@ -142,8 +137,8 @@ def _sources(spec: GslbSpec, view: View) -> list[tuple[Obj | None, dict[str, set
         names = ((obj.get("metadata") or {}).get("annotations") or {}).get(HOSTNAME, "")
         hosts = {normalize_name(h) for h in names.split(",") if h.strip()}
         if not hosts:
-            raise SpecError("MissingHostname", f"Service {_key(obj)} has no {HOSTNAME} annotation")
-        out.append((obj, {h: {_key(obj)} for h in hosts}))
+            raise SpecError("MissingHostname", f"Service {key_of(obj)} has no {HOSTNAME} annotation")
+        out.append((obj, {h: {key_of(obj)} for h in hosts}))
     return out
 
 
@@ -156,16 +151,16 @@ def _route_source(view: View, route: Obj) -> tuple[Obj | None, dict[str, set[str
     spec = route.get("spec") or {}
     parents = parent_keys(route)
     if len(parents) != 1:
-        raise SpecError("InvalidParentRefs", f"{kind} {_key(route)} has {len(parents)} Gateway parents "
+        raise SpecError("InvalidParentRefs", f"{kind} {key_of(route)} has {len(parents)} Gateway parents "
                         f"({', '.join(parents) or 'none'}); exactly one is needed to know its addresses")
     if kind in ("TCPRoute", "UDPRoute"):
         names = [h for h in ((meta.get("annotations") or {}).get(HOSTNAME) or "").split(",") if h.strip()]
         if not names:
-            raise SpecError("MissingHostname", f"{kind} {_key(route)} has no {HOSTNAME} annotation")
+            raise SpecError("MissingHostname", f"{kind} {key_of(route)} has no {HOSTNAME} annotation")
     else:
         names = [h for h in spec.get("hostnames") or () if h]
         if not names:
-            raise SpecError("MissingHostname", f"{kind} {_key(route)} has no spec.hostnames")
+            raise SpecError("MissingHostname", f"{kind} {key_of(route)} has no spec.hostnames")
     services = {f"{ref.get('namespace') or ns}/{ref['name']}"
                 for rule in spec.get("rules") or () for ref in rule.get("backendRefs") or ()
                 if ref.get("name") and not ref.get("group") and (ref.get("kind") or "Service") == "Service"}
