@@ -1,4 +1,4 @@
-"""the local lab: up | down | status | dataplane CLUSTER down|up (lab/README.md)
+"""the local lab: up | down | status | dataplane CLUSTER down|up | roll CLUSTER (lab/README.md)
 
 `coredns-gslb lab ...` finds this module through the entry-point group `coredns_gslb.commands`
 (lab/pyproject.toml); the test bed imports the modules beside it (`lab.proc`, `lab.kube`, ...).

@@ -1,9 +1,12 @@
-"""`coredns-gslb lab up | down | status`: the chapter's two clusters and enterprise DNS on one machine.
+"""`coredns-gslb lab up | down | status | dataplane | roll`: the chapter's two clusters and enterprise DNS
+on one machine.
 
 Each cluster (us-buf, us-nyc) gets a control plane with a kwok node, the lbpool stand-in for MetalLB and
 the ingress controller, and CoreDNS with our backend on its own loopback address, port 53 (glue records
-carry no port). BIND9 on 127.0.0.1:1053 is the edge DNS for foowidgets.k8s. All processes are
-detached with pid files under the lab folder, so they outlive `make lab`; `lab down` stops them.
+carry no port). The backend serves behind `coredns-gslb listen`, as in k8s/deployment.yaml, so
+`lab roll CLUSTER` restarts it as a rollout does: a new backend beside the old, no answer lost. BIND9
+on 127.0.0.1:1053 is the edge DNS for foowidgets.k8s. All processes are detached with pid files under
+the lab folder, so they outlive `make lab`; `lab down` stops them.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from lab.dig import dig, split_server
 from lab.kube import ControlPlane, Etcd, Pki, kubectl
 from lab.lbpool import LbPool
 from lab.proc import ROOT, StartupError, kill_pidfile, pid_running, port_free, read_pidfile
-from lab.sidecar import DnsStack
+from lab.sidecar import DnsStack, roll
 
 MANIFESTS = Path(__file__).parent / "manifests"
 K8S = ROOT / "k8s"
@@ -189,7 +192,8 @@ def start_all(
             ]
             zones = (EDGE_ZONE, GSLB_ZONE)
             stack = DnsStack(
-                folder, kubeconfig, zones, flags, host=spec.ip, port=53, name=spec.geotag, detached=True
+                folder, kubeconfig, zones, flags, host=spec.ip, port=53, name=spec.geotag, detached=True,
+                listener=True,
             )
             start(
                 f"{spec.geotag} CoreDNS on {stack.address} + backend (gRPC {stack.backend.grpc})",
@@ -359,6 +363,25 @@ def up(
     return 0 if ok else 1
 
 
+def roll_backend(lab: Path, cluster: str) -> int:
+    """`lab roll CLUSTER`: that cluster's backend replaced behind its listener while CoreDNS answers."""
+    if not running(lab):
+        print("[lab] FAILED: the lab is not running (`make lab`)", file=sys.stderr)
+        return 1
+    clusters = json.loads((lab / "state.json").read_text())["clusters"]
+    if cluster not in clusters:
+        print(f"[lab] FAILED: no cluster {cluster!r} (the lab has {', '.join(clusters)})", file=sys.stderr)
+        return 1
+    t0 = time.monotonic()
+    try:
+        old, new = roll(lab / cluster / f"{cluster}-backend.pid")
+    except StartupError as e:
+        print(f"[lab] FAILED: {e}", file=sys.stderr)
+        return 1
+    say(f"{cluster} backend rolled behind its listener: pid {old} -> {new} ({time.monotonic() - t0:.1f}s)")
+    return 0
+
+
 def status(lab: Path) -> int:
     state_file = lab / "state.json"
     if state_file.exists():
@@ -374,9 +397,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="coredns-gslb lab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("action", choices=["up", "down", "status", "dataplane"])
-    p.add_argument("args", nargs="*", metavar="CLUSTER down|up", help="dataplane: stop or start a cluster's "
-                   "stand-in data plane (its pods stay Ready)")
+    p.add_argument("action", choices=["up", "down", "status", "dataplane", "roll"])
+    p.add_argument("args", nargs="*", metavar="CLUSTER [down|up]", help="dataplane CLUSTER down|up: stop or "
+                   "start a cluster's stand-in data plane (its pods stay Ready); roll CLUSTER: replace its "
+                   "backend behind its listener, as a rollout does")
     p.add_argument("--dir", type=Path, default=ROOT / ".lab", help="state, logs and pid files (default .lab)")
     p.add_argument("--edge", default="127.0.0.1:1053", help="edge DNS address (an interface's, for BIND9)")
     p.add_argument("--buf-ip", default="127.0.0.21", help="us-buf CoreDNS's loopback address (port 53)")
@@ -399,4 +423,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(a.args) != 2 or a.args[1] not in ("down", "up"):
             p.error("usage: lab dataplane CLUSTER down|up")
         return dataplane.switch(lab, a.args[0], a.args[1])
+    if a.action == "roll":
+        if len(a.args) != 1:
+            p.error("usage: lab roll CLUSTER")
+        return roll_backend(lab, a.args[0])
     return up(lab, a.edge, clusters(a.buf_ip, a.nyc_ip), not a.no_demo, a.backend_arg)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from lab.coredns import GRPC_TEMPLATE, CoreDNS
 from lab.dig import DigResult, dig
-from lab.proc import PYTHON, ROOT, Process, free_port, wait_for
+from lab.proc import PYTHON, ROOT, Process, StartupError, free_port, pid_running, read_pidfile, wait_for
 
 START_TIMEOUT = 60.0
 
@@ -20,7 +20,7 @@ START_TIMEOUT = 60.0
 class Listener:
     """`coredns-gslb listen`: holds a backend's gRPC, HTTP and admin sockets across its restarts."""
 
-    def __init__(self, workdir: Path, *, name: str = "listener") -> None:
+    def __init__(self, workdir: Path, *, name: str = "listener", detached: bool = False) -> None:
         self.workdir = workdir
         self.grpc_port, self.http_port, self.admin_port = free_port(), free_port(), free_port()
         self.grpc = f"127.0.0.1:{self.grpc_port}"
@@ -34,6 +34,7 @@ class Listener:
             workdir / f"{name}.log",
             cwd=ROOT,
             env={"PYTHONUNBUFFERED": "1"},
+            detached=detached,
         )
 
     def start(self) -> Listener:
@@ -121,8 +122,28 @@ class Backend:
         self.process.stop()
 
 
+def roll(pidfile: Path, timeout: float = START_TIMEOUT) -> tuple[int, int]:
+    """Roll a detached backend that serves behind a listener, as a rollout does (backend/listener.py):
+    the same `serve` command line and environment started beside it; once the new one has synced and
+    serves, the listener tells the old one to hand over, and it drains and exits. (old pid, new pid)."""
+    recorded = read_pidfile(pidfile)
+    if recorded is None or not pid_running(*recorded):
+        raise StartupError(f"no backend running ({pidfile})")
+    old = recorded[0]
+    argv = [a.decode() for a in Path(f"/proc/{old}/cmdline").read_bytes().split(b"\0")[:-1]]
+    if "--listener-socket" not in argv:
+        raise StartupError(f"backend {old} has no listener: stopping it would lose answers")
+    environ = Path(f"/proc/{old}/environ").read_bytes().split(b"\0")
+    env = dict(item.decode().split("=", 1) for item in environ if b"=" in item)
+    new = Process(pidfile.stem, argv, pidfile.with_suffix(".log"), env=env, cwd=ROOT, detached=True).start()
+    wait_for(lambda: not pid_running(*recorded), what=f"backend {old} handing over to {new.pid} and exiting",
+             timeout=timeout, watch=[new], interval=0.2)
+    return old, int(new.pid or 0)
+
+
 class DnsStack:
-    """Backend + CoreDNS (`grpc . backend`) for some zones: `dig()` asks CoreDNS, as a client would."""
+    """Backend + CoreDNS (`grpc . backend`) for some zones: `dig()` asks CoreDNS, as a client would.
+    With `listener=True` the backend serves behind `coredns-gslb listen`, as in k8s/deployment.yaml."""
 
     def __init__(
         self,
@@ -136,10 +157,13 @@ class DnsStack:
         template: str = GRPC_TEMPLATE,
         name: str = "",
         detached: bool = False,
+        listener: bool = False,
     ) -> None:
         prefix = f"{name}-" if name else ""
         self.zones = tuple(zones)
-        self.backend = Backend(workdir, kubeconfig, flags, name=f"{prefix}backend", detached=detached)
+        self.listener = Listener(workdir, name=f"{prefix}listener", detached=detached) if listener else None
+        self.backend = Backend(workdir, kubeconfig, flags, name=f"{prefix}backend", detached=detached,
+                               listener=self.listener)
         self.coredns = CoreDNS(
             workdir,
             template,
@@ -156,17 +180,21 @@ class DnsStack:
         return self.coredns.address
 
     def start(self) -> DnsStack:
-        self.backend.start()
+        if self.listener is not None:
+            self.listener.start()
         try:
+            self.backend.start()
             self.coredns.start()
         except BaseException:
-            self.backend.stop()
+            self.stop()
             raise
         return self
 
     def stop(self) -> None:
         self.coredns.stop()
         self.backend.stop()
+        if self.listener is not None:
+            self.listener.stop()
 
     def dig(self, name: str, rtype: str = "A", *options: str) -> DigResult:
         return dig(self.coredns.address, name, rtype, *options)

@@ -7,15 +7,18 @@ never meets a lab someone has running. Alone: `.venv/bin/python -m pytest -m lab
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from bench import dnsperf
 from lab.dig import dig
 from lab.proc import PYTHON, ROOT, free_loopback_ip, free_port, pid_running, port_free, read_pidfile
 
@@ -81,11 +84,12 @@ def test_make_lab_replays_the_chapter_and_stops_cleanly(lab_dir: Path) -> None:
     assert set(state["clusters"]) == {"us-buf", "us-nyc"}
     for geotag, ip in (("us-buf", addr.buf), ("us-nyc", addr.nyc)):
         cluster = state["clusters"][geotag]
-        assert set(cluster) == {"kubeconfig", "dns", "backend", "geotag", "dataplane"}
+        assert set(cluster) == {"kubeconfig", "dns", "backend", "admin", "geotag", "dataplane"}
         assert cluster["dataplane"] == f"{ip}:8080"
         assert cluster["geotag"] == geotag
         assert cluster["dns"] == f"{ip}:53"
         assert re.fullmatch(r"127\.0\.0\.1:\d+", cluster["backend"])
+        assert re.fullmatch(r"127\.0\.0\.1:\d+", cluster["admin"])
         kubeconfig = ROOT / cluster["kubeconfig"]
         assert not Path(cluster["kubeconfig"]).is_absolute() and kubeconfig.exists()
         assert dig(cluster["dns"], "fe.gb.foowidgets.k8s", "A", "+norecurse").values("A") == ["10.2.1.167"]
@@ -109,7 +113,8 @@ def test_make_lab_replays_the_chapter_and_stops_cleanly(lab_dir: Path) -> None:
             time.sleep(0.2)
 
     pids = [recorded for f in lab_dir.rglob("*.pid") if (recorded := read_pidfile(f))]
-    assert len(pids) >= 17, "etcd, edge, per cluster 4 kube components, lbpool, data plane, backend, CoreDNS"
+    assert len(pids) >= 19, ("etcd, edge, per cluster 4 kube components, lbpool, data plane, listener, "
+                             "backend, CoreDNS")
     again = lab(lab_dir, "up", "--no-demo", *addr.args())
     assert again.returncode == 0 and "already running" in again.stdout, again.stdout + again.stderr
 
@@ -119,6 +124,42 @@ def test_make_lab_replays_the_chapter_and_stops_cleanly(lab_dir: Path) -> None:
     assert not list(lab_dir.rglob("*.pid")) and not (lab_dir / "state.json").exists()
     edge_ip, edge_port = addr.edge.split(":")
     assert port_free(edge_ip, int(edge_port)) and port_free(addr.buf, 53) and port_free(addr.nyc, 53)
+
+
+@pytest.mark.timeout(400)
+def test_lab_roll_replaces_a_backend_under_load_and_loses_no_answer(lab_dir: Path, tmp_path: Path) -> None:
+    """The lab's backends serve behind `coredns-gslb listen`, as in k8s/deployment.yaml: `lab roll us-buf`
+    starts a new backend beside the old one while dnsperf asks us-buf's CoreDNS; the listener hands the
+    sockets over and the old one drains and exits. Every query is answered, NOERROR."""
+    run = lab(lab_dir, "up", "--no-demo", *Addresses().args())
+    assert run.returncode == 0, run.stdout + run.stderr
+    buf = json.loads((lab_dir / "state.json").read_text())["clusters"]["us-buf"]
+    names = {"nginx.foowidgets.k8s": ["172.18.200.101"], "fe.gb.foowidgets.k8s": ["10.2.1.167"]}
+    deadline = time.monotonic() + 60
+    while any(dig(buf["dns"], n, "A", "+norecurse").values("A") != want for n, want in names.items()):
+        assert time.monotonic() < deadline, f"us-buf's CoreDNS answers {names} within 60 s"
+        time.sleep(0.2)
+    folder = lab_dir / "us-buf"
+    listener, old = read_pidfile(folder / "us-buf-listener.pid"), read_pidfile(folder / "us-buf-backend.pid")
+    assert listener and pid_running(*listener) and old and pid_running(*old)
+
+    queries = tmp_path / "queries.txt"
+    queries.write_text("".join(f"{n} A\n" for n in names))
+    result: list[dnsperf.Run] = []
+    load = threading.Thread(target=lambda: result.append(dnsperf.run(buf["dns"], queries, 30, rate=400)))
+    load.start()
+    time.sleep(3)
+    rolled = lab(lab_dir, "roll", "us-buf", timeout=90)
+    load.join(90)
+    assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+    new = read_pidfile(folder / "us-buf-backend.pid")
+    assert new and new[0] != old[0] and pid_running(*new) and not pid_running(*old), rolled.stdout
+    assert "hands over to backend" in (folder / "us-buf-listener.log").read_text()
+    [perf] = result
+    print(f"lab roll us-buf under dnsperf: {rolled.stdout.strip()}; sent {perf.sent}, completed "
+          f"{perf.completed}, lost {perf.lost}, rcodes {perf.rcodes}, p50 {perf.p50_ms} ms, "
+          f"p99 {perf.p99_ms} ms, max {perf.max_ms} ms; load {os.getloadavg()[0]:.1f}")
+    assert perf.lost == 0 and perf.rcodes == {"NOERROR": perf.completed} and perf.completed > 10000, perf
 
 
 def test_lab_refuses_a_taken_port_and_starts_nothing(lab_dir: Path) -> None:
