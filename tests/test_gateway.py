@@ -49,30 +49,8 @@ def pool(gwapi: ControlPlane, lbpool_factory: Callable[..., LbPool]) -> LbPool:
     return lbpool_factory(gwapi, services=[f"172.18.210.{i}" for i in range(1, 40)])
 
 
-def until(check: Callable[[], Any], what: str, stack: DnsStack | None = None, timeout: float = WAIT) -> None:
-    watch = [stack.backend.process, stack.coredns.process] if stack else []
-    wait_for(check, what=what, timeout=timeout, watch=watch)
-
-
 def answer(stack: DnsStack, name: str, rtype: str = "A") -> DigResult:
     return stack.dig(name, rtype)
-
-
-def wait_answer(stack: DnsStack, name: str, want: list[str] | str, rtype: str = "A",
-                timeout: float = WAIT) -> None:
-    """Until dig says `want`: the sorted data (a list) or the rcode (a str)."""
-    last: list[DigResult] = []
-
-    def check() -> bool:
-        r = answer(stack, name, rtype)
-        last[:] = [r]
-        return r.rcode == want if isinstance(want, str) else (
-            r.rcode == "NOERROR" and sorted(r.values(rtype)) == sorted(want))
-
-    try:
-        until(check, f"{name} {rtype} -> {want}", stack, timeout)
-    except Exception as e:
-        raise AssertionError(f"{e}\nlast answer:\n{last[0].output if last else None}") from None
 
 
 def events(plane: ControlPlane, ns: str, name: str) -> list[tuple[str, str, str]]:
@@ -88,7 +66,7 @@ def wait_event(plane: ControlPlane, ns: str, name: str, reason: str, stack: DnsS
         found[:] = [m for t, r, m in events(plane, ns, name) if t == "Warning" and r == reason]
         return bool(found)
 
-    until(check, f"Warning Event {reason} on {ns}/{name}", stack)
+    stack.wait_for(check, what=f"Warning Event {reason} on {ns}/{name}", timeout=WAIT)
     return found[0]
 
 
@@ -129,7 +107,8 @@ def gateway_address(plane: ControlPlane, ns: str, name: str) -> list[str]:
 
 
 def wait_address(plane: ControlPlane, ns: str, name: str) -> str:
-    until(lambda: gateway_address(plane, ns, name), f"the lbpool gives Gateway {ns}/{name} an address")
+    wait_for(lambda: gateway_address(plane, ns, name),
+             what=f"the lbpool gives Gateway {ns}/{name} an address", timeout=WAIT)
     return gateway_address(plane, ns, name)[0]
 
 
@@ -156,13 +135,13 @@ def test_each_route_kind_gives_its_names(gwapi: ControlPlane, pool: LbPool, name
     plane.apply(http_route("c", ns, "gw", ns, [], kind="TCPRoute", annotations=tcp_host))
     plane.apply(http_route("u", ns, "gw", ns, [], kind="UDPRoute", annotations=udp_host))
     for host in ("http", "grpc", "tls", "tcp", "udp"):
-        wait_answer(stack, f"{host}-{ns}.foowidgets.k8s", [address])
+        stack.wait_answer(f"{host}-{ns}.foowidgets.k8s", [address])
     # A route hostname edit moves the name; deleting the route takes it away.
     plane.apply(http_route("h", ns, "gw", ns, [f"http2-{ns}.foowidgets.k8s"]))
-    wait_answer(stack, f"http2-{ns}.foowidgets.k8s", [address])
-    wait_answer(stack, f"http-{ns}.foowidgets.k8s", "NXDOMAIN")
+    stack.wait_answer(f"http2-{ns}.foowidgets.k8s", [address])
+    stack.wait_answer(f"http-{ns}.foowidgets.k8s", "NXDOMAIN")
     plane.kubectl("delete", "grpcroute", "g", "-n", ns)
-    wait_answer(stack, f"grpc-{ns}.foowidgets.k8s", "NXDOMAIN")
+    stack.wait_answer(f"grpc-{ns}.foowidgets.k8s", "NXDOMAIN")
 
 
 def test_listener_hostname_narrows_and_not_allowed_routes_get_nothing(
@@ -177,7 +156,7 @@ def test_listener_hostname_narrows_and_not_allowed_routes_get_nothing(
         stack = dns_stack_factory(plane, ZONES)
         address = wait_address(plane, ns, "gw")
         plane.apply(http_route("r", ns, "gw", ns, [f"a-{ns}.shop.foowidgets.k8s", f"b-{ns}.foowidgets.k8s"]))
-        wait_answer(stack, f"a-{ns}.shop.foowidgets.k8s", [address])
+        stack.wait_answer(f"a-{ns}.shop.foowidgets.k8s", [address])
         assert answer(stack, f"b-{ns}.foowidgets.k8s").rcode == "NXDOMAIN"
         # The listener allows routes from its own namespace only: the controller does not accept it.
         plane.apply(http_route("r", other, "gw", ns, [f"c-{ns}.shop.foowidgets.k8s"]))
@@ -191,7 +170,7 @@ def test_listener_hostname_narrows_and_not_allowed_routes_get_nothing(
         assert answer(stack, f"m-{ns}.elsewhere.foowidgets.k8s").rcode == "NXDOMAIN"
         # A route without hostnames takes the listener's: the wildcard answers below shop.
         plane.apply(http_route("any", ns, "gw", ns, []))
-        wait_answer(stack, f"x-{ns}.shop.foowidgets.k8s", [address])
+        stack.wait_answer(f"x-{ns}.shop.foowidgets.k8s", [address])
     finally:
         plane.kubectl("delete", "namespace", other, "--wait=false")
 
@@ -226,9 +205,9 @@ def test_status_rules_target_annotation_hostname_address_and_bad_input(
             "conditions": [{"type": "Accepted", "status": accepted, "reason": "Test", "message": "test",
                             "observedGeneration": route["metadata"]["generation"],
                             "lastTransitionTime": "2026-01-01T00:00:00Z"}]}]})
-    wait_answer(stack, f"cname-{ns}.foowidgets.k8s", ["lb.example.net."], "CNAME")
-    wait_answer(stack, f"annotated-{ns}.foowidgets.k8s", ["203.0.113.9"])
-    wait_answer(stack, f"broken-{ns}.foowidgets.k8s", ["10.7.0.2"])  # the good address stays
+    stack.wait_answer(f"cname-{ns}.foowidgets.k8s", ["lb.example.net."], "CNAME")
+    stack.wait_answer(f"annotated-{ns}.foowidgets.k8s", ["203.0.113.9"])
+    stack.wait_answer(f"broken-{ns}.foowidgets.k8s", ["10.7.0.2"])  # the good address stays
     for name, reason in (("refused", "RouteNotAccepted"), ("noaddr", "GatewayNoAddress"),
                          ("broken", "InvalidAddress"), ("missing", "GatewayNotFound")):
         wait_event(plane, ns, name, reason, stack)
@@ -238,7 +217,7 @@ def test_status_rules_target_annotation_hostname_address_and_bad_input(
     assert f"httproute/{ns}/missing: GatewayNotFound" in log
     # The Gateway gets an address: its route answers, nothing else changed.
     patch_status(plane, "gateway", ns, "empty", {"addresses": [{"type": "IPAddress", "value": "10.7.0.3"}]})
-    wait_answer(stack, f"noaddr-{ns}.foowidgets.k8s", ["10.7.0.3"])
+    stack.wait_answer(f"noaddr-{ns}.foowidgets.k8s", ["10.7.0.3"])
     assert answer(stack, f"annotated-{ns}.foowidgets.k8s").values("A") == ["203.0.113.9"]
 
 
@@ -263,9 +242,9 @@ def test_gateway_filter_flags(gwapi: ControlPlane, pool: LbPool, namespace: str,
         wait_address(plane, *dropped[::-1])
         plane.apply(http_route("in", ns, kept[0], kept[1], [f"in-{ns}.foowidgets.k8s"]))
         plane.apply(http_route("out", ns, dropped[0], dropped[1], [f"out-{ns}.foowidgets.k8s"]))
-        wait_answer(stack, f"in-{ns}.foowidgets.k8s", [address])
-        until(lambda: "Accepted" in plane.kubectl("get", "httproute", "out", "-n", ns, "-o", "json"),
-              "the controller accepts the other route")
+        stack.wait_answer(f"in-{ns}.foowidgets.k8s", [address])
+        wait_for(lambda: "Accepted" in plane.kubectl("get", "httproute", "out", "-n", ns, "-o", "json"),
+                 what="the controller accepts the other route", timeout=WAIT)
         assert answer(stack, f"out-{ns}.foowidgets.k8s").rcode == "NXDOMAIN"
     finally:
         plane.kubectl("delete", "namespace", other, "--wait=false")
@@ -317,7 +296,7 @@ spec:
     stack = dns_stack_factory(plane, ZONES)
     plane.apply(manifest, "-n", "default")
     try:
-        wait_answer(stack, "api.example.com", ["203.0.113.1"])
+        stack.wait_answer("api.example.com", ["203.0.113.1"])
         assert answer(stack, "api.example.com").answer[0].ttl == 300
     finally:
         plane.kubectl("delete", "-n", "default", "-f", "-", input=manifest)
@@ -335,7 +314,7 @@ metadata:
 spec: {type: ExternalName, externalName: elsewhere.example.net}
 """, "-n", "default")
     stack = dns_stack_factory(plane, ZONES)
-    wait_answer(stack, "plain.foowidgets.k8s", ["elsewhere.example.net."], "CNAME")
+    stack.wait_answer("plain.foowidgets.k8s", ["elsewhere.example.net."], "CNAME")
     log = stack.backend.process.log.read_text()
     assert log.count("gateway-*route sources off") == 1, log
     assert "gateway.networking.k8s.io" not in log.replace("gateway.networking.k8s.io/v1 gateways", ""), log
@@ -381,17 +360,18 @@ def test_gslb_over_an_httproute_and_two_gateway_parents(
     stack = dns_stack_factory(plane, ("gb.foowidgets.k8s",), demo.backend_flags("us-buf"))
     address = wait_address(plane, ns, "shop")
     host = f"shop-{ns}.gb.foowidgets.k8s"
-    wait_answer(stack, host, [address])
-    until(lambda: gslb_ready(plane, ns, "shop").get("status") == "True", "Gslb shop Ready", stack)
+    stack.wait_answer(host, [address])
+    stack.wait_for(lambda: gslb_ready(plane, ns, "shop").get("status") == "True",
+                   what="Gslb shop Ready", timeout=WAIT)
     plane.kubectl("scale", "deployment", "nginx", "-n", ns, "--replicas=0")
-    wait_answer(stack, host, [])  # NODATA: the only cluster has nothing healthy
+    stack.wait_answer(host, [])  # NODATA: the only cluster has nothing healthy
     plane.kubectl("scale", "deployment", "nginx", "-n", ns, "--replicas=1")
-    wait_answer(stack, host, [address])
+    stack.wait_answer(host, [address])
     # Two Gateway parents: k8gb cannot tell which addresses are the route's.
     plane.apply(gateway("second", ns))
     plane.apply(shop(ns, parents=("shop", "second")))
-    until(lambda: gslb_ready(plane, ns, "shop").get("reason") == "InvalidParentRefs",
-          "Ready=False InvalidParentRefs on the Gslb", stack)
+    stack.wait_for(lambda: gslb_ready(plane, ns, "shop").get("reason") == "InvalidParentRefs",
+                   what="Ready=False InvalidParentRefs on the Gslb", timeout=WAIT)
     assert "2 Gateway parents" in gslb_ready(plane, ns, "shop")["message"]
     wait_event(plane, ns, "shop", "InvalidParentRefs", stack)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import socket
-import time
 from typing import Any
 
 import pytest
@@ -17,6 +16,7 @@ from backend.gslb.spec import SpecError, parse
 from backend.kube.informer import ENDPOINTSLICES, GSLBS, GSLBS_IO, INGRESSES, SERVICES, Informer
 from backend.model import Obj, Store, Strategy, Target
 from backend.probes.prober import Prober
+from lab.proc import wait_for
 
 SETTINGS = Settings(gslb_zones=(GslbZone("gb.foowidgets.k8s", "foowidgets.k8s"),), cluster_geotag="us-buf")
 HOST = "fe.gb.foowidgets.k8s"
@@ -140,10 +140,8 @@ def test_a_target_failing_its_probes_leaves_the_answer_but_not_localtargets() ->
         c.apply(probed)
 
         def soon(want: tuple[Target, ...], what: str) -> None:
-            deadline = time.monotonic() + 20
-            while c.answers(HOST) != want and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert c.answers(HOST) == want, what
+            wait_for(lambda: c.answers(HOST) == want, what=f"{what}: {HOST} -> {want}", timeout=20,
+                     interval=0.02)
 
         soon((), "withdrawn from the answer by the probe verdict")
         assert c.answers("localtargets-" + HOST) == (Target("10.2.1.167", "us-buf"),), "kept for peers"
