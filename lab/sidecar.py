@@ -201,7 +201,8 @@ class DnsStack:
 
     @property
     def processes(self) -> list[Process]:
-        return [self.backend.process, self.coredns.process]
+        listener = [self.listener.process] if self.listener is not None else []
+        return [*listener, self.backend.process, self.coredns.process]
 
     def wait_for(self, check: Callable[[], object], *, what: str, timeout: float = 30.0) -> None:
         """Bounded poll that fails at once, with the log tail, if the backend or CoreDNS died."""
