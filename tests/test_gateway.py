@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
+from test_k8gb_objects import set_edge_record
 from test_multicluster import clusters  # noqa: F401  (the two-cluster fixture)
 from test_multicluster import until as mc_until
 
@@ -21,6 +23,7 @@ from lab.proc import wait_for
 from lab.sidecar import DnsStack
 
 pytestmark = pytest.mark.controlplane
+K8GB_MANIFESTS = Path(__file__).resolve().parent / "manifests" / "k8gb"
 
 ZONES = ("foowidgets.k8s", "example.com")
 CLASS = "lbpool"
@@ -374,6 +377,98 @@ def test_gslb_over_an_httproute_and_two_gateway_parents(
                    what="Ready=False InvalidParentRefs on the Gslb", timeout=WAIT)
     assert "2 Gateway parents" in gslb_ready(plane, ns, "shop")["message"]
     wait_event(plane, ns, "shop", "InvalidParentRefs", stack)
+
+
+def test_gslb_over_an_httproute_answers_what_the_gateways_hostname_address_resolves_to(
+    gwapi: ControlPlane, pool: LbPool, namespace: str, bind9: Bind9, dns_stack_factory: StackFactory
+) -> None:
+    """k8gb digs a Gateway's `Hostname` address through the edge DNS servers. The lab's controller
+    gives Gateway shop the hostname it asks for (as a cloud load balancer's controller would); BIND9 on
+    loopback, the edge, holds its A record; the answer, and what peers read, follow the record."""
+    plane, ns = gwapi, namespace
+    lb = f"lb-{ns}.foowidgets.k8s"
+    set_edge_record(bind9, lb, "10.9.1.1")  # TTL 1 s
+    demo.install_crds(plane)
+    plane.apply(demo.CHAPTER_APP.read_text().replace("namespace: demo", f"namespace: {ns}").replace(
+        "name: demo\n", f"name: {ns}\n"))
+    host = f"shop-{ns.rsplit('-', 1)[1]}.gb.foowidgets.k8s"  # localtargets-<host>: a label of <= 63
+    plane.apply(shop(ns, addresses=f"\n  addresses: [{{type: Hostname, value: {lb}}}]").replace(
+        f"shop-{ns}.gb.foowidgets.k8s", host))
+    stack = dns_stack_factory(plane, ("gb.foowidgets.k8s",), demo.backend_flags(
+        "us-buf", "--edge-dns-servers", bind9.address, "--edge-publish-names", "false"))
+    stack.wait_for(lambda: gateway_address(plane, ns, "shop") == [lb], what=f"Gateway shop's address {lb}")
+    stack.wait_answer(host, ["10.9.1.1"])
+    stack.wait_answer("localtargets-" + host, ["10.9.1.1"], timeout=10)  # what the other clusters read
+    set_edge_record(bind9, lb, "10.9.1.2")  # the load balancer moves
+    stack.wait_answer(host, ["10.9.1.2"])
+    stack.wait_answer("localtargets-" + host, ["10.9.1.2"])
+
+
+# k8gb's manifests that use a version the pinned Gateway API v1.6.0 standard CRDs list but do not
+# serve (TCPRoute/UDPRoute v1alpha2, TLSRoute v1alpha2/v1alpha3: `served: false`): the apiserver
+# refuses those routes, the Gslbs beside them are created and find no route.
+K8GB_UNSERVED = {
+    "k8gb.absa.oss_v1beta1_gslb_cr_failover_gatewayapi_tcproute.yaml": "TCPRoute v1alpha2",
+    "k8gb.absa.oss_v1beta1_gslb_cr_failover_gatewayapi_tlsroute.yaml": "TLSRoute v1alpha3",
+    "k8gb.absa.oss_v1beta1_gslb_cr_failover_gatewayapi_udproute.yaml": "UDPRoute v1alpha2",
+    "k8gb.io_v1beta1_gslb_cr_gatewayapi_tlsroute_versions.yaml": "TLSRoute v1alpha2, v1alpha3",
+}
+
+
+def test_k8gb_gateway_api_manifests_apply_unchanged_and_answer(
+    gwapi: ControlPlane, pool: LbPool, dns_stack_factory: StackFactory
+) -> None:
+    """k8gb's own Gateway API manifests (tests/manifests/k8gb/README.md says where from), applied as
+    they are, beside what they take for granted: every route the apiserver serves answers the
+    Gateway's address (NODATA when its backend is unhealthy or missing); the routes in versions v1.6
+    no longer serves are refused by the apiserver, and their names are not served."""
+    plane = gwapi
+    demo.install_crds(plane)
+    given = f"""
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: istio}}
+spec: {{controllerName: {CONTROLLER}}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {{name: istio-ingress}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: unhealthy-app, namespace: test-gslb-gatewayapi}}
+spec:
+  selector: {{app: unhealthy-app}}
+  ports: [{{port: 80}}]
+"""
+    manifests = sorted(K8GB_MANIFESTS.glob("*.yaml"), key=lambda p: p.name != "namespace_gatewayapi.yaml")
+    refused: dict[str, str] = {}
+    try:
+        plane.apply(demo.app("test-gslb-gatewayapi", "frontend-podinfo"))  # creates the namespace too
+        plane.apply(given)
+        for path in manifests:  # the namespace first (its label is theirs), then the rest
+            try:
+                plane.kubectl("apply", "-f", str(path))
+            except RuntimeError as e:
+                refused[path.name] = str(e)
+        assert sorted(refused) == sorted(K8GB_UNSERVED), refused
+        for name, error in refused.items():
+            assert "gateway.networking.k8s.io/v1alpha" in error, (name, error)
+        stack = dns_stack_factory(plane, ("cloud.example.com",), [
+            "--dns-zone", "cloud.example.com", "--edge-dns-zone", "example.com", "--cluster-geo-tag", "eu"])
+        address = wait_address(plane, "istio-ingress", "gatewayapi")
+        for name in ("failover-httproute", "roundrobin-httproute", "tlsroute-v1"):
+            stack.wait_answer(f"{name}.cloud.example.com", [address])
+        for name in ("unhealthy-httproute", "notfound-httproute"):  # no healthy backend: NODATA
+            stack.wait_answer(f"{name}.cloud.example.com", [])
+        assert stack.dig("roundrobin-httproute.cloud.example.com").answer[0].ttl == 30  # dnsTtlSeconds
+        for name in ("gatewayapi-tcproute", "gatewayapi-udproute", "failover-tlsroute", "tlsroute-v1alpha2",
+                     "tlsroute-v1alpha3"):
+            assert stack.dig(f"{name}.cloud.example.com").rcode == "NXDOMAIN", name
+    finally:
+        for ns in ("test-gslb-gatewayapi", "istio-ingress"):
+            plane.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found")
+        plane.kubectl("delete", "gatewayclass", "istio", "--ignore-not-found")
 
 
 def test_gslb_over_an_httproute_fails_over_between_two_clusters(
