@@ -13,11 +13,15 @@ from backend.config import Settings
 from backend.h2grpc import H2GrpcServer
 from backend.listener import Holder, receive
 from backend.proto import dns_pb2, dns_pb2_grpc
-from lab.proc import free_port
+from lab.proc import free_port, wait_for_async
 
 
 async def call(channel: grpc.aio.Channel, msg: bytes = b"q") -> bytes:
     return (await dns_pb2_grpc.DnsServiceStub(channel).Query(dns_pb2.DnsPacket(msg=msg), timeout=5)).msg
+
+
+async def answered(channel: grpc.aio.Channel, want: bytes) -> bool:
+    return await call(channel) == want
 
 
 def test_standby_hand_off_serving_and_handover(tmp_path: Path) -> None:
@@ -28,8 +32,7 @@ def test_standby_hand_off_serving_and_handover(tmp_path: Path) -> None:
         stop = asyncio.Event()
         holder = Holder(settings, str(tmp_path / "l.sock"))
         running = asyncio.ensure_future(holder.run(stop))
-        while not (tmp_path / "l.sock").exists():
-            await asyncio.sleep(0.01)
+        await wait_for_async((tmp_path / "l.sock").exists, what="the holder's socket", timeout=10)
         async with grpc.aio.insecure_channel(settings.grpc_listen) as channel:
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await call(channel)
@@ -41,13 +44,9 @@ def test_standby_hand_off_serving_and_handover(tmp_path: Path) -> None:
             one = H2GrpcServer(lambda m, _p: b"one:" + m)
             await one.start("", 0, sock=first.sockets["grpc"])
             first.say("serving")
-            for _ in range(100):  # GOAWAY from the standby, then grpc-core reconnects to the backend
-                try:
-                    if await call(channel) == b"one:q":
-                        break
-                except grpc.aio.AioRpcError:
-                    pass
-                await asyncio.sleep(0.05)
+            # GOAWAY from the standby, then grpc-core reconnects to the backend
+            await wait_for_async(lambda: answered(channel, b"one:q"), what="calls answered by `one`",
+                                 timeout=15)
             assert await call(channel) == b"one:q"
 
             second = await receive(str(tmp_path / "l.sock"))
@@ -57,23 +56,24 @@ def test_standby_hand_off_serving_and_handover(tmp_path: Path) -> None:
             assert await asyncio.wait_for(first.reader.readline(), 5) == b"handover\n"
             await one.stop(1)  # what `serve` does on handover: GOAWAY, no new calls
             first.writer.close()
-            for _ in range(100):
-                if await call(channel) == b"two:q":
-                    break
-                await asyncio.sleep(0.05)
+            await wait_for_async(lambda: answered(channel, b"two:q"), what="calls answered by `two`",
+                                 timeout=15)
             assert await call(channel) == b"two:q"
 
             second.say("stopping")
             await two.stop(1)
-            for _ in range(100):  # the standby is back
+            refused: list[grpc.StatusCode] = []
+
+            async def standby() -> bool:
                 try:
                     await call(channel)
                 except grpc.aio.AioRpcError as e:
-                    assert e.code() == grpc.StatusCode.UNAVAILABLE
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("the standby did not come back")
+                    refused.append(e.code())
+                    return True
+                return False
+
+            await wait_for_async(standby, what="the standby back, refusing calls", timeout=15)
+            assert refused == [grpc.StatusCode.UNAVAILABLE]
             second.writer.close()
         stop.set()
         await asyncio.wait_for(running, 10)

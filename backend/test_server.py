@@ -17,6 +17,7 @@ from backend.model import Endpoint, Target
 from backend.proto import dns_pb2, dns_pb2_grpc
 from backend.server import DnsServer, split_hostport
 from backend.zone.build import compile_table
+from lab.proc import wait_for_async
 
 SETTINGS = Settings(zones=("foowidgets.k8s",), grpc_listen="127.0.0.1:0", http_listen="127.0.0.1:0",
                     admin_listen="127.0.0.1:0")
@@ -96,12 +97,16 @@ async def scenario() -> None:
         assert await admin("/broken") == (500, "internal error (see the backend's log)\n")  # no internals
         assert (await admin("/readyz"))[0] == 200
         assert await admin("/hold") == (200, "held")  # holds the answer loop for 0.3 s: the lag shows it
-        await asyncio.sleep(0.2)  # the lag timer's next tick after the hold
-        metrics = (await get("/metrics"))[1]
-        assert "coredns_gslb_loop_lag_seconds_bucket" in metrics
-        (lag_max,) = [float(line.split()[1]) for line in metrics.splitlines()
-                      if line.startswith("coredns_gslb_loop_lag_max_seconds ")]
-        assert lag_max >= 0.2, metrics
+
+        async def lag_shows() -> bool:  # on the lag timer's next tick after the hold
+            metrics = (await get("/metrics"))[1]
+            assert "coredns_gslb_loop_lag_seconds_bucket" in metrics
+            (lag_max,) = [float(line.split()[1]) for line in metrics.splitlines()
+                          if line.startswith("coredns_gslb_loop_lag_max_seconds ")]
+            return lag_max >= 0.2
+
+        await wait_for_async(lag_shows, what="coredns_gslb_loop_lag_max_seconds >= 0.2 after the hold",
+                             timeout=10)
         assert (await get("/nothing"))[0] == 404
         assert (await get("/healthz", "POST"))[0] == 400
     finally:

@@ -6,8 +6,10 @@ leaves nothing behind; lab children are started detached instead, so they outliv
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
+import inspect
 import os
 import signal
 import socket
@@ -181,6 +183,26 @@ def log_tail(path: Path, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+class _Deadline:
+    """One bounded poll's bookkeeping: the deadline, the last error, the processes whose death ends it."""
+
+    def __init__(self, what: str, timeout: float, watch: Iterable[Process]) -> None:
+        self.what, self.timeout, self.watched = what, timeout, list(watch)
+        self.end = time.monotonic() + timeout
+        self.last: Exception | None = None
+
+    def check_alive(self) -> None:
+        for p in self.watched:
+            if not p.alive():
+                raise p.failure(f"exited while waiting for {self.what}")
+
+    def check_time(self) -> None:
+        if time.monotonic() > self.end:
+            tails = "\n".join(f"--- {p.name} ({p.log}):\n{p.tail()}" for p in self.watched)
+            raise StartupError(f"timed out after {self.timeout:.0f}s waiting for {self.what} "
+                               f"(last error: {self.last})\n{tails}")
+
+
 def wait_for(
     check: Callable[[], bool],
     *,
@@ -190,24 +212,40 @@ def wait_for(
     interval: float = 0.1,
 ) -> None:
     """Poll `check` until true; fail with the log tail of a watched process that died (all on timeout)."""
-    watched = list(watch)
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
+    deadline = _Deadline(what, timeout, watch)
     while True:
-        for p in watched:
-            if not p.alive():
-                raise p.failure(f"exited while waiting for {what}")
+        deadline.check_alive()
         try:
             if check():
                 return
         except Exception as e:  # the check probes a component that is still starting
-            last = e
-        if time.monotonic() > deadline:
-            tails = "\n".join(f"--- {p.name} ({p.log}):\n{p.tail()}" for p in watched)
-            raise StartupError(
-                f"timed out after {timeout:.0f}s waiting for {what} (last error: {last})\n{tails}"
-            )
+            deadline.last = e
+        deadline.check_time()
         time.sleep(interval)
+
+
+async def wait_for_async(
+    check: Callable[[], object],
+    *,
+    what: str,
+    timeout: float,
+    watch: Iterable[Process] = (),
+    interval: float = 0.05,
+) -> None:
+    """`wait_for` for code on an event loop: `check` may be a coroutine function; the loop runs between."""
+    deadline = _Deadline(what, timeout, watch)
+    while True:
+        deadline.check_alive()
+        try:
+            result = check()
+            if inspect.isawaitable(result):
+                result = await result
+            if result:
+                return
+        except Exception as e:  # the check probes a component that is still starting
+            deadline.last = e
+        deadline.check_time()
+        await asyncio.sleep(interval)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

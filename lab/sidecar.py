@@ -7,7 +7,7 @@ from __future__ import annotations
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from lab.coredns import GRPC_TEMPLATE, CoreDNS
@@ -198,3 +198,30 @@ class DnsStack:
 
     def dig(self, name: str, rtype: str = "A", *options: str) -> DigResult:
         return dig(self.coredns.address, name, rtype, *options)
+
+    @property
+    def processes(self) -> list[Process]:
+        listener = [self.listener.process] if self.listener is not None else []
+        return [*listener, self.backend.process, self.coredns.process]
+
+    def wait_for(self, check: Callable[[], object], *, what: str, timeout: float = 30.0) -> None:
+        """Bounded poll that fails at once, with the log tail, if the backend or CoreDNS died."""
+        wait_for(check, what=what, timeout=timeout, watch=self.processes, interval=0.2)
+
+    def wait_answer(self, name: str, want: list[str] | str, rtype: str = "A", *options: str,
+                    timeout: float = 45.0) -> DigResult:
+        """Until dig via CoreDNS says `want`: the sorted data (a list) or the rcode (a str); the last
+        answer goes into the failure message."""
+        last: list[DigResult] = []
+
+        def check() -> bool:
+            r = self.dig(name, rtype, *options)
+            last[:] = [r]
+            return r.rcode == want if isinstance(want, str) else (
+                r.rcode == "NOERROR" and sorted(r.values(rtype)) == sorted(want))
+
+        try:
+            self.wait_for(check, what=f"{name} {rtype} -> {want}", timeout=timeout)
+        except Exception as e:
+            raise AssertionError(f"{e}\nlast answer:\n{last[0].output if last else None}") from None
+        return last[0]

@@ -12,7 +12,7 @@ import pytest
 from lab.kube import ControlPlane
 from lab.lbpool import set_load_balancer
 from lab.sidecar import DnsStack
-from tests.test_sources_services import ALPHA, wait_answer
+from tests.test_sources_services import ALPHA
 
 pytestmark = pytest.mark.controlplane
 StackFactory = Callable[..., DnsStack]
@@ -52,7 +52,7 @@ def check(plane: ControlPlane, stack: DnsStack, answers: Mapping[str, str], abse
     """Each name of `answers` answers its address; then (the backend has seen the objects) each
     `absent` name has none: NXDOMAIN, or NODATA where a kept name below it makes it exist."""
     for name, ip in answers.items():
-        wait_answer(plane, stack, name, "A", [ip])
+        stack.wait_answer(name, [ip])
     for name in absent:
         r = stack.dig(name, "A")
         assert r.rcode in ("NXDOMAIN", "NOERROR") and not r.answer, f"{name} is not filtered out:\n{r.output}"
@@ -125,8 +125,8 @@ def test_label_filter_selects_by_labels_and_follows_a_label_edit(
     check(control_plane, stack, {public: "172.18.206.1"}, absent=[private])
     control_plane.kubectl("-n", namespace, "label", "service", "public", "dns=private", "--overwrite")
     control_plane.kubectl("-n", namespace, "label", "service", "private", "dns=public", "--overwrite")
-    wait_answer(control_plane, stack, private, "A", ["172.18.206.2"])
-    wait_answer(control_plane, stack, public, "A", "NXDOMAIN")
+    stack.wait_answer(private, ["172.18.206.2"])
+    stack.wait_answer(public, "NXDOMAIN")
 
 
 def test_ingress_class_matches_class_name_or_the_legacy_annotation(

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
+from test_k8gb_objects import set_edge_record
 from test_multicluster import clusters  # noqa: F401  (the two-cluster fixture)
 from test_multicluster import until as mc_until
 
@@ -21,6 +23,7 @@ from lab.proc import wait_for
 from lab.sidecar import DnsStack
 
 pytestmark = pytest.mark.controlplane
+K8GB_MANIFESTS = Path(__file__).resolve().parent / "manifests" / "k8gb"
 
 ZONES = ("foowidgets.k8s", "example.com")
 CLASS = "lbpool"
@@ -49,30 +52,8 @@ def pool(gwapi: ControlPlane, lbpool_factory: Callable[..., LbPool]) -> LbPool:
     return lbpool_factory(gwapi, services=[f"172.18.210.{i}" for i in range(1, 40)])
 
 
-def until(check: Callable[[], Any], what: str, stack: DnsStack | None = None, timeout: float = WAIT) -> None:
-    watch = [stack.backend.process, stack.coredns.process] if stack else []
-    wait_for(check, what=what, timeout=timeout, watch=watch)
-
-
 def answer(stack: DnsStack, name: str, rtype: str = "A") -> DigResult:
     return stack.dig(name, rtype)
-
-
-def wait_answer(stack: DnsStack, name: str, want: list[str] | str, rtype: str = "A",
-                timeout: float = WAIT) -> None:
-    """Until dig says `want`: the sorted data (a list) or the rcode (a str)."""
-    last: list[DigResult] = []
-
-    def check() -> bool:
-        r = answer(stack, name, rtype)
-        last[:] = [r]
-        return r.rcode == want if isinstance(want, str) else (
-            r.rcode == "NOERROR" and sorted(r.values(rtype)) == sorted(want))
-
-    try:
-        until(check, f"{name} {rtype} -> {want}", stack, timeout)
-    except Exception as e:
-        raise AssertionError(f"{e}\nlast answer:\n{last[0].output if last else None}") from None
 
 
 def events(plane: ControlPlane, ns: str, name: str) -> list[tuple[str, str, str]]:
@@ -88,7 +69,7 @@ def wait_event(plane: ControlPlane, ns: str, name: str, reason: str, stack: DnsS
         found[:] = [m for t, r, m in events(plane, ns, name) if t == "Warning" and r == reason]
         return bool(found)
 
-    until(check, f"Warning Event {reason} on {ns}/{name}", stack)
+    stack.wait_for(check, what=f"Warning Event {reason} on {ns}/{name}", timeout=WAIT)
     return found[0]
 
 
@@ -129,7 +110,8 @@ def gateway_address(plane: ControlPlane, ns: str, name: str) -> list[str]:
 
 
 def wait_address(plane: ControlPlane, ns: str, name: str) -> str:
-    until(lambda: gateway_address(plane, ns, name), f"the lbpool gives Gateway {ns}/{name} an address")
+    wait_for(lambda: gateway_address(plane, ns, name),
+             what=f"the lbpool gives Gateway {ns}/{name} an address", timeout=WAIT)
     return gateway_address(plane, ns, name)[0]
 
 
@@ -156,13 +138,13 @@ def test_each_route_kind_gives_its_names(gwapi: ControlPlane, pool: LbPool, name
     plane.apply(http_route("c", ns, "gw", ns, [], kind="TCPRoute", annotations=tcp_host))
     plane.apply(http_route("u", ns, "gw", ns, [], kind="UDPRoute", annotations=udp_host))
     for host in ("http", "grpc", "tls", "tcp", "udp"):
-        wait_answer(stack, f"{host}-{ns}.foowidgets.k8s", [address])
+        stack.wait_answer(f"{host}-{ns}.foowidgets.k8s", [address])
     # A route hostname edit moves the name; deleting the route takes it away.
     plane.apply(http_route("h", ns, "gw", ns, [f"http2-{ns}.foowidgets.k8s"]))
-    wait_answer(stack, f"http2-{ns}.foowidgets.k8s", [address])
-    wait_answer(stack, f"http-{ns}.foowidgets.k8s", "NXDOMAIN")
+    stack.wait_answer(f"http2-{ns}.foowidgets.k8s", [address])
+    stack.wait_answer(f"http-{ns}.foowidgets.k8s", "NXDOMAIN")
     plane.kubectl("delete", "grpcroute", "g", "-n", ns)
-    wait_answer(stack, f"grpc-{ns}.foowidgets.k8s", "NXDOMAIN")
+    stack.wait_answer(f"grpc-{ns}.foowidgets.k8s", "NXDOMAIN")
 
 
 def test_listener_hostname_narrows_and_not_allowed_routes_get_nothing(
@@ -177,7 +159,7 @@ def test_listener_hostname_narrows_and_not_allowed_routes_get_nothing(
         stack = dns_stack_factory(plane, ZONES)
         address = wait_address(plane, ns, "gw")
         plane.apply(http_route("r", ns, "gw", ns, [f"a-{ns}.shop.foowidgets.k8s", f"b-{ns}.foowidgets.k8s"]))
-        wait_answer(stack, f"a-{ns}.shop.foowidgets.k8s", [address])
+        stack.wait_answer(f"a-{ns}.shop.foowidgets.k8s", [address])
         assert answer(stack, f"b-{ns}.foowidgets.k8s").rcode == "NXDOMAIN"
         # The listener allows routes from its own namespace only: the controller does not accept it.
         plane.apply(http_route("r", other, "gw", ns, [f"c-{ns}.shop.foowidgets.k8s"]))
@@ -191,7 +173,7 @@ def test_listener_hostname_narrows_and_not_allowed_routes_get_nothing(
         assert answer(stack, f"m-{ns}.elsewhere.foowidgets.k8s").rcode == "NXDOMAIN"
         # A route without hostnames takes the listener's: the wildcard answers below shop.
         plane.apply(http_route("any", ns, "gw", ns, []))
-        wait_answer(stack, f"x-{ns}.shop.foowidgets.k8s", [address])
+        stack.wait_answer(f"x-{ns}.shop.foowidgets.k8s", [address])
     finally:
         plane.kubectl("delete", "namespace", other, "--wait=false")
 
@@ -226,9 +208,9 @@ def test_status_rules_target_annotation_hostname_address_and_bad_input(
             "conditions": [{"type": "Accepted", "status": accepted, "reason": "Test", "message": "test",
                             "observedGeneration": route["metadata"]["generation"],
                             "lastTransitionTime": "2026-01-01T00:00:00Z"}]}]})
-    wait_answer(stack, f"cname-{ns}.foowidgets.k8s", ["lb.example.net."], "CNAME")
-    wait_answer(stack, f"annotated-{ns}.foowidgets.k8s", ["203.0.113.9"])
-    wait_answer(stack, f"broken-{ns}.foowidgets.k8s", ["10.7.0.2"])  # the good address stays
+    stack.wait_answer(f"cname-{ns}.foowidgets.k8s", ["lb.example.net."], "CNAME")
+    stack.wait_answer(f"annotated-{ns}.foowidgets.k8s", ["203.0.113.9"])
+    stack.wait_answer(f"broken-{ns}.foowidgets.k8s", ["10.7.0.2"])  # the good address stays
     for name, reason in (("refused", "RouteNotAccepted"), ("noaddr", "GatewayNoAddress"),
                          ("broken", "InvalidAddress"), ("missing", "GatewayNotFound")):
         wait_event(plane, ns, name, reason, stack)
@@ -238,7 +220,7 @@ def test_status_rules_target_annotation_hostname_address_and_bad_input(
     assert f"httproute/{ns}/missing: GatewayNotFound" in log
     # The Gateway gets an address: its route answers, nothing else changed.
     patch_status(plane, "gateway", ns, "empty", {"addresses": [{"type": "IPAddress", "value": "10.7.0.3"}]})
-    wait_answer(stack, f"noaddr-{ns}.foowidgets.k8s", ["10.7.0.3"])
+    stack.wait_answer(f"noaddr-{ns}.foowidgets.k8s", ["10.7.0.3"])
     assert answer(stack, f"annotated-{ns}.foowidgets.k8s").values("A") == ["203.0.113.9"]
 
 
@@ -263,9 +245,9 @@ def test_gateway_filter_flags(gwapi: ControlPlane, pool: LbPool, namespace: str,
         wait_address(plane, *dropped[::-1])
         plane.apply(http_route("in", ns, kept[0], kept[1], [f"in-{ns}.foowidgets.k8s"]))
         plane.apply(http_route("out", ns, dropped[0], dropped[1], [f"out-{ns}.foowidgets.k8s"]))
-        wait_answer(stack, f"in-{ns}.foowidgets.k8s", [address])
-        until(lambda: "Accepted" in plane.kubectl("get", "httproute", "out", "-n", ns, "-o", "json"),
-              "the controller accepts the other route")
+        stack.wait_answer(f"in-{ns}.foowidgets.k8s", [address])
+        wait_for(lambda: "Accepted" in plane.kubectl("get", "httproute", "out", "-n", ns, "-o", "json"),
+                 what="the controller accepts the other route", timeout=WAIT)
         assert answer(stack, f"out-{ns}.foowidgets.k8s").rcode == "NXDOMAIN"
     finally:
         plane.kubectl("delete", "namespace", other, "--wait=false")
@@ -317,7 +299,7 @@ spec:
     stack = dns_stack_factory(plane, ZONES)
     plane.apply(manifest, "-n", "default")
     try:
-        wait_answer(stack, "api.example.com", ["203.0.113.1"])
+        stack.wait_answer("api.example.com", ["203.0.113.1"])
         assert answer(stack, "api.example.com").answer[0].ttl == 300
     finally:
         plane.kubectl("delete", "-n", "default", "-f", "-", input=manifest)
@@ -335,7 +317,7 @@ metadata:
 spec: {type: ExternalName, externalName: elsewhere.example.net}
 """, "-n", "default")
     stack = dns_stack_factory(plane, ZONES)
-    wait_answer(stack, "plain.foowidgets.k8s", ["elsewhere.example.net."], "CNAME")
+    stack.wait_answer("plain.foowidgets.k8s", ["elsewhere.example.net."], "CNAME")
     log = stack.backend.process.log.read_text()
     assert log.count("gateway-*route sources off") == 1, log
     assert "gateway.networking.k8s.io" not in log.replace("gateway.networking.k8s.io/v1 gateways", ""), log
@@ -381,19 +363,112 @@ def test_gslb_over_an_httproute_and_two_gateway_parents(
     stack = dns_stack_factory(plane, ("gb.foowidgets.k8s",), demo.backend_flags("us-buf"))
     address = wait_address(plane, ns, "shop")
     host = f"shop-{ns}.gb.foowidgets.k8s"
-    wait_answer(stack, host, [address])
-    until(lambda: gslb_ready(plane, ns, "shop").get("status") == "True", "Gslb shop Ready", stack)
+    stack.wait_answer(host, [address])
+    stack.wait_for(lambda: gslb_ready(plane, ns, "shop").get("status") == "True",
+                   what="Gslb shop Ready", timeout=WAIT)
     plane.kubectl("scale", "deployment", "nginx", "-n", ns, "--replicas=0")
-    wait_answer(stack, host, [])  # NODATA: the only cluster has nothing healthy
+    stack.wait_answer(host, [])  # NODATA: the only cluster has nothing healthy
     plane.kubectl("scale", "deployment", "nginx", "-n", ns, "--replicas=1")
-    wait_answer(stack, host, [address])
+    stack.wait_answer(host, [address])
     # Two Gateway parents: k8gb cannot tell which addresses are the route's.
     plane.apply(gateway("second", ns))
     plane.apply(shop(ns, parents=("shop", "second")))
-    until(lambda: gslb_ready(plane, ns, "shop").get("reason") == "InvalidParentRefs",
-          "Ready=False InvalidParentRefs on the Gslb", stack)
+    stack.wait_for(lambda: gslb_ready(plane, ns, "shop").get("reason") == "InvalidParentRefs",
+                   what="Ready=False InvalidParentRefs on the Gslb", timeout=WAIT)
     assert "2 Gateway parents" in gslb_ready(plane, ns, "shop")["message"]
     wait_event(plane, ns, "shop", "InvalidParentRefs", stack)
+
+
+def test_gslb_over_an_httproute_answers_what_the_gateways_hostname_address_resolves_to(
+    gwapi: ControlPlane, pool: LbPool, namespace: str, bind9: Bind9, dns_stack_factory: StackFactory
+) -> None:
+    """k8gb digs a Gateway's `Hostname` address through the edge DNS servers. The lab's controller
+    gives Gateway shop the hostname it asks for (as a cloud load balancer's controller would); BIND9 on
+    loopback, the edge, holds its A record; the answer, and what peers read, follow the record."""
+    plane, ns = gwapi, namespace
+    lb = f"lb-{ns}.foowidgets.k8s"
+    set_edge_record(bind9, lb, "10.9.1.1")  # TTL 1 s
+    demo.install_crds(plane)
+    plane.apply(demo.CHAPTER_APP.read_text().replace("namespace: demo", f"namespace: {ns}").replace(
+        "name: demo\n", f"name: {ns}\n"))
+    host = f"shop-{ns.rsplit('-', 1)[1]}.gb.foowidgets.k8s"  # localtargets-<host>: a label of <= 63
+    plane.apply(shop(ns, addresses=f"\n  addresses: [{{type: Hostname, value: {lb}}}]").replace(
+        f"shop-{ns}.gb.foowidgets.k8s", host))
+    stack = dns_stack_factory(plane, ("gb.foowidgets.k8s",), demo.backend_flags(
+        "us-buf", "--edge-dns-servers", bind9.address, "--edge-publish-names", "false"))
+    stack.wait_for(lambda: gateway_address(plane, ns, "shop") == [lb], what=f"Gateway shop's address {lb}")
+    stack.wait_answer(host, ["10.9.1.1"])
+    stack.wait_answer("localtargets-" + host, ["10.9.1.1"], timeout=10)  # what the other clusters read
+    set_edge_record(bind9, lb, "10.9.1.2")  # the load balancer moves
+    stack.wait_answer(host, ["10.9.1.2"])
+    stack.wait_answer("localtargets-" + host, ["10.9.1.2"])
+
+
+# k8gb's manifests that use a version the pinned Gateway API v1.6.0 standard CRDs list but do not
+# serve (TCPRoute/UDPRoute v1alpha2, TLSRoute v1alpha2/v1alpha3: `served: false`): the apiserver
+# refuses those routes, the Gslbs beside them are created and find no route.
+K8GB_UNSERVED = {
+    "k8gb.absa.oss_v1beta1_gslb_cr_failover_gatewayapi_tcproute.yaml": "TCPRoute v1alpha2",
+    "k8gb.absa.oss_v1beta1_gslb_cr_failover_gatewayapi_tlsroute.yaml": "TLSRoute v1alpha3",
+    "k8gb.absa.oss_v1beta1_gslb_cr_failover_gatewayapi_udproute.yaml": "UDPRoute v1alpha2",
+    "k8gb.io_v1beta1_gslb_cr_gatewayapi_tlsroute_versions.yaml": "TLSRoute v1alpha2, v1alpha3",
+}
+
+
+def test_k8gb_gateway_api_manifests_apply_unchanged_and_answer(
+    gwapi: ControlPlane, pool: LbPool, dns_stack_factory: StackFactory
+) -> None:
+    """k8gb's own Gateway API manifests (tests/manifests/k8gb/README.md says where from), applied as
+    they are, beside what they take for granted: every route the apiserver serves answers the
+    Gateway's address (NODATA when its backend is unhealthy or missing); the routes in versions v1.6
+    no longer serves are refused by the apiserver, and their names are not served."""
+    plane = gwapi
+    demo.install_crds(plane)
+    given = f"""
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: istio}}
+spec: {{controllerName: {CONTROLLER}}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {{name: istio-ingress}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: unhealthy-app, namespace: test-gslb-gatewayapi}}
+spec:
+  selector: {{app: unhealthy-app}}
+  ports: [{{port: 80}}]
+"""
+    manifests = sorted(K8GB_MANIFESTS.glob("*.yaml"), key=lambda p: p.name != "namespace_gatewayapi.yaml")
+    refused: dict[str, str] = {}
+    try:
+        plane.apply(demo.app("test-gslb-gatewayapi", "frontend-podinfo"))  # creates the namespace too
+        plane.apply(given)
+        for path in manifests:  # the namespace first (its label is theirs), then the rest
+            try:
+                plane.kubectl("apply", "-f", str(path))
+            except RuntimeError as e:
+                refused[path.name] = str(e)
+        assert sorted(refused) == sorted(K8GB_UNSERVED), refused
+        for name, error in refused.items():
+            assert "gateway.networking.k8s.io/v1alpha" in error, (name, error)
+        stack = dns_stack_factory(plane, ("cloud.example.com",), [
+            "--dns-zone", "cloud.example.com", "--edge-dns-zone", "example.com", "--cluster-geo-tag", "eu"])
+        address = wait_address(plane, "istio-ingress", "gatewayapi")
+        for name in ("failover-httproute", "roundrobin-httproute", "tlsroute-v1"):
+            stack.wait_answer(f"{name}.cloud.example.com", [address])
+        for name in ("unhealthy-httproute", "notfound-httproute"):  # no healthy backend: NODATA
+            stack.wait_answer(f"{name}.cloud.example.com", [])
+        assert stack.dig("roundrobin-httproute.cloud.example.com").answer[0].ttl == 30  # dnsTtlSeconds
+        for name in ("gatewayapi-tcproute", "gatewayapi-udproute", "failover-tlsroute", "tlsroute-v1alpha2",
+                     "tlsroute-v1alpha3"):
+            assert stack.dig(f"{name}.cloud.example.com").rcode == "NXDOMAIN", name
+    finally:
+        for ns in ("test-gslb-gatewayapi", "istio-ingress"):
+            plane.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found")
+        plane.kubectl("delete", "gatewayclass", "istio", "--ignore-not-found")
 
 
 def test_gslb_over_an_httproute_fails_over_between_two_clusters(

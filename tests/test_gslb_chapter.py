@@ -14,7 +14,6 @@ from lab import demo
 from lab.dig import DigResult
 from lab.kube import ControlPlane
 from lab.lbpool import set_load_balancer
-from lab.proc import wait_for
 from lab.sidecar import DnsStack
 
 pytestmark = pytest.mark.controlplane
@@ -32,18 +31,6 @@ def crds(control_plane: ControlPlane) -> ControlPlane:
 @pytest.fixture
 def stack(crds: ControlPlane, dns_stack_factory: Callable[..., DnsStack]) -> DnsStack:
     return dns_stack_factory(crds, zones=(ZONE,), flags=demo.backend_flags("us-buf"))
-
-
-def until(stack: DnsStack, check: Callable[[], Any], what: str, timeout: float = 30) -> None:
-    wait_for(check, what=what, timeout=timeout, watch=[stack.backend.process, stack.coredns.process])
-
-
-def answers(stack: DnsStack, name: str, want: list[str], rtype: str = "A") -> Callable[[], bool]:
-    def check() -> bool:
-        r = stack.dig(name, rtype)
-        return r.rcode == "NOERROR" and sorted(r.values(rtype)) == sorted(want)
-
-    return check
 
 
 def gslb(plane: ControlPlane, ns: str, name: str, group: str = "k8gb.absa.oss") -> dict[str, Any]:
@@ -84,56 +71,38 @@ def test_chapter_failover_gslb_follows_the_deployment(chapter: ControlPlane, sta
         refs = ing["metadata"].get("ownerReferences") or []
         return ing["metadata"]["labels"]["app.k8gb.io/managed-by"] == "gslb" and refs[0]["kind"] == "Gslb"
 
-    until(stack, owned, "the owned Ingress")
+    stack.wait_for(owned, what="the owned Ingress")
     announce(plane, "Ingress", "demo", "gslb-failover-buf", ["10.2.1.167"])
-    until(stack, answers(stack, HOST, ["10.2.1.167"]), "fe -> 10.2.1.167")
+    stack.wait_answer(HOST, ["10.2.1.167"], timeout=30)
     r = stack.dig(HOST)
     assert r.answer[0].ttl == 30 and "aa" in r.flags
 
     table = plane.kubectl("get", "gslb", "-n", "demo")
     assert table.split()[:3] == ["NAME", "STRATEGY", "GEOTAG"], table
-    until(
-        stack,
-        lambda: (
-            plane.kubectl("get", "gslb", "-n", "demo").split()[3:6]
-            == ["gslb-failover-buf", "failover", "us-buf"]
-        ),
-        "kubectl get gslb: failover us-buf",
-    )
+    stack.wait_for(lambda: plane.kubectl("get", "gslb", "-n", "demo").split()[3:6]
+                   == ["gslb-failover-buf", "failover", "us-buf"], what="kubectl get gslb: failover us-buf")
     assert "HOSTS" in plane.kubectl("get", "gslb", "-n", "demo", "-o", "wide")
-    until(
-        stack,
-        lambda: gslb(plane, "demo", "gslb-failover-buf")["status"]["serviceHealth"] == {HOST: "Healthy"},
-        "serviceHealth Healthy",
-    )
+    stack.wait_for(lambda: gslb(plane, "demo", "gslb-failover-buf")["status"]["serviceHealth"]
+                   == {HOST: "Healthy"}, what="serviceHealth Healthy")
     obj = gslb(plane, "demo", "gslb-failover-buf")
     assert obj["status"]["healthyRecords"] == {HOST: ["10.2.1.167"]}
     assert obj["status"]["hosts"] == HOST and ready(obj)["status"] == "True"
 
     plane.kubectl("scale", "deploy", "nginx", "-n", "demo", "--replicas=0")
-    until(stack, lambda: nodata(stack.dig(HOST)), "NODATA after scaling to 0")
+    stack.wait_for(lambda: nodata(stack.dig(HOST)), what="NODATA after scaling to 0")
     soa = next(a for a in stack.dig(HOST).authority if a.rtype == "SOA")
     assert int(soa.data.split()[-1]) == 5  # the short negative TTL, so recovery is not cached for long
-    until(
-        stack,
-        lambda: gslb(plane, "demo", "gslb-failover-buf")["status"]["serviceHealth"] == {HOST: "Unhealthy"},
-        "serviceHealth Unhealthy",
-    )
+    stack.wait_for(lambda: gslb(plane, "demo", "gslb-failover-buf")["status"]["serviceHealth"]
+                   == {HOST: "Unhealthy"}, what="serviceHealth Unhealthy")
     assert ready(gslb(plane, "demo", "gslb-failover-buf"))["reason"] == "Unhealthy"
     assert stack.dig("localtargets-" + HOST).rcode == "NXDOMAIN"  # peers see no local target
-    until(
-        stack,
-        lambda: ("Warning", "HostUnhealthy") in events(plane, "demo", "gslb-failover-buf"),
-        "Event HostUnhealthy",
-    )
+    stack.wait_for(lambda: ("Warning", "HostUnhealthy") in events(plane, "demo", "gslb-failover-buf"),
+                   what="Event HostUnhealthy")
 
     plane.kubectl("scale", "deploy", "nginx", "-n", "demo", "--replicas=1")
-    until(stack, answers(stack, HOST, ["10.2.1.167"]), "fe -> 10.2.1.167 again")
-    until(
-        stack,
-        lambda: ("Normal", "HostHealthy") in events(plane, "demo", "gslb-failover-buf"),
-        "Event HostHealthy",
-    )
+    stack.wait_answer(HOST, ["10.2.1.167"], timeout=30)
+    stack.wait_for(lambda: ("Normal", "HostHealthy") in events(plane, "demo", "gslb-failover-buf"),
+                   what="Event HostHealthy")
     assert stack.dig("localtargets-" + HOST).values("A") == ["10.2.1.167"]
 
     # The Ingress belongs to the Gslb: an edit is put back, and so is a deleted one.
@@ -144,9 +113,9 @@ def test_chapter_failover_gslb_follows_the_deployment(chapter: ControlPlane, sta
     edit = [{"op": "replace", "path": "/spec/rules/0/host", "value": f"edited.{ZONE}"}]
     plane.kubectl("patch", "ingress", "gslb-failover-buf", "-n", "demo", "--type=json",
                   "-p", json.dumps(edit))
-    until(stack, lambda: host_of_ingress() == HOST, "the edit reverted")
+    stack.wait_for(lambda: host_of_ingress() == HOST, what="the edit reverted")
     plane.kubectl("delete", "ingress", "gslb-failover-buf", "-n", "demo")
-    until(stack, lambda: host_of_ingress() == HOST, "the Ingress re-created")
+    stack.wait_for(lambda: host_of_ingress() == HOST, what="the Ingress re-created")
 
 
 def exists(plane: ControlPlane, kind: str, namespace: str, name: str) -> Callable[[], bool]:
@@ -166,7 +135,7 @@ def test_annotated_ingress_gets_a_gslb(crds: ControlPlane, namespace: str, stack
              "k8gb.io/dns-ttl-seconds": "12"}
     plane.apply(demo.ingress(namespace, "shop", f"shop.{ZONE}", "shop", notes))
     announce(plane, "Ingress", namespace, "shop", ["10.2.1.50"])
-    until(stack, answers(stack, f"shop.{ZONE}", ["10.2.1.50"]), "shop -> 10.2.1.50")
+    stack.wait_answer(f"shop.{ZONE}", ["10.2.1.50"], timeout=30)
     obj = gslb(plane, namespace, "shop")
     ref = {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "name": "shop", "namespace": namespace}
     assert obj["spec"]["resourceRef"] == ref
@@ -176,8 +145,8 @@ def test_annotated_ingress_gets_a_gslb(crds: ControlPlane, namespace: str, stack
 
     plane.kubectl("annotate", "ingress", "shop", "-n", namespace, "--overwrite",
                   "k8gb.io/strategy=roundRobin")
-    until(stack, lambda: gslb(plane, namespace, "shop")["spec"]["strategy"]["type"] == "roundRobin",
-          "the Gslb follows the annotation")
+    stack.wait_for(lambda: gslb(plane, namespace, "shop")["spec"]["strategy"]["type"] == "roundRobin",
+                   what="the Gslb follows the annotation")
 
 
 def test_loadbalancer_service_gslb_with_ipv6(crds: ControlPlane, namespace: str, stack: DnsStack) -> None:
@@ -190,14 +159,14 @@ def test_loadbalancer_service_gslb_with_ipv6(crds: ControlPlane, namespace: str,
     announce(plane, "Service", namespace, "api", ["172.18.200.10", "fd00:10::10"])
     ref = {"apiVersion": "v1", "kind": "Service", "name": "api"}
     plane.apply(demo.gslb(namespace, "api", {"type": "roundRobin"}, resource_ref=ref, group="k8gb.io"))
-    until(stack, answers(stack, host, ["172.18.200.10"]), "api A")
-    until(stack, answers(stack, host, ["fd00:10::10"], "AAAA"), "api AAAA")
+    stack.wait_answer(host, ["172.18.200.10"], timeout=30)
+    stack.wait_answer(host, ["fd00:10::10"], "AAAA", timeout=30)
     assert stack.dig(f"localtargets-{host}", "AAAA").values("AAAA") == ["fd00:10::10"]
-    until(stack, lambda: gslb(plane, namespace, "api", "k8gb.io").get("status", {}).get("healthyRecords")
-          == {host: ["172.18.200.10", "fd00:10::10"]}, "status of the k8gb.io Gslb")
+    stack.wait_for(lambda: gslb(plane, namespace, "api", "k8gb.io").get("status", {}).get("healthyRecords")
+          == {host: ["172.18.200.10", "fd00:10::10"]}, what="status of the k8gb.io Gslb")
 
     plane.kubectl("scale", "deploy", "api", "-n", namespace, "--replicas=0")
-    until(stack, lambda: nodata(stack.dig(host, "AAAA")), "AAAA NODATA when the Service has no pod")
+    stack.wait_for(lambda: nodata(stack.dig(host, "AAAA")), what="AAAA NODATA when the Service has no pod")
 
 
 BAD = {
@@ -222,18 +191,18 @@ def test_bad_gslbs_get_conditions_and_events_and_the_rest_keeps_answering(
                           service="good"))
     plane.apply("\n---\n".join(docs))
     demo.announce_ingress(plane, namespace, "good", ["10.3.0.1"])
-    until(stack, answers(stack, f"good.{ZONE}", ["10.3.0.1"]), "the good Gslb answers")
+    stack.wait_answer(f"good.{ZONE}", ["10.3.0.1"], timeout=30)
 
     expected = {name: reason for name, (_, reason) in BAD.items()} | {"dangling": "ResourceNotFound"}
     for name, reason in expected.items():
-        until(stack, lambda n=name, r=reason: ready(gslb(plane, namespace, n)).get("reason") == r,
-              f"{name}: Ready=False {reason}")
+        stack.wait_for(lambda n=name, r=reason: ready(gslb(plane, namespace, n)).get("reason") == r,
+                       what=f"{name}: Ready=False {reason}")
         assert ready(gslb(plane, namespace, name))["status"] == "False"
-        until(stack, lambda n=name, r=reason: ("Warning", r) in events(plane, namespace, n),
-              f"{name}: Event {reason}")
+        stack.wait_for(lambda n=name, r=reason: ("Warning", r) in events(plane, namespace, n),
+                       what=f"{name}: Event {reason}")
         assert stack.dig(f"{name}.{ZONE}").rcode == "NXDOMAIN"
-    until(stack, lambda: ("Warning", "WriteRejected") in events(plane, namespace, "bad-host"),
-          "Event WriteRejected")
+    stack.wait_for(lambda: ("Warning", "WriteRejected") in events(plane, namespace, "bad-host"),
+                   what="Event WriteRejected")
     assert stack.backend.process.alive()
     assert ready(gslb(plane, namespace, "good"))["status"] == "True"
     status, body = stack.backend.get("/metrics")
@@ -255,14 +224,16 @@ def test_gslb_writes_work_under_the_shipped_least_privilege_rbac(
     plane.apply(demo.gslb(namespace, "owned", {"type": "roundRobin"}, host=f"owned.{ZONE}", service="web"))
     notes = {"k8gb.io/strategy": "roundRobin"}
     plane.apply(demo.ingress(namespace, "annotated", f"annotated.{ZONE}", "web", notes))
-    until(stack, exists(plane, "ingress", namespace, "owned"), "the owned Ingress")
-    until(stack, exists(plane, "gslb", namespace, "annotated"), "the annotation-made Gslb")
+    stack.wait_for(exists(plane, "ingress", namespace, "owned"), what="the owned Ingress")
+    stack.wait_for(exists(plane, "gslb", namespace, "annotated"), what="the annotation-made Gslb")
     for name in ("owned", "annotated"):
         announce(plane, "Ingress", namespace, name, ["10.5.0.1"])
     for name in ("owned", "annotated"):
-        until(stack, answers(stack, f"{name}.{ZONE}", ["10.5.0.1"]), f"{name} answers")
-        until(stack, lambda n=name: ready(gslb(plane, namespace, n)).get("status") == "True", f"{name} Ready")
+        stack.wait_answer(f"{name}.{ZONE}", ["10.5.0.1"], timeout=30)
+        stack.wait_for(lambda n=name: ready(gslb(plane, namespace, n)).get("status") == "True",
+                       what=f"{name} Ready")
     plane.kubectl("scale", "deploy", "web", "-n", namespace, "--replicas=0")
-    until(stack, lambda: ("Warning", "HostUnhealthy") in events(plane, namespace, "owned"), "Event as the SA")
+    stack.wait_for(lambda: ("Warning", "HostUnhealthy") in events(plane, namespace, "owned"),
+                   what="Event as the SA")
     denied = 'User "system:serviceaccount:coredns-gslb:coredns-gslb" cannot'  # the apiserver's RBAC refusal
     assert denied not in stack.backend.process.log.read_text()

@@ -16,7 +16,6 @@ from lab.bind9 import Bind9
 from lab.dig import dig
 from lab.kube import ControlPlane
 from lab.sidecar import DnsStack
-from tests.test_sources_services import wait_answer
 
 pytestmark = pytest.mark.controlplane
 ZONE = "gb.foowidgets.k8s"
@@ -49,11 +48,11 @@ def test_exposed_hostnames_are_resolved_win_over_exposed_ips_and_follow_the_name
     crds.apply(json.dumps(gslb))
     stack = dns_stack_factory(crds, zones=(ZONE,), flags=demo.backend_flags(
         "us-buf", "--edge-dns-servers", bind9.address, "--edge-publish-names", "false"))
-    wait_answer(crds, stack, host, "A", ["10.9.0.1"])
+    stack.wait_answer(host, ["10.9.0.1"])
     set_edge_record(bind9, node, "10.9.0.2")  # the node's address moves (TTL 1 s)
-    wait_answer(crds, stack, host, "A", ["10.9.0.2"])
+    stack.wait_answer(host, ["10.9.0.2"])
     crds.kubectl("annotate", "gslbs.k8gb.absa.oss", "app", "-n", namespace, "k8gb.io/exposed-hostnames-")
-    wait_answer(crds, stack, host, "A", ["10.9.9.9"])
+    stack.wait_answer(host, ["10.9.9.9"])
 
 
 def zone_delegation(name: str, zone: str, parent: str = "foowidgets.k8s", neg_ttl: int = 7) -> str:
@@ -92,7 +91,7 @@ def test_zone_delegation_at_run_time_serves_the_zone_publishes_ns_and_glue_and_f
     assert stack.dig(host).rcode == "REFUSED"  # not a zone of ours yet
     try:
         crds.apply(zone_delegation(f"zd-{namespace}", zone))
-        wait_answer(crds, stack, host, "A", ["10.8.0.1"])
+        stack.wait_answer(host, ["10.8.0.1"])
         soa = stack.dig(zone, "SOA")
         assert soa.rcode == "NOERROR" and "aa" in soa.flags, soa.output
         assert [v.split()[-1] for v in soa.values("SOA")] == ["7"], soa.output  # dnsZoneNegTTL: SOA minimum
@@ -108,7 +107,7 @@ def test_zone_delegation_at_run_time_serves_the_zone_publishes_ns_and_glue_and_f
                       what="status.dnsServers written by the leader", timeout=30)
     finally:
         crds.kubectl("delete", "zd", f"zd-{namespace}", "--ignore-not-found")
-    wait_answer(crds, stack, host, "A", "REFUSED")  # the zone went with its ZoneDelegation ...
+    stack.wait_answer(host, "REFUSED")  # the zone went with its ZoneDelegation ...
     crds.wait_for(lambda: referral(bind9, zone) == [] and glue(bind9, ns_name) == [],
                   what=f"our NS and glue for {zone} withdrawn from the edge", timeout=30)
     assert "gslb-ns-us-buf-gb.foowidgets.k8s." in referral(bind9, ZONE)  # ... the flags' zone stays

@@ -20,7 +20,7 @@ import pytest
 
 from bench import dnsperf
 from lab.dig import dig
-from lab.proc import PYTHON, ROOT, free_loopback_ip, free_port, pid_running, port_free, read_pidfile
+from lab.proc import PYTHON, ROOT, free_loopback_ip, free_port, pid_running, port_free, read_pidfile, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -107,10 +107,8 @@ def test_make_lab_replays_the_chapter_and_stops_cleanly(lab_dir: Path) -> None:
     for step, want in (("down", ["10.2.1.98"]), ("up", ["10.2.1.167"])):
         switched = lab(lab_dir, "dataplane", "us-buf", step, timeout=60)
         assert switched.returncode == 0, switched.stdout + switched.stderr
-        deadline = time.monotonic() + 60
-        while dig(nyc, "fe.gb.foowidgets.k8s", "A", "+norecurse").values("A") != want:
-            assert time.monotonic() < deadline, f"us-nyc answers {want} after `lab dataplane us-buf {step}`"
-            time.sleep(0.2)
+        wait_for(lambda w=want: dig(nyc, "fe.gb.foowidgets.k8s", "A", "+norecurse").values("A") == w,
+                 what=f"us-nyc answers {want} after `lab dataplane us-buf {step}`", timeout=60, interval=0.2)
 
     pids = [recorded for f in lab_dir.rglob("*.pid") if (recorded := read_pidfile(f))]
     assert len(pids) >= 19, ("etcd, edge, per cluster 4 kube components, lbpool, data plane, listener, "
@@ -135,10 +133,8 @@ def test_lab_roll_replaces_a_backend_under_load_and_loses_no_answer(lab_dir: Pat
     assert run.returncode == 0, run.stdout + run.stderr
     buf = json.loads((lab_dir / "state.json").read_text())["clusters"]["us-buf"]
     names = {"nginx.foowidgets.k8s": ["172.18.200.101"], "fe.gb.foowidgets.k8s": ["10.2.1.167"]}
-    deadline = time.monotonic() + 60
-    while any(dig(buf["dns"], n, "A", "+norecurse").values("A") != want for n, want in names.items()):
-        assert time.monotonic() < deadline, f"us-buf's CoreDNS answers {names} within 60 s"
-        time.sleep(0.2)
+    wait_for(lambda: all(dig(buf["dns"], n, "A", "+norecurse").values("A") == w for n, w in names.items()),
+             what=f"us-buf's CoreDNS answering {names}", timeout=60, interval=0.2)
     folder = lab_dir / "us-buf"
     listener, old = read_pidfile(folder / "us-buf-listener.pid"), read_pidfile(folder / "us-buf-backend.pid")
     assert listener and pid_running(*listener) and old and pid_running(*old)
@@ -151,6 +147,7 @@ def test_lab_roll_replaces_a_backend_under_load_and_loses_no_answer(lab_dir: Pat
     time.sleep(3)
     rolled = lab(lab_dir, "roll", "us-buf", timeout=90)
     load.join(90)
+    assert not load.is_alive(), "dnsperf (30 s of load) did not finish within 90 s of the roll"
     assert rolled.returncode == 0, rolled.stdout + rolled.stderr
     new = read_pidfile(folder / "us-buf-backend.pid")
     assert new and new[0] != old[0] and pid_running(*new) and not pid_running(*old), rolled.stdout

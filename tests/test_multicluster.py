@@ -107,8 +107,7 @@ def edge_answer(edge: Bind9) -> list[str]:
 
 
 def until(check: Callable[[], bool], what: str, cs: Sequence[Cluster] = (), timeout: float = WAIT) -> None:
-    wait_for(check, what=what, timeout=timeout, watch=[p for c in cs for p in (c.stack.backend.process,
-                                                                               c.stack.coredns.process)])
+    wait_for(check, what=what, timeout=timeout, watch=[p for c in cs for p in c.stack.processes])
 
 
 def everywhere(cs: Sequence[Cluster], expected: list[str]) -> Callable[[], bool]:

@@ -12,7 +12,7 @@ import pytest
 from lab.kube import ControlPlane
 from lab.lbpool import set_load_balancer
 from lab.sidecar import DnsStack
-from tests.test_sources_services import ALPHA, wait_answer
+from tests.test_sources_services import ALPHA
 
 pytestmark = pytest.mark.controlplane
 OUTAGE_SECONDS = 30
@@ -33,7 +33,7 @@ metadata:
 spec: {{type: LoadBalancer, ports: [{{port: 80}}]}}
 """)
     set_load_balancer(plane.api_client(), "Service", "default", "steady", ["172.18.200.101"])
-    wait_answer(plane, stack, "steady.foowidgets.k8s", "A", ["172.18.200.101"])
+    stack.wait_answer("steady.foowidgets.k8s", ["172.18.200.101"])
     pid = stack.backend.process.pid
 
     plane.stop_apiserver()
@@ -52,7 +52,7 @@ spec: {{type: LoadBalancer, ports: [{{port: 80}}]}}
     assert stack.dig("missing.foowidgets.k8s").rcode == "NXDOMAIN"
 
     set_load_balancer(plane.api_client(), "Service", "default", "steady", ["172.18.200.102"])
-    wait_answer(plane, stack, "steady.foowidgets.k8s", "A", ["172.18.200.102"], timeout=60)
+    stack.wait_answer("steady.foowidgets.k8s", ["172.18.200.102"], timeout=60)
     assert stack.backend.process.pid == pid and stack.backend.process.alive()
     plane.kubectl("delete", "service", "steady")
-    wait_answer(plane, stack, "steady.foowidgets.k8s", "A", "NXDOMAIN")
+    stack.wait_answer("steady.foowidgets.k8s", "NXDOMAIN")

@@ -28,6 +28,7 @@ from backend.gslb.strategy import answers
 from backend.model import GSLB_KEYS, PUBLISHED_KEY, Endpoint, ObjectRef, Store, Strategy, Target, peer_key
 from backend.peers import persist, shards
 from backend.peers.exchange import PeerExchange, PeerZone
+from lab.proc import wait_for_async
 
 ZONE = GslbZone("gb.foowidgets.k8s", "foowidgets.k8s")
 HOST = "fe.gb.foowidgets.k8s"
@@ -123,7 +124,7 @@ class _TcpServer(socketserver.ThreadingTCPServer):
 @contextlib.contextmanager
 def serving(double: DnsDouble) -> Iterator[DnsDouble]:
     """The double on 127.0.0.1 (a free port, UDP and TCP) in threads, for asyncio code and subprocesses."""
-    while True:  # a port free for both
+    for _ in range(50):  # a port free for both
         udp = _Server(("127.0.0.1", 0), _Handler)
         double.port = udp.server_address[1]
         try:
@@ -131,6 +132,8 @@ def serving(double: DnsDouble) -> Iterator[DnsDouble]:
             break
         except OSError:
             udp.server_close()
+    else:
+        raise OSError("no port on 127.0.0.1 free for both UDP and TCP after 50 tries")
     servers: list[_Server | _TcpServer] = [udp, tcp]
     threads = []
     for server in servers:
@@ -217,7 +220,10 @@ def rig(double: DnsDouble | None = None, **overrides: object) -> Iterator[Rig]:
 def asynchronous(test: Callable[..., Coroutine[None, None, None]]) -> Callable[..., None]:
     @functools.wraps(test)
     def run(*args: object, **kwargs: object) -> None:
-        asyncio.run(asyncio.wait_for(test(*args, **kwargs), 30))
+        try:
+            asyncio.run(asyncio.wait_for(test(*args, **kwargs), 30))
+        except TimeoutError:
+            raise AssertionError(f"{test.__name__} did not finish within 30 s") from None
 
     return run
 
@@ -424,17 +430,16 @@ async def test_local_health_change_sends_notify_and_notify_triggers_a_check() ->
     with rig(peer_poll_seconds=60.0) as r:
         task = asyncio.create_task(r.ex.run())
         try:
-            while not r.targets():
-                await asyncio.sleep(0.05)
+            await wait_for_async(r.targets, what="the first check publishes nyc's targets", timeout=20)
             local_gslb(r.store, targets=())  # our nginx went unhealthy
-            while not any(op == "NOTIFY" for op, _, _ in r.peer.seen):
-                await asyncio.sleep(0.05)
+            await wait_for_async(lambda: any(op == "NOTIFY" for op, _, _ in r.peer.seen),
+                                 what="a NOTIFY to the peer after our health changed", timeout=20)
             soas = r.peer.queries("SOA")
             r.peer.serial += 1
             r.peer.records[("localtargets-" + HOST, "A")] = ["10.2.1.97"]
             r.ex.on_notify(ZONE.dns_zone + ".", None)
-            while r.targets() == NYC:
-                await asyncio.sleep(0.05)
+            await wait_for_async(lambda: r.targets() != NYC, what="the NOTIFY-triggered check's new targets",
+                                 timeout=20)
             assert r.peer.queries("SOA") > soas
             assert r.targets() == [(HOST, "A", (Target("10.2.1.97", "us-nyc"),))]
         finally:

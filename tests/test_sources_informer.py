@@ -4,7 +4,6 @@ a CRD that appears after start, and stop() waking a blocked watch."""
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -47,7 +46,7 @@ def test_paged_list_then_relist_after_410_reports_what_vanished(
     inf.add_handler(rec)
     inf.start()
     try:
-        assert inf.synced.wait(30)
+        assert inf.synced.wait(30), "the first (paged) list"
         assert sorted(inf.objects) == sorted(f"{namespace}/s{i}" for i in range(7))
         inf.stop()
         control_plane.kubectl("delete", "service", "s0", "-n", namespace)
@@ -72,7 +71,8 @@ def test_a_crd_installed_after_start_counts_as_synced_empty_then_is_watched(
     inf.add_handler(rec)
     inf.start()
     try:
-        assert inf.synced.wait(30) and not inf.objects
+        assert inf.synced.wait(30), "the first list (of a kind not installed yet)"
+        assert not inf.objects
         control_plane.apply(f"""
 apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
@@ -96,10 +96,18 @@ spec:
         control_plane.kubectl("delete", "crd", f"widgets.{group}", "--ignore-not-found")
 
 
-def test_stop_wakes_a_blocked_watch(control_plane: ControlPlane) -> None:
-    inf = Informer(api_client(str(control_plane.kubeconfig)), SERVICES)
+def test_stop_wakes_a_blocked_watch(control_plane: ControlPlane, namespace: str) -> None:
+    inf = Informer(api_client(str(control_plane.kubeconfig)), SERVICES, namespace=namespace)
+    rec = Recorder()
+    inf.add_handler(rec)
+    before = set(threading.enumerate())
     inf.start()
-    assert inf.synced.wait(30)
-    time.sleep(0.5)  # let it block in the watch read
+    ours = [t for t in threading.enumerate() if t not in before and t.name == "informer-services"]
+    assert len(ours) == 1, "start() runs one watch thread"
+    assert inf.synced.wait(30), "the first list"
+    control_plane.apply(services(namespace, "blocked"))
+    # an event delivered through the watch: the thread is back in the watch read, waiting for the next
+    control_plane.wait_for(lambda: rec.seen("ADDED", "blocked"), what="the watch delivering ADDED blocked",
+                           timeout=30)
     inf.stop(timeout=5)
-    assert inf._thread is not None and not inf._thread.is_alive()
+    assert not ours[0].is_alive(), "stop() returned with the watch thread still blocked in its read"

@@ -13,7 +13,7 @@ import pytest
 from lab.kube import ControlPlane
 from lab.lbpool import set_load_balancer
 from lab.sidecar import DnsStack
-from tests.test_sources_services import ALPHA, wait_answer
+from tests.test_sources_services import ALPHA
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.controlplane
@@ -57,9 +57,9 @@ def test_ipv6_lb_answers_aaaa_and_hostname_status_answers_cname(
     api = control_plane.api_client()
     set_load_balancer(api, "Service", namespace, "v6", ["2001:db8::101", "172.18.200.7"])
     set_load_balancer(api, "Service", namespace, "byname", ["lb-1.example.net"])
-    wait_answer(control_plane, stack, f"v6-{namespace}.foowidgets.k8s", "AAAA", ["2001:db8::101"])
-    wait_answer(control_plane, stack, f"v6-{namespace}.foowidgets.k8s", "A", ["172.18.200.7"])
-    wait_answer(control_plane, stack, f"byname-{namespace}.foowidgets.k8s", "CNAME", ["lb-1.example.net."])
+    stack.wait_answer(f"v6-{namespace}.foowidgets.k8s", ["2001:db8::101"], "AAAA")
+    stack.wait_answer(f"v6-{namespace}.foowidgets.k8s", ["172.18.200.7"])
+    stack.wait_answer(f"byname-{namespace}.foowidgets.k8s", ["lb-1.example.net."], "CNAME")
 
 
 def pod_ips(plane: ControlPlane, namespace: str, names: list[str]) -> dict[str, str]:
@@ -108,13 +108,13 @@ metadata:
 spec: {{clusterIP: None, selector: {{app: hl}}, ports: [{{port: 80}}]}}{pods}
 """)
     ips = pod_ips(control_plane, namespace, ["web-0", "web-1"])
-    wait_answer(control_plane, stack, name, "A", sorted(ips.values()))
-    wait_answer(control_plane, stack, f"web-1.{name}", "A", [ips["web-1"]])
+    stack.wait_answer(name, sorted(ips.values()))
+    stack.wait_answer(f"web-1.{name}", [ips["web-1"]])
     set_pod_ready(control_plane, namespace, "web-1", False)
-    wait_answer(control_plane, stack, name, "A", [ips["web-0"]])
-    wait_answer(control_plane, stack, f"web-1.{name}", "A", "NXDOMAIN")
+    stack.wait_answer(name, [ips["web-0"]])
+    stack.wait_answer(f"web-1.{name}", "NXDOMAIN")
     set_pod_ready(control_plane, namespace, "web-1", True)
-    wait_answer(control_plane, stack, name, "A", sorted(ips.values()))
+    stack.wait_answer(name, sorted(ips.values()))
 
 
 def test_ingress_rules_and_tls_hosts_answer_its_lb_status(
@@ -134,8 +134,8 @@ spec:
   - hosts: [secure-{namespace}.foowidgets.k8s]
 """)
     set_load_balancer(control_plane.api_client(), "Ingress", namespace, "web", ["10.2.1.167"])
-    wait_answer(control_plane, stack, f"www-{namespace}.foowidgets.k8s", "A", ["10.2.1.167"])
-    wait_answer(control_plane, stack, f"secure-{namespace}.foowidgets.k8s", "A", ["10.2.1.167"])
+    stack.wait_answer(f"www-{namespace}.foowidgets.k8s", ["10.2.1.167"])
+    stack.wait_answer(f"secure-{namespace}.foowidgets.k8s", ["10.2.1.167"])
 
 
 def test_dnsendpoint_answers_every_record_type(
@@ -157,12 +157,12 @@ def test_dnsendpoint_answers_every_record_type(
         "spec": {"endpoints": [{"dnsName": n, "recordType": t, "targets": v, "recordTTL": 120}
                                for n, t, v in entries]},
     }))
-    wait_answer(control_plane, stack, f"a.{z}", "A", ["192.0.2.10", "192.0.2.11"])
-    wait_answer(control_plane, stack, f"a.{z}", "AAAA", ["2001:db8::10"])
-    wait_answer(control_plane, stack, f"alias.{z}", "CNAME", ["target.example.org."])
-    wait_answer(control_plane, stack, f"txt.{z}", "TXT", ['"hello world"'])
-    wait_answer(control_plane, stack, f"_sip._tcp.{z}", "SRV", ["10 60 5060 sip.example.org."])
-    wait_answer(control_plane, stack, f"mail.{z}", "MX", ["10 mx1.example.org."])
+    stack.wait_answer(f"a.{z}", ["192.0.2.10", "192.0.2.11"])
+    stack.wait_answer(f"a.{z}", ["2001:db8::10"], "AAAA")
+    stack.wait_answer(f"alias.{z}", ["target.example.org."], "CNAME")
+    stack.wait_answer(f"txt.{z}", ['"hello world"'], "TXT")
+    stack.wait_answer(f"_sip._tcp.{z}", ["10 60 5060 sip.example.org."], "SRV")
+    stack.wait_answer(f"mail.{z}", ["10 mx1.example.org."], "MX")
     r = stack.dig(f"sub.{z}", "NS", "+norecurse")
     assert [rr.data for rr in r.answer + r.authority if rr.rtype == "NS"] == ["ns1.example.org."], r.output
     assert stack.dig(f"a.{z}", "A").answer[0].ttl == 120
@@ -179,7 +179,7 @@ def test_malformed_annotations_are_skipped_with_an_event_and_the_rest_is_served(
     good = f"good-{namespace}.foowidgets.k8s"
     control_plane.apply(lb_service("messy", namespace, f"{good},elsewhere.example.com", ttl="soon",
                                    target="172.18.200.50,172.18.200.999"))
-    wait_answer(control_plane, stack, good, "A", ["172.18.200.50"])
+    stack.wait_answer(good, ["172.18.200.50"])
     assert stack.dig(good).answer[0].ttl == 300  # the bad ttl falls back to the default
     want = {"InvalidTTL", "InvalidTarget", "OutsideZones"}
     control_plane.wait_for(
@@ -202,7 +202,7 @@ def test_cname_beside_an_address_loses_with_an_event_on_its_object(
     api = control_plane.api_client()
     set_load_balancer(api, "Service", namespace, "addr", ["172.18.200.60"])
     set_load_balancer(api, "Service", namespace, "alias", ["lb.example.net"])
-    wait_answer(control_plane, stack, name, "A", ["172.18.200.60"])
+    stack.wait_answer(name, ["172.18.200.60"])
     assert stack.dig(name, "CNAME").values("CNAME") == []
     control_plane.wait_for(
         lambda: any(e["reason"] == "RecordConflict" for e in events_for(control_plane, namespace, "alias")),

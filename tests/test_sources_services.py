@@ -15,24 +15,6 @@ ALPHA = "external-dns.alpha.kubernetes.io/"
 pytestmark = pytest.mark.controlplane
 
 
-def wait_answer(plane: ControlPlane, stack: DnsStack, name: str, rtype: str, want: list[str] | str,
-                timeout: float = 30) -> None:
-    """Poll dig via CoreDNS until the answer's data is `want` (a list) or the rcode is `want` (a str)."""
-    last: list = []
-
-    def check() -> bool:
-        r = stack.dig(name, rtype)
-        last[:] = [r]
-        if isinstance(want, str):
-            return r.rcode == want
-        return r.rcode == "NOERROR" and sorted(r.values(rtype)) == sorted(want)
-
-    try:
-        plane.wait_for(check, what=f"{name} {rtype} -> {want}", timeout=timeout)
-    except Exception as e:
-        raise AssertionError(f"{e}\nlast answer:\n{last[0].output if last else None}") from None
-
-
 def test_chapter_nginx_lb_answers_the_metallb_ip_follows_changes_and_goes_on_delete(
     control_plane: ControlPlane, dns_stack: DnsStack
 ) -> None:
@@ -41,16 +23,16 @@ def test_chapter_nginx_lb_answers_the_metallb_ip_follows_changes_and_goes_on_del
     try:
         api = control_plane.api_client()
         set_load_balancer(api, "Service", "default", "nginx-ext-dns", ["172.18.200.101"])
-        wait_answer(control_plane, dns_stack, "nginx.foowidgets.k8s", "A", ["172.18.200.101"])
+        dns_stack.wait_answer("nginx.foowidgets.k8s", ["172.18.200.101"])
         r = dns_stack.dig("nginx.foowidgets.k8s", "A")
         assert "aa" in r.flags and r.answer[0].ttl == 300, r.output  # no ttl annotation: the default
         control_plane.kubectl("annotate", "service", "nginx-ext-dns", f"{ALPHA}ttl=1m")
         control_plane.wait_for(lambda: dns_stack.dig("nginx.foowidgets.k8s").answer[0].ttl == 60,
                                what="the ttl annotation's 60 s", timeout=30)
         set_load_balancer(api, "Service", "default", "nginx-ext-dns", ["172.18.200.102"])
-        wait_answer(control_plane, dns_stack, "nginx.foowidgets.k8s", "A", ["172.18.200.102"])
+        dns_stack.wait_answer("nginx.foowidgets.k8s", ["172.18.200.102"])
         control_plane.kubectl("delete", "service", "nginx-ext-dns")
-        wait_answer(control_plane, dns_stack, "nginx.foowidgets.k8s", "A", "NXDOMAIN")
+        dns_stack.wait_answer("nginx.foowidgets.k8s", "NXDOMAIN")
         metrics = dns_stack.backend.get("/metrics")[1]
         assert 'coredns_gslb_watch_events_total{kind="services",type="DELETED"}' in metrics
     finally:

@@ -24,7 +24,7 @@ from backend.probes.prober import Prober, ProbeTargets
 log = logging.getLogger(__name__)
 
 Dep = tuple[str, str]  # (kind, "ns/name") or (kind, "ns/*") for a label selection
-HOSTNAME_DEP = "Hostname"  # a k8gb.io/exposed-hostnames name, resolved by backend/gslb/hostnames.py
+HOSTNAME_DEP = "Hostname"  # a hostname a Gslb reads, resolved by backend/gslb/hostnames.py
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,8 +165,8 @@ class GslbEngine:
         self._objs: dict[str, Obj] = {}
         self.results: dict[str, GslbResult] = {}
         self._listeners: list[Listener] = []
-        self._resolved: dict[str, tuple[str, ...]] = {}  # exposed hostname -> its addresses
-        self.on_hostnames: Callable[[], None] = lambda: None  # a new exposed hostname is wanted
+        self._resolved: dict[str, tuple[str, ...]] = {}  # hostname -> its addresses
+        self.on_hostnames: Callable[[], None] = lambda: None  # a new hostname is wanted
         self._gslb_zones = [z.dns_zone for z in settings.gslb_zones]
         assert endpointslices.resource == ENDPOINTSLICES
         endpointslices.add_index(SLICES_BY_SERVICE, slice_service)
@@ -198,12 +198,12 @@ class GslbEngine:
                 self._evaluate(key)
 
     def hostnames(self) -> list[str]:
-        """The exposed hostnames some Gslb reads now (what the resolver keeps resolved)."""
+        """The hostnames some Gslb reads now (what the resolver keeps resolved)."""
         with self._lock:
             return sorted(key for kind, key in self._rev if kind == HOSTNAME_DEP)
 
     def set_resolved(self, hostname: str, addresses: tuple[str, ...]) -> None:
-        """New addresses for an exposed hostname: re-evaluate the Gslbs that read it."""
+        """New addresses for a hostname: re-evaluate the Gslbs that read it."""
         with self._lock:
             if self._resolved.get(hostname) == addresses:
                 return

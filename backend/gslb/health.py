@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from backend.gslb.spec import HOSTNAME, ROUTE_KINDS, GslbSpec, SpecError
+from backend.gslb.spec import HOSTNAME, ROUTE_KINDS, GslbSpec, SpecError, check_hostnames
 from backend.kube.informer import parent_keys
 from backend.model import Obj, key_of, normalize_name
 
@@ -73,17 +73,40 @@ def combine(states: Iterable[str], policy: str) -> str:
     return UNHEALTHY if UNHEALTHY in states else NOT_FOUND
 
 
-def lb_addresses(obj: Obj | None) -> list[str]:
-    """status.loadBalancer.ingress[].ip: what MetalLB or an ingress controller announced; for a
-    Gateway its status.addresses of type IPAddress (Hostname addresses are not resolved here)."""
+def lb_addresses(view: View, obj: Obj | None) -> list[str]:
+    """What the load balancer announced: status.loadBalancer.ingress[] of a Service or Ingress, a
+    Gateway's status.addresses. A hostname there (AWS ELBs, a Gateway's `Hostname` address) stands for
+    the addresses it resolves to, as in k8gb, which digs it through the edge DNS servers: here
+    backend/gslb/hostnames.py resolves it off the answer path and keeps it fresh; none until then."""
     if obj is None:
         return []
     if obj.get("kind") == "Gateway":
-        addresses = (obj.get("status") or {}).get("addresses") or ()
-        return [str(a.get("value")) for a in addresses
-                if isinstance(a, dict) and (a.get("type") or "IPAddress") == "IPAddress" and a.get("value")]
-    lb = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or ()
-    return [entry["ip"] for entry in lb if isinstance(entry, dict) and entry.get("ip")]
+        out: list[str] = []
+        for a in (obj.get("status") or {}).get("addresses") or ():
+            if not isinstance(a, dict) or not a.get("value"):
+                continue
+            kind = a.get("type") or "IPAddress"
+            if kind == "IPAddress":
+                out.append(str(a["value"]))
+            elif kind == "Hostname":
+                out.extend(_resolved(view, str(a["value"]), f"Gateway {key_of(obj)} status.addresses"))
+            else:  # k8gb refuses these too: only IPAddress and Hostname say where the Gateway listens
+                raise SpecError("InvalidAddress", f"Gateway {key_of(obj)}: status.addresses type {kind!r} "
+                                "is not supported (IPAddress, Hostname)")
+        return out
+    out = []
+    for entry in ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or ():
+        if isinstance(entry, dict) and entry.get("ip"):
+            out.append(str(entry["ip"]))
+        if isinstance(entry, dict) and entry.get("hostname"):
+            out.extend(_resolved(view, str(entry["hostname"]), f"{key_of(obj)} status.loadBalancer"))
+    return out
+
+
+def _resolved(view: View, hostname: str, what: str) -> tuple[str, ...]:
+    name = normalize_name(hostname)
+    check_hostnames([name], what)
+    return view.resolved(name)
 
 
 def _checked_ips(values: Iterable[str], what: str) -> tuple[str, ...]:
@@ -180,7 +203,7 @@ def evaluate(spec: GslbSpec, view: View) -> tuple[HostState, ...]:
     services: dict[str, set[str]] = {}
     targets: dict[str, list[str]] = {}
     for obj, hosts in _sources(spec, view):
-        addresses = exposed if exposed or spec.exposed_hostnames else _checked_ips(lb_addresses(obj),
+        addresses = exposed if exposed or spec.exposed_hostnames else _checked_ips(lb_addresses(view, obj),
                                                                                    "status.loadBalancer")
         for host, svcs in hosts.items():
             services.setdefault(host, set()).update(svcs)

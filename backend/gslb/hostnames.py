@@ -1,5 +1,6 @@
-"""k8gb's `k8gb.io/exposed-hostnames`: the names a Gslb exposes instead of its own addresses, resolved
-to A/AAAA records off the answer path and kept fresh (see README.md for why addresses, not a CNAME).
+"""The hostnames a Gslb reads, resolved to A/AAAA records off the answer path and kept fresh: k8gb's
+`k8gb.io/exposed-hostnames` (the names a Gslb exposes instead of its own addresses) and hostnames in
+the load-balancer status or a Gateway's status.addresses (see README.md for why addresses, not a CNAME).
 
 The resolver asks the edge DNS servers (edgeDNSServers, the servers k8gb resolves through; the host's
 resolver when none are configured) for each hostname some Gslb reads, again when the answer's TTL runs
@@ -72,11 +73,11 @@ class HostnameResolver:
             addresses, ttl = await self.resolve(name)
         except QueryError as e:
             if name not in self._failing:
-                log.warning("exposed hostname %s: %s; keeping its last addresses", name, e)
+                log.warning("hostname %s: %s; keeping its last addresses", name, e)
                 self._failing.add(name)
             return RETRY
         if name in self._failing:
-            log.info("exposed hostname %s resolves again: %s", name, ", ".join(addresses) or "no addresses")
+            log.info("hostname %s resolves again: %s", name, ", ".join(addresses) or "no addresses")
             self._failing.discard(name)
         await asyncio.to_thread(self.engine.set_resolved, name, addresses)
         return min(max(ttl, 1.0), self.max_ttl)

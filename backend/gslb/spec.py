@@ -8,6 +8,7 @@ Ready=False condition with a reason and an Event on the object.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,14 @@ class SpecError(ValueError):
         super().__init__(message)
         self.reason = reason
         self.message = message
+
+
+def check_hostnames(names: Iterable[str], what: str) -> None:
+    """SpecError InvalidHostname unless every (normalized) name is an RFC 1123 hostname: only those are
+    handed to the resolver."""
+    bad = [h for h in names if not _HOSTNAME.match(h)]
+    if bad:
+        raise SpecError("InvalidHostname", f"{what}: {', '.join(bad)} is not an RFC 1123 hostname")
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,10 +134,7 @@ def parse(obj: Obj, default_ttl: int = 30) -> GslbSpec:
         probe_error = str(e)
     listed = annotations.get(EXPOSED_HOSTNAMES, "").split(",")
     hostnames = tuple(dict.fromkeys(normalize_name(h) for h in listed if h.strip()))
-    bad = [h for h in hostnames if not _HOSTNAME.match(h)]
-    if bad:
-        raise SpecError("InvalidHostname", f"annotation {EXPOSED_HOSTNAMES}: {', '.join(bad)} is not an "
-                        "RFC 1123 hostname")
+    check_hostnames(hostnames, f"annotation {EXPOSED_HOSTNAMES}")
     return GslbSpec(
         ref=object_ref(obj),
         strategy=strategy,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import socket
-import time
 from typing import Any
 
 import pytest
@@ -14,9 +13,20 @@ from backend.config import GslbZone, Settings
 from backend.gslb.engine import GslbEngine, GslbResult
 from backend.gslb.health import combine
 from backend.gslb.spec import SpecError, parse
-from backend.kube.informer import ENDPOINTSLICES, GSLBS, GSLBS_IO, INGRESSES, SERVICES, Informer
+from backend.kube.informer import (
+    ENDPOINTSLICES,
+    GATEWAY_GROUP,
+    GATEWAYS,
+    GSLBS,
+    GSLBS_IO,
+    INGRESSES,
+    ROUTES,
+    SERVICES,
+    Informer,
+)
 from backend.model import Obj, Store, Strategy, Target
 from backend.probes.prober import Prober
+from lab.proc import wait_for
 
 SETTINGS = Settings(gslb_zones=(GslbZone("gb.foowidgets.k8s", "foowidgets.k8s"),), cluster_geotag="us-buf")
 HOST = "fe.gb.foowidgets.k8s"
@@ -63,12 +73,14 @@ class Cluster:
 
     def __init__(self, settings: Settings = SETTINGS, prober: Prober | None = None) -> None:
         self.informers = {r.plural + r.group: Informer(None, r)  # type: ignore[arg-type]
-                          for r in (GSLBS, GSLBS_IO, INGRESSES, SERVICES, ENDPOINTSLICES)}
+                          for r in (GSLBS, GSLBS_IO, INGRESSES, SERVICES, ENDPOINTSLICES, GATEWAYS,
+                                    ROUTES["HTTPRoute"])}
         self.store = Store()
         i = self.informers
+        gateway_api = {"Gateway": i["gateways" + GATEWAY_GROUP], "HTTPRoute": i["httproutes" + GATEWAY_GROUP]}
         self.engine = GslbEngine(self.store, settings, [i["gslbsk8gb.absa.oss"], i["gslbsk8gb.io"]],
                                  i["ingressesnetworking.k8s.io"], i["services"],
-                                 i["endpointslicesdiscovery.k8s.io"], prober=prober)
+                                 i["endpointslicesdiscovery.k8s.io"], gateway_api=gateway_api, prober=prober)
         self.evaluated: list[str] = []
         self.engine.subscribe(lambda key, _r: self.evaluated.append(key))
         self._rv = 1
@@ -78,8 +90,8 @@ class Cluster:
         self._rv += 1
         obj["metadata"]["resourceVersion"] = str(self._rv)
         group = obj["apiVersion"].split("/")[0] if "/" in obj["apiVersion"] else ""
-        plural = {"Gslb": "gslbs", "Service": "services", "Ingress": "ingresses",
-                  "EndpointSlice": "endpointslices"}[obj["kind"]]
+        kind = obj["kind"].lower()
+        plural = kind + ("es" if kind.endswith("s") else "s")  # gslbs, ingresses, httproutes ...
         self.informers[plural + group]._apply({"type": type_, "object": obj})
 
     def delete(self, obj: Obj) -> None:
@@ -140,10 +152,8 @@ def test_a_target_failing_its_probes_leaves_the_answer_but_not_localtargets() ->
         c.apply(probed)
 
         def soon(want: tuple[Target, ...], what: str) -> None:
-            deadline = time.monotonic() + 20
-            while c.answers(HOST) != want and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert c.answers(HOST) == want, what
+            wait_for(lambda: c.answers(HOST) == want, what=f"{what}: {HOST} -> {want}", timeout=20,
+                     interval=0.02)
 
         soon((), "withdrawn from the answer by the probe verdict")
         assert c.answers("localtargets-" + HOST) == (Target("10.2.1.167", "us-buf"),), "kept for peers"
@@ -325,3 +335,44 @@ def test_a_malformed_annotation_leaves_the_gslb_usable() -> None:
            "spec": {"ingress": {"rules": []}, "strategy": {"type": "roundRobin"}}}
     spec = parse(obj)
     assert spec.probe is None and "the host must be {address}" in spec.probe_error
+
+
+def test_a_load_balancer_hostname_stands_for_what_it_resolves_to(cluster: Cluster) -> None:
+    """k8gb digs status.loadBalancer.ingress[].hostname (an AWS ELB) through the edge DNS servers; the
+    Gateway API's `Hostname` address is the same case (tests/test_gateway.py runs it end to end)."""
+    chapter(cluster)
+    elb = ingress("gslb-failover-buf", ips=("10.2.1.167",))
+    elb["status"]["loadBalancer"]["ingress"].append({"hostname": "ELB-1.eu-west-1.elb.example.net"})
+    cluster.apply(elb)
+    assert cluster.engine.hostnames() == ["elb-1.eu-west-1.elb.example.net"]
+    assert cluster.answers(HOST) == (Target("10.2.1.167", "us-buf"),)  # the hostname: nothing yet
+    cluster.engine.set_resolved("elb-1.eu-west-1.elb.example.net", ("10.2.1.200",))
+    assert cluster.answers(HOST) == (Target("10.2.1.167", "us-buf"), Target("10.2.1.200", "us-buf"))
+    elb["status"]["loadBalancer"]["ingress"][1]["hostname"] = "not a name!"
+    cluster.apply(elb)
+    assert cluster.result().error.reason == "InvalidHostname"
+    assert cluster.answers(HOST) == (Target("10.2.1.167", "us-buf"), Target("10.2.1.200", "us-buf")), "kept"
+
+
+def test_a_gateways_hostname_address_is_resolved_and_an_unknown_type_refused(cluster: Cluster) -> None:
+    cluster.apply(service())
+    cluster.apply(endpoint_slice())
+    gw = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+          "metadata": {"name": "shop", "namespace": "demo"}, "spec": {},
+          "status": {"addresses": [{"type": "IPAddress", "value": "10.2.3.1"},
+                                   {"type": "Hostname", "value": "lb.eu-west-1.elb.example.net"}]}}
+    cluster.apply(gw)
+    cluster.apply({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                   "metadata": {"name": "shop", "namespace": "demo"},
+                   "spec": {"parentRefs": [{"name": "shop"}], "hostnames": [HOST],
+                            "rules": [{"backendRefs": [{"name": "nginx", "port": 80}]}]}})
+    cluster.apply(gslb(resourceRef={"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                                    "name": "shop"}))
+    assert cluster.engine.hostnames() == ["lb.eu-west-1.elb.example.net"]
+    assert cluster.answers(HOST) == (Target("10.2.3.1", "us-buf"),)
+    cluster.engine.set_resolved("lb.eu-west-1.elb.example.net", ("10.2.3.2",))
+    assert cluster.answers(HOST) == (Target("10.2.3.1", "us-buf"), Target("10.2.3.2", "us-buf"))
+    gw["status"]["addresses"][1] = {"type": "example.com/vip", "value": "vip-1"}
+    cluster.apply(gw)
+    assert cluster.result().error.reason == "InvalidAddress"  # as k8gb: neither IPAddress nor Hostname
+    assert cluster.engine.hostnames() == []

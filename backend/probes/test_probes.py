@@ -18,6 +18,7 @@ from backend.config import GslbZone, Settings, parse_address_map
 from backend.probes.check import check
 from backend.probes.config import ProbeConfig, ProbeError, parse
 from backend.probes.prober import Prober, ProbeTargets
+from lab.proc import wait_for
 
 HOST = "fe.gb.foowidgets.k8s"
 
@@ -149,10 +150,9 @@ def targets(addresses: tuple[str, ...], c: ProbeConfig | None) -> ProbeTargets:
 
 
 def until(check_: Callable[[], bool], what: str, timeout: float = 20) -> float:
+    """Seconds until `check_()` holds (bounded, with what it waited for on failure)."""
     t0 = time.monotonic()
-    while not check_():
-        assert time.monotonic() - t0 < timeout, f"waited {timeout}s for {what}"
-        time.sleep(0.02)
+    wait_for(check_, what=what, timeout=timeout, interval=0.02)
     return time.monotonic() - t0
 
 
