@@ -16,7 +16,7 @@ from test_multicluster import until as mc_until
 
 from lab import demo
 from lab.bind9 import Bind9
-from lab.dig import DigResult
+from lab.dig import DigResult, dig
 from lab.kube import ControlPlane
 from lab.lbpool import LbPool
 from lab.proc import wait_for
@@ -120,15 +120,22 @@ def patch_status(plane: ControlPlane, kind: str, ns: str, name: str, status: dic
                   "-p", json.dumps({"status": status}))
 
 
-def test_each_route_kind_gives_its_names(gwapi: ControlPlane, pool: LbPool, namespace: str,
-                                         dns_stack_factory: StackFactory) -> None:
+def test_each_route_kind_gives_its_names_here_and_at_the_edge(
+        gwapi: ControlPlane, pool: LbPool, namespace: str, dns_stack_factory: StackFactory,
+        bind9_factory: Callable[..., Bind9]) -> None:
+    """Every route kind's names answer through CoreDNS and, as ExternalDNS's gateway-*route sources
+    with its rfc2136 provider would, reach the enterprise DNS with ExternalDNS's ownership record."""
     plane, ns = gwapi, namespace
+    edge = bind9_factory()
     plane.apply(gateway("gw", ns, listeners="""
   - {name: http, protocol: HTTP, port: 80}
   - {name: tls, protocol: TLS, port: 443, tls: {mode: Passthrough}}
   - {name: tcp, protocol: TCP, port: 5432}
   - {name: udp, protocol: UDP, port: 5353}"""))
-    stack = dns_stack_factory(plane, ZONES)
+    stack = dns_stack_factory(plane, ZONES, [
+        "--zones", ",".join(ZONES), "--dns-zone", "gb.foowidgets.k8s", "--edge-dns-zone", "foowidgets.k8s",
+        "--edge-dns-servers", edge.address, "--tsig-key-file", str(edge.key_file),
+        "--cluster-geo-tag", "us-buf"])
     address = wait_address(plane, ns, "gw")
     tcp_host = json.dumps({ALPHA + "hostname": f"tcp-{ns}.foowidgets.k8s"})
     udp_host = json.dumps({ALPHA + "hostname": f"udp-{ns}.foowidgets.k8s"})
@@ -139,12 +146,22 @@ def test_each_route_kind_gives_its_names(gwapi: ControlPlane, pool: LbPool, name
     plane.apply(http_route("u", ns, "gw", ns, [], kind="UDPRoute", annotations=udp_host))
     for host in ("http", "grpc", "tls", "tcp", "udp"):
         stack.wait_answer(f"{host}-{ns}.foowidgets.k8s", [address])
+    for host, route in (("http", "httproute/h"), ("grpc", "grpcroute/g"), ("tls", "tlsroute/t"),
+                        ("tcp", "tcproute/c"), ("udp", "udproute/u")):
+        name = f"{host}-{ns}.foowidgets.k8s"
+        stack.wait_for(lambda n=name: dig(edge.address, n, "A", "+norecurse").values("A") == [address],
+                       what=f"{name} at the edge", timeout=WAIT)
+        kind, obj = route.split("/")
+        assert f"external-dns/resource={kind}/{ns}/{obj}" in dig(
+            edge.address, f"a-{name}", "TXT", "+norecurse").values("TXT")[0]
     # A route hostname edit moves the name; deleting the route takes it away.
     plane.apply(http_route("h", ns, "gw", ns, [f"http2-{ns}.foowidgets.k8s"]))
     stack.wait_answer(f"http2-{ns}.foowidgets.k8s", [address])
     stack.wait_answer(f"http-{ns}.foowidgets.k8s", "NXDOMAIN")
     plane.kubectl("delete", "grpcroute", "g", "-n", ns)
     stack.wait_answer(f"grpc-{ns}.foowidgets.k8s", "NXDOMAIN")
+    stack.wait_for(lambda: not dig(edge.address, f"grpc-{ns}.foowidgets.k8s", "A", "+norecurse").values("A"),
+                   what="the deleted route's name gone from the edge", timeout=WAIT)
 
 
 def test_listener_hostname_narrows_and_not_allowed_routes_get_nothing(

@@ -27,12 +27,14 @@ import dns.zone
 from backend.config import Settings
 from backend.dnsclient import Server
 from backend.edge.publisher import EdgeError, Job, Record, send_update
+from backend.kube.informer import ROUTES
 from backend.model import Endpoint, Store, in_zone, source_prefix
 
 log = logging.getLogger(__name__)
 
 MANAGED_TYPES = ("A", "AAAA", "CNAME")  # ExternalDNS's default --managed-record-types
-SOURCE_KEYS = tuple(source_prefix(k) for k in ("Service", "Ingress", "DNSEndpoint"))  # names for the edge
+# The sources whose names go to the edge: ExternalDNS's service, ingress, crd and gateway-*route sources.
+SOURCE_KEYS = tuple(source_prefix(k) for k in ("Service", "Ingress", "DNSEndpoint", *ROUTES))
 HERITAGE = "heritage=external-dns"
 BATCH = 200  # rdata per update message, well under 64 KiB
 XFR_TIMEOUT = 10.0

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from backend.kube.informer import ROUTES
 from backend.model import Obj, ObjectRef, Strategy, normalize_name, object_ref
 from backend.probes.config import ProbeConfig, ProbeError
 from backend.probes.config import parse as parse_probe
@@ -21,7 +22,7 @@ POLICIES = ("Any", "All")
 EXPOSED_IPS = "k8gb.io/exposed-ip-addresses"
 EXPOSED_HOSTNAMES = "k8gb.io/exposed-hostnames"  # k8gb v0.20: resolved to addresses, wins over EXPOSED_IPS
 HOSTNAME = "k8gb.io/hostname"
-ROUTE_KINDS = ("HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute", "UDPRoute")  # Gateway API, as k8gb v0.17+
+ROUTE_KINDS = tuple(ROUTES)  # Gateway API, as k8gb v0.17+
 
 
 _LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
