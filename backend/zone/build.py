@@ -307,10 +307,11 @@ def compile_table(settings: Settings, endpoints: Iterable[Endpoint], serial: int
             builder.add(name, zones[zone_of(name, zones) or ""], types, last, conflicts.pop(name, []))
         builder.index.conflicts.update(conflicts)  # names with nothing left to serve (a source's SOA)
         builder.finish()
+        table = builder.table()  # before the collector is back: its first allocation would start a pass
     finally:
         if collecting:
             gc.enable()
-    return builder.table()
+    return table
 
 
 def patch_table(last: Table, serial: int, changed: dict[str, tuple[dict[str, Merged], list[Conflict]]],
