@@ -240,6 +240,11 @@ def _goals(res: dict[str, Any]) -> list[str]:
     return ["| goal | target | measured | |", "|---|---|---|---|", *rows] if rows else []
 
 
+def _gc(phase: dict[str, Any]) -> str:
+    g = phase.get("gc_gen2")
+    return f"{g['collections']} / {g['seconds']} / {g['over_50ms']}" if g else "-"
+
+
 def _p50_p99(t: dict[str, Any] | None) -> str:
     return f"{t['p50_ms']} / {t['p99_ms']}" if t else "-"
 
@@ -261,6 +266,7 @@ def _churn(c: dict[str, Any]) -> list[str]:
         f"| /metrics scrape p50 / max ms | {busy['scrape_p50_ms']} / {busy['scrape_max_ms']} | "
         f"{quiet['scrape_p50_ms']} / {quiet['scrape_max_ms']} |",
         f"| backend CPU (share of one core) | {busy['backend_cpu_share']} | {quiet['backend_cpu_share']} |",
+        f"| full garbage collections: count / seconds / >= 50 ms | {_gc(busy)} | {_gc(quiet)} |",
         f"| load average | {busy['loadavg']} | {quiet['loadavg']} |",
         "",
         f"RSS {c['rss_mib_start']} MiB before the churn, {c['rss_mib_end']} MiB after it; wrong answers at "
