@@ -145,6 +145,7 @@ class DnsServer:
             self._admin = await self._http_server(self.settings.admin_listen, socks.get("admin"), admin=True)
             self.admin_port = self._admin.sockets[0].getsockname()[1]
         self._task(metrics.LAG.run())
+        metrics.GC.install()
         log.info("serving DNS over gRPC on port %d, HTTP on port %d, admin HTTP on port %d",
                  self.grpc_port, self.http_port, self.admin_port)
 

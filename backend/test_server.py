@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 import urllib.error
 import urllib.request
@@ -83,8 +84,10 @@ async def scenario() -> None:
         assert (await query(server.grpc_port, notify.to_wire())).rcode() == dns.rcode.NOERROR
         assert [z for z, _ in notified] == ["foowidgets.k8s"] and notified[0][1].startswith("ipv4:127.0.0.1:")
 
+        gc.collect()  # a full collection, timed: what held every thread, the answer loop too
         status, metrics = await get("/metrics")
         assert status == 200
+        assert 'coredns_gslb_gc_pause_seconds_count{generation="2"}' in metrics
         assert 'coredns_gslb_queries_total{qtype="A",rcode="NOERROR",zone="foowidgets.k8s"}' in metrics
         assert (
             "coredns_gslb_query_duration_seconds_bucket" in metrics

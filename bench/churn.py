@@ -45,6 +45,8 @@ CHANGE_TIMEOUT = 10.0
 POLL = 0.01
 SETTLE_TIMEOUT = 60.0
 LAG = re.compile(r"^coredns_gslb_loop_lag_max_seconds (\S+)$", re.M)
+GC = re.compile(r'^coredns_gslb_gc_pause_seconds_(bucket|sum|count)'
+                r'\{generation="(\d)"(?:,le="([^"]+)")?\} (\S+)$', re.M)
 DNSENDPOINT_CRD = Path(__file__).resolve().parents[1] / "k8s" / "crds" / "dnsendpoint.yaml"
 
 
@@ -227,6 +229,8 @@ class Scraper(threading.Thread):
         self.lag_max = 0.0
         self.seconds: list[float] = []
         self.failed = 0
+        self.gc_first: dict[tuple[str, str, str], float] | None = None  # the first scrape's GC pauses
+        self.gc_last: dict[tuple[str, str, str], float] = {}
         self._finished = threading.Event()
 
     def run(self) -> None:
@@ -241,6 +245,8 @@ class Scraper(threading.Thread):
             m = LAG.search(body) if status == 200 else None
             if m:
                 self.lag_max = max(self.lag_max, float(m.group(1)))
+                self.gc_last = {(kind, gen, le): float(v) for kind, gen, le, v in GC.findall(body)}
+                self.gc_first = self.gc_last if self.gc_first is None else self.gc_first
 
     def stop(self) -> None:
         self._finished.set()
@@ -251,7 +257,19 @@ class Scraper(threading.Thread):
         return {"scrapes": len(ms), "scrapes_failed": self.failed,
                 "scrape_p50_ms": round(dnsperf.percentile(ms, 50), 1),
                 "scrape_max_ms": round(ms[-1], 1) if ms else None,
-                "loop_lag_max_ms": round(self.lag_max * 1000, 1)}
+                "loop_lag_max_ms": round(self.lag_max * 1000, 1), **self._gc()}
+
+    def _gc(self) -> dict[str, Any]:
+        """The garbage collector's pauses during the phase, by generation: how many, their total and
+        how many held the process 50 ms or more (from the backend's coredns_gslb_gc_pause_seconds)."""
+        first = self.gc_first or {}
+        delta = {k: v - first.get(k, 0.0) for k, v in self.gc_last.items()}
+        out = {}
+        for g in ("0", "1", "2"):
+            count = int(delta.get(("count", g, ""), 0))
+            out[f"gc_gen{g}"] = {"collections": count, "seconds": round(delta.get(("sum", g, ""), 0.0), 3),
+                                 "over_50ms": count - int(delta.get(("bucket", g, "0.05"), 0))}
+        return out
 
 
 def _mix(path: Path, n_services: int, n_gslbs: int) -> None:

@@ -240,6 +240,11 @@ def _goals(res: dict[str, Any]) -> list[str]:
     return ["| goal | target | measured | |", "|---|---|---|---|", *rows] if rows else []
 
 
+def _gc(phase: dict[str, Any]) -> str:
+    return ", ".join(f"{g['collections']} / {g['seconds']} / {g['over_50ms']}"
+                     for g in (phase[f"gc_gen{n}"] for n in range(3)))
+
+
 def _p50_p99(t: dict[str, Any] | None) -> str:
     return f"{t['p50_ms']} / {t['p99_ms']}" if t else "-"
 
@@ -261,6 +266,8 @@ def _churn(c: dict[str, Any]) -> list[str]:
         f"| /metrics scrape p50 / max ms | {busy['scrape_p50_ms']} / {busy['scrape_max_ms']} | "
         f"{quiet['scrape_p50_ms']} / {quiet['scrape_max_ms']} |",
         f"| backend CPU (share of one core) | {busy['backend_cpu_share']} | {quiet['backend_cpu_share']} |",
+        *([f"| garbage collections (young, middle, full): count / seconds / >= 50 ms | {_gc(busy)} | "
+           f"{_gc(quiet)} |"] if "gc_gen0" in busy else []),
         f"| load average | {busy['loadavg']} | {quiet['loadavg']} |",
         "",
         f"RSS {c['rss_mib_start']} MiB before the churn, {c['rss_mib_end']} MiB after it; wrong answers at "
