@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import gc
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -165,12 +166,49 @@ LOOP_LAG = Histogram("coredns_gslb_loop_lag_seconds", "Delay of a periodic timer
                      buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1))
 LOOP_LAG_MAX = Gauge("coredns_gslb_loop_lag_max_seconds",
                      "The largest loop lag seen in the last 10 to 20 seconds")
+LOOP_STALL = Counter("coredns_gslb_loop_stall_seconds", "Loop lag of 10 ms or more, by what the answer loop "
+                     "waited for: cpu (the machine gave its thread no core), blocked (another thread of "
+                     "this process held the GIL, or a blocking call on the loop), loop (the loop's own work "
+                     "ran long)", ["cause"])
 LAG_INTERVAL = 0.05
 LAG_WINDOW = 10.0
+STALL = 0.01
+STALL_CAUSES = ("cpu", "blocked", "loop")
+
+
+class ThreadClock:
+    """The calling thread's time on a CPU and waiting for one (Linux schedstat): enough to tell a
+    stalled loop's own work from the machine's and other threads'. Zeros where
+    /proc/thread-self/schedstat is missing."""
+
+    def __init__(self) -> None:
+        try:
+            self._fd: int | None = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        except OSError:
+            self._fd = None
+
+    def read(self) -> tuple[float, float]:
+        """(on a CPU, waiting for a CPU) in seconds since the thread began."""
+        ran = waited = 0
+        if self._fd is not None:
+            ran, waited, _ = map(int, os.pread(self._fd, 64, 0).split())
+        return ran / 1e9, waited / 1e9
+
+
+def stall_causes(lag: float, interval: float, window: float, ran: float, waited: float) -> dict[str, float]:
+    """Split `lag` (a timer due `interval` after the window began fired `lag` late) by what the loop
+    thread did in the `window`: `ran` on a CPU and `waited` for one. Whatever it neither ran nor waited
+    beyond the planned sleep it was blocked: past its due time a loop's poll returns at once, so that is
+    the GIL held by another thread, or a blocking call on the loop (a lower bound). The rest of the lag
+    is the loop's own work."""
+    cpu = min(waited, lag)
+    blocked = min(max(0.0, window - ran - waited - interval), lag - cpu)
+    return {"cpu": cpu, "blocked": blocked, "loop": lag - cpu - blocked}
 
 
 class LoopLag:
-    """Wakes every LAG_INTERVAL on the answer loop and records how late it woke.
+    """Wakes every LAG_INTERVAL on the answer loop and records how late it woke, and for stalls of
+    STALL or more what the loop waited for (`stall_causes`).
 
     The max is kept per window and exported as the larger of this window and the last, so a
     scraper polling more often than LAG_WINDOW sees every stall once at least.
@@ -181,6 +219,8 @@ class LoopLag:
         self._previous = 0.0
         self._window_end = 0.0
         LOOP_LAG_MAX.set_function(lambda: max(self._current, self._previous))
+        for cause in STALL_CAUSES:
+            LOOP_STALL.labels(cause)
 
     def record(self, lag: float, now: float) -> None:
         if now >= self._window_end:
@@ -190,11 +230,20 @@ class LoopLag:
         LOOP_LAG.observe(lag)
 
     async def run(self, interval: float = LAG_INTERVAL) -> None:
+        clock = ThreadClock()  # opened here, on the loop's thread
+        start, (ran, waited) = time.monotonic(), clock.read()
         while True:
-            due = time.monotonic() + interval
+            due = start + interval
             await asyncio.sleep(interval)
             now = time.monotonic()
-            self.record(max(0.0, now - due), now)
+            lag = max(0.0, now - due)
+            self.record(lag, now)
+            ran_now, waited_now = clock.read()
+            if lag >= STALL:
+                for cause, seconds in stall_causes(lag, interval, now - start, ran_now - ran,
+                                                   waited_now - waited).items():
+                    LOOP_STALL.labels(cause).inc(seconds)
+            start, ran, waited = now, ran_now, waited_now
 
 
 LAG = LoopLag()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import re
 import time
 import urllib.error
 import urllib.request
@@ -13,6 +14,7 @@ import dns.opcode
 import dns.rcode
 import grpc
 
+from backend import metrics
 from backend.config import Settings
 from backend.model import Endpoint, Target
 from backend.proto import dns_pb2, dns_pb2_grpc
@@ -85,9 +87,13 @@ async def scenario() -> None:
         assert [z for z, _ in notified] == ["foowidgets.k8s"] and notified[0][1].startswith("ipv4:127.0.0.1:")
 
         gc.collect()  # a full collection, timed: what held every thread, the answer loop too
+        spin = time.thread_time() + 0.2
+        while time.thread_time() < spin:  # the loop's own work holds it: a stall the loop caused
+            pass
         status, metrics = await get("/metrics")
         assert status == 200
         assert 'coredns_gslb_gc_pause_seconds_count{generation="2"}' in metrics
+        assert stalled(metrics, "loop") > 0, metrics
         assert 'coredns_gslb_queries_total{qtype="A",rcode="NOERROR",zone="foowidgets.k8s"}' in metrics
         assert (
             "coredns_gslb_query_duration_seconds_bucket" in metrics
@@ -106,15 +112,23 @@ async def scenario() -> None:
             assert "coredns_gslb_loop_lag_seconds_bucket" in metrics
             (lag_max,) = [float(line.split()[1]) for line in metrics.splitlines()
                           if line.startswith("coredns_gslb_loop_lag_max_seconds ")]
-            return lag_max >= 0.2
+            return lag_max >= 0.2 and stalled(metrics, "blocked") > 0
 
-        await wait_for_async(lag_shows, what="coredns_gslb_loop_lag_max_seconds >= 0.2 after the hold",
+        await wait_for_async(lag_shows, what="coredns_gslb_loop_lag_max_seconds >= 0.2 and a blocked stall "
+                             "after the hold",
                              timeout=10)
         assert (await get("/nothing"))[0] == 404
         assert (await get("/healthz", "POST"))[0] == 400
     finally:
         await server.stop(1)
     assert not server.ready
+
+
+def stalled(metrics: str, cause: str) -> float:
+    """coredns_gslb_loop_stall_seconds_total for one cause."""
+    found = re.search(rf'^coredns_gslb_loop_stall_seconds_total\{{cause="{cause}"\}} (\S+)$', metrics, re.M)
+    assert found, metrics
+    return float(found[1])
 
 
 def test_http_endpoints_readiness_metrics_and_notify() -> None:
@@ -142,3 +156,12 @@ def test_per_object_series_text() -> None:
     series.remove(("demo", "fe"))
     series.remove(("demo", "gone"))
     assert "fe" not in series.text().decode() and series.value(("demo", 'q"x')) == 1.0
+
+
+def test_stall_causes_split_the_lag() -> None:
+    # the loop ran the whole stall: its own work
+    own = metrics.stall_causes(0.2, 0.05, 0.25, ran=0.2, waited=0.0)
+    assert own == {"cpu": 0.0, "blocked": 0.0, "loop": 0.2}
+    # runnable without a core for 0.15 s, asleep 0.04 s past its planned 0.05 s (the GIL or a blocking call)
+    causes = metrics.stall_causes(0.2, 0.05, 0.25, ran=0.01, waited=0.15)
+    assert {k: round(v, 6) for k, v in causes.items()} == {"cpu": 0.15, "blocked": 0.04, "loop": 0.01}

@@ -47,6 +47,7 @@ SETTLE_TIMEOUT = 60.0
 LAG = re.compile(r"^coredns_gslb_loop_lag_max_seconds (\S+)$", re.M)
 GC = re.compile(r'^coredns_gslb_gc_pause_seconds_(bucket|sum|count)'
                 r'\{generation="(\d)"(?:,le="([^"]+)")?\} (\S+)$', re.M)
+STALLS = re.compile(r'^coredns_gslb_loop_stall_seconds_total\{cause="(\w+)"\} (\S+)$', re.M)
 DNSENDPOINT_CRD = Path(__file__).resolve().parents[1] / "k8s" / "crds" / "dnsendpoint.yaml"
 
 
@@ -229,8 +230,7 @@ class Scraper(threading.Thread):
         self.lag_max = 0.0
         self.seconds: list[float] = []
         self.failed = 0
-        self.gc_first: dict[tuple[str, str, str], float] | None = None  # the first scrape's GC pauses
-        self.gc_last: dict[tuple[str, str, str], float] = {}
+        self.first = self.last = ""  # the phase's first and last exposition, for counters' deltas
         self._finished = threading.Event()
 
     def run(self) -> None:
@@ -245,8 +245,7 @@ class Scraper(threading.Thread):
             m = LAG.search(body) if status == 200 else None
             if m:
                 self.lag_max = max(self.lag_max, float(m.group(1)))
-                self.gc_last = {(kind, gen, le): float(v) for kind, gen, le, v in GC.findall(body)}
-                self.gc_first = self.gc_last if self.gc_first is None else self.gc_first
+                self.first, self.last = self.first or body, body
 
     def stop(self) -> None:
         self._finished.set()
@@ -257,13 +256,22 @@ class Scraper(threading.Thread):
         return {"scrapes": len(ms), "scrapes_failed": self.failed,
                 "scrape_p50_ms": round(dnsperf.percentile(ms, 50), 1),
                 "scrape_max_ms": round(ms[-1], 1) if ms else None,
-                "loop_lag_max_ms": round(self.lag_max * 1000, 1), **self._gc()}
+                "loop_lag_max_ms": round(self.lag_max * 1000, 1), "loop_stall_seconds": self._stalls(),
+                **self._gc()}
+
+    def _stalls(self) -> dict[str, float]:
+        """Loop lag of 10 ms or more during the phase, by what the loop waited for (the backend's
+        coredns_gslb_loop_stall_seconds): cpu is the machine, blocked and loop are ours."""
+        first = dict(STALLS.findall(self.first))
+        return {cause: round(float(v) - float(first.get(cause, 0.0)), 3)
+                for cause, v in STALLS.findall(self.last)}
 
     def _gc(self) -> dict[str, Any]:
         """The garbage collector's pauses during the phase, by generation: how many, their total and
         how many held the process 50 ms or more (from the backend's coredns_gslb_gc_pause_seconds)."""
-        first = self.gc_first or {}
-        delta = {k: v - first.get(k, 0.0) for k, v in self.gc_last.items()}
+        first = {(kind, gen, le): float(v) for kind, gen, le, v in GC.findall(self.first)}
+        delta = {(kind, gen, le): float(v) - first.get((kind, gen, le), 0.0)
+                 for kind, gen, le, v in GC.findall(self.last)}
         out = {}
         for g in ("0", "1", "2"):
             count = int(delta.get(("count", g, ""), 0))

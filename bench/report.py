@@ -245,6 +245,11 @@ def _gc(phase: dict[str, Any]) -> str:
                      for g in (phase[f"gc_gen{n}"] for n in range(3)))
 
 
+def _stalls(phase: dict[str, Any]) -> str:
+    stalls = phase["loop_stall_seconds"]
+    return " / ".join(str(stalls.get(cause, 0.0)) for cause in ("cpu", "blocked", "loop"))
+
+
 def _p50_p99(t: dict[str, Any] | None) -> str:
     return f"{t['p50_ms']} / {t['p99_ms']}" if t else "-"
 
@@ -268,6 +273,9 @@ def _churn(c: dict[str, Any]) -> list[str]:
         f"| backend CPU (share of one core) | {busy['backend_cpu_share']} | {quiet['backend_cpu_share']} |",
         *([f"| garbage collections (young, middle, full): count / seconds / >= 50 ms | {_gc(busy)} | "
            f"{_gc(quiet)} |"] if "gc_gen0" in busy else []),
+        *([f"| loop stalls >= 10 ms, seconds waiting for a core (the machine) / blocked (the GIL, ours) / "
+           f"running the loop's own work | {_stalls(busy)} | {_stalls(quiet)} |"]
+          if "loop_stall_seconds" in busy else []),
         f"| load average | {busy['loadavg']} | {quiet['loadavg']} |",
         "",
         f"RSS {c['rss_mib_start']} MiB before the churn, {c['rss_mib_end']} MiB after it; wrong answers at "
