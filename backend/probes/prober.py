@@ -18,17 +18,13 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import os
-import pickle
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 from typing import IO, Any
 
-from backend import metrics
+from backend import childproc, metrics
 from backend.config import Settings
 from backend.probes.config import ProbeConfig
 from backend.probes.worker import MAX_IN_FLIGHT, Key, ProbeState, Target
@@ -40,7 +36,6 @@ Listener = Callable[[frozenset[str]], None]
 RESTART_FIRST, RESTART_MAX, RESTART_RESET = 0.5, 30.0, 60.0  # seconds: back-off, and the life that resets it
 REPORT_TIMEOUT = 2.0
 STOP_TIMEOUT = 5.0
-_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding `backend`, for the worker's imports
 
 
 class Prober:
@@ -162,7 +157,7 @@ class Prober:
                 self._wake.clear()
                 if reader.is_alive() and not self._stopping.is_set():
                     self._sync(proc)
-            self._end(proc)
+            childproc.end(proc, STOP_TIMEOUT, self._send_lock)
             reader.join(STOP_TIMEOUT)
             self._proc = None
             metrics.PROBE_STATS.retire()
@@ -179,48 +174,27 @@ class Prober:
             delay = min(delay * 2, RESTART_MAX)
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        path = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)
-        return subprocess.Popen([sys.executable, "-m", "backend.probes", "--max-in-flight",
-                                 str(self.max_in_flight)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                env={**os.environ, "PYTHONPATH": path},
-                                start_new_session=True)  # ^C in a terminal is the backend's to handle
-
-    def _end(self, proc: subprocess.Popen[bytes]) -> None:
-        with self._send_lock, contextlib.suppress(OSError):
-            assert proc.stdin is not None
-            proc.stdin.close()  # the worker ends at the end of its input
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        return childproc.spawn("backend.probes", ["--max-in-flight", str(self.max_in_flight)])
 
     def _send(self, message: tuple[Any, ...], proc: subprocess.Popen[bytes] | None = None) -> bool:
         proc = proc or self._proc
-        if proc is None or proc.stdin is None:
+        if proc is None:
             return False
         with self._send_lock:
-            try:
-                pickle.dump(message, proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-                proc.stdin.flush()
-            except (OSError, ValueError):  # the worker is gone (ValueError: its pipe is closed)
-                return False
-        return True
+            return childproc.send(proc.stdin, message)
 
     def _read(self, stream: IO[bytes]) -> None:
         """The worker's messages, until its stdout ends; then wake the supervisor."""
-        with contextlib.suppress(EOFError, OSError, pickle.UnpicklingError):
-            while True:
-                message = pickle.load(stream)
-                if message[0] == "flips":
-                    self._apply_flips(message[1])
-                elif message[0] == "stats":
-                    metrics.PROBE_STATS.update(message[1], message[2])
-                    self.summary = message[3]
-                elif message[0] == "report" and message[1] in self._replies:
-                    done, reply = self._replies[message[1]]
-                    reply.append(message[2])
-                    done.set()
+        for message in childproc.messages(stream):
+            if message[0] == "flips":
+                self._apply_flips(message[1])
+            elif message[0] == "stats":
+                metrics.PROBE_STATS.update(message[1], message[2])
+                self.summary = message[3]
+            elif message[0] == "report" and message[1] in self._replies:
+                done, reply = self._replies[message[1]]
+                reply.append(message[2])
+                done.set()
         self._wake.set()
 
     def _desired(self) -> dict[Key, tuple[ProbeConfig, str, tuple[str, int]]]:
