@@ -28,7 +28,7 @@ from backend.zone.notify import NotifyCallback
 
 log = logging.getLogger(__name__)
 
-RESTART_FIRST, RESTART_MAX, RESTART_RESET = 0.5, 30.0, 60.0  # seconds: back-off, and the life that resets it
+RESTART_FIRST, RESTART_MAX, RESTART_RESET = 0.1, 30.0, 60.0  # seconds: back-off, and the life that resets it
 READY_TIMEOUT = 60.0  # a handed socket is said to be served only once the child answers (or after this)
 STOP_TIMEOUT = 5.0  # beyond the grace, for the child to exit before SIGKILL
 SYNC_POLL = 0.05  # how often the sender looks for the first full sync
