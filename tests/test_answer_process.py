@@ -9,9 +9,8 @@ from __future__ import annotations
 import os
 import re
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import dns.message
@@ -20,13 +19,13 @@ import dns.query
 import dns.rcode
 import pytest
 
-from bench import dnsperf
 from lab.coredns import CoreDNS
 from lab.dig import dig
 from lab.kube import ControlPlane
 from lab.lbpool import set_load_balancer
 from lab.proc import wait_for
 from lab.sidecar import Backend, DnsStack, Listener
+from tests.test_resilience import dnsperf_in_background, roll_under_load
 
 pytestmark = pytest.mark.controlplane
 FLAG = "--answer-process"
@@ -67,16 +66,6 @@ def counter(metrics: str, series: str) -> float:
     return float(found[1]) if found else 0.0
 
 
-def load(coredns: str, name: str, seconds: float, tmp_path: Path, rate: int = 200) -> tuple[threading.Thread,
-                                                                                            list[dnsperf.Run]]:
-    queries = tmp_path / "queries.txt"
-    queries.write_text(f"{name} A\n")
-    result: list[dnsperf.Run] = []
-    thread = threading.Thread(target=lambda: result.append(dnsperf.run(coredns, queries, seconds, rate=rate)))
-    thread.start()
-    return thread, result
-
-
 def test_answers_changes_notify_metrics_and_a_killed_child(
         control_plane: ControlPlane, namespace: str, dns_stack_factory: Callable[..., DnsStack],
         tmp_path: Path) -> None:
@@ -104,7 +93,7 @@ def test_answers_changes_notify_metrics_and_a_killed_child(
     before = counter(metrics, series)
     assert "coredns_gslb_loop_lag_seconds_count" in metrics
 
-    perf, result = load(stack.address, host, 10, tmp_path)
+    done = dnsperf_in_background(stack.address, host, 10, tmp_path, rate=200)
     time.sleep(2)
     killed = time.monotonic()
     os.kill(child, signal.SIGKILL)
@@ -113,9 +102,7 @@ def test_answers_changes_notify_metrics_and_a_killed_child(
     back = time.monotonic() - killed
     set_load_balancer(api, "Service", namespace, "web", ["172.18.200.103"])
     stack.wait_answer(host, ["172.18.200.103"])  # the new child follows changes too
-    perf.join(60)
-    assert not perf.is_alive(), "dnsperf (10 s) did not finish within 60 s"
-    [run] = result
+    run = done()
     print(f"answer process SIGKILLed under dnsperf at 200 q/s: answering again {back:.2f} s later; sent "
           f"{run.sent}, completed {run.completed}, lost {run.lost}, rcodes {run.rcodes}, max {run.max_ms} ms")
     assert run.completed > 0 and run.rcodes.get("NOERROR", 0) > 0, run
@@ -123,14 +110,6 @@ def test_answers_changes_notify_metrics_and_a_killed_child(
     assert counter(metrics, "coredns_gslb_answer_process_restarts_total") == 1.0
     # kept across the restart (the killed child's last second, not yet sent, is lost with it)
     assert counter(metrics, series) > before + run.rcodes["NOERROR"] / 2, metrics
-
-
-@pytest.fixture
-def started() -> Iterator[list[Backend | Listener | CoreDNS]]:
-    items: list[Backend | Listener | CoreDNS] = []
-    yield items
-    for item in reversed(items):
-        item.stop()
 
 
 def test_behind_the_listener_a_rollout_loses_nothing(
@@ -151,15 +130,10 @@ def test_behind_the_listener_a_rollout_loses_nothing(
              timeout=30)
     assert answer_pids(first)
 
-    perf, result = load(coredns.address, host, 15, tmp_path, rate=400)
-    time.sleep(3)
-    second = Backend(tmp_path, control_plane.kubeconfig, flags, name="second", listener=holder)
-    started.append(second.start())
-    wait_for(lambda: not first.process.alive(), what="the first backend handing over and exiting", timeout=30)
-    perf.join(60)
-    assert not perf.is_alive(), "dnsperf (15 s of load) did not finish within 60 s"
-    [run] = result
+    run = roll_under_load(tmp_path, control_plane.kubeconfig, holder, first, flags, started, coredns.address,
+                          host, 15)
     print(f"rollout with --answer-process under dnsperf at 400 q/s: sent {run.sent}, completed "
           f"{run.completed}, lost {run.lost}, rcodes {run.rcodes}, p99 {run.p99_ms} ms, max {run.max_ms} ms")
     assert run.rcodes == {"NOERROR": run.completed} and run.lost == 0 and run.completed > 4000, run
-    assert answer_pids(second)
+    second = started[-1]
+    assert isinstance(second, Backend) and second is not first and answer_pids(second)

@@ -18,8 +18,7 @@ import logging
 import socket
 import subprocess
 import threading
-import time
-from typing import IO, Any
+from typing import Any
 
 from backend import childproc, listener, metrics
 from backend.config import Settings
@@ -28,17 +27,20 @@ from backend.zone.notify import NotifyCallback
 
 log = logging.getLogger(__name__)
 
-RESTART_FIRST, RESTART_MAX, RESTART_RESET = 0.1, 30.0, 60.0  # seconds: back-off, and the life that resets it
 READY_TIMEOUT = 60.0  # a handed socket is said to be served only once the child answers (or after this)
-STOP_TIMEOUT = 5.0  # beyond the grace, for the child to exit before SIGKILL
 SYNC_POLL = 0.05  # how often the sender looks for the first full sync
 
 
-class AnswerProcess:
+class AnswerProcess(childproc.Supervised):
     """Runs and feeds the answer process; `start`, `drain` and `stop` are DnsServer's (on its loop)."""
+
+    name = "answer"
+    meanwhile = "the port stays open"
+    RESTART_FIRST = 0.1  # CoreDNS's queries wait meanwhile
 
     def __init__(self, settings: Settings, store: Store, synced: threading.Event, notify: NotifyCallback,
                  *, debounce: float = 0.015) -> None:
+        super().__init__()
         self.settings = settings
         self.store = store
         self.debounce = debounce
@@ -46,14 +48,9 @@ class AnswerProcess:
         self._notify = notify
         self._keys: set[str] = set()  # Store keys changed since the last send
         self._keys_lock = threading.Lock()
-        self._wake = threading.Event()  # keys changed, the child ended, or stop
-        self._stopping = threading.Event()
         self._child_ready = threading.Event()
         self._drained = threading.Event()
-        self._send_lock = threading.Lock()
-        self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
-        self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._exit = ""  # how the last child ended, for /readyz while none runs
         self._grace = 0.0  # how long the child may take to finish its calls once told to stop
@@ -70,7 +67,7 @@ class AnswerProcess:
     def reconfigure(self, settings: Settings) -> None:
         """New zones: the child recompiles with them (and a restarted child starts with them)."""
         self.settings = settings
-        self._send(("settings", settings))
+        self.send(("settings", settings))
 
     def readiness(self) -> str | None:
         """A /readyz line while no answer process runs (it is being restarted)."""
@@ -78,11 +75,6 @@ class AnswerProcess:
         if self._thread is None or (proc is not None and proc.poll() is None):
             return None
         return f"restarting ({self._exit})" if self._exit else "starting"
-
-    @property
-    def pid(self) -> int | None:
-        proc = self._proc
-        return proc.pid if proc is not None and proc.poll() is None else None
 
     # --- GrpcFront (DnsServer's loop) -----------------------------------------------------------
 
@@ -96,8 +88,7 @@ class AnswerProcess:
         self._loop = asyncio.get_running_loop()
         self._sock = sock if sock is not None else listener.bind(f"{host}:{port}")
         metrics.ANSWER.update([])  # /metrics shows the child's figures from now on
-        self._thread = threading.Thread(target=self._supervise, name="answer-process", daemon=True)
-        self._thread.start()
+        self.start_child()
         if self._synced.is_set() and not await asyncio.to_thread(self._child_ready.wait, READY_TIMEOUT):
             log.error("the answer process did not answer within %.0f s", READY_TIMEOUT)
         return int(self._sock.getsockname()[1])
@@ -105,63 +96,45 @@ class AnswerProcess:
     async def drain(self, seconds: float) -> None:
         """The child goes unready and answers until CoreDNS has gone or `seconds` passed."""
         self._drained.clear()
-        if self._send(("drain", seconds)):
-            await asyncio.to_thread(self._drained.wait, seconds + STOP_TIMEOUT)
+        if self.send(("drain", seconds)):
+            await asyncio.to_thread(self._drained.wait, seconds + self.STOP_TIMEOUT)
 
     async def stop(self, grace: float) -> None:
         """The child stops accepting, says GOAWAY, finishes its calls (up to `grace`) and exits."""
         self._grace = grace
         self._stopping.set()
-        self._send(("stop", grace))
+        self.send(("stop", grace))
         self._wake.set()
         if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, grace + 2 * STOP_TIMEOUT)
+            await asyncio.to_thread(self._thread.join, grace + 2 * self.STOP_TIMEOUT)
         if self._sock is not None:
             self._sock.close()
 
     # --- the child and its supervision (the sender thread) -------------------------------------
 
-    def _supervise(self) -> None:
+    def spawn(self) -> subprocess.Popen[bytes]:
         assert self._sock is not None
-        delay = RESTART_FIRST
-        while not self._stopping.is_set():
-            began = time.monotonic()
-            try:
-                proc = childproc.spawn("backend.answer", ["--grpc-fd", str(self._sock.fileno())],
-                                       pass_fds=[self._sock.fileno()])
-            except OSError as e:
-                log.error("cannot start the answer process (%s); again in %.1f s", e, delay)
-                self._stopping.wait(delay)
-                delay = min(delay * 2, RESTART_MAX)
-                continue
-            assert proc.stdout is not None
-            self._child_ready.clear()
-            reader = threading.Thread(target=self._read, args=(proc.stdout,), name="answer-reader",
-                                      daemon=True)
-            reader.start()
-            self._proc = proc
-            self._feed(proc, reader)
-            childproc.end(proc, self._grace + STOP_TIMEOUT)
-            reader.join(STOP_TIMEOUT)
-            self._exit = f"exit {proc.returncode}"
-            metrics.ANSWER.retire()
-            if self._stopping.is_set():
-                return
-            lived = time.monotonic() - began
-            delay = RESTART_FIRST if lived > RESTART_RESET else delay
-            log.error("the answer process ended (exit %s after %.1f s); the port stays open, starting it "
-                      "again in %.1f s", proc.returncode, lived, delay)
-            metrics.ANSWER_RESTARTS.inc()
-            self._stopping.wait(delay)
-            delay = min(delay * 2, RESTART_MAX)
+        fd = self._sock.fileno()
+        return childproc.spawn("backend.answer", ["--grpc-fd", str(fd)], pass_fds=[fd])
 
-    def _feed(self, proc: subprocess.Popen[bytes], reader: threading.Thread) -> None:
+    def end_timeout(self) -> float:
+        return self._grace + self.STOP_TIMEOUT
+
+    def ended(self, proc: subprocess.Popen[bytes], restart: bool) -> None:
+        self._exit = f"exit {proc.returncode}"
+        metrics.ANSWER.retire()
+        if restart:
+            metrics.ANSWER_RESTARTS.inc()
+
+    def serve(self, proc: subprocess.Popen[bytes], reader: threading.Thread) -> None:
         """Start the child, then send it the Store: whole once synced, then the changed keys, until it
         ends or we stop."""
+        self._child_ready.clear()
+        self._proc = proc
         loaded = False
         # accepting before the first sync answers UNAVAILABLE at once (CoreDNS tries its next upstream);
         # a restart after it accepts once it answers: meanwhile new connections wait in the backlog
-        self._send(("start", self.settings, not self._synced.is_set()), proc)
+        self.send(("start", self.settings, not self._synced.is_set()), proc)
         while not self._stopping.is_set() and reader.is_alive():
             if not loaded:
                 if not self._synced.wait(SYNC_POLL):
@@ -169,8 +142,8 @@ class AnswerProcess:
                 with self._keys_lock:
                     self._keys = set()  # a change after this comes again
                 _, everything = self.store.snapshot()
-                self._send(("changes", everything), proc)
-                self._send(("ready",), proc)
+                self.send(("changes", everything), proc)
+                self.send(("ready",), proc)
                 loaded = True
                 continue
             self._wake.wait(1.0)  # bounded: the reader may end between our check and the wait
@@ -181,26 +154,17 @@ class AnswerProcess:
                 keys, self._keys = self._keys, set()
             if keys:
                 _, by_key = self.store.snapshot()
-                self._send(("changes", {key: by_key.get(key) for key in keys}), proc)
+                self.send(("changes", {key: by_key.get(key) for key in keys}), proc)
 
-    def _send(self, message: tuple[Any, ...], proc: subprocess.Popen[bytes] | None = None) -> bool:
-        proc = proc or self._proc
-        if proc is None:
-            return False
-        with self._send_lock:
-            return childproc.send(proc.stdin, message)
-
-    def _read(self, stream: IO[bytes]) -> None:
-        """The child's messages, until its stdout ends; then wake the sender."""
-        for message in childproc.messages(stream):
-            kind = message[0]
-            if kind == "stats":
-                metrics.ANSWER.update(message[1])
-            elif kind == "notify" and self._loop is not None:
-                with contextlib.suppress(RuntimeError):  # the loop has closed: we are stopping
-                    self._loop.call_soon_threadsafe(self._notify, message[1], message[2])
-            elif kind == "ready":
-                self._child_ready.set()
-            elif kind == "drained":
-                self._drained.set()
-        self._wake.set()
+    def receive(self, message: tuple[Any, ...]) -> None:
+        """A message of the child's, on the reader thread."""
+        kind = message[0]
+        if kind == "stats":
+            metrics.ANSWER.update(message[1])
+        elif kind == "notify" and self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: we are stopping
+                self._loop.call_soon_threadsafe(self._notify, message[1], message[2])
+        elif kind == "ready":
+            self._child_ready.set()
+        elif kind == "drained":
+            self._drained.set()
