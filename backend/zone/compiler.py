@@ -102,7 +102,6 @@ class Compiler:
         version, by_key = self._snapshot()  # a change after the keys are taken comes again
         self.serial = soa_serial(self.serial)
         start = time.perf_counter()
-        full = self._recompiler.full
         try:
             table = self._recompiler.compile(by_key, self.serial, keys)
         except Exception:  # keep serving the previous table; the next change retries
@@ -110,10 +109,10 @@ class Compiler:
             return
         self._install(table)
         self.compiles += 1
-        if self._recompiler.full != full or time.monotonic() >= self._next_freeze:
-            # Out of the collector's sight from now on: the objects held now (the table, the informers'
-            # objects) are long-lived, and a full collection over them (0.6 s and more at 10k + 10k)
-            # holds the GIL, so the answer loop, for all of it. Later garbage is collected as usual.
+        if time.monotonic() >= self._next_freeze:
+            # Out of the collector's sight from now on: what patches made since the last full compile
+            # (which freezes everything itself) is long-lived too, and a full collection over it holds
+            # the GIL, so the answer loop, for all of it. Later garbage is collected as usual.
             gc.freeze()
             self._next_freeze = time.monotonic() + FREEZE_EVERY
         log.debug("table serial %d from version %d: %d records in %.1f ms", self.serial, version,
