@@ -14,12 +14,10 @@ readiness check passes.
 from __future__ import annotations
 
 import asyncio
-import gc
 import inspect
 import logging
 import signal
 import threading
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -27,6 +25,7 @@ from typing import Any
 from kubernetes import client
 
 from backend import edge, metrics
+from backend.answer.process import AnswerProcess
 from backend.config import GslbZone, Settings, from_args
 from backend.controller.manager import Controller
 from backend.explain import ROUTE as EXPLAIN_ROUTE
@@ -34,7 +33,6 @@ from backend.explain import Explainer
 from backend.gslb.delegations import ZoneDelegations, dns_servers
 from backend.gslb.engine import GslbEngine
 from backend.gslb.hostnames import HostnameResolver
-from backend.gslb.strategy import GeoLookup
 from backend.kube import kubeapi
 from backend.kube.events import EventRecorder
 from backend.kube.informer import (
@@ -60,7 +58,8 @@ from backend.probes.prober import Prober
 from backend.server import DnsServer
 from backend.sources.gateway_producer import GatewaySources
 from backend.sources.producer import ExternalDnsSources
-from backend.zone.build import Recompiler, next_serial_in, soa_serial
+from backend.zone.compiler import Compiler, geo_lookup
+from backend.zone.lookup import Table
 
 log = logging.getLogger(__name__)
 
@@ -264,6 +263,15 @@ def explain_route(app: App, engine: GslbEngine, peers: PeerExchange | None, prob
     app.reconfigured.append(lambda settings: setattr(explainer, "settings", settings))
 
 
+def answer_process(app: App) -> None:
+    """--answer-process: a child process answers gRPC from the Store's content (backend/answer/); this
+    process keeps the rest, its HTTP server and its own table (explain, conflict Events)."""
+    found = AnswerProcess(app.settings, app.store, app.first_sync, app.server.notified)
+    app.server.answer_elsewhere(found)
+    app.server.add_readiness_detail("answer process", found.readiness)
+    app.reconfigured.append(found.reconfigure)
+
+
 def wire(app: App) -> None:
     """Every part, producers before consumers: the consumers take the producers as arguments."""
     served = served_gateway_kinds(app.api)
@@ -277,119 +285,43 @@ def wire(app: App) -> None:
     explain_route(app, engine, peers, probes)
 
 
-FREEZE_EVERY = 300.0  # seconds between gc.freeze() calls while patches accumulate long-lived objects
+def compiler(app: App) -> Compiler:
+    """The backend's own answer table (explain reads it, and with --answer-process only explain and the
+    records metrics do): compiled from the Store once every source has synced, each new one reported
+    as conflict Events; the first one makes the app ready."""
+    reported: set[tuple[ObjectRef, str]] = set()
 
-
-class Compiler:
-    """Recompiles the answer table on a worker thread, coalescing bursts of Store changes.
-
-    A Store change only sets an Event (listeners must be cheap); the worker waits `debounce` more
-    so a relist or a Deployment rollout costs one compile, not hundreds, then swaps the table in.
-    """
-
-    def __init__(self, app: App, geo: GeoLookup | None, debounce: float = 0.015) -> None:
-        self.app = app
-        self.debounce = debounce
-        self.serial = 0
-        self.compiles = 0
-        self._dirty = threading.Event()
-        self._keys: set[str] = set()  # Store keys changed since the last compile
-        self._keys_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._reported: set[tuple[ObjectRef, str]] = set()
-        self._recompiler = Recompiler(app.settings, geo)
-        self._next_freeze = 0.0
-        self._settings: Settings | None = None  # new zones for the next compile
-        self._thread = threading.Thread(target=self._run, name="compiler", daemon=True)
-
-    def poke(self, _version: int = 0) -> None:
-        self._dirty.set()
-
-    def changed(self, keys: frozenset[str]) -> None:
-        """Store key listener: the compile looks at these keys only, not at all of them."""
-        with self._keys_lock:
-            self._keys |= keys
-        self._dirty.set()
-
-    def reconfigure(self, settings: Settings) -> None:
-        """New zones: the next compile (on the compiler thread) is a full one with them."""
-        self._settings = settings
-        self.poke()
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._dirty.set()
-        self._thread.join(5)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if not self.app.synced():
-                self._stop.wait(0.05)
-                continue
-            self._compile()
-            if not self.app.first_sync.is_set():
-                log.info("first full sync done: %d objects watched, serving",
-                         sum(len(i.objects) for i in self.app.informers.values()))
-                self.app.first_sync.set()
-                self.app.server.set_ready(True)
-            # a change, or the next hour's SOA serial, which every server of the zone moves to at once
-            self._dirty.wait(next_serial_in())
-            if self._stop.wait(self.debounce):
-                return
-
-    def _compile(self) -> None:
-        self._dirty.clear()
-        settings, self._settings = self._settings, None
-        if settings is not None:
-            self._recompiler.reconfigure(settings)
-        with self._keys_lock:
-            keys, self._keys = self._keys, set()
-        version, by_key = self.app.store.snapshot()  # a change after the keys are taken comes again
-        self.serial = soa_serial(self.serial)
-        start = time.perf_counter()
-        try:
-            table = self._recompiler.compile(by_key, self.serial, keys)
-        except Exception:  # keep serving the previous table; the next change retries
-            log.exception("compiling store version %d failed", version)
-            return
-        self.app.server.set_table(table)
-        self.compiles += 1
-        if time.monotonic() >= self._next_freeze:
-            # Out of the collector's sight from now on: what patches made since the last full compile
-            # (which freezes everything itself) is long-lived too, and a full collection over it holds
-            # the GIL, so the answer loop, for all of it. Later garbage is collected as usual.
-            gc.freeze()
-            self._next_freeze = time.monotonic() + FREEZE_EVERY
-        log.debug("table serial %d from store version %d: %d records in %.1f ms", self.serial, version,
-                  table.records, (time.perf_counter() - start) * 1000)
-        self._report(table.conflicts)
-
-    def _report(self, conflicts: Sequence[tuple[ObjectRef, str]]) -> None:
-        """One Warning Event per (object, conflict) while it lasts; again only if it comes back later."""
-        current = set(conflicts)
-        for ref, why in sorted(current - self._reported, key=str):
+    def install(table: Table) -> None:
+        nonlocal reported
+        app.server.set_table(table)
+        if not app.first_sync.is_set():
+            log.info("first full sync done: %d objects watched, serving",
+                     sum(len(i.objects) for i in app.informers.values()))
+            app.first_sync.set()
+            app.server.set_ready(True)
+        # one Warning Event per (object, conflict) while it lasts; again only if it comes back later
+        current = set(table.conflicts)
+        for ref, why in sorted(current - reported, key=str):
             log.warning("%s: %s", ref, why)
-            self.app.recorder.record(ref, "Warning", "RecordConflict", why)
-        self._reported = current
+            app.recorder.record(ref, "Warning", "RecordConflict", why)
+        reported = current
+
+    found = Compiler(app.settings, geo_lookup(app.settings), app.store.snapshot, install,
+                     may_compile=app.synced)
+    app.reconfigured.append(found.reconfigure)
+    app.store.subscribe_keys(found.changed)
+    return found
 
 
 def build(settings: Settings, api: client.ApiClient) -> tuple[App, Compiler]:
     """Everything but the event loop: the pieces `serve` starts."""
-    geo: GeoLookup | None = None
-    if settings.geoip_db:
-        from backend.gslb.geoip import GeoIP
-
-        geo = GeoIP(settings.geoip_db, settings.geoip_field)
     recorder = EventRecorder(api, instance=settings.identity)
     app = App(settings, api, Store(), recorder, DnsServer(settings))
-    compiler = Compiler(app, geo)
-    app.reconfigured.append(compiler.reconfigure)
+    found = compiler(app)
     wire(app)
-    app.store.subscribe_keys(compiler.changed)
-    return app, compiler
+    if settings.answer_process:
+        answer_process(app)
+    return app, found
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None,

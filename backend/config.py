@@ -51,6 +51,7 @@ class Settings:
     admin_listen: str = "127.0.0.1:8081"  # /explain and the rest: inside the pod only ("" = off)
     listener_socket: str = ""  # unix socket of a `coredns-gslb listen` holding our sockets ("" = bind them)
     shutdown_drain_seconds: float = 10.0  # on SIGTERM keep answering until CoreDNS leaves, at most this long
+    answer_process: bool = False  # answer gRPC from a child process of its own (backend/answer/)
     kubeconfig: str | None = None  # None: in-cluster
     namespace: str = "default"  # where Leases and created objects live
     identity: str = field(default_factory=lambda: os.environ.get("POD_NAME") or os.uname().nodename)
@@ -144,6 +145,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--shutdown-drain-seconds", type=float,
                    default=float(_env("SHUTDOWN_DRAIN_SECONDS", "10") or 10),
                    help="on SIGTERM: unready, answer until CoreDNS disconnects, at most this long")
+    p.add_argument("--answer-process", action=argparse.BooleanOptionalAction,
+                   default=(_env("ANSWER_PROCESS", "false") or "false").lower() == "true",
+                   help="answer CoreDNS's gRPC from a process of its own, whose GIL no control work shares")
     p.add_argument("--kubeconfig", default=_env("KUBECONFIG"))
     p.add_argument("--namespace", default=_env("POD_NAMESPACE", "default"))
     p.add_argument("--default-ttl", type=int, default=int(_env("DEFAULT_TTL", "300") or 300))
@@ -267,6 +271,7 @@ def from_args(argv: Sequence[str] | None = None) -> Settings:
         admin_listen=a.admin_listen,
         listener_socket=a.listener_socket,
         shutdown_drain_seconds=a.shutdown_drain_seconds,
+        answer_process=a.answer_process,
         kubeconfig=a.kubeconfig,
         namespace=a.namespace,
         default_ttl=a.default_ttl,

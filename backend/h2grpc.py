@@ -1095,6 +1095,13 @@ class H2GrpcServer:
                 limited_log("internal", logging.ERROR, "HTTP/2 sweep failed", exc_info=True)
         self._sweeper = asyncio.get_running_loop().call_later(self.interval, self._sweep)
 
+    async def drain(self, seconds: float) -> None:
+        """Keep answering until every client has gone or `seconds` passed (`stop` then says GOAWAY)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while self.connections and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+
     async def stop(self, grace: float) -> None:
         if self._server is None:
             return

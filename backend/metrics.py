@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import dns.rdatatype
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED", 9: "NOTAUTH"}
@@ -67,10 +67,11 @@ def _qtype_name(qtype: int) -> str:
 
 
 QUERIES = QueryMetrics()
-REGISTRY.register(QUERIES)
-
+# The answer path's metrics (this block, the loop lag and the GC pauses below) are registered as one
+# collector, `ANSWER`: they are counted where CoreDNS is answered, which with --answer-process is
+# another process.
 UNSYNCED_CALLS = Counter("coredns_gslb_unsynced_calls_total",
-                         "Queries refused with gRPC UNAVAILABLE before the first full sync")
+                         "Queries refused with gRPC UNAVAILABLE before the first full sync", registry=None)
 RECORDS = Gauge("coredns_gslb_records", "Resource records held in the answer table")
 TABLE_SERIAL = Gauge("coredns_gslb_table_serial", "SOA serial of the answer table in use")
 CONFLICTS = Gauge("coredns_gslb_conflicts", "Records dropped by the conflict rule in the answer table")
@@ -163,13 +164,13 @@ EDGE_IN_SYNC = Gauge("coredns_gslb_edge_in_sync", "1 while the edge holds our re
 # how late the answer loop runs a periodic timer: the longest any one step held it (issue 12)
 LOOP_LAG = Histogram("coredns_gslb_loop_lag_seconds", "Delay of a periodic timer on the event loop that "
                      "answers DNS: how long other work held the loop",
-                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1))
+                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1), registry=None)
 LOOP_LAG_MAX = Gauge("coredns_gslb_loop_lag_max_seconds",
-                     "The largest loop lag seen in the last 10 to 20 seconds")
+                     "The largest loop lag seen in the last 10 to 20 seconds", registry=None)
 LOOP_STALL = Counter("coredns_gslb_loop_stall_seconds", "Loop lag of 10 ms or more, by what the answer loop "
                      "waited for: cpu (the machine gave its thread no core), blocked (another thread of "
                      "this process held the GIL, or a blocking call on the loop), loop (the loop's own work "
-                     "ran long)", ["cause"])
+                     "ran long)", ["cause"], registry=None)
 LAG_INTERVAL = 0.05
 LAG_WINDOW = 10.0
 STALL = 0.01
@@ -252,7 +253,7 @@ LAG = LoopLag()
 # (a full one walks every unfrozen container: 0.6 s at 10k + 10k before gc.freeze, issue 12)
 GC_PAUSE = Histogram("coredns_gslb_gc_pause_seconds",
                      "Time each garbage collection held the process, by generation", ["generation"],
-                     buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1))
+                     buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1), registry=None)
 
 
 class GcPauses:
@@ -273,6 +274,67 @@ class GcPauses:
 
 
 GC = GcPauses()
+
+# one metric family as plain tuples, to send: name, doc, type, [(sample name, labels, value)]
+Family = tuple[str, str, str, list[tuple[str, tuple[tuple[str, str], ...], float]]]
+
+
+class AnswerMetrics(Collector):
+    """The answer path's metrics: this process's own, or once `update` is called the totals the answer
+    process (backend/answer/) sends each second; `retire()` when that process ends keeps its counters'
+    totals, so they never go back across a restart (gauges keep their last value until the next)."""
+
+    def __init__(self, local: tuple[Collector, ...]) -> None:
+        self._local = local
+        self._lock = threading.Lock()
+        self._remote = False
+        self._base: list[Family] = []
+        self._current: list[Family] = []
+
+    def local(self) -> list[Family]:
+        """This process's own families, as plain tuples (to send); `_created` samples left out."""
+        return [(f.name, f.documentation, f.type,
+                 [(s.name, tuple(sorted(s.labels.items())), s.value) for s in f.samples
+                  if not s.name.endswith("_created")])
+                for collector in self._local for f in collector.collect()]
+
+    def update(self, families: list[Family]) -> None:
+        with self._lock:
+            self._remote, self._current = True, families
+
+    def retire(self) -> None:
+        with self._lock:
+            self._base, self._current = self._totals(), []
+
+    def _totals(self) -> list[Family]:
+        merged: dict[str, tuple[str, str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]] = {}
+        for families, add in ((self._base, False), (self._current, True)):
+            for name, doc, kind, samples in families:
+                values = merged.setdefault(name, (doc, kind, {}))[2]
+                for sample, labels, value in samples:
+                    summed = add and kind != "gauge"
+                    values[sample, labels] = value + (values.get((sample, labels), 0.0) if summed else 0.0)
+        return [(name, doc, kind, [(sample, labels, v) for (sample, labels), v in values.items()])
+                for name, (doc, kind, values) in merged.items()]
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            families = self._totals() if self._remote else None
+        if families is None:
+            for collector in self._local:
+                yield from collector.collect()
+            return
+        for name, doc, kind, samples in families:
+            family = Metric(name, doc, kind)
+            for sample, labels, value in samples:
+                family.add_sample(sample, dict(labels), value)
+            yield family
+
+
+ANSWER = AnswerMetrics((QUERIES, UNSYNCED_CALLS, LOOP_LAG, LOOP_LAG_MAX, LOOP_STALL, GC_PAUSE))
+REGISTRY.register(ANSWER)
+ANSWER_RESTARTS = Counter("coredns_gslb_answer_process_restarts_total",
+                          "Times the answer process (--answer-process) ended unasked and was started again")
 
 # active probes of GSLB targets (backend/probes/)
 PROBE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)

@@ -15,7 +15,7 @@ import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -41,6 +41,19 @@ _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 500: "Internal Serv
             503: "Service Unavailable"}
 
 
+class GrpcFront(Protocol):
+    """What answers CoreDNS's gRPC: an `H2GrpcServer` on this process's loop, or the answer process."""
+
+    @property
+    def serving(self) -> bool: ...
+
+    async def start(self, host: str, port: int, sock: socket.socket | None = None) -> int: ...
+
+    async def drain(self, seconds: float) -> None: ...
+
+    async def stop(self, grace: float) -> None: ...
+
+
 def split_hostport(address: str) -> tuple[str, int]:
     """"127.0.0.1:8080" or "[::1]:8080" -> (host, port)."""
     host, _, port = address.rpartition(":")
@@ -58,7 +71,8 @@ class DnsServer:
         self._detail_fns: dict[str, Callable[[], str | None]] = {}
         self._routes: dict[str, HttpHandler] = {}
         self._notify: list[NotifyCallback] = []
-        self._grpc: H2GrpcServer | None = None
+        self._front: GrpcFront | None = None  # what answers gRPC instead of this loop (--answer-process)
+        self._grpc: GrpcFront | None = None
         self._http: asyncio.Server | None = None
         self._admin: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -102,6 +116,11 @@ class DnsServer:
         `kubectl port-forward`); the HTTP port serves only probes and /metrics to the network."""
         self._routes[path] = handler
 
+    def answer_elsewhere(self, front: GrpcFront) -> None:
+        """Before `start`: gRPC is answered by `front` (the answer process, backend/answer/) on the
+        socket this server binds or is handed; this process keeps HTTP, readiness and the handoff."""
+        self._front = front
+
     def on_notify(self, callback: NotifyCallback) -> None:
         """Called with (zone, peer) for every DNS NOTIFY for a served zone."""
         self._notify.append(callback)
@@ -115,7 +134,7 @@ class DnsServer:
         start = time.perf_counter()
         table = self.table
         if len(msg) > 2 and (msg[2] >> 3) & 0xF == 4:  # NOTIFY: rare, worth the callback plumbing
-            reply, zone, qtype = table.resolve(msg, self._notified, peer)
+            reply, zone, qtype = table.resolve(msg, self.notified, peer)
         else:
             reply, zone, qtype = table.resolve(msg)
         if not table.ready and reply[3] & 0xF == SERVFAIL:  # a name of ours we know nothing of yet
@@ -124,7 +143,8 @@ class DnsServer:
         metrics.QUERIES.observe(zone, qtype, reply[3] & 0xF, time.perf_counter() - start)
         return reply
 
-    def _notified(self, zone: str, peer: str) -> None:
+    def notified(self, zone: str, peer: str) -> None:
+        """A NOTIFY for a served zone arrived (here, or at the answer process): tell every callback."""
         log.info("NOTIFY for %s from %s", zone, peer)
         for callback in self._notify:
             callback(zone, peer)
@@ -136,7 +156,7 @@ class DnsServer:
         from the first full sync on (until then the holder answers UNAVAILABLE); without it we bind
         them, and answer UNAVAILABLE ourselves until synced."""
         self._loop = asyncio.get_running_loop()
-        self._grpc = H2GrpcServer(self.handle)
+        self._grpc = self._front or H2GrpcServer(self.handle)
         socks: dict[str, socket.socket] = {}
         if self.settings.listener_socket:
             self._handoff = await listener.receive(self.settings.listener_socket)
@@ -150,11 +170,25 @@ class DnsServer:
         if self.settings.admin_listen or "admin" in socks:
             self._admin = await self._http_server(self.settings.admin_listen, socks.get("admin"), admin=True)
             self.admin_port = self._admin.sockets[0].getsockname()[1]
+        if self._front is None:
+            self.watch_loop()
+        log.info("serving DNS over gRPC on port %d, HTTP on port %d, admin HTTP on port %d%s",
+                 self.grpc_port, self.http_port, self.admin_port,
+                 " (gRPC answered by the answer process)" if self._front is not None else "")
+
+    async def serve_grpc(self, sock: socket.socket) -> None:
+        """Answer gRPC on `sock`, a listening socket bound by another process, and nothing else (no
+        HTTP): what the answer process runs (backend/answer/)."""
+        self._loop = asyncio.get_running_loop()
+        self._grpc = H2GrpcServer(self.handle)
+        self.grpc_port = await self._grpc.start("", 0, sock=sock)
+
+    def watch_loop(self) -> None:
+        """On the loop that answers: its lag and the GC's pauses measured, and the GIL handed back to
+        it soon (SWITCH_INTERVAL)."""
         self._task(metrics.LAG.run())
         metrics.GC.install()
         sys.setswitchinterval(SWITCH_INTERVAL)
-        log.info("serving DNS over gRPC on port %d, HTTP on port %d, admin HTTP on port %d",
-                 self.grpc_port, self.http_port, self.admin_port)
 
     async def _http_server(self, address: str, sock: socket.socket | None, *, admin: bool) -> asyncio.Server:
         def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> Awaitable[None]:
@@ -190,13 +224,19 @@ class DnsServer:
         """Go unready first (probes and the Service move traffic away), keep answering until CoreDNS
         has gone (its connections closed) or --shutdown-drain-seconds passed (no wait when a newer
         backend took over), then stop accepting, GOAWAY, and let in-flight calls finish."""
-        self.ready = False
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (0 if self.handed_over else self.settings.shutdown_drain_seconds)
-        while self._grpc is not None and self._grpc.connections and loop.time() < deadline:
-            await asyncio.sleep(0.05)
+        await self.drain(0 if self.handed_over else self.settings.shutdown_drain_seconds)
         if self._handoff is not None:
             self._handoff.say("stopping")  # the holder's standby takes new connections from now on
+        await self.close(grace)
+
+    async def drain(self, seconds: float) -> None:
+        """Unready, and answering until CoreDNS has gone or `seconds` passed."""
+        self.ready = False
+        if self._grpc is not None:
+            await self._grpc.drain(seconds)
+
+    async def close(self, grace: float) -> None:
+        """Stop accepting, GOAWAY, in-flight calls finished (up to `grace`), HTTP closed."""
         if self._grpc is not None:
             await self._grpc.stop(grace)
             self._grpc = None

@@ -20,7 +20,7 @@ from lab.coredns import GRPC_TEMPLATE, CoreDNS
 from lab.kube import ControlPlane, Etcd, Pki
 from lab.lbpool import LbPool
 from lab.proc import free_loopback_ip
-from lab.sidecar import Backend, DnsStack
+from lab.sidecar import Backend, DnsStack, Listener
 
 ControlPlaneFactory = Callable[..., ControlPlane]
 T = TypeVar("T", CoreDNS, Backend, DnsStack, Bind9, LbPool, LoopbackAddress)
@@ -102,6 +102,15 @@ def _started() -> Iterator[_Started]:
     started = _Started()
     yield started
     started.stop()
+
+
+@pytest.fixture
+def started() -> Iterator[list[Backend | Listener | CoreDNS]]:
+    """Processes a test starts and restarts itself; stopped newest first."""
+    items: list[Backend | Listener | CoreDNS] = []
+    yield items
+    for item in reversed(items):
+        item.stop()
 
 
 def _kubeconfig(target: ControlPlane | Path | str) -> Path | str:

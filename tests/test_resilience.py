@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import dns.query
@@ -27,15 +27,6 @@ from lab.sidecar import Backend, Listener
 pytestmark = pytest.mark.controlplane
 NGINX_LB = ROOT / "lab" / "manifests" / "nginx-lb.yaml"
 NAME = "nginx.foowidgets.k8s"
-
-
-@pytest.fixture
-def started() -> Iterator[list[Backend | Listener | CoreDNS]]:
-    """Processes a test starts and restarts itself; stopped newest first."""
-    items: list[Backend | Listener | CoreDNS] = []
-    yield items
-    for item in reversed(items):
-        item.stop()
 
 
 def chapter_service(plane: ControlPlane) -> None:
@@ -156,17 +147,37 @@ def test_behind_the_listener_a_restart_answers_at_once_and_a_rollout_loses_nothi
     first.start()
     assert _first_answer_after(coredns.address, time.monotonic()) < 1.0
 
-    queries = tmp_path / "queries.txt"
-    queries.write_text(f"{NAME} A\n")
-    result: list[dnsperf.Run] = []
-    load = threading.Thread(target=lambda: result.append(dnsperf.run(coredns.address, queries, 20, rate=400)))
-    load.start()
-    time.sleep(3)
-    second = Backend(tmp_path, plane.kubeconfig, flags, name="second", listener=holder)
-    started.append(second.start())
-    wait_for(lambda: not first.process.alive(), what="the first backend handing over and exiting", timeout=30)
-    load.join(60)
-    assert not load.is_alive(), "dnsperf (20 s of load) did not finish within 60 s"
-    [run] = result
+    run = roll_under_load(tmp_path, plane.kubeconfig, holder, first, flags, started, coredns.address, NAME,
+                          20)
     assert run.rcodes == {"NOERROR": run.completed} and run.lost == 0 and run.completed > 4000, run
     assert "hands over to backend" in holder.process.log.read_text()
+
+
+def dnsperf_in_background(server: str, name: str, seconds: float, tmp_path: Path,
+                          rate: int = 400) -> Callable[[], dnsperf.Run]:
+    """dnsperf asking `name` at `rate` q/s for `seconds`, on a thread; the function returned waits for it."""
+    queries = tmp_path / "queries.txt"
+    queries.write_text(f"{name} A\n")
+    result: list[dnsperf.Run] = []
+    load = threading.Thread(target=lambda: result.append(dnsperf.run(server, queries, seconds, rate=rate)))
+    load.start()
+
+    def done() -> dnsperf.Run:
+        load.join(seconds + 40)
+        assert not load.is_alive(), f"dnsperf ({seconds} s of load) did not finish within {seconds + 40} s"
+        return result[0]
+
+    return done
+
+
+def roll_under_load(tmp_path: Path, kubeconfig: Path, holder: Listener, first: Backend, flags: list[str],
+                    started: list[Backend | Listener | CoreDNS], server: str, name: str,
+                    seconds: float) -> dnsperf.Run:
+    """A rollout under dnsperf (400 q/s at `server` for `seconds`): 3 s in, a second backend with `flags`
+    starts behind `holder` and `first` hands over to it and exits."""
+    done = dnsperf_in_background(server, name, seconds, tmp_path)
+    time.sleep(3)
+    second = Backend(tmp_path, kubeconfig, flags, name="second", listener=holder)
+    started.append(second.start())
+    wait_for(lambda: not first.process.alive(), what="the first backend handing over and exiting", timeout=30)
+    return done()

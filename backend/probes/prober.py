@@ -18,17 +18,13 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import os
-import pickle
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from backend import metrics
+from backend import childproc, metrics
 from backend.config import Settings
 from backend.probes.config import ProbeConfig
 from backend.probes.worker import MAX_IN_FLIGHT, Key, ProbeState, Target
@@ -37,17 +33,18 @@ log = logging.getLogger(__name__)
 
 ProbeTargets = Mapping[str, tuple[ProbeConfig, tuple[str, ...]]]  # one Gslb's host -> (config, addresses)
 Listener = Callable[[frozenset[str]], None]
-RESTART_FIRST, RESTART_MAX, RESTART_RESET = 0.5, 30.0, 60.0  # seconds: back-off, and the life that resets it
 REPORT_TIMEOUT = 2.0
-STOP_TIMEOUT = 5.0
-_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding `backend`, for the worker's imports
 
 
-class Prober:
+class Prober(childproc.Supervised):
     """`start()` runs the worker process and its supervisor; `verdict(host, address)` is safe from any
     thread."""
 
+    name = "prober"
+    meanwhile = "verdicts stay as they were"
+
     def __init__(self, settings: Settings, *, max_in_flight: int = MAX_IN_FLIGHT) -> None:
+        super().__init__()
         self.geotag = settings.cluster_geotag
         self.address_map = {a: (ip, port) for a, ip, port in settings.probe_address_map}
         self.max_in_flight = max_in_flight
@@ -57,11 +54,6 @@ class Prober:
         self._verdicts: dict[Key, bool] = {}
         self._targets: dict[Key, tuple[ProbeConfig, str, tuple[str, int]]] = {}  # what the worker probes
         self._listeners: list[Listener] = []
-        self._wake = threading.Event()  # inputs changed, the worker ended, or stop()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._send_lock = threading.Lock()
         self._requests = itertools.count()
         self._replies: dict[int, tuple[threading.Event, list[list[dict[str, Any]]]]] = {}
         self.summary: dict[str, int] = {}  # the worker's last figures: targets, unprobed, failing, checks
@@ -104,19 +96,13 @@ class Prober:
         with self._lock:
             return any(host in hosts for hosts in self._local.values())
 
-    @property
-    def pid(self) -> int | None:
-        """The worker process's pid while it runs."""
-        proc = self._proc
-        return proc.pid if proc is not None and proc.poll() is None else None
-
     def report(self, host: str) -> list[dict[str, Any]]:
         """The probe states of one host, for `explain` (asks the worker; blocks up to REPORT_TIMEOUT)."""
         request = next(self._requests)
         done, reply = threading.Event(), []
         self._replies[request] = (done, reply)
         try:
-            if self._send(("report", request, host)) and done.wait(REPORT_TIMEOUT) and reply:
+            if self.send(("report", request, host)) and done.wait(REPORT_TIMEOUT) and reply:
                 return reply[0]
         finally:
             self._replies.pop(request, None)
@@ -130,98 +116,45 @@ class Prober:
     # --- the worker and its supervision --------------------------------------------------------
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._supervise, name="prober", daemon=True)
-        self._thread.start()
+        self.start_child()
 
     def stop(self) -> None:
         """End the worker (end of its stdin, then SIGKILL after STOP_TIMEOUT) and the supervisor."""
         self._stopping.set()
-        self._wake.set()
+        self._wake.set()  # inputs changed, the worker ended, or stop()
         if self._thread is not None:
-            self._thread.join(STOP_TIMEOUT + 1)
+            self._thread.join(self.STOP_TIMEOUT + 1)
 
-    def _supervise(self) -> None:
-        delay = RESTART_FIRST
-        while not self._stopping.is_set():
-            began = time.monotonic()
-            try:
-                proc = self._spawn()
-            except OSError as e:
-                log.error("cannot start the prober process (%s); again in %.1f s", e, delay)
-                self._stopping.wait(delay)
-                delay = min(delay * 2, RESTART_MAX)
-                continue
-            assert proc.stdout is not None
-            reader = threading.Thread(target=self._read, args=(proc.stdout,), name="prober-reader",
-                                      daemon=True)
-            reader.start()
-            self._sync(proc, everything=True)
-            self._proc = proc  # others may ask it now: it knows its targets
-            while not self._stopping.is_set() and reader.is_alive():
-                self._wake.wait(1.0)  # bounded: the reader may end between our check and the wait
-                self._wake.clear()
-                if reader.is_alive() and not self._stopping.is_set():
-                    self._sync(proc)
-            self._end(proc)
-            reader.join(STOP_TIMEOUT)
-            self._proc = None
-            metrics.PROBE_STATS.retire()
-            for done, _ in list(self._replies.values()):
-                done.set()
-            if self._stopping.is_set():
-                return
-            lived = time.monotonic() - began
-            delay = RESTART_FIRST if lived > RESTART_RESET else delay
-            log.error("the prober process ended (exit %s after %.1f s); verdicts stay as they were, starting "
-                      "it again in %.1f s", proc.returncode, lived, delay)
+    def spawn(self) -> subprocess.Popen[bytes]:
+        return childproc.spawn("backend.probes", ["--max-in-flight", str(self.max_in_flight)])
+
+    def serve(self, proc: subprocess.Popen[bytes], reader: threading.Thread) -> None:
+        self._sync(proc, everything=True)
+        self._proc = proc  # others may ask it now: it knows its targets
+        while not self._stopping.is_set() and reader.is_alive():
+            self._wake.wait(1.0)  # bounded: the reader may end between our check and the wait
+            self._wake.clear()
+            if reader.is_alive() and not self._stopping.is_set():
+                self._sync(proc)
+
+    def ended(self, proc: subprocess.Popen[bytes], restart: bool) -> None:
+        metrics.PROBE_STATS.retire()
+        for done, _ in list(self._replies.values()):
+            done.set()
+        if restart:
             metrics.PROBE_RESTARTS.inc()
-            self._stopping.wait(delay)
-            delay = min(delay * 2, RESTART_MAX)
 
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        path = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)
-        return subprocess.Popen([sys.executable, "-m", "backend.probes", "--max-in-flight",
-                                 str(self.max_in_flight)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                env={**os.environ, "PYTHONPATH": path},
-                                start_new_session=True)  # ^C in a terminal is the backend's to handle
-
-    def _end(self, proc: subprocess.Popen[bytes]) -> None:
-        with self._send_lock, contextlib.suppress(OSError):
-            assert proc.stdin is not None
-            proc.stdin.close()  # the worker ends at the end of its input
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def _send(self, message: tuple[Any, ...], proc: subprocess.Popen[bytes] | None = None) -> bool:
-        proc = proc or self._proc
-        if proc is None or proc.stdin is None:
-            return False
-        with self._send_lock:
-            try:
-                pickle.dump(message, proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-                proc.stdin.flush()
-            except (OSError, ValueError):  # the worker is gone (ValueError: its pipe is closed)
-                return False
-        return True
-
-    def _read(self, stream: IO[bytes]) -> None:
-        """The worker's messages, until its stdout ends; then wake the supervisor."""
-        with contextlib.suppress(EOFError, OSError, pickle.UnpicklingError):
-            while True:
-                message = pickle.load(stream)
-                if message[0] == "flips":
-                    self._apply_flips(message[1])
-                elif message[0] == "stats":
-                    metrics.PROBE_STATS.update(message[1], message[2])
-                    self.summary = message[3]
-                elif message[0] == "report" and message[1] in self._replies:
-                    done, reply = self._replies[message[1]]
-                    reply.append(message[2])
-                    done.set()
-        self._wake.set()
+    def receive(self, message: tuple[Any, ...]) -> None:
+        """A message of the worker's, on the reader thread."""
+        if message[0] == "flips":
+            self._apply_flips(message[1])
+        elif message[0] == "stats":
+            metrics.PROBE_STATS.update(message[1], message[2])
+            self.summary = message[3]
+        elif message[0] == "report" and message[1] in self._replies:
+            done, reply = self._replies[message[1]]
+            reply.append(message[2])
+            done.set()
 
     def _desired(self) -> dict[Key, tuple[ProbeConfig, str, tuple[str, int]]]:
         """The targets to probe now: (host, address) -> (config, geotag, where to connect)."""
@@ -269,7 +202,7 @@ class Prober:
                     metrics.PROBE_UP.labels(*key, target[1]).set(int(self._verdicts[key]))
             self._targets = want
             message: dict[Key, Target] = {k: (*t, self._verdicts[k]) for k, t in want.items()}
-        self._send(("targets", message), proc)
+        self.send(("targets", message), proc)
         self._notify(changed)
 
     def _apply_flips(self, flips: list[tuple[str, str, bool, str]]) -> None:

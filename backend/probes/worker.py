@@ -23,10 +23,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
-import contextlib
 import logging
 import os
-import pickle
 import random
 import sys
 import threading
@@ -34,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
+from backend import childproc
 from backend.metrics import PROBE_BUCKETS, ProbeChecks, ProbeDurations
 from backend.probes.check import check
 from backend.probes.config import ProbeConfig
@@ -86,8 +85,7 @@ class Worker:
         self._durations: ProbeDurations = {}
 
     def send(self, message: tuple[Any, ...]) -> None:
-        pickle.dump(message, self.out, protocol=pickle.HIGHEST_PROTOCOL)
-        self.out.flush()
+        childproc.send(self.out, message)
 
     async def run(self, inp: BinaryIO) -> None:
         """Serve messages from `inp` until it ends; then stop every probe."""
@@ -95,9 +93,8 @@ class Worker:
         ended = asyncio.Event()
 
         def read() -> None:
-            with contextlib.suppress(EOFError, OSError, pickle.UnpicklingError):
-                while True:
-                    loop.call_soon_threadsafe(self.apply, pickle.load(inp))
+            for message in childproc.messages(inp):
+                loop.call_soon_threadsafe(self.apply, message)
             loop.call_soon_threadsafe(ended.set)
 
         threading.Thread(target=read, name="probe-commands", daemon=True).start()
@@ -192,8 +189,6 @@ def main() -> None:
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s prober[%(process)d] %(name)s: "
                         "%(message)s")
-    out = os.fdopen(os.dup(1), "wb")  # the channel to the backend; nothing else may write to it
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
+    out = childproc.channel()
     os.nice(NICE)
     asyncio.run(Worker(out, a.max_in_flight).run(sys.stdin.buffer))
