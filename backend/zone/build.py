@@ -33,6 +33,7 @@ from backend.zone.nodes import (
     Node,
     RRset,
     Zone,
+    chain,
     closest,
     precompile,
     recipe,
@@ -70,6 +71,7 @@ class Builder:
         self.zones = served_zones(settings)
         self.records = 0
         self.conflicts: tuple[Conflict, ...] | None = None  # None: list them anew in `table()`
+        self.moved: set[bytes] | None = None  # a patch's names created or gone (empty non-terminals too)
         # The bookkeeping is changed in place (only the builder chain reads it); the nodes, which the
         # last table's lookup reads, are forked.
         self.index = Index(geo) if base is None else replace(base, geo=geo, nodes=base.nodes.fork())
@@ -132,6 +134,7 @@ class Builder:
             elif T_CNAME in node.rrsets:
                 self.index.cnames.add(node.key)
                 self._plain(node)
+                self.index.follows(node.key, chain(nodes, self.zones, node))
             elif node.rrsets and not node.answers:
                 self._plain(node)
 
@@ -161,6 +164,8 @@ class Builder:
                 return False
         self.records = last.records
         self.conflicts = last.conflicts  # unless a changed name had or has some
+        self.moved = set()
+        replaced = {key for key in keys.values() if isinstance(key, bytes)}
         zone_records, _ = merge(self.settings, (), self.serial)
         changed = dict(changed)
         for zone in self.zones.values():  # every apex: its SOA carries the new serial
@@ -176,12 +181,17 @@ class Builder:
                 self.conflicts = None
         for zone in self.zones.values():
             zone.soa = index.nodes[zone.apex].rrsets.get(T_SOA)
-        for key in index.cnames:  # their chains may end in a changed name or a negative with our SOA
+        # CNAME answers read other names, and negatives the SOA: redo those whose chain reads a change
+        # (all of them when the serial moved, once an hour)
+        redo = index.cnames if self.serial != last.serial else (
+            index.readers(replaced, self.moved) | replaced) & index.cnames
+        for key in redo:
             old_node = index.nodes[key]
             node = Node(key, old_node.apex)
             index.nodes.put(key, node)
             node.rrsets, node.cut = old_node.rrsets, old_node.cut
             self._plain(node)
+            index.follows(key, chain(index.nodes, self.zones, node))
         return True
 
     def _redo(self, name: str, key: bytes | str, types: dict[str, Merged], conflicts: list[Conflict],
@@ -194,7 +204,9 @@ class Builder:
         if isinstance(key, str):  # a name that cannot be written: only its rejection is kept
             index.conflicts[name] = conflicts + _rejects(types, key)
             return
-        index.cnames.discard(key)
+        if key in index.cnames:
+            index.cnames.discard(key)
+            index.follows(key, ())
         if not types:
             if old is not None:
                 self._drop(key)
@@ -253,6 +265,8 @@ class Builder:
         if node is None:
             node = Node(key, zone.apex)
             nodes.put(key, node)
+            if self.moved is not None:
+                self.moved.add(key)
             if key != zone.apex:
                 up = parent(key)
                 self._node(up, zone)
@@ -270,6 +284,8 @@ class Builder:
             return
         while key != apex and not children.get(key) and key not in held:
             nodes.drop(key)
+            if self.moved is not None:
+                self.moved.add(key)
             children.pop(key, None)
             key = parent(key)
             children[key] -= 1

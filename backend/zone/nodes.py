@@ -191,6 +191,70 @@ class Index:
     children: dict[bytes, int] = field(default_factory=dict)  # node -> how many nodes sit directly below it
     present: set[int] = field(default_factory=lambda: {T_ANY})  # every type a node holds (a patch only adds)
     cnames: set[bytes] = field(default_factory=set)  # CNAME nodes outside delegations: answers read others
+    # What those answers read (`chain`): CNAME node -> the targets its chain followed, and the reverse,
+    # by each target and by each name above a target, so a patch redoes only the CNAMEs it touches.
+    chains: dict[bytes, tuple[bytes, ...]] = field(default_factory=dict)
+    read_at: dict[bytes, set[bytes]] = field(default_factory=dict)  # target -> CNAME nodes
+    read_below: dict[bytes, set[bytes]] = field(default_factory=dict)  # a target or a name above it -> ...
+
+    def follows(self, key: bytes, targets: tuple[bytes, ...]) -> None:
+        """CNAME node `key` now reads `targets` (none: it is no CNAME node any more)."""
+        for target in self.chains.pop(key, ()):
+            _unlist(self.read_at, target, key)
+            for up in ancestors(target):
+                _unlist(self.read_below, up, key)
+        if targets:
+            self.chains[key] = targets
+            for target in targets:
+                self.read_at.setdefault(target, set()).add(key)
+                for up in ancestors(target):
+                    self.read_below.setdefault(up, set()).add(key)
+
+    def readers(self, replaced: set[bytes], moved: set[bytes]) -> set[bytes]:
+        """The CNAME nodes whose answers may change: a target `replaced` (new records); a target or a
+        name above it `moved` (created or gone: the closest encloser changes, RFC 4592); a wildcard
+        replaced or moved above a target."""
+        found: set[bytes] = set()
+        for key in replaced:
+            found |= self.read_at.get(key, set())
+        for key in moved:
+            found |= self.read_below.get(key, set())
+        for key in replaced | moved:
+            if key.startswith(b"\x01*"):
+                found |= self.read_below.get(key[2:], set())
+        return found
+
+
+def _unlist(index: dict[bytes, set[bytes]], at: bytes, key: bytes) -> None:
+    keys = index.get(at)
+    if keys is not None:
+        keys.discard(key)
+        if not keys:
+            del index[at]
+
+
+def ancestors(key: bytes) -> list[bytes]:
+    """`key` and every name above it, in wire form."""
+    out = [key]
+    pos = 0
+    while key[pos]:
+        pos += key[pos] + 1
+        out.append(key[pos:])
+    return out
+
+
+def chain(nodes: Nodes, zones: dict[bytes, Zone], node: Node) -> tuple[bytes, ...]:
+    """The targets a CNAME node's answers follow (`recipe` for a type no node holds goes furthest)."""
+    targets: list[bytes] = []
+    cur, seen = node, {id(node)}
+    while (cname := cur.rrsets.get(T_CNAME)) is not None and len(targets) < MAX_CHAIN:
+        targets.append(names(cname.variants[0][0])[0])
+        nxt = _follow(nodes, zones, targets[-1])
+        if not isinstance(nxt, Node) or id(nxt) in seen:
+            break
+        seen.add(id(nxt))
+        cur = nxt
+    return tuple(targets)
 
 
 def precompile(recipe: Recipe, anchor: bytes, qlen: int) -> Answer:
