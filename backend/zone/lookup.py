@@ -68,8 +68,9 @@ class Lookup:
 
 
 class Table:
-    """One compiled model, never changed once built (backend.zone.build makes it). `answer()` is the
-    per-query path; it never raises."""
+    """One compiled model, never changed once built (backend.zone.build makes it; what it answers from
+    is never written again, only its `index` is handed to the next patch). `answer()` is the per-query
+    path; it never raises."""
 
     __slots__ = ("_base", "_nodes", "_opt", "_opt_do", "_payload", "_recent", "_zones", "conflicts", "index",
                  "ready", "records", "serial")

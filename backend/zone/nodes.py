@@ -177,8 +177,9 @@ class Nodes:
 @dataclass(slots=True)
 class Index:
     """How the builder made a table's nodes, kept with the table so the next compile reuses the work
-    (`compile_table(previous=)`) or patches only the changed names (`Recompiler`). The lookup never
-    reads it."""
+    (`compile_table(previous=)`) or patches only the changed names (`Recompiler`), which takes it over
+    and changes it in place. The lookup reads only `nodes` (through the table), which no builder
+    changes once a table holds them."""
 
     geo: GeoLookup | None = None
     nodes: Nodes = field(default_factory=Nodes)  # the table's names (the lookup reads them too)
