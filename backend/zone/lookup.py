@@ -236,7 +236,9 @@ class Table:
             if owner is not None:
                 owner.append(ce.cut.key)
             return self._lazy(ce, REFERRAL, qlen, ce.key)
-        wild = self._nodes.get(b"\x01*" + key[pos:])
+        wkey = b"\x01*" + key[pos:]
+        recent = self._recent
+        wild = recent[wkey] if wkey in recent else self._base.get(wkey)
         if wild is None:
             return self._zones[ce.apex].negative(NXDOMAIN, qlen)
         if owner is not None:
