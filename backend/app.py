@@ -290,16 +290,21 @@ def compiler(app: App) -> Compiler:
     records metrics do): compiled from the Store once every source has synced, each new one reported
     as conflict Events; the first one makes the app ready."""
     reported: set[tuple[ObjectRef, str]] = set()
+    listed: Sequence[tuple[ObjectRef, str]] = ()  # the last table's conflicts, as it listed them
 
     def install(table: Table) -> None:
-        nonlocal reported
+        nonlocal reported, listed
         app.server.set_table(table)
         if not app.first_sync.is_set():
             log.info("first full sync done: %d objects watched, serving",
                      sum(len(i.objects) for i in app.informers.values()))
             app.first_sync.set()
             app.server.set_ready(True)
-        # one Warning Event per (object, conflict) while it lasts; again only if it comes back later
+        # one Warning Event per (object, conflict) while it lasts; again only if it comes back later (a
+        # patch that changed no name's conflicts hands on the same list: nothing to compare)
+        if table.conflicts is listed:
+            return
+        listed = table.conflicts
         current = set(table.conflicts)
         for ref, why in sorted(current - reported, key=str):
             log.warning("%s: %s", ref, why)

@@ -220,9 +220,14 @@ class Store:
         for listener in self._listeners:
             listener(version)
 
-    def snapshot(self) -> tuple[int, dict[str, tuple[Endpoint, ...]]]:
+    def snapshot(self, keys: Iterable[str] | None = None) -> tuple[int, dict[str, tuple[Endpoint, ...]]]:
+        """The version and every key's Endpoints, or only those of `keys` (the ones present): the
+        compiler, which follows the changed keys, then copies what changed, not the whole Store."""
         with self._lock:
-            return self._version, dict(self._by_key)
+            if keys is None:
+                return self._version, dict(self._by_key)
+            by_key = self._by_key
+            return self._version, {key: by_key[key] for key in keys if key in by_key}
 
     def endpoints(self) -> list[Endpoint]:
         _, by_key = self.snapshot()

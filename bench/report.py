@@ -313,6 +313,22 @@ def _workers(w: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _patch(p: dict[str, Any]) -> list[str]:
+    cases = ("address", "new_name", "deleted_name")
+    lines = ["The backend's compiler step (Store snapshot, patch, `set_table`) after one Store change, "
+             "CPU ms p50 (max) of each case:", "",
+             "| names | address changed | new name | name deleted |", "|---:|---:|---:|---:|"]
+    for names, row in p["cost"].items():
+        cells = " | ".join(f"{row[c]['p50_ms']} ({row[c]['max_ms']})" for c in cases)
+        lines.append(f"| {int(names):,} | {cells} |")
+    g = p["gc"]
+    lines += ["", f"Collections while {g['changes']} changes were compiled in {g['seconds']} s at "
+              f"{g['names']:,} names: " + "; ".join(
+                  f"generation {n}: {g[f'gen{n}']['collections']}, max {g[f'gen{n}']['max_ms']} ms, "
+                  f"{g[f'gen{n}']['total_ms']} ms in all" for n in range(3)) + "."]
+    return lines
+
+
 def _hostile(h: dict[str, Any]) -> list[str]:
     lines = ["| attack | server RSS before / peak / 5 s after (MiB) | queries lost (1 s timeout) "
              "| slowest answer |",
@@ -423,6 +439,10 @@ def render(res: dict[str, Any]) -> str:
     c = res.get("churn")
     if c:
         out += [f"## Churn ({c['date']}, load average at start {c['loadavg_at_start']})", "", *_churn(c), ""]
+    pa = res.get("patch")
+    if pa:
+        out += [f"## One change, in-process (`python -m bench.patch`, {pa['date']}, load average "
+                f"{pa['loadavg_at_start']})", "", *_patch(pa), ""]
     h = res.get("hostile")
     if h:
         out += [f"## Hostile HTTP/2 clients (`python -m bench.hostile`, {h['date']}, "

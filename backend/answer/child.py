@@ -106,8 +106,9 @@ class Answerer:
         await self.server.drain(seconds)
         self.send(("drained",))
 
-    def _snapshot(self) -> tuple[int, dict[str, tuple[Endpoint, ...]]]:
-        """On the compile thread: the content with what arrived since; only this thread writes it."""
+    def _snapshot(self, _keys: set[str] | None) -> tuple[int, dict[str, tuple[Endpoint, ...]]]:
+        """On the compile thread: the content with what arrived since; only this thread writes it (so
+        it is handed over whole, not copied)."""
         with self._lock:
             pending, self._pending = self._pending, {}
         for key, endpoints in pending.items():

@@ -153,7 +153,7 @@ class AnswerProcess(childproc.Supervised):
             with self._keys_lock:
                 keys, self._keys = self._keys, set()
             if keys:
-                _, by_key = self.store.snapshot()
+                _, by_key = self.store.snapshot(keys)
                 self.send(("changes", {key: by_key.get(key) for key in keys}), proc)
 
     def receive(self, message: tuple[Any, ...]) -> None:

@@ -2,8 +2,9 @@
 names that changed keys touch (`Recompiler`).
 
 A `Builder` owns the nodes it makes until it hands them out in a `Table` (`Builder.table()`); after
-that nobody writes them. A patch starts a new Builder from the last table's `Index` (copies of its
-dicts, the unchanged nodes shared) and replaces the nodes it changes, never edits them.
+that nobody writes them. A patch takes the last table's `Index` over (its bookkeeping changed in place,
+its nodes forked: `Nodes`), replaces the nodes it changes, never edits them, and so costs what the
+change costs, not what the table holds.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from backend.zone.nodes import (
     Node,
     RRset,
     Zone,
+    chain,
     closest,
     precompile,
     recipe,
@@ -59,8 +61,8 @@ def next_serial_in(now: float | None = None) -> float:
 
 
 class Builder:
-    """Makes one table's nodes: every name anew (`add`, then `finish`), or a copy of `base` (the last
-    table's index) with some names redone (`patch`)."""
+    """Makes one table's nodes: every name anew (`add`, then `finish`), or the last table's with some
+    names redone (`patch`, on `base`: the last table's index, taken over)."""
 
     def __init__(self, settings: Settings, serial: int, geo: GeoLookup | None,
                  base: Index | None = None) -> None:
@@ -68,20 +70,20 @@ class Builder:
         self.serial = serial
         self.zones = served_zones(settings)
         self.records = 0
-        if base is None:
-            self.index = Index(geo)
-        else:
-            self.index = replace(base, geo=geo, nodes=dict(base.nodes), inputs=dict(base.inputs),
-                                 conflicts=dict(base.conflicts), rejected=dict(base.rejected),
-                                 held=set(base.held), children=dict(base.children), present=set(base.present),
-                                 cnames=set(base.cnames))
+        self.conflicts: tuple[Conflict, ...] | None = None  # None: list them anew in `table()`
+        self.moved: set[bytes] | None = None  # a patch's names created or gone (empty non-terminals too)
+        # The bookkeeping is changed in place (only the builder chain reads it); the nodes, which the
+        # last table's lookup reads, are forked.
+        self.index = Index(geo) if base is None else replace(base, geo=geo, nodes=base.nodes.fork())
 
     def table(self) -> Table:
         """The frozen table of what was built; this builder is done with it."""
         index = self.index
-        found = (index.conflicts, index.rejected)
-        conflicts = [c for by_name in found for cs in by_name.values() for c in cs]
-        return Table(self.settings, self.serial, self.zones, index.nodes, conflicts=conflicts,
+        index.nodes = index.nodes.settled()
+        if self.conflicts is None:
+            found = (index.conflicts, index.rejected)
+            self.conflicts = tuple(c for by_name in found for cs in by_name.values() for c in cs)
+        return Table(self.settings, self.serial, self.zones, index.nodes, conflicts=self.conflicts,
                      records=self.records, index=index)
 
     # -- a full compile ----------------------------------------------------------------------
@@ -132,16 +134,17 @@ class Builder:
             elif T_CNAME in node.rrsets:
                 self.index.cnames.add(node.key)
                 self._plain(node)
+                self.index.follows(node.key, chain(nodes, self.zones, node))
             elif node.rrsets and not node.answers:
                 self._plain(node)
 
     # -- a patch -----------------------------------------------------------------------------
 
-    def patch(self, changed: dict[str, tuple[dict[str, Merged], list[Conflict]]], records: int) -> bool:
-        """Redo the names in `changed` (merged records, merge conflicts) on a copy of the last table's
-        index, whose table held `records`. New and deleted names, CNAMEs, wildcards and conflicts are
-        patched; False when a change touches a delegation (an NS below an apex, or a name at or below
-        one: referrals and glue read many nodes), which the caller answers with a full compile."""
+    def patch(self, changed: dict[str, tuple[dict[str, Merged], list[Conflict]]], last: Table) -> bool:
+        """Redo the names in `changed` (merged records, merge conflicts) on the index of `last`. New
+        and deleted names, CNAMEs, wildcards and conflicts are patched; False, with nothing changed
+        yet, when a change touches a delegation (an NS below an apex, or a name at or below one:
+        referrals and glue read many nodes), which the caller answers with a full compile."""
         index = self.index
         apexes = {zone.name for zone in self.zones.values()}
         keys: dict[str, bytes | str] = {}  # name -> its wire form, or why it has none
@@ -159,7 +162,10 @@ class Builder:
                 node, _ = closest(index.nodes, key)
             if node is not None and node.cut is not None:
                 return False
-        self.records = records
+        self.records = last.records
+        self.conflicts = last.conflicts  # unless a changed name had or has some
+        self.moved = set()
+        replaced = {key for key in keys.values() if isinstance(key, bytes)}
         zone_records, _ = merge(self.settings, (), self.serial)
         changed = dict(changed)
         for zone in self.zones.values():  # every apex: its SOA carries the new serial
@@ -169,46 +175,61 @@ class Builder:
             keys[zone.name] = zone.apex
         zones = {z.name: z for z in self.zones.values()}
         for name, (types, conflicts) in changed.items():
-            old = index.inputs.pop(name, None)
-            if old is not None:
-                self.records -= old[2]
-            index.conflicts.pop(name, None)
-            index.rejected.pop(name, None)
-            key = keys[name]
-            if isinstance(key, str):  # a name that cannot be written: only its rejection is kept
-                index.conflicts[name] = conflicts + _rejects(types, key)
-                continue
-            index.cnames.discard(key)
-            if not types:
-                if old is not None:
-                    self._drop(key)
-                if conflicts:
-                    index.conflicts[name] = conflicts
-                continue
-            zone = zones[zone_of(name, zones) or ""]
-            self._node(key, zone)
-            node = index.nodes[key] = Node(key, zone.apex)
-            index.held.add(key)
-            records, rejects = self._parse(node, name, types)
-            self.records += records
-            index.inputs[name] = (types, node, records, rejects)
-            if conflicts:
-                index.conflicts[name] = conflicts
-            if rejects:
-                index.rejected[name] = rejects
-            index.present.update(node.rrsets)
-            if T_CNAME in node.rrsets:
-                index.cnames.add(key)
-            else:
-                self._plain(node)
+            before = (index.conflicts.pop(name, None), index.rejected.pop(name, None))
+            self._redo(name, keys[name], types, conflicts, zones)
+            if before != (index.conflicts.get(name), index.rejected.get(name)):
+                self.conflicts = None
         for zone in self.zones.values():
             zone.soa = index.nodes[zone.apex].rrsets.get(T_SOA)
-        for key in index.cnames:  # their chains may end in a changed name or a negative with our SOA
+        # CNAME answers read other names, and negatives the SOA: redo those whose chain reads a change
+        # (all of them when the serial moved, once an hour)
+        redo = index.cnames if self.serial != last.serial else (
+            index.readers(replaced, self.moved) | replaced) & index.cnames
+        for key in redo:
             old_node = index.nodes[key]
-            node = index.nodes[key] = Node(key, old_node.apex)
+            node = Node(key, old_node.apex)
+            index.nodes.put(key, node)
             node.rrsets, node.cut = old_node.rrsets, old_node.cut
             self._plain(node)
+            index.follows(key, chain(index.nodes, self.zones, node))
         return True
+
+    def _redo(self, name: str, key: bytes | str, types: dict[str, Merged], conflicts: list[Conflict],
+              zones: dict[str, Zone]) -> None:
+        """One changed name of a patch: its node anew (or gone), its records, conflicts, rejections."""
+        index = self.index
+        old = index.inputs.pop(name, None)
+        if old is not None:
+            self.records -= old[2]
+        if isinstance(key, str):  # a name that cannot be written: only its rejection is kept
+            index.conflicts[name] = conflicts + _rejects(types, key)
+            return
+        if key in index.cnames:
+            index.cnames.discard(key)
+            index.follows(key, ())
+        if not types:
+            if old is not None:
+                self._drop(key)
+            if conflicts:
+                index.conflicts[name] = conflicts
+            return
+        zone = zones[zone_of(name, zones) or ""]
+        self._node(key, zone)
+        node = Node(key, zone.apex)
+        index.nodes.put(key, node)
+        index.held.add(key)
+        records, rejects = self._parse(node, name, types)
+        self.records += records
+        index.inputs[name] = (types, node, records, rejects)
+        if conflicts:
+            index.conflicts[name] = conflicts
+        if rejects:
+            index.rejected[name] = rejects
+        index.present.update(node.rrsets)
+        if T_CNAME in node.rrsets:
+            index.cnames.add(key)
+        else:
+            self._plain(node)
 
     # -- nodes -------------------------------------------------------------------------------
 
@@ -242,7 +263,10 @@ class Builder:
         nodes, children = self.index.nodes, self.index.children
         node = nodes.get(key)
         if node is None:
-            node = nodes[key] = Node(key, zone.apex)
+            node = Node(key, zone.apex)
+            nodes.put(key, node)
+            if self.moved is not None:
+                self.moved.add(key)
             if key != zone.apex:
                 up = parent(key)
                 self._node(up, zone)
@@ -256,10 +280,12 @@ class Builder:
         held.discard(key)
         apex = nodes[key].apex
         if key == apex or children.get(key):
-            nodes[key] = Node(key, apex)
+            nodes.put(key, Node(key, apex))
             return
         while key != apex and not children.get(key) and key not in held:
-            del nodes[key]
+            nodes.drop(key)
+            if self.moved is not None:
+                self.moved.add(key)
             children.pop(key, None)
             key = parent(key)
             children[key] -= 1
@@ -324,8 +350,14 @@ def patch_table(last: Table, serial: int, changed: dict[str, tuple[dict[str, Mer
     only a full compile can do it (see `Builder.patch`)."""
     if not last.ready or last.index is None:
         return None
-    builder = Builder(settings, serial, last.index.geo, last.index)
-    return builder.table() if builder.patch(changed, last.records) else None
+    # The index is handed over: its bookkeeping changes in place from here on, so `last` no longer
+    # holds it (a compile with `previous=last` then reuses nothing rather than the wrong thing).
+    index, last.index = last.index, None
+    builder = Builder(settings, serial, index.geo, index)
+    if builder.patch(changed, last):
+        return builder.table()
+    last.index = index  # untouched: the caller's full compile reuses it
+    return None
 
 
 class Recompiler:
@@ -347,6 +379,11 @@ class Recompiler:
         """Other zones: the next compile is a full one (the last table's zones no longer hold)."""
         self.settings = settings
         self._table = None
+
+    @property
+    def reads_all(self) -> bool:
+        """The next compile reads every key of `by_key` (the first one); later ones only `keys`."""
+        return not self._by_key
 
     def compile(self, by_key: dict[str, tuple[Endpoint, ...]], serial: int,
                 keys: Iterable[str] | None = None) -> Table:

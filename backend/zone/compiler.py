@@ -21,7 +21,8 @@ from backend.zone.lookup import Table
 log = logging.getLogger(__name__)
 
 FREEZE_EVERY = 300.0  # seconds between gc.freeze() calls while patches accumulate long-lived objects
-Snapshot = Callable[[], tuple[int, dict[str, tuple[Endpoint, ...]]]]  # (version, Endpoints by key)
+# (version, Endpoints by key): every key when given None, else at least those of the keys given
+Snapshot = Callable[[set[str] | None], tuple[int, dict[str, tuple[Endpoint, ...]]]]
 
 
 def geo_lookup(settings: Settings) -> GeoLookup | None:
@@ -99,7 +100,8 @@ class Compiler:
             self._recompiler.reconfigure(settings)
         with self._keys_lock:
             keys, self._keys = self._keys, set()
-        version, by_key = self._snapshot()  # a change after the keys are taken comes again
+        # a change after the keys are taken comes again; only the first compile reads every key
+        version, by_key = self._snapshot(None if self._recompiler.reads_all else keys)
         self.serial = soa_serial(self.serial)
         start = time.perf_counter()
         try:

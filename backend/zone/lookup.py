@@ -29,6 +29,7 @@ from backend.zone.nodes import (
     Answer,
     Index,
     Node,
+    Nodes,
     Zone,
     closest,
     precompile,
@@ -67,26 +68,28 @@ class Lookup:
 
 
 class Table:
-    """One compiled model, never changed once built (backend.zone.build makes it). `answer()` is the
-    per-query path; it never raises."""
+    """One compiled model, never changed once built (backend.zone.build makes it; what it answers from
+    is never written again, only its `index` is handed to the next patch). `answer()` is the per-query
+    path; it never raises."""
 
-    __slots__ = ("_nodes", "_opt", "_opt_do", "_payload", "_zones", "conflicts", "index", "ready", "records",
-                 "serial")
+    __slots__ = ("_base", "_nodes", "_opt", "_opt_do", "_payload", "_recent", "_zones", "conflicts", "index",
+                 "ready", "records", "serial")
 
     def __init__(self, settings: Settings, serial: int, zones: dict[bytes, Zone] | None = None,
-                 nodes: dict[bytes, Node] | None = None, *, ready: bool = True,
-                 conflicts: list[tuple[ObjectRef, str]] | None = None, records: int = 0,
+                 nodes: Nodes | None = None, *, ready: bool = True,
+                 conflicts: tuple[tuple[ObjectRef, str], ...] = (), records: int = 0,
                  index: Index | None = None) -> None:
         self.serial = serial
         self.ready = ready
-        self.conflicts = conflicts or []  # merge losers and unparsable targets, for Kubernetes Events
+        self.conflicts = conflicts  # merge losers and unparsable targets, for Kubernetes Events
         self.records = records  # resource records held, for the gauge
-        self.index = index  # the builder's, for the next compile
+        self.index = index  # the builder's, for the next compile (which takes it: see patch_table)
         self._payload = settings.edns_payload
         self._opt = wire.opt_record(self._payload, wire.Edns(0, False, None))
         self._opt_do = wire.opt_record(self._payload, wire.Edns(0, True, None))
         self._zones = served_zones(settings) if zones is None else zones
-        self._nodes = {} if nodes is None else nodes
+        self._nodes = Nodes() if nodes is None else nodes
+        self._base, self._recent = self._nodes.base, self._nodes.recent  # the per-query path reads these
 
     @classmethod
     def not_ready(cls, settings: Settings) -> Table:
@@ -104,7 +107,7 @@ class Table:
 
     def names(self) -> set[bytes]:
         """Every name held, empty non-terminals included, in wire form (tests compare tables by it)."""
-        return set(self._nodes)
+        return self._nodes.keys()
 
     def answer(self, request: bytes, on_notify: NotifyCallback | None = None, peer: str = "") -> bytes:
         return self.resolve(request, on_notify, peer)[0]
@@ -176,7 +179,8 @@ class Table:
 
         key = req[12:qend].lower()
         qlen = qend - 12
-        node = self._nodes.get(key)
+        recent = self._recent  # `Nodes.get` inlined: one dict test more than a plain dict, no call
+        node = recent[key] if key in recent else self._base.get(key)
         if node is not None:
             zone = self._zones[node.apex]
             ans = node.answers.get(qtype) or node.default or zone.negative(NOERROR, qlen)
@@ -232,7 +236,9 @@ class Table:
             if owner is not None:
                 owner.append(ce.cut.key)
             return self._lazy(ce, REFERRAL, qlen, ce.key)
-        wild = self._nodes.get(b"\x01*" + key[pos:])
+        wkey = b"\x01*" + key[pos:]
+        recent = self._recent
+        wild = recent[wkey] if wkey in recent else self._base.get(wkey)
         if wild is None:
             return self._zones[ce.apex].negative(NXDOMAIN, qlen)
         if owner is not None:
