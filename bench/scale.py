@@ -32,10 +32,14 @@ NS = "scale"
 POLL = 0.002
 TRIAL_TIMEOUT = 10.0
 QUIET_TIMEOUT = 300.0
+SYNC_TIMEOUT = 600.0  # first /readyz; 100,000 Services take far longer than the lab's 60 s
 
 
 def lb_ip(i: int, generation: int = 0) -> str:
-    return f"172.{20 + generation}.{i // 250}.{i % 250 + 1}"
+    """Service i's LB address in `generation`: 250 per /24 and 250 /24s per second octet, the first
+    octet counting on past 62,500 Services (data only: nothing is ever sent to these)."""
+    block, rest = divmod(i, 62_500)
+    return f"{172 + block}.{20 + generation}.{rest // 250}.{rest % 250 + 1}"
 
 
 def objects(n: int, n_gslbs: int | None = None) -> tuple[list[Obj], list[Obj], list[Obj]]:
@@ -69,6 +73,8 @@ class Loaded:
     complete: bool
     started: float  # time.monotonic() at the backend's start
     all_served: float
+    sync_profile: list[tuple[str, float, float]]  # py-spy from start to /readyz: (function, own %, total %)
+    loadavg_ready: str  # the machine's load average at /readyz
 
     @property
     def pid(self) -> int:
@@ -93,12 +99,15 @@ def load(bed: Bed, n: int, n_gslbs: int, before_start: Callable[[Api], None] = l
                           grpc=backend.grpc)
     server = coredns.address
     t0 = time.monotonic()
-    backend.start()
-    sync = time.monotonic() - t0
+    backend.launch()
     pid = backend.process.pid
     assert pid is not None
+    with Sampler(pid, bed.workdir / "backend-profile-sync.txt") as sync_profile:
+        backend.wait_started(timeout=SYNC_TIMEOUT)
+        sync = time.monotonic() - t0
     rss_ready = rss_bytes(pid)
     cpu_ready = cpu_seconds(pid)
+    load_ready = loadavg()
     last, last_gslb = n - 1, n_gslbs - 1
 
     def complete() -> bool:
@@ -110,7 +119,7 @@ def load(bed: Bed, n: int, n_gslbs: int, before_start: Callable[[Api], None] = l
           f"CPU {cpu_ready:.1f} s; the last Service and Gslb answer at once: {at_ready}", flush=True)
     wait_for(complete, what="the last Service and Gslb answering", timeout=300, watch=[backend.process])
     return Loaded(api, services, slices, gslbs, created, backend, server, sync, rss_ready, cpu_ready,
-                  at_ready, t0, time.monotonic() - t0)
+                  at_ready, t0, time.monotonic() - t0, summary_rows(sync_profile.out, 15), load_ready)
 
 
 def addresses(server: str, name: str, rtype: str = "A") -> list[str]:
@@ -195,6 +204,7 @@ def run(bed: Bed, n: int = 10_000, trials: int = 20, n_gslbs: int | None = None)
         "rss_mib_at_ready": round(up.rss_ready / 2**20, 1),
         "rss_mib_after_trials": round(rss_bytes(pid) / 2**20, 1),
         "backend_cpu_seconds_to_ready": round(up.cpu_ready, 1),
+        "loadavg_at_ready": up.loadavg_ready,
         "loadavg_trials": load_avg,
         "backend_idle_after_seconds": round(start_up_work, 1) if quiet else None,
         "quiet_wait_seconds": round(time.monotonic() - t_quiet, 1),
@@ -204,6 +214,7 @@ def run(bed: Bed, n: int = 10_000, trials: int = 20, n_gslbs: int | None = None)
         "change_to_answer_p99_ms": steady["all"]["p99_ms"],
         "startup_change_to_answer_all": startup["all"],
         "apiserver_rss_mib": round(rss_bytes(bed.plane.apiserver.pid or 0) / 2**20, 1),
+        "profile_during_sync": up.sync_profile,
         "profile_during_trials": summary_rows(sampler.out, 15),
     }
     print(f"  change -> answer once idle: Service LB IP {result['change_to_answer_service']}, "
