@@ -140,13 +140,15 @@ def addresses(server: str, name: str, rtype: str = "A") -> list[str]:
 
 
 def trial(change: Callable[[], None], done: Callable[[], bool]) -> float:
-    """Seconds from just before the API write to the first answer through CoreDNS that shows it."""
+    """Seconds from just before the API write to the first answer through CoreDNS that shows it (given
+    up after TRIAL_TIMEOUT: that time is what the trial counts, so a slow change shows in the figures)."""
     t0 = time.perf_counter()
     change()
     deadline = t0 + TRIAL_TIMEOUT
     while not done():
         if time.perf_counter() > deadline:
-            raise TimeoutError("the change did not show in the answer within 10 s")
+            print(f"  a change did not show in the answer within {TRIAL_TIMEOUT:.0f} s", flush=True)
+            break
         time.sleep(POLL)
     return time.perf_counter() - t0
 
