@@ -185,9 +185,12 @@ class Api:
         if status not in (200, 202, 404):
             raise RuntimeError(f"deleting {path(obj)}: {status} {reply}")
 
-    def count(self, obj: Obj) -> int:
-        """How many objects the API lists in `obj`'s collection."""
-        status, reply = self.call("GET", collection(obj) + "?limit=1")
+    def count(self, obj: Obj, not_older_than: int = 0) -> int:
+        """How many objects the API lists in `obj`'s collection (`not_older_than`: an etcd revision the
+        apiserver's watch cache must have reached; until then the API answers 504 and this raises)."""
+        query = (f"&resourceVersion={not_older_than}&resourceVersionMatch=NotOlderThan"
+                 if not_older_than else "")
+        status, reply = self.call("GET", collection(obj) + "?limit=1" + query)
         if status != 200:
             raise RuntimeError(f"listing {collection(obj)}: {status} {reply}")
         return len(reply.get("items") or ()) + int(reply["metadata"].get("remainingItemCount") or 0)
@@ -211,7 +214,8 @@ _TXN_OPS = 64  # puts per etcd transaction (etcd allows 128)
 def bulk_create(api: Api, plane: ControlPlane, objs: Sequence[Obj], workers: int = 4) -> int:
     """Create objs[0] through the API, then the rest as copies of what the apiserver stored for it with
     each one's own fields merged in, written straight into the apiserver's etcd (with an IPAddress per
-    Service's ClusterIP, as the apiserver keeps them). All of one kind; returns how many."""
+    Service's ClusterIP, as the apiserver keeps them). All of one kind; returns etcd's revision after
+    the last write (the apiserver's watch cache, which serves lists, takes a while to get there)."""
     if not objs:
         return 0
     first = objs[0]
@@ -250,9 +254,8 @@ def bulk_create(api: Api, plane: ControlPlane, objs: Sequence[Obj], workers: int
             batches.append([])
         batches[-1].append(item)
     with ThreadPoolExecutor(workers) as pool:
-        for _ in pool.map(lambda batch: _etcd_put(url, root, batch), batches):
-            pass
-    return len(objs)
+        revisions = list(pool.map(lambda batch: _etcd_put(url, root, batch), batches))
+    return max(revisions, default=0)
 
 
 def _stored(api: Api, obj: Obj) -> Obj:
@@ -298,11 +301,13 @@ def _check_key(url: str, root: str, obj: Obj) -> None:
         raise RuntimeError(f"{path(obj)} is not at etcd key {key}: kube-apiserver's storage layout changed")
 
 
-def _etcd_put(url: str, root: str, batch: list[tuple[str, Obj]]) -> None:
+def _etcd_put(url: str, root: str, batch: list[tuple[str, Obj]]) -> int:
+    """One transaction; etcd's revision after it."""
     ops = [{"requestPut": {"key": _b64(root + key), "value": _b64(json.dumps(obj))}} for key, obj in batch]
     reply = _etcd(url, "/v3/kv/txn", {"success": ops})
     if "header" not in reply:
         raise RuntimeError(f"etcd txn failed: {reply}")
+    return int(reply["header"]["revision"])
 
 
 def _etcd(url: str, route: str, body: Obj) -> Obj:

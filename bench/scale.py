@@ -92,15 +92,16 @@ def load(bed: Bed, n: int, n_gslbs: int, before_start: Callable[[Api], None] = l
     services, slices, gslbs = objects(n, n_gslbs)
     t0 = time.monotonic()
     bulk = n > BULK_ABOVE
+    revision = 0
     for batch in (services, slices, gslbs):
         if bulk:
-            bulk_create(api, bed.plane, batch)
+            revision = max(revision, bulk_create(api, bed.plane, batch))
         else:
             api.create_all(batch, workers=24)
     for batch in (services, slices, gslbs):
-        if batch:
-            wait_for(lambda b=batch: api.count(b[0]) >= len(b),
-                     what=f"{len(batch)} {batch[0]['kind']}s listed", timeout=300)
+        if batch:  # the backend's first list must not wait for the apiserver's cache to catch up
+            wait_for(lambda b=batch: api.count(b[0], revision) >= len(b),
+                     what=f"{len(batch)} {batch[0]['kind']}s listed", timeout=600)
     created = time.monotonic() - t0
     print(f"  created {n} Services (+ status), {n_gslbs} EndpointSlices, {n_gslbs} Gslbs in {created:.1f} s"
           f"{' (copies written into etcd)' if bulk else ''}", flush=True)
