@@ -23,12 +23,13 @@ import ssl
 import threading
 import urllib.request
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from lab.kube import ControlPlane
 from lab.lbpool import lb_ingress
+from lab.proc import wait_for
 
 Obj = dict[str, Any]
 EXTERNAL_DNS_HOSTNAME = "external-dns.alpha.kubernetes.io/hostname"
@@ -117,7 +118,8 @@ def collection(obj: Obj) -> str:
     kind, ns = obj["kind"], obj["metadata"].get("namespace", "")
     group_version = obj["apiVersion"]
     plural = {"Namespace": "namespaces", "Service": "services", "EndpointSlice": "endpointslices",
-              "Gslb": "gslbs", "DNSEndpoint": "dnsendpoints", "Deployment": "deployments"}[kind]
+              "Gslb": "gslbs", "DNSEndpoint": "dnsendpoints", "Deployment": "deployments",
+              "IPAddress": "ipaddresses"}[kind]
     base = f"/api/{group_version}" if "/" not in group_version else f"/apis/{group_version}"
     return f"{base}/namespaces/{ns}/{plural}" if ns else f"{base}/{plural}"
 
@@ -231,28 +233,29 @@ def bulk_create(api: Api, plane: ControlPlane, objs: Sequence[Obj], workers: int
         ip_template = _strip(ip_template)
     taken = stored.get("spec", {}).get("clusterIP")
     _check_key(url, root, first)
+    ips = (str(_CLUSTER_IPS + k) for k in range(1, 2 * len(objs)) if str(_CLUSTER_IPS + k) != taken)
+    copies, addresses = [], []
+    for obj in objs[1:]:
+        copied = _merged(copy.deepcopy(stored), {k: v for k, v in obj.items() if k != "apiVersion"})
+        copied["metadata"]["uid"] = str(uuid.uuid4())
+        if ip_template is not None:
+            ip = next(ips)
+            copied["spec"]["clusterIP"], copied["spec"]["clusterIPs"] = ip, [ip]
+            address = copy.deepcopy(ip_template)
+            address["metadata"].update(name=ip, uid=str(uuid.uuid4()))
+            address["spec"]["parentRef"]["name"] = copied["metadata"]["name"]
+            addresses.append(address)
+        copies.append(copied)
+    if addresses:  # listed before their Services, or the apiserver's IP repair loop "repairs" them
+        revision = _etcd_put_all(url, root, addresses, workers)
+        wait_for(lambda: api.count(addresses[0], revision) > len(addresses),
+                 what=f"{len(addresses)} IPAddresses listed", timeout=600)
+    return _etcd_put_all(url, root, copies, workers)
 
-    def puts() -> Iterator[tuple[str, Obj]]:
-        ips = (str(_CLUSTER_IPS + k) for k in range(1, 2 * len(objs)))
-        for obj in objs[1:]:
-            copied = _merged(copy.deepcopy(stored), {k: v for k, v in obj.items() if k != "apiVersion"})
-            copied["metadata"]["uid"] = str(uuid.uuid4())
-            if ip_template is not None:
-                ip = next(ips)
-                if ip == taken:
-                    ip = next(ips)
-                copied["spec"]["clusterIP"], copied["spec"]["clusterIPs"] = ip, [ip]
-                address = copy.deepcopy(ip_template)
-                address["metadata"].update(name=ip, uid=str(uuid.uuid4()))
-                address["spec"]["parentRef"]["name"] = copied["metadata"]["name"]
-                yield _key(address), address
-            yield _key(copied), copied
 
-    batches: list[list[tuple[str, Obj]]] = [[]]
-    for item in puts():
-        if len(batches[-1]) == _TXN_OPS:
-            batches.append([])
-        batches[-1].append(item)
+def _etcd_put_all(url: str, root: str, objs: Sequence[Obj], workers: int) -> int:
+    """Every object written in transactions of _TXN_OPS; etcd's revision after the last."""
+    batches = [objs[i : i + _TXN_OPS] for i in range(0, len(objs), _TXN_OPS)]
     with ThreadPoolExecutor(workers) as pool:
         revisions = list(pool.map(lambda batch: _etcd_put(url, root, batch), batches))
     return max(revisions, default=0)
@@ -301,9 +304,9 @@ def _check_key(url: str, root: str, obj: Obj) -> None:
         raise RuntimeError(f"{path(obj)} is not at etcd key {key}: kube-apiserver's storage layout changed")
 
 
-def _etcd_put(url: str, root: str, batch: list[tuple[str, Obj]]) -> int:
+def _etcd_put(url: str, root: str, batch: Sequence[Obj]) -> int:
     """One transaction; etcd's revision after it."""
-    ops = [{"requestPut": {"key": _b64(root + key), "value": _b64(json.dumps(obj))}} for key, obj in batch]
+    ops = [{"requestPut": {"key": _b64(root + _key(obj)), "value": _b64(json.dumps(obj))}} for obj in batch]
     reply = _etcd(url, "/v3/kv/txn", {"success": ops})
     if "header" not in reply:
         raise RuntimeError(f"etcd txn failed: {reply}")

@@ -20,7 +20,7 @@ import dns.rdatatype
 from bench import dataset
 from bench.dnsperf import percentile
 from bench.env import Bed
-from bench.objects import Api, Obj, bulk_create, endpoint_slice, gslb, namespace, service
+from bench.objects import Api, Obj, bulk_create, collection, endpoint_slice, gslb, namespace, service
 from bench.procstat import cpu_seconds, loadavg, rss_bytes
 from bench.profile import Sampler
 from bench.profile import summary as summary_rows
@@ -36,6 +36,8 @@ QUIET_TIMEOUT = 300.0
 # 100,000 take most of an hour on two shared cores.
 BULK_ABOVE = 20_000
 SYNC_TIMEOUT = 600.0  # first /readyz; 100,000 Services take far longer than the lab's 60 s
+PAGE = 500  # the backend informer's list page size (backend/kube/informer.py)
+SYNC_PROFILE_RATE = 50  # py-spy samples a second during the sync (at 200 it takes ~40% of a core)
 
 
 def lb_ip(i: int, generation: int = 0) -> str:
@@ -78,6 +80,7 @@ class Loaded:
     all_served: float
     sync_profile: list[tuple[str, float, float]]  # py-spy from start to /readyz: (function, own %, total %)
     loadavg_ready: str  # the machine's load average at /readyz
+    list_seconds: float  # the API's paginated list of every Service, timed before the backend starts
 
     @property
     def pid(self) -> int:
@@ -103,6 +106,8 @@ def load(bed: Bed, n: int, n_gslbs: int, before_start: Callable[[Api], None] = l
             wait_for(lambda b=batch: api.count(b[0], revision) >= len(b),
                      what=f"{len(batch)} {batch[0]['kind']}s listed", timeout=600)
     created = time.monotonic() - t0
+    list_seconds = paginated_list_seconds(api, services[0])
+    print(f"  the API lists the {n} Services in pages of {PAGE} in {list_seconds:.1f} s", flush=True)
     print(f"  created {n} Services (+ status), {n_gslbs} EndpointSlices, {n_gslbs} Gslbs in {created:.1f} s"
           f"{' (copies written into etcd)' if bulk else ''}", flush=True)
     before_start(api)
@@ -114,7 +119,7 @@ def load(bed: Bed, n: int, n_gslbs: int, before_start: Callable[[Api], None] = l
     backend.launch()
     pid = backend.process.pid
     assert pid is not None
-    with Sampler(pid, bed.workdir / "backend-profile-sync.txt") as sync_profile:
+    with Sampler(pid, bed.workdir / "backend-profile-sync.txt", rate=SYNC_PROFILE_RATE) as sync_profile:
         backend.wait_started(timeout=SYNC_TIMEOUT)
         sync = time.monotonic() - t0
     rss_ready = rss_bytes(pid)
@@ -131,7 +136,23 @@ def load(bed: Bed, n: int, n_gslbs: int, before_start: Callable[[Api], None] = l
           f"CPU {cpu_ready:.1f} s; the last Service and Gslb answer at once: {at_ready}", flush=True)
     wait_for(complete, what="the last Service and Gslb answering", timeout=300, watch=[backend.process])
     return Loaded(api, services, slices, gslbs, created, backend, server, sync, rss_ready, cpu_ready,
-                  at_ready, t0, time.monotonic() - t0, summary_rows(sync_profile.out, 15), load_ready)
+                  at_ready, t0, time.monotonic() - t0, summary_rows(sync_profile.out, 15), load_ready,
+                  list_seconds)
+
+
+def paginated_list_seconds(api: Api, obj: Obj) -> float:
+    """How long the apiserver takes to list `obj`'s collection in the backend informer's pages: the part
+    of the sync the backend only waits for."""
+    t0 = time.monotonic()
+    cont = ""
+    while True:
+        query = f"?limit={PAGE}" + (f"&continue={cont}" if cont else "")
+        status, page = api.call("GET", collection(obj) + query)
+        if status != 200:
+            raise RuntimeError(f"listing {collection(obj)}: {status}")
+        cont = page["metadata"].get("continue") or ""
+        if not cont:
+            return time.monotonic() - t0
 
 
 def addresses(server: str, name: str, rtype: str = "A") -> list[str]:
@@ -214,6 +235,7 @@ def run(bed: Bed, n: int = 10_000, trials: int = 20, n_gslbs: int | None = None)
         "create_seconds": round(up.create_seconds, 1),
         "created_via": "etcd (bulk_create)" if n > BULK_ABOVE else "api",
         "sync_seconds": round(up.sync_seconds, 2),
+        "api_list_services_seconds": round(up.list_seconds, 2),
         "complete_at_ready": up.complete,
         "all_answering_seconds": round(up.all_served, 2),
         "rss_mib_at_ready": round(up.rss_ready / 2**20, 1),
