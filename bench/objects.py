@@ -29,7 +29,6 @@ from typing import Any
 
 from lab.kube import ControlPlane
 from lab.lbpool import lb_ingress
-from lab.proc import wait_for
 
 Obj = dict[str, Any]
 EXTERNAL_DNS_HOSTNAME = "external-dns.alpha.kubernetes.io/hostname"
@@ -234,7 +233,7 @@ def bulk_create(api: Api, plane: ControlPlane, objs: Sequence[Obj], workers: int
     taken = stored.get("spec", {}).get("clusterIP")
     _check_key(url, root, first)
     ips = (str(_CLUSTER_IPS + k) for k in range(1, 2 * len(objs)) if str(_CLUSTER_IPS + k) != taken)
-    copies, addresses = [], []
+    copies: list[Obj] = []  # each Service's IPAddress beside it: alone, the IP repair loop deletes it
     for obj in objs[1:]:
         copied = _merged(copy.deepcopy(stored), {k: v for k, v in obj.items() if k != "apiVersion"})
         copied["metadata"]["uid"] = str(uuid.uuid4())
@@ -244,12 +243,8 @@ def bulk_create(api: Api, plane: ControlPlane, objs: Sequence[Obj], workers: int
             address = copy.deepcopy(ip_template)
             address["metadata"].update(name=ip, uid=str(uuid.uuid4()))
             address["spec"]["parentRef"]["name"] = copied["metadata"]["name"]
-            addresses.append(address)
+            copies.append(address)
         copies.append(copied)
-    if addresses:  # listed before their Services, or the apiserver's IP repair loop "repairs" them
-        revision = _etcd_put_all(url, root, addresses, workers)
-        wait_for(lambda: api.count(addresses[0], revision) > len(addresses),
-                 what=f"{len(addresses)} IPAddresses listed", timeout=600)
     return _etcd_put_all(url, root, copies, workers)
 
 
