@@ -4,14 +4,25 @@ Every GSLB host is a Gslb (k8gb.absa.oss/v1beta1) whose spec.resourceRef names a
 carrying `k8gb.io/hostname`; its health comes from an EndpointSlice with one ready endpoint, written
 as the endpointslice controller would (selector-less Services, so no Deployment or Pod is needed for
 10,000 of them). The same Service may also carry ExternalDNS's hostname annotation.
+
+`Api.create_all` writes through the API (about 100 Services a second on two shared cores: kube-apiserver
+1.34 also writes an IPAddress for each ClusterIP and counts all of them after each one). `bulk_create`
+writes 100,000 in seconds: the first object goes through the API, the rest are copies of what the
+apiserver stored for it, written into its etcd (what the backend under test reads is still the real
+apiserver's list and watch).
 """
 
 from __future__ import annotations
 
+import base64
+import copy
 import http.client
+import ipaddress
 import json
 import ssl
 import threading
+import urllib.request
+import uuid
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -106,7 +117,8 @@ def collection(obj: Obj) -> str:
     kind, ns = obj["kind"], obj["metadata"].get("namespace", "")
     group_version = obj["apiVersion"]
     plural = {"Namespace": "namespaces", "Service": "services", "EndpointSlice": "endpointslices",
-              "Gslb": "gslbs", "DNSEndpoint": "dnsendpoints", "Deployment": "deployments"}[kind]
+              "Gslb": "gslbs", "DNSEndpoint": "dnsendpoints", "Deployment": "deployments",
+              "IPAddress": "ipaddresses"}[kind]
     base = f"/api/{group_version}" if "/" not in group_version else f"/apis/{group_version}"
     return f"{base}/namespaces/{ns}/{plural}" if ns else f"{base}/{plural}"
 
@@ -174,6 +186,16 @@ class Api:
         if status not in (200, 202, 404):
             raise RuntimeError(f"deleting {path(obj)}: {status} {reply}")
 
+    def count(self, obj: Obj, not_older_than: int = 0) -> int:
+        """How many objects the API lists in `obj`'s collection (`not_older_than`: an etcd revision the
+        apiserver's watch cache must have reached; until then the API answers 504 and this raises)."""
+        query = (f"&resourceVersion={not_older_than}&resourceVersionMatch=NotOlderThan"
+                 if not_older_than else "")
+        status, reply = self.call("GET", collection(obj) + "?limit=1" + query)
+        if status != 200:
+            raise RuntimeError(f"listing {collection(obj)}: {status} {reply}")
+        return len(reply.get("items") or ()) + int(reply["metadata"].get("remainingItemCount") or 0)
+
     def create_all(self, objs: Iterable[Obj], workers: int = 16) -> int:
         """Create objects concurrently (in the given order per kind); returns how many."""
         objs = list(objs)
@@ -181,3 +203,117 @@ class Api:
             for _ in pool.map(self.create, objs):
                 pass
         return len(objs)
+
+
+# Where kube-apiserver keeps each kind under its --etcd-prefix ("ns/name" appended; CRDs under their group).
+_STORAGE = {"Service": "services/specs", "EndpointSlice": "endpointslices",
+            "Gslb": f"{GSLB_API.split('/')[0]}/gslbs", "IPAddress": "ipaddresses"}
+_CLUSTER_IPS = ipaddress.IPv4Address("10.100.0.0")  # bulk ClusterIPs, inside the lab's 10.96.0.0/12
+_TXN_OPS = 64  # puts per etcd transaction (etcd allows 128)
+
+
+def bulk_create(api: Api, plane: ControlPlane, objs: Sequence[Obj], workers: int = 4) -> int:
+    """Create objs[0] through the API, then the rest as copies of what the apiserver stored for it with
+    each one's own fields merged in, written straight into the apiserver's etcd (with an IPAddress per
+    Service's ClusterIP, as the apiserver keeps them). All of one kind; returns etcd's revision after
+    the last write (the apiserver's watch cache, which serves lists, takes a while to get there)."""
+    if not objs:
+        return 0
+    first = objs[0]
+    api.create(first)
+    stored = _stored(api, first)
+    url, root = plane.etcd.url, f"/{plane.name}/"
+    ip_template = None
+    if first["kind"] == "Service":
+        ip_path = f"/apis/networking.k8s.io/v1/ipaddresses/{stored['spec']['clusterIP']}"
+        status, ip_template = api.call("GET", ip_path)
+        if status != 200:
+            raise RuntimeError(f"IPAddress of {path(first)}: {status} {ip_template}")
+        ip_template = _strip(ip_template)
+    taken = stored.get("spec", {}).get("clusterIP")
+    _check_key(url, root, first)
+    ips = (str(_CLUSTER_IPS + k) for k in range(1, 2 * len(objs)) if str(_CLUSTER_IPS + k) != taken)
+    copies: list[Obj] = []  # each Service's IPAddress beside it: alone, the IP repair loop deletes it
+    for obj in objs[1:]:
+        copied = _merged(copy.deepcopy(stored), {k: v for k, v in obj.items() if k != "apiVersion"})
+        copied["metadata"]["uid"] = str(uuid.uuid4())
+        if ip_template is not None:
+            ip = next(ips)
+            copied["spec"]["clusterIP"], copied["spec"]["clusterIPs"] = ip, [ip]
+            address = copy.deepcopy(ip_template)
+            address["metadata"].update(name=ip, uid=str(uuid.uuid4()))
+            address["spec"]["parentRef"]["name"] = copied["metadata"]["name"]
+            copies.append(address)
+        copies.append(copied)
+    return _etcd_put_all(url, root, copies, workers)
+
+
+def _etcd_put_all(url: str, root: str, objs: Sequence[Obj], workers: int) -> int:
+    """Every object written in transactions of _TXN_OPS; etcd's revision after the last."""
+    batches = [objs[i : i + _TXN_OPS] for i in range(0, len(objs), _TXN_OPS)]
+    with ThreadPoolExecutor(workers) as pool:
+        revisions = list(pool.map(lambda batch: _etcd_put(url, root, batch), batches))
+    return max(revisions, default=0)
+
+
+def _stored(api: Api, obj: Obj) -> Obj:
+    status, got = api.call("GET", path(obj))
+    if status != 200:
+        raise RuntimeError(f"reading back {path(obj)}: {status} {got}")
+    return _strip(got)
+
+
+def _strip(obj: Obj) -> Obj:
+    """The object as etcd holds it: the apiserver adds resourceVersion from the etcd revision."""
+    obj["metadata"].pop("resourceVersion", None)
+    return obj
+
+
+def _merged(base: Obj, own: Obj) -> Obj:
+    """`own` over `base`: dicts merged key by key, lists of dicts of equal length element by element
+    (so the API's defaults in `base`, like a port's targetPort, stay), anything else replaced."""
+    for k, v in own.items():
+        b = base.get(k)
+        if isinstance(v, dict) and isinstance(b, dict):
+            _merged(b, v)
+        elif (isinstance(v, list) and isinstance(b, list) and len(v) == len(b)
+              and all(isinstance(x, dict) for x in (*v, *b))):
+            for bx, vx in zip(b, v, strict=True):
+                _merged(bx, vx)
+        else:
+            base[k] = copy.deepcopy(v)
+    return base
+
+
+def _key(obj: Obj) -> str:
+    meta = obj["metadata"]
+    ns = meta.get("namespace")
+    return f"{_STORAGE[obj['kind']]}/{ns + '/' if ns else ''}{meta['name']}"
+
+
+def _check_key(url: str, root: str, obj: Obj) -> None:
+    """The object the API created is where bulk copies go, or the layout assumed here is wrong."""
+    key = root + _key(obj)
+    reply = _etcd(url, "/v3/kv/range", {"key": _b64(key), "keys_only": True})
+    if not reply.get("kvs"):
+        raise RuntimeError(f"{path(obj)} is not at etcd key {key}: kube-apiserver's storage layout changed")
+
+
+def _etcd_put(url: str, root: str, batch: Sequence[Obj]) -> int:
+    """One transaction; etcd's revision after it."""
+    ops = [{"requestPut": {"key": _b64(root + _key(obj)), "value": _b64(json.dumps(obj))}} for obj in batch]
+    reply = _etcd(url, "/v3/kv/txn", {"success": ops})
+    if "header" not in reply:
+        raise RuntimeError(f"etcd txn failed: {reply}")
+    return int(reply["header"]["revision"])
+
+
+def _etcd(url: str, route: str, body: Obj) -> Obj:
+    req = urllib.request.Request(url + route, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        reply: Obj = json.load(r)
+    return reply
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()

@@ -342,10 +342,14 @@ def _hostile(h: dict[str, Any]) -> list[str]:
 
 
 def _scale(s: dict[str, Any]) -> list[str]:
+    bulk = ", written into etcd" if s.get("created_via", "api") != "api" else ""
+    load = f" (load average then {s['loadavg_at_ready']})" if "loadavg_at_ready" in s else ""
     rows = [
         ("objects in the apiserver", f"{s['services']:,} Services, {s['endpointslices']:,} EndpointSlices, "
-                                     f"{s['gslbs']:,} Gslbs (created in {s['create_seconds']} s)"),
-        ("start -> /readyz 200 (first full sync)", f"{s['sync_seconds']} s"),
+                                     f"{s['gslbs']:,} Gslbs (created in {s['create_seconds']} s{bulk})"),
+        ("start -> /readyz 200 (first full sync)", f"{s['sync_seconds']} s{load}"),
+        ("the API alone listing every Service in the backend's pages of 500",
+         f"{s['api_list_services_seconds']} s" if "api_list_services_seconds" in s else "-"),
         ("every name answering at that moment", "yes" if s.get("complete_at_ready") else "no"),
         ("backend CPU until ready", f"{s['backend_cpu_seconds_to_ready']} s"),
         ("backend RSS at ready / after the trials",
@@ -360,6 +364,10 @@ def _scale(s: dict[str, Any]) -> list[str]:
         ("kube-apiserver RSS", f"{s['apiserver_rss_mib']} MiB"),
     ]
     lines = ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
+    if s.get("profile_during_sync"):
+        lines += ["", "The backend from start to /readyz (py-spy, all threads; waits it cannot tell from "
+                  "work, like `select` and `Condition.wait`, count too):", "",
+                  *_profile_table(s["profile_during_sync"][:12])]
     if s.get("profile_during_trials"):
         lines += ["", "The backend's time during the trials once idle (py-spy, all threads):", "",
                   *_profile_table(s["profile_during_trials"][:12])]

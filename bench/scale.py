@@ -20,7 +20,7 @@ import dns.rdatatype
 from bench import dataset
 from bench.dnsperf import percentile
 from bench.env import Bed
-from bench.objects import Api, Obj, endpoint_slice, gslb, namespace, service
+from bench.objects import Api, Obj, bulk_create, collection, endpoint_slice, gslb, namespace, service
 from bench.procstat import cpu_seconds, loadavg, rss_bytes
 from bench.profile import Sampler
 from bench.profile import summary as summary_rows
@@ -32,10 +32,19 @@ NS = "scale"
 POLL = 0.002
 TRIAL_TIMEOUT = 10.0
 QUIET_TIMEOUT = 300.0
+# Past this many Services the objects are written into etcd (bench.objects.bulk_create): through the API
+# 100,000 take most of an hour on two shared cores.
+BULK_ABOVE = 20_000
+SYNC_TIMEOUT = 600.0  # first /readyz; 100,000 Services take far longer than the lab's 60 s
+PAGE = 500  # the backend informer's list page size (backend/kube/informer.py)
+SYNC_PROFILE_RATE = 50  # py-spy samples a second during the sync (at 200 it takes ~40% of a core)
 
 
 def lb_ip(i: int, generation: int = 0) -> str:
-    return f"172.{20 + generation}.{i // 250}.{i % 250 + 1}"
+    """Service i's LB address in `generation`: 250 per /24 and 250 /24s per second octet, the first
+    octet counting on past 62,500 Services (data only: nothing is ever sent to these)."""
+    block, rest = divmod(i, 62_500)
+    return f"{172 + block}.{20 + generation}.{rest // 250}.{rest % 250 + 1}"
 
 
 def objects(n: int, n_gslbs: int | None = None) -> tuple[list[Obj], list[Obj], list[Obj]]:
@@ -69,6 +78,9 @@ class Loaded:
     complete: bool
     started: float  # time.monotonic() at the backend's start
     all_served: float
+    sync_profile: list[tuple[str, float, float]]  # py-spy from start to /readyz: (function, own %, total %)
+    loadavg_ready: str  # the machine's load average at /readyz
+    list_seconds: float  # the API's paginated list of every Service, timed before the backend starts
 
     @property
     def pid(self) -> int:
@@ -82,23 +94,37 @@ def load(bed: Bed, n: int, n_gslbs: int, before_start: Callable[[Api], None] = l
     api.create(namespace(NS))
     services, slices, gslbs = objects(n, n_gslbs)
     t0 = time.monotonic()
+    bulk = n > BULK_ABOVE
+    revision = 0
     for batch in (services, slices, gslbs):
-        api.create_all(batch, workers=24)
+        if bulk:
+            revision = max(revision, bulk_create(api, bed.plane, batch))
+        else:
+            api.create_all(batch, workers=24)
+    for batch in (services, slices, gslbs):
+        if batch:  # the backend's first list must not wait for the apiserver's cache to catch up
+            wait_for(lambda b=batch: api.count(b[0], revision) >= len(b),
+                     what=f"{len(batch)} {batch[0]['kind']}s listed", timeout=600)
     created = time.monotonic() - t0
-    print(f"  created {n} Services (+ status), {n_gslbs} EndpointSlices, {n_gslbs} Gslbs in {created:.1f} s",
-          flush=True)
+    list_seconds = paginated_list_seconds(api, services[0])
+    print(f"  the API lists the {n} Services in pages of {PAGE} in {list_seconds:.1f} s", flush=True)
+    print(f"  created {n} Services (+ status), {n_gslbs} EndpointSlices, {n_gslbs} Gslbs in {created:.1f} s"
+          f"{' (copies written into etcd)' if bulk else ''}", flush=True)
     before_start(api)
     backend = bed.backend(dataset.BACKEND_FLAGS, name="backend-scale", start=False)
     coredns = bed.coredns(GRPC_TEMPLATE, "coredns-scale", zones=(dataset.ZONE, dataset.GSLB_ZONE),
                           grpc=backend.grpc)
     server = coredns.address
     t0 = time.monotonic()
-    backend.start()
-    sync = time.monotonic() - t0
+    backend.launch()
     pid = backend.process.pid
     assert pid is not None
+    with Sampler(pid, bed.workdir / "backend-profile-sync.txt", rate=SYNC_PROFILE_RATE) as sync_profile:
+        backend.wait_started(timeout=SYNC_TIMEOUT)
+        sync = time.monotonic() - t0
     rss_ready = rss_bytes(pid)
     cpu_ready = cpu_seconds(pid)
+    load_ready = loadavg()
     last, last_gslb = n - 1, n_gslbs - 1
 
     def complete() -> bool:
@@ -110,7 +136,23 @@ def load(bed: Bed, n: int, n_gslbs: int, before_start: Callable[[Api], None] = l
           f"CPU {cpu_ready:.1f} s; the last Service and Gslb answer at once: {at_ready}", flush=True)
     wait_for(complete, what="the last Service and Gslb answering", timeout=300, watch=[backend.process])
     return Loaded(api, services, slices, gslbs, created, backend, server, sync, rss_ready, cpu_ready,
-                  at_ready, t0, time.monotonic() - t0)
+                  at_ready, t0, time.monotonic() - t0, summary_rows(sync_profile.out, 15), load_ready,
+                  list_seconds)
+
+
+def paginated_list_seconds(api: Api, obj: Obj) -> float:
+    """How long the apiserver takes to list `obj`'s collection in the backend informer's pages: the part
+    of the sync the backend only waits for."""
+    t0 = time.monotonic()
+    cont = ""
+    while True:
+        query = f"?limit={PAGE}" + (f"&continue={cont}" if cont else "")
+        status, page = api.call("GET", collection(obj) + query)
+        if status != 200:
+            raise RuntimeError(f"listing {collection(obj)}: {status}")
+        cont = page["metadata"].get("continue") or ""
+        if not cont:
+            return time.monotonic() - t0
 
 
 def addresses(server: str, name: str, rtype: str = "A") -> list[str]:
@@ -120,13 +162,15 @@ def addresses(server: str, name: str, rtype: str = "A") -> list[str]:
 
 
 def trial(change: Callable[[], None], done: Callable[[], bool]) -> float:
-    """Seconds from just before the API write to the first answer through CoreDNS that shows it."""
+    """Seconds from just before the API write to the first answer through CoreDNS that shows it (given
+    up after TRIAL_TIMEOUT: that time is what the trial counts, so a slow change shows in the figures)."""
     t0 = time.perf_counter()
     change()
     deadline = t0 + TRIAL_TIMEOUT
     while not done():
         if time.perf_counter() > deadline:
-            raise TimeoutError("the change did not show in the answer within 10 s")
+            print(f"  a change did not show in the answer within {TRIAL_TIMEOUT:.0f} s", flush=True)
+            break
         time.sleep(POLL)
     return time.perf_counter() - t0
 
@@ -189,12 +233,15 @@ def run(bed: Bed, n: int = 10_000, trials: int = 20, n_gslbs: int | None = None)
         "gslbs": n_gslbs,
         "endpointslices": n_gslbs,
         "create_seconds": round(up.create_seconds, 1),
+        "created_via": "etcd (bulk_create)" if n > BULK_ABOVE else "api",
         "sync_seconds": round(up.sync_seconds, 2),
+        "api_list_services_seconds": round(up.list_seconds, 2),
         "complete_at_ready": up.complete,
         "all_answering_seconds": round(up.all_served, 2),
         "rss_mib_at_ready": round(up.rss_ready / 2**20, 1),
         "rss_mib_after_trials": round(rss_bytes(pid) / 2**20, 1),
         "backend_cpu_seconds_to_ready": round(up.cpu_ready, 1),
+        "loadavg_at_ready": up.loadavg_ready,
         "loadavg_trials": load_avg,
         "backend_idle_after_seconds": round(start_up_work, 1) if quiet else None,
         "quiet_wait_seconds": round(time.monotonic() - t_quiet, 1),
@@ -204,6 +251,7 @@ def run(bed: Bed, n: int = 10_000, trials: int = 20, n_gslbs: int | None = None)
         "change_to_answer_p99_ms": steady["all"]["p99_ms"],
         "startup_change_to_answer_all": startup["all"],
         "apiserver_rss_mib": round(rss_bytes(bed.plane.apiserver.pid or 0) / 2**20, 1),
+        "profile_during_sync": up.sync_profile,
         "profile_during_trials": summary_rows(sampler.out, 15),
     }
     print(f"  change -> answer once idle: Service LB IP {result['change_to_answer_service']}, "

@@ -150,6 +150,8 @@ class Etcd:
                 "--initial-cluster",
                 f"testbed=http://127.0.0.1:{peer}",
                 "--unsafe-no-fsync",
+                "--quota-backend-bytes",
+                str(8 * 2**30),  # the 2 GiB default is too small for the bench's 100k Services
                 "--log-level",
                 "warn",
             ],
@@ -234,7 +236,7 @@ class ControlPlane:
                 "--service-account-signing-key-file",
                 pki.sa_key,
                 "--service-cluster-ip-range",
-                "10.96.0.0/16",
+                "10.96.0.0/12",  # the largest the apiserver takes: ~1M ClusterIPs, for 100k Services
                 "--endpoint-reconciler-type",
                 "none",
                 "--enable-priority-and-fairness=false",

@@ -106,13 +106,22 @@ class Backend:
 
     def start(self, *, ready: bool = True) -> Backend:
         """Start and wait for /readyz 200 (`ready=False`: only for /healthz, e.g. with the API away)."""
+        self.launch()
+        return self.wait_started(ready=ready)
+
+    def launch(self) -> Backend:
+        """Start the process without waiting (e.g. to attach a profiler before it syncs)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.process.start()
+        return self
+
+    def wait_started(self, *, ready: bool = True, timeout: float = START_TIMEOUT) -> Backend:
+        """Until /readyz (or /healthz) answers 200."""
         probe = "/readyz" if ready else "/healthz"
         wait_for(
             lambda: self.get(probe)[0] == 200,
             what=f"backend {probe} on {self.admin}",
-            timeout=START_TIMEOUT,
+            timeout=timeout,
             watch=[self.process],
             interval=0.2,
         )
