@@ -167,6 +167,10 @@ LOOP_LAG = Histogram("coredns_gslb_loop_lag_seconds", "Delay of a periodic timer
                      buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1), registry=None)
 LOOP_LAG_MAX = Gauge("coredns_gslb_loop_lag_max_seconds",
                      "The largest loop lag seen in the last 10 to 20 seconds", registry=None)
+LOOP_HELD_MAX = Gauge("coredns_gslb_loop_held_max_seconds",
+                      "The largest part of one loop lag in the last 10 to 20 s that this process caused "
+                      "(blocked or loop in coredns_gslb_loop_stall_seconds, not waiting for a core)",
+                      registry=None)
 LOOP_STALL = Counter("coredns_gslb_loop_stall_seconds", "Loop lag of 10 ms or more, by what the answer loop "
                      "waited for: cpu (the machine gave its thread no core), blocked (another thread of "
                      "this process held the GIL, or a blocking call on the loop), loop (the loop's own work "
@@ -207,27 +211,40 @@ def stall_causes(lag: float, interval: float, window: float, ran: float, waited:
     return {"cpu": cpu, "blocked": blocked, "loop": lag - cpu - blocked}
 
 
-class LoopLag:
-    """Wakes every LAG_INTERVAL on the answer loop and records how late it woke, and for stalls of
-    STALL or more what the loop waited for (`stall_causes`).
-
-    The max is kept per window and exported as the larger of this window and the last, so a
-    scraper polling more often than LAG_WINDOW sees every stall once at least.
-    """
+class WindowMax:
+    """The largest value added in this window of LAG_WINDOW seconds or the last, so a scraper polling
+    more often than LAG_WINDOW sees every peak once at least."""
 
     def __init__(self) -> None:
         self._current = 0.0
         self._previous = 0.0
         self._window_end = 0.0
-        LOOP_LAG_MAX.set_function(lambda: max(self._current, self._previous))
+
+    def add(self, value: float, now: float) -> None:
+        if now >= self._window_end:
+            self._previous, self._current = self._current, 0.0
+            self._window_end = now + LAG_WINDOW
+        self._current = max(self._current, value)
+
+    def value(self) -> float:
+        return max(self._current, self._previous)
+
+
+class LoopLag:
+    """Wakes every LAG_INTERVAL on the answer loop and records how late it woke, and for stalls of
+    STALL or more what the loop waited for (`stall_causes`); the largest lag and the largest part of
+    one that was this process's own (blocked or loop, not the machine's cpu) are kept (`WindowMax`)."""
+
+    def __init__(self) -> None:
+        self._lag = WindowMax()
+        self._held = WindowMax()
+        LOOP_LAG_MAX.set_function(self._lag.value)
+        LOOP_HELD_MAX.set_function(self._held.value)
         for cause in STALL_CAUSES:
             LOOP_STALL.labels(cause)
 
     def record(self, lag: float, now: float) -> None:
-        if now >= self._window_end:
-            self._previous, self._current = self._current, 0.0
-            self._window_end = now + LAG_WINDOW
-        self._current = max(self._current, lag)
+        self._lag.add(lag, now)
         LOOP_LAG.observe(lag)
 
     async def run(self, interval: float = LAG_INTERVAL) -> None:
@@ -240,10 +257,13 @@ class LoopLag:
             lag = max(0.0, now - due)
             self.record(lag, now)
             ran_now, waited_now = clock.read()
+            held = 0.0
             if lag >= STALL:
-                for cause, seconds in stall_causes(lag, interval, now - start, ran_now - ran,
-                                                   waited_now - waited).items():
+                causes = stall_causes(lag, interval, now - start, ran_now - ran, waited_now - waited)
+                for cause, seconds in causes.items():
                     LOOP_STALL.labels(cause).inc(seconds)
+                held = lag - causes["cpu"]
+            self._held.add(held, now)
             start, ran, waited = now, ran_now, waited_now
 
 
@@ -331,7 +351,7 @@ class AnswerMetrics(Collector):
             yield family
 
 
-ANSWER = AnswerMetrics((QUERIES, UNSYNCED_CALLS, LOOP_LAG, LOOP_LAG_MAX, LOOP_STALL, GC_PAUSE))
+ANSWER = AnswerMetrics((QUERIES, UNSYNCED_CALLS, LOOP_LAG, LOOP_LAG_MAX, LOOP_HELD_MAX, LOOP_STALL, GC_PAUSE))
 REGISTRY.register(ANSWER)
 ANSWER_RESTARTS = Counter("coredns_gslb_answer_process_restarts_total",
                           "Times the answer process (--answer-process) ended unasked and was started again")

@@ -172,6 +172,27 @@ Listener = Callable[[int], None]
 KeysListener = Callable[[frozenset[str]], None]
 
 
+class ChangedKeys:
+    """A Store key listener for a consumer on a thread of its own: gathers the keys changed until the
+    consumer `take`s them, and sets `wake` so it looks."""
+
+    def __init__(self, wake: threading.Event) -> None:
+        self.wake = wake
+        self._keys: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, keys: frozenset[str]) -> None:
+        with self._lock:
+            self._keys |= keys
+        self.wake.set()
+
+    def take(self) -> set[str]:
+        """The keys changed since the last take, forgotten here."""
+        with self._lock:
+            keys, self._keys = self._keys, set()
+        return keys
+
+
 class Store:
     """Endpoints by producer key, with a version that grows on every real change.
 

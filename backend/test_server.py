@@ -110,12 +110,13 @@ async def scenario() -> None:
         async def lag_shows() -> bool:  # on the lag timer's next tick after the hold
             metrics = (await get("/metrics"))[1]
             assert "coredns_gslb_loop_lag_seconds_bucket" in metrics
-            (lag_max,) = [float(line.split()[1]) for line in metrics.splitlines()
-                          if line.startswith("coredns_gslb_loop_lag_max_seconds ")]
-            return lag_max >= 0.2 and stalled(metrics, "blocked") > 0
+            lag_max, held_max = (next(float(line.split()[1]) for line in metrics.splitlines()
+                                  if line.startswith(f"coredns_gslb_loop_{gauge}_max_seconds "))
+                                 for gauge in ("lag", "held"))
+            return lag_max >= 0.2 and held_max > 0 and stalled(metrics, "blocked") > 0
 
-        await wait_for_async(lag_shows, what="coredns_gslb_loop_lag_max_seconds >= 0.2 and a blocked stall "
-                             "after the hold",
+        await wait_for_async(lag_shows, what="coredns_gslb_loop_lag_max_seconds >= 0.2, a held max and a "
+                             "blocked stall after the hold",
                              timeout=10)
         assert (await get("/nothing"))[0] == 404
         assert (await get("/healthz", "POST"))[0] == 400

@@ -44,7 +44,7 @@ SPARE = 2000  # names the create/delete kinds cycle through, per kind (at most n
 CHANGE_TIMEOUT = 10.0
 POLL = 0.01
 SETTLE_TIMEOUT = 60.0
-LAG = re.compile(r"^coredns_gslb_loop_lag_max_seconds (\S+)$", re.M)
+LAG = re.compile(r"^coredns_gslb_loop_(lag|held)_max_seconds (\S+)$", re.M)
 GC = re.compile(r'^coredns_gslb_gc_pause_seconds_(bucket|sum|count)'
                 r'\{generation="(\d)"(?:,le="([^"]+)")?\} (\S+)$', re.M)
 STALLS = re.compile(r'^coredns_gslb_loop_stall_seconds_total\{cause="(\w+)"\} (\S+)$', re.M)
@@ -227,7 +227,7 @@ class Scraper(threading.Thread):
     def __init__(self, get: Callable[[str], tuple[int, str]]) -> None:
         super().__init__(daemon=True)
         self.get = get
-        self.lag_max = 0.0
+        self.lag_max = {"lag": 0.0, "held": 0.0}
         self.seconds: list[float] = []
         self.failed = 0
         self.first = self.last = ""  # the phase's first and last exposition, for counters' deltas
@@ -242,9 +242,10 @@ class Scraper(threading.Thread):
                 self.failed += 1
                 continue
             self.seconds.append(time.perf_counter() - t0)
-            m = LAG.search(body) if status == 200 else None
-            if m:
-                self.lag_max = max(self.lag_max, float(m.group(1)))
+            found = LAG.findall(body) if status == 200 else []
+            for gauge, value in found:
+                self.lag_max[gauge] = max(self.lag_max[gauge], float(value))
+            if found:
                 self.first, self.last = self.first or body, body
 
     def stop(self) -> None:
@@ -256,8 +257,9 @@ class Scraper(threading.Thread):
         return {"scrapes": len(ms), "scrapes_failed": self.failed,
                 "scrape_p50_ms": round(dnsperf.percentile(ms, 50), 1),
                 "scrape_max_ms": round(ms[-1], 1) if ms else None,
-                "loop_lag_max_ms": round(self.lag_max * 1000, 1), "loop_stall_seconds": self._stalls(),
-                **self._gc()}
+                "loop_lag_max_ms": round(self.lag_max["lag"] * 1000, 1),
+                "loop_held_max_ms": round(self.lag_max["held"] * 1000, 1),
+                "loop_stall_seconds": self._stalls(), **self._gc()}
 
     def _stalls(self) -> dict[str, float]:
         """Loop lag of 10 ms or more during the phase, by what the loop waited for (the backend's
@@ -361,6 +363,8 @@ def run(bed: Bed, n: int = 10_000, seconds: float = 600.0, rate: float = 20.0,
         "answer_p99_ms_quiet": quiet_phase["dnsperf"]["p99_ms"],
         "loop_lag_max_ms": busy["loop_lag_max_ms"],
         "loop_lag_max_ms_quiet": quiet_phase["loop_lag_max_ms"],
+        "loop_held_max_ms": busy["loop_held_max_ms"],
+        "loop_held_max_ms_quiet": quiet_phase["loop_held_max_ms"],
         "change_to_answer_p50_ms": all_ms["p50_ms"],
         "change_to_answer_p99_ms": all_ms["p99_ms"],
         "write_to_answer_p50_ms": after["p50_ms"],

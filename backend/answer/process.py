@@ -22,7 +22,7 @@ from typing import Any
 
 from backend import childproc, listener, metrics
 from backend.config import Settings
-from backend.model import Store
+from backend.model import ChangedKeys, Store
 from backend.zone.notify import NotifyCallback
 
 log = logging.getLogger(__name__)
@@ -46,23 +46,16 @@ class AnswerProcess(childproc.Supervised):
         self.debounce = debounce
         self._synced = synced  # the backend's first full sync: before it the Store is not to be served
         self._notify = notify
-        self._keys: set[str] = set()  # Store keys changed since the last send
-        self._keys_lock = threading.Lock()
         self._child_ready = threading.Event()
         self._drained = threading.Event()
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._exit = ""  # how the last child ended, for /readyz while none runs
         self._grace = 0.0  # how long the child may take to finish its calls once told to stop
+        self.changed = ChangedKeys(self._wake)  # Store key listener: the sender thread takes the snapshot
         store.subscribe_keys(self.changed)
 
     # --- inputs (any thread) ------------------------------------------------------------------
-
-    def changed(self, keys: frozenset[str]) -> None:
-        """Store key listener: only sets an Event; the sender thread takes the snapshot."""
-        with self._keys_lock:
-            self._keys |= keys
-        self._wake.set()
 
     def reconfigure(self, settings: Settings) -> None:
         """New zones: the child recompiles with them (and a restarted child starts with them)."""
@@ -139,8 +132,7 @@ class AnswerProcess(childproc.Supervised):
             if not loaded:
                 if not self._synced.wait(SYNC_POLL):
                     continue
-                with self._keys_lock:
-                    self._keys = set()  # a change after this comes again
+                self.changed.take()  # a change after this comes again
                 _, everything = self.store.snapshot()
                 self.send(("changes", everything), proc)
                 self.send(("ready",), proc)
@@ -150,8 +142,7 @@ class AnswerProcess(childproc.Supervised):
             if self._stopping.wait(self.debounce):  # a burst of changes makes one message
                 return
             self._wake.clear()
-            with self._keys_lock:
-                keys, self._keys = self._keys, set()
+            keys = self.changed.take()
             if keys:
                 _, by_key = self.store.snapshot(keys)
                 self.send(("changes", {key: by_key.get(key) for key in keys}), proc)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from backend.config import Settings
 from backend.gslb.strategy import GeoLookup
-from backend.model import Endpoint
+from backend.model import ChangedKeys, Endpoint
 from backend.zone.build import Recompiler, next_serial_in, soa_serial
 from backend.zone.lookup import Table
 
@@ -52,8 +52,7 @@ class Compiler:
         self._install = install
         self._may_compile = may_compile
         self._dirty = threading.Event()
-        self._keys: set[str] = set()  # keys changed since the last compile
-        self._keys_lock = threading.Lock()
+        self.changed = ChangedKeys(self._dirty)  # Store key listener: the compile looks at these keys only
         self._stop = threading.Event()
         self._recompiler = Recompiler(settings, geo)
         self._next_freeze = 0.0
@@ -61,12 +60,6 @@ class Compiler:
         self._thread = threading.Thread(target=self._run, name="compiler", daemon=True)
 
     def poke(self, _version: int = 0) -> None:
-        self._dirty.set()
-
-    def changed(self, keys: frozenset[str]) -> None:
-        """Store key listener: the compile looks at these keys only, not at all of them."""
-        with self._keys_lock:
-            self._keys |= keys
         self._dirty.set()
 
     def reconfigure(self, settings: Settings) -> None:
@@ -98,8 +91,7 @@ class Compiler:
         settings, self._settings = self._settings, None
         if settings is not None:
             self._recompiler.reconfigure(settings)
-        with self._keys_lock:
-            keys, self._keys = self._keys, set()
+        keys = self.changed.take()
         # a change after the keys are taken comes again; only the first compile reads every key
         version, by_key = self._snapshot(None if self._recompiler.reads_all else keys)
         self.serial = soa_serial(self.serial)
