@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trials", type=int, default=20, help="change -> answer trials (default 20)")
     ap.add_argument("--workers", default="1,2,3", help="backend process counts to compare (default 1,2,3)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs, dnsperf output)")
+    ap.add_argument("--backend-flags", default="", help="more flags for every backend started (e.g. "
+                    "--answer-process); results go under <part>_<flags> (e.g. churn_answer_process)")
     args = ap.parse_args(argv)
     parts = list(PARTS) if args.part == "all" else [args.part]
     if args.skip_scale and "scale" in parts:
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {part} (load average {loadavg()})", flush=True)
         started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         load_before = loadavg()
-        with Bed(keep=args.keep) as bed:
+        with Bed(keep=args.keep, backend_flags=shlex.split(args.backend_flags)) as bed:
             figures = run_part(part, bed, args)
             if args.keep:
                 print(f"   work folder kept: {bed.workdir}")
@@ -117,11 +119,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def result_key(part: str, args: argparse.Namespace) -> str:
-    """`scale` for the 10k + 10k goal run, `scale_100k` and the like for other sizes."""
-    if part != "scale":
-        return part
-    services, gslbs = args.services or args.scale_n, args.gslbs or args.scale_n
-    return "scale" if (services, gslbs) == (10_000, 10_000) else f"scale_{services // 1000}k"
+    """`scale` for the 10k + 10k goal run, `scale_100k` and the like for other sizes; with
+    --backend-flags, their names after it (`churn_answer_process`)."""
+    key = part
+    if part == "scale":
+        services, gslbs = args.services or args.scale_n, args.gslbs or args.scale_n
+        key = "scale" if (services, gslbs) == (10_000, 10_000) else f"scale_{services // 1000}k"
+    flags = [f.lstrip("-").replace("-", "_") for f in shlex.split(args.backend_flags)]
+    return "_".join([key, *flags])
 
 
 def run_part(part: str, bed: Bed, args: argparse.Namespace) -> dict[str, Any]:

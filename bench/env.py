@@ -29,9 +29,11 @@ T = TypeVar("T", bound="Stoppable")
 class Bed(contextlib.AbstractContextManager["Bed"]):
     """A work folder with a control plane; `backend()` and `coredns()` start more, `stop_all()` ends them."""
 
-    def __init__(self, keep: bool = False, workdir: Path | None = None) -> None:
+    def __init__(self, keep: bool = False, workdir: Path | None = None,
+                 backend_flags: Sequence[str] = ()) -> None:
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="bench-"))
         self.keep = keep
+        self.backend_flags = tuple(backend_flags)  # added to every backend's own (--backend-flags)
         self._started: list[Stoppable] = []
         self._plane: ControlPlane | None = None
 
@@ -49,7 +51,7 @@ class Bed(contextlib.AbstractContextManager["Bed"]):
         return self._plane
 
     def backend(self, flags: Sequence[str], name: str = "backend", start: bool = True) -> Backend:
-        b = self._add(Backend(self.workdir, self.plane.kubeconfig, flags, name=name))
+        b = self._add(Backend(self.workdir, self.plane.kubeconfig, (*flags, *self.backend_flags), name=name))
         if start:
             b.start()
         return b

@@ -449,9 +449,10 @@ def render(res: dict[str, Any]) -> str:
         big = res[key]
         out += [f"## Scale, {big['services']:,} Services + {big['gslbs']:,} Gslbs ({big['date']}, load "
                 f"average at start {big['loadavg_at_start']})", "", *_scale(big), ""]
-    c = res.get("churn")
-    if c:
-        out += [f"## Churn ({c['date']}, load average at start {c['loadavg_at_start']})", "", *_churn(c), ""]
+    for key in sorted(k for k in res if k == "churn" or k.startswith("churn_")):
+        c, flags = res[key], key.removeprefix("churn").lstrip("_").replace("_", "-")
+        out += [f"## Churn{f' with --{flags}' if flags else ''} ({c['date']}, load average at start "
+                f"{c['loadavg_at_start']})", "", *_churn(c), ""]
     pa = res.get("patch")
     if pa:
         out += [f"## One change, in-process (`python -m bench.patch`, {pa['date']}, load average "
