@@ -1,14 +1,16 @@
 """`serve --answer-process` through the real apiserver and CoreDNS: a child process answers CoreDNS's
 gRPC from the Store the backend sends it (backend/answer/). Names answer and follow changes, NOTIFY
 reaches the backend, /metrics counts the child's queries, a SIGKILLed child is restarted on the same
-socket and answers again (dnsperf counts what was lost meanwhile), and behind `coredns-gslb listen`
-a rollout hands over without a lost answer."""
+socket and answers again (dnsperf counts what was lost meanwhile), a SIGKILLed backend's child ends
+with it and frees the port, and behind `coredns-gslb listen` a rollout hands over without a lost
+answer."""
 
 from __future__ import annotations
 
 import os
 import re
 import signal
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +21,7 @@ import dns.query
 import dns.rcode
 import pytest
 
+from backend.server import split_hostport
 from lab.coredns import CoreDNS
 from lab.dig import dig
 from lab.kube import ControlPlane
@@ -59,6 +62,14 @@ def answer_pids(backend: Backend) -> list[int]:
         except FileNotFoundError:  # ended meanwhile
             pass
     return found
+
+
+def alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting for whoever adopted it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def counter(metrics: str, series: str) -> float:
@@ -110,6 +121,16 @@ def test_answers_changes_notify_metrics_and_a_killed_child(
     assert counter(metrics, "coredns_gslb_answer_process_restarts_total") == 1.0
     # kept across the restart (the killed child's last second, not yet sent, is lost with it)
     assert counter(metrics, series) > before + run.rcodes["NOERROR"] / 2, metrics
+
+    # the backend SIGKILLed: its answer process ends with it and frees the port for the next backend
+    pids = [stack.backend.process.pid, *answer_pids(stack.backend)]
+    assert pids[0] is not None
+    os.kill(pids[0], signal.SIGKILL)
+    wait_for(lambda: not any(alive(pid) for pid in pids), what="the answer process ending with its "
+             "SIGKILLed backend", timeout=5)
+    with socket.socket() as again:
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(split_hostport(stack.backend.grpc))  # OSError (EADDRINUSE) while a child holds it
 
 
 def test_behind_the_listener_a_rollout_loses_nothing(
