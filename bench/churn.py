@@ -22,6 +22,7 @@ from typing import Any
 
 import dns.rcode
 
+from backend.metrics import LAG_WINDOW
 from bench import dataset, dnsperf
 from bench.env import Bed
 from bench.objects import Api, Obj, deployment, dns_endpoint, endpoint_slice, gslb, service
@@ -338,6 +339,8 @@ def run(bed: Bed, n: int = 10_000, seconds: float = 600.0, rate: float = 20.0,
         busy = _phase(up, mix, seconds, qps, bed.workdir, churn, rate)
     wrong = churn.wrong_answers()
     rss_end = rss_bytes(up.pid)
+    # the backend's max gauges cover the last 10-20 s: the control must not start with the churn's
+    time.sleep(2 * LAG_WINDOW)
     quiet_phase = _phase(up, mix, seconds, qps, bed.workdir, None, rate)
     changes = busy.pop("changes")
     quiet_phase.pop("changes")
