@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from backend.metrics import STALL_CAUSES
+
 SIDE_SCRIPTS = Path(__file__).resolve().parent / "side-scripts.md"
 
 TARGETS = (
@@ -250,7 +252,7 @@ def _gc(phase: dict[str, Any]) -> str:
 
 def _stalls(phase: dict[str, Any]) -> str:
     stalls = phase["loop_stall_seconds"]
-    return " / ".join(str(stalls.get(cause, 0.0)) for cause in ("cpu", "blocked", "loop"))
+    return " / ".join(str(stalls.get(cause, 0.0)) for cause in STALL_CAUSES)
 
 
 def _p50_p99(t: dict[str, Any] | None) -> str:
