@@ -26,7 +26,7 @@ from backend.metrics import LAG_WINDOW
 from bench import dataset, dnsperf
 from bench.env import Bed
 from bench.objects import Api, Obj, deployment, dns_endpoint, endpoint_slice, gslb, service
-from bench.procstat import cpu_seconds, loadavg, rss_bytes
+from bench.procstat import cpu_by_process, loadavg, mib, rss_by_process, spent
 from bench.profile import Sampler
 from bench.profile import summary as summary_rows
 from bench.scale import NS, Loaded, addresses, lb_ip, load, summary, wait_quiet
@@ -298,7 +298,7 @@ def _phase(up: Loaded, mix: Path, seconds: float, qps: float, out: Path,
     result: dict[str, Any] = {}
     perf = threading.Thread(target=lambda: result.update(dnsperf.run(
         up.server, mix, seconds, rate=qps, out=out / f"dnsperf-{label}.txt").as_dict()))
-    cpu0, load = cpu_seconds(up.pid), loadavg()
+    cpu0, load = cpu_by_process(up.pid), loadavg()
     scraper.start()
     perf.start()
     changes: list[tuple[str, float | None]] = []
@@ -313,9 +313,11 @@ def _phase(up: Loaded, mix: Path, seconds: float, qps: float, out: Path,
             changes = [f.result() for f in futures]
     perf.join()
     scraper.stop()
-    spent = cpu_seconds(up.pid) - cpu0
+    cpu = spent(cpu0, cpu_by_process(up.pid))
     return {"dnsperf": {k: result[k] for k in ("qps", "lost", "p50_ms", "p99_ms", "p999_ms", "max_ms")},
-            "backend_cpu_share": round(spent / seconds, 2), "loadavg": load, **scraper.figures(),
+            "backend_cpu_share": round(sum(cpu.values()) / seconds, 2),  # the process tree's
+            "backend_cpu_share_by_process": {name: round(v / seconds, 3) for name, v in cpu.items()},
+            "loadavg": load, **scraper.figures(),
             "changes": changes}
 
 
@@ -329,16 +331,16 @@ def run(bed: Bed, n: int = 10_000, seconds: float = 600.0, rate: float = 20.0,
     wait_for(lambda: all(addresses(up.server, f"d-{k}.{dataset.GSLB_ZONE}") for k in range(DEPLOYMENTS)),
              what="every Deployment-backed GSLB host answering", timeout=180, watch=[up.backend.process])
     quiet = wait_quiet(up.pid)
-    rss_start = rss_bytes(up.pid)
-    print(f"  loaded and quiet ({quiet}); RSS {rss_start / 2**20:.0f} MiB; churn {rate:g}/s for "
-          f"{seconds:g} s with dnsperf at {qps:,.0f} q/s", flush=True)
+    rss_start = rss_by_process(up.pid)
+    print(f"  loaded and quiet ({quiet}); RSS {sum(rss_start.values()) / 2**20:.0f} MiB {mib(rss_start)}; "
+          f"churn {rate:g}/s for {seconds:g} s with dnsperf at {qps:,.0f} q/s", flush=True)
     mix = bed.workdir / "churn-queries.txt"
     _mix(mix, n, n)
     churn = Churn(up.api, up.server, up, spare)
     with Sampler(up.pid, bed.workdir / "backend-profile-churn.txt") as sampler:
         busy = _phase(up, mix, seconds, qps, bed.workdir, churn, rate)
     wrong = churn.wrong_answers()
-    rss_end = rss_bytes(up.pid)
+    rss_end = rss_by_process(up.pid)
     # the backend's max gauges cover the last 10-20 s: the control must not start with the churn's
     time.sleep(2 * LAG_WINDOW)
     quiet_phase = _phase(up, mix, seconds, qps, bed.workdir, None, rate)
@@ -373,8 +375,10 @@ def run(bed: Bed, n: int = 10_000, seconds: float = 600.0, rate: float = 20.0,
         "write_to_answer_p50_ms": after["p50_ms"],
         "write_to_answer_p99_ms": after["p99_ms"],
         "change_to_answer_by_kind": by_kind,
-        "rss_mib_start": round(rss_start / 2**20, 1),
-        "rss_mib_end": round(rss_end / 2**20, 1),
+        "rss_mib_start": round(sum(rss_start.values()) / 2**20, 1),  # the process tree's, summed
+        "rss_mib_end": round(sum(rss_end.values()) / 2**20, 1),
+        "rss_mib_start_by_process": mib(rss_start),
+        "rss_mib_end_by_process": mib(rss_end),
         "api_errors": len(churn.api_errors),
         "api_error_examples": churn.api_errors[:5],
         "wrong_answers": len(wrong),

@@ -1,16 +1,31 @@
-"""CPU time and memory of a process (all its threads) from /proc: the backend's cost per query."""
+"""CPU time and memory of a process from /proc: the backend's cost per query.
+
+The backend is a process tree (the prober's worker, and with --answer-process the answer process, are
+its children), so its figures are the tree's: `tree_cpu_seconds`/`tree_rss_bytes` sum it, and
+`cpu_by_process`/`rss_by_process` split it by process for the reports ("main" is the backend itself,
+a child is named for the module it runs: "answer", "probes").
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
+N = TypeVar("N", int, float)
 _TICK = os.sysconf("SC_CLK_TCK")
+EXITED = "exited"  # `cpu_by_process`: what the tree's ended and reaped children used (a restarted child's)
+
+
+def _stat(pid: int) -> list[str]:
+    """/proc/<pid>/stat's fields after the command name (which may hold spaces): [0] is the state."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of `pid` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """utime + stime of `pid` (all its threads, not its children) so far."""
+    fields = _stat(pid)
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
@@ -19,6 +34,86 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def _name(pid: int) -> str:
+    """What a child runs: the module of `python -m backend.answer ...` without its package ("answer"),
+    else its command's file name."""
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    words = [a.decode(errors="replace") for a in argv if a]
+    if "-m" in words[:-1]:
+        return words[words.index("-m") + 1].rsplit(".", 1)[-1]
+    return Path(words[0]).name if words else str(pid)
+
+
+def processes(pid: int) -> dict[str, int]:
+    """`pid` as "main" and its living descendants by name (one read of /proc's parent links)."""
+    parent: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                parent[int(entry.name)] = int(_stat(int(entry.name))[1])
+            except (OSError, IndexError, ValueError):  # ended meanwhile
+                continue
+    tree, found = {pid}, True
+    while found:
+        found = False
+        for child, ppid in parent.items():
+            if ppid in tree and child not in tree:
+                tree.add(child)
+                found = True
+    named = {"main": pid}
+    for child in sorted(tree - {pid}):
+        try:
+            name = _name(child)
+        except OSError:
+            continue
+        named[name if name not in named else f"{name}-{child}"] = child
+    return named
+
+
+def _each(pid: int, read: Callable[[int], N]) -> dict[str, N]:
+    out: dict[str, N] = {}
+    for name, p in processes(pid).items():
+        try:
+            out[name] = read(p)
+        except OSError:  # ended between the listing and the read
+            continue
+    return out
+
+
+def cpu_by_process(pid: int) -> dict[str, float]:
+    """CPU seconds so far of `pid`'s tree by process, and under EXITED what its ended children used
+    (the kernel adds a child's time to its parent's once the parent has reaped it)."""
+    fields = _stat(pid)
+    return {**_each(pid, cpu_seconds), EXITED: (int(fields[13]) + int(fields[14])) / _TICK}
+
+
+def rss_by_process(pid: int) -> dict[str, int]:
+    """RSS bytes of `pid`'s tree by process. Their sum counts the pages shared by processes (the
+    Python binary, shared libraries) once per process, as `ps` does."""
+    return _each(pid, rss_bytes)
+
+
+def spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds by process between two `cpu_by_process` readings. A child started in between counts
+    from 0; one restarted in between has its old self's time under EXITED (its name's figure is the
+    new one's minus the old one's at `before`; the sum stays right)."""
+    return {name: round(v - before.get(name, 0.0), 3) for name, v in after.items()}
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds so far of `pid` and all its descendants, living and ended."""
+    return sum(cpu_by_process(pid).values())
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """The RSS of `pid` and its living descendants, summed."""
+    return sum(rss_by_process(pid).values())
+
+
+def mib(by_process: dict[str, int]) -> dict[str, float]:
+    return {name: round(v / 2**20, 1) for name, v in by_process.items()}
 
 
 def loadavg() -> str:

@@ -134,7 +134,13 @@ def _ms(v: Any) -> str:
 
 def _cpu(r: dict[str, Any], who: str) -> str:
     v = (r.get("cpu_us_per_query") or {}).get(who)
-    return "-" if v is None else f"{v:.0f}"
+    split = (r.get("cpu_us_per_query_by_process") or {}).get(who)
+    return "-" if v is None else f"{v:.0f}" + (f" ({_split(split, '{:.0f}')})" if split else "")
+
+
+def _split(by_process: dict[str, float] | None, fmt: str = "{}") -> str:
+    """A process tree's figure by process ("main 290, answer 35"), leaving out what is 0."""
+    return ", ".join(f"{name} {fmt.format(v)}" for name, v in (by_process or {}).items() if v)
 
 
 def _servers_cpu(r: dict[str, Any]) -> float:
@@ -259,6 +265,12 @@ def _p50_p99(t: dict[str, Any] | None) -> str:
     return f"{t['p50_ms']} / {t['p99_ms']}" if t else "-"
 
 
+def _rss_split(r: dict[str, Any], *when: str) -> str:
+    """The process tree's RSS by process at each moment, when measured so (the sums are all processes')."""
+    splits = [r.get(f"rss_mib_{w}_by_process") for w in when]
+    return f" (MiB by process: {' / '.join(_split(x) for x in splits)})" if all(splits) else ""
+
+
 def _churn(c: dict[str, Any]) -> list[str]:
     busy, quiet = c["during_churn"], c["control"]
     lines = [
@@ -277,7 +289,11 @@ def _churn(c: dict[str, Any]) -> list[str]:
            f"{quiet['loop_held_max_ms']} |"] if "loop_held_max_ms" in busy else []),
         f"| /metrics scrape p50 / max ms | {busy['scrape_p50_ms']} / {busy['scrape_max_ms']} | "
         f"{quiet['scrape_p50_ms']} / {quiet['scrape_max_ms']} |",
-        f"| backend CPU (share of one core) | {busy['backend_cpu_share']} | {quiet['backend_cpu_share']} |",
+        f"| backend CPU (share of one core; all its processes) | {busy['backend_cpu_share']} | "
+        f"{quiet['backend_cpu_share']} |",
+        *([f"| ... by process | {_split(busy['backend_cpu_share_by_process'])} | "
+           f"{_split(quiet['backend_cpu_share_by_process'])} |"]
+          if "backend_cpu_share_by_process" in busy else []),
         *([f"| garbage collections (young, middle, full): count / seconds / >= 50 ms | {_gc(busy)} | "
            f"{_gc(quiet)} |"] if "gc_gen0" in busy else []),
         *([f"| loop stalls >= 10 ms, seconds waiting for a core (the machine) / blocked (the GIL, ours) / "
@@ -285,8 +301,8 @@ def _churn(c: dict[str, Any]) -> list[str]:
           if "loop_stall_seconds" in busy else []),
         f"| load average | {busy['loadavg']} | {quiet['loadavg']} |",
         "",
-        f"RSS {c['rss_mib_start']} MiB before the churn, {c['rss_mib_end']} MiB after it; wrong answers at "
-        f"the end: {c['wrong_answers']}.",
+        f"RSS {c['rss_mib_start']} MiB before the churn, {c['rss_mib_end']} MiB after it"
+        f"{_rss_split(c, 'start', 'end')}; wrong answers at the end: {c['wrong_answers']}.",
         "",
         "Change -> answer is timed from just before the API write; the write's own round trip (the "
         "apiserver, on the same two cores) and the time from its acknowledgment to the answer (what the "
@@ -360,7 +376,8 @@ def _scale(s: dict[str, Any]) -> list[str]:
         ("every name answering at that moment", "yes" if s.get("complete_at_ready") else "no"),
         ("backend CPU until ready", f"{s['backend_cpu_seconds_to_ready']} s"),
         ("backend RSS at ready / after the trials",
-         f"{s['rss_mib_at_ready']} / {s['rss_mib_after_trials']} MiB"),
+         f"{s['rss_mib_at_ready']} / {s['rss_mib_after_trials']} MiB"
+         f"{_rss_split(s, 'at_ready', 'after_trials')}"),
         ("change -> answer once idle, Service LB IP patched", _trials(s["change_to_answer_service"])),
         ("change -> answer once idle, GSLB host health flipped (EndpointSlice ready)",
          _trials(s["change_to_answer_gslb_health"])),
@@ -417,7 +434,8 @@ def render(res: dict[str, Any]) -> str:
             f"{t['a_file']['seconds']:g} s (each after a 2 s warm-up; the best round is shown, the others "
             "beside it), up to 100 queries outstanding, UDP, no EDNS. Latency percentiles are over every "
             "answered query of the round (`dnsperf -v`). CPU per query = the process's utime+stime during "
-            "the round / answered queries.",
+            "the round / answered queries; the backend's counts its children (the prober's worker, the "
+            "answer process), split by process in brackets when there are any.",
             "",
             *_throughput(t),
             "",

@@ -21,7 +21,7 @@ from bench import dataset
 from bench.dnsperf import percentile
 from bench.env import Bed
 from bench.objects import Api, Obj, bulk_create, collection, endpoint_slice, gslb, namespace, service
-from bench.procstat import cpu_seconds, loadavg, rss_bytes
+from bench.procstat import loadavg, mib, rss_by_process, rss_bytes, tree_cpu_seconds
 from bench.profile import Sampler
 from bench.profile import summary as summary_rows
 from lab.coredns import GRPC_TEMPLATE
@@ -73,7 +73,7 @@ class Loaded:
     backend: Backend
     server: str  # CoreDNS, "ip:port"
     sync_seconds: float
-    rss_ready: int
+    rss_ready: dict[str, int]  # by process: the backend's and its children's
     cpu_ready: float
     complete: bool
     started: float  # time.monotonic() at the backend's start
@@ -122,8 +122,8 @@ def load(bed: Bed, n: int, n_gslbs: int, before_start: Callable[[Api], None] = l
     with Sampler(pid, bed.workdir / "backend-profile-sync.txt", rate=SYNC_PROFILE_RATE) as sync_profile:
         backend.wait_started(timeout=SYNC_TIMEOUT)
         sync = time.monotonic() - t0
-    rss_ready = rss_bytes(pid)
-    cpu_ready = cpu_seconds(pid)
+    rss_ready = rss_by_process(pid)
+    cpu_ready = tree_cpu_seconds(pid)
     load_ready = loadavg()
     last, last_gslb = n - 1, n_gslbs - 1
 
@@ -132,7 +132,7 @@ def load(bed: Bed, n: int, n_gslbs: int, before_start: Callable[[Api], None] = l
                 and (last_gslb < 0 or bool(addresses(server, f"g-{last_gslb}.{dataset.GSLB_ZONE}"))))
 
     at_ready = complete()
-    print(f"  backend ready (/readyz 200) {sync:.1f} s after start, RSS {rss_ready / 2**20:.0f} MiB, "
+    print(f"  backend ready (/readyz 200) {sync:.1f} s after start, RSS {mib(rss_ready)} MiB, "
           f"CPU {cpu_ready:.1f} s; the last Service and Gslb answer at once: {at_ready}", flush=True)
     wait_for(complete, what="the last Service and Gslb answering", timeout=300, watch=[backend.process])
     return Loaded(api, services, slices, gslbs, created, backend, server, sync, rss_ready, cpu_ready,
@@ -208,9 +208,9 @@ def wait_quiet(pid: int, timeout: float = QUIET_TIMEOUT) -> bool:
     of a core for 3 s. False if that did not happen within `timeout`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        before = cpu_seconds(pid)
+        before = tree_cpu_seconds(pid)
         time.sleep(3)
-        if cpu_seconds(pid) - before < 0.3:
+        if tree_cpu_seconds(pid) - before < 0.3:
             return True
     return False
 
@@ -228,6 +228,7 @@ def run(bed: Bed, n: int = 10_000, trials: int = 20, n_gslbs: int | None = None)
     load_avg = loadavg()
     with Sampler(pid, bed.workdir / "backend-profile-trials.txt") as sampler:
         steady = trials_phase(api, server, services[:n_gslbs], slices, trials, trials)
+    after = rss_by_process(pid)
     result = {
         "services": n,
         "gslbs": n_gslbs,
@@ -238,8 +239,10 @@ def run(bed: Bed, n: int = 10_000, trials: int = 20, n_gslbs: int | None = None)
         "api_list_services_seconds": round(up.list_seconds, 2),
         "complete_at_ready": up.complete,
         "all_answering_seconds": round(up.all_served, 2),
-        "rss_mib_at_ready": round(up.rss_ready / 2**20, 1),
-        "rss_mib_after_trials": round(rss_bytes(pid) / 2**20, 1),
+        "rss_mib_at_ready": round(sum(up.rss_ready.values()) / 2**20, 1),  # the process tree's, summed
+        "rss_mib_after_trials": round(sum(after.values()) / 2**20, 1),
+        "rss_mib_at_ready_by_process": mib(up.rss_ready),
+        "rss_mib_after_trials_by_process": mib(after),
         "backend_cpu_seconds_to_ready": round(up.cpu_ready, 1),
         "loadavg_at_ready": up.loadavg_ready,
         "loadavg_trials": load_avg,

@@ -14,7 +14,7 @@ from pathlib import Path
 from bench import dataset, dnsperf
 from bench.env import Bed
 from bench.objects import Api
-from bench.procstat import cpu_seconds, loadavg
+from bench.procstat import EXITED, cpu_by_process, loadavg, spent
 from lab.coredns import GRPC_TEMPLATE, CoreDNS
 from lab.proc import wait_for
 from lab.sidecar import Backend
@@ -34,20 +34,25 @@ SPLIT_TEMPLATE = """${plain} {
 
 def measure(label: str, server: str, mix: Path, seconds: float, pids: dict[str, int], out: Path,
             rate: float | None = None, warmup: float = WARMUP) -> dict[str, object]:
-    """dnsperf against `server` with the CPU seconds each of `pids` spent per answered query."""
+    """dnsperf against `server` with the CPU seconds each of `pids` (with its children) spent per
+    answered query; a process tree's split by process beside it."""
     if warmup:
         dnsperf.run(server, mix, warmup, rate=rate)
-    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    before = {name: cpu_by_process(pid) for name, pid in pids.items()}
     load = loadavg()
     run = dnsperf.run(server, mix, seconds, rate=rate, out=out / f"dnsperf-{label}.txt")
-    after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    after = {name: cpu_by_process(pid) for name, pid in pids.items()}
     result = run.as_dict()
     result["label"] = label
     result["loadavg_before"] = load
-    spent = {name: after[name] - before[name] for name in pids} | {"dnsperf": run.cpu_seconds}
+    by_process = {name: spent(before[name], after[name]) for name in pids}
+    used = {name: sum(v.values()) for name, v in by_process.items()} | {"dnsperf": run.cpu_seconds}
     scale = 1e6 / max(run.completed, 1)
-    result["cpu_us_per_query"] = {name: round(v * scale, 1) for name, v in spent.items()}
-    result["cpu_share"] = {name: round(v / seconds, 2) for name, v in spent.items()}
+    result["cpu_us_per_query"] = {name: round(v * scale, 1) for name, v in used.items()}
+    result["cpu_us_per_query_by_process"] = {  # only the trees with children ("main" and EXITED always)
+        name: {p: round(v * scale, 1) for p, v in tree.items()}
+        for name, tree in by_process.items() if set(tree) - {"main", EXITED}}
+    result["cpu_share"] = {name: round(v / seconds, 2) for name, v in used.items()}
     print(f"  {label:28} {run.qps:>9,.0f} q/s  lost {run.lost:>5}  p50 {run.p50_ms:.3f} ms  "
           f"p99 {run.p99_ms:.3f} ms  cpu/query {result['cpu_us_per_query']}", flush=True)
     return result
