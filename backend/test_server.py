@@ -170,7 +170,8 @@ def test_stall_causes_split_the_lag() -> None:
 
 def test_young_collector_walks_what_one_interval_allocated() -> None:
     """Long-lived objects replaced one for one never reach CPython's allocation trigger, so the young
-    generation only grows; a pass of the collector empties it (gen 1 too once due). While collection
+    generation only grows; a pass of the collector empties it (gen 1 too once due, its survivors then
+    frozen, never left for a full collection to walk). While collection
     is off (a full compile) it leaves the young generation alone (here also the process's own
     collector thread, should another test have started it)."""
     old = [[i] for i in range(20_000)]
@@ -188,8 +189,10 @@ def test_young_collector_walks_what_one_interval_allocated() -> None:
         gc.enable()
         assert young.collect() in (0, 1)
         assert len(gc.get_objects(0)) < 100 and len(gc.get_objects(1)) + len(gc.get_objects(2)) >= 20_000
+        frozen = gc.get_freeze_count()
         passes = [young.collect() for _ in range(gc.get_threshold()[1] + 1)]
-        assert 1 in passes and len(gc.get_objects(1)) < 100  # kept: moved on to the old generation
+        assert 1 in passes and len(gc.get_objects(1)) < 100 and len(gc.get_objects(2)) < 100
+        assert gc.get_freeze_count() >= frozen + 20_000  # kept, out of every later collection's sight
     finally:
         gc.enable()
         gc.unfreeze()
