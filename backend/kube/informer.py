@@ -145,7 +145,10 @@ class _Gone(Exception):
     """The resourceVersion we hold is too old: relist."""
 
 
-INITIAL_EVENTS_END = "k8s.io/initial-events-end"  # on the bookmark that ends a streaming list
+# A streaming list: a watch with these sends every object as ADDED, then a bookmark annotated
+# INITIAL_EVENTS_END, then the changes since (KEP-3157; served by kube-apiserver 1.32+ by default).
+STREAMING_LIST = (("sendInitialEvents", "true"), ("resourceVersionMatch", "NotOlderThan"))
+INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 REFUSED = (400, 422)  # an API without streaming lists (WatchList off, or older than 1.27) rejects the query
 
 
@@ -367,7 +370,7 @@ class Informer:
         as ADDED and then a bookmark that ends the initial state (a streaming list)."""
         query = [*self._query(), ("watch", "true"), ("allowWatchBookmarks", "true")]
         if initial:
-            query += [("sendInitialEvents", "true"), ("resourceVersionMatch", "NotOlderThan")]
+            query += STREAMING_LIST
         else:
             query.append(("resourceVersion", self.resource_version))
         query.append(("timeoutSeconds", int(self.watch_timeout * random.uniform(1.0, 1.5))))
