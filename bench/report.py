@@ -373,6 +373,8 @@ def _scale(s: dict[str, Any]) -> list[str]:
         ("start -> /readyz 200 (first full sync)", f"{s['sync_seconds']} s{load}"),
         ("the API alone listing every Service in the backend's pages of 500",
          f"{s['api_list_services_seconds']} s" if "api_list_services_seconds" in s else "-"),
+        ("the API alone streaming them (a watch with sendInitialEvents: how the backend lists)",
+         f"{s['api_stream_list_services_seconds']} s" if "api_stream_list_services_seconds" in s else "-"),
         ("every name answering at that moment", "yes" if s.get("complete_at_ready") else "no"),
         ("backend CPU until ready", f"{s['backend_cpu_seconds_to_ready']} s"),
         ("backend RSS at ready / after the trials",

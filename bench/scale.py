@@ -10,13 +10,17 @@ and once the backend has gone idle, the steady state the goal is about.
 
 from __future__ import annotations
 
+import http.client
+import json
 import statistics
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import dns.rdatatype
 
+from backend.kube.informer import INITIAL_EVENTS_END, STREAMING_LIST
 from bench import dataset
 from bench.dnsperf import percentile
 from bench.env import Bed
@@ -36,7 +40,7 @@ QUIET_TIMEOUT = 300.0
 # 100,000 take most of an hour on two shared cores.
 BULK_ABOVE = 20_000
 SYNC_TIMEOUT = 600.0  # first /readyz; 100,000 Services take far longer than the lab's 60 s
-PAGE = 500  # the backend informer's list page size (backend/kube/informer.py)
+PAGE = 500  # the informer's page size where the API refuses streaming lists (backend/kube/informer.py)
 SYNC_PROFILE_RATE = 50  # py-spy samples a second during the sync (at 200 it takes ~40% of a core)
 
 
@@ -81,6 +85,7 @@ class Loaded:
     sync_profile: list[tuple[str, float, float]]  # py-spy from start to /readyz: (function, own %, total %)
     loadavg_ready: str  # the machine's load average at /readyz
     list_seconds: float  # the API's paginated list of every Service, timed before the backend starts
+    stream_seconds: float  # the API's streaming list of them (how the backend lists), timed likewise
 
     @property
     def pid(self) -> int:
@@ -107,7 +112,9 @@ def load(bed: Bed, n: int, n_gslbs: int, before_start: Callable[[Api], None] = l
                      what=f"{len(batch)} {batch[0]['kind']}s listed", timeout=600)
     created = time.monotonic() - t0
     list_seconds = paginated_list_seconds(api, services[0])
-    print(f"  the API lists the {n} Services in pages of {PAGE} in {list_seconds:.1f} s", flush=True)
+    stream_seconds = streamed_list_seconds(api, services[0])
+    print(f"  the API lists the {n} Services in pages of {PAGE} in {list_seconds:.1f} s, streams them "
+          f"in {stream_seconds:.1f} s", flush=True)
     print(f"  created {n} Services (+ status), {n_gslbs} EndpointSlices, {n_gslbs} Gslbs in {created:.1f} s"
           f"{' (copies written into etcd)' if bulk else ''}", flush=True)
     before_start(api)
@@ -137,7 +144,7 @@ def load(bed: Bed, n: int, n_gslbs: int, before_start: Callable[[Api], None] = l
     wait_for(complete, what="the last Service and Gslb answering", timeout=300, watch=[backend.process])
     return Loaded(api, services, slices, gslbs, created, backend, server, sync, rss_ready, cpu_ready,
                   at_ready, t0, time.monotonic() - t0, summary_rows(sync_profile.out, 15), load_ready,
-                  list_seconds)
+                  list_seconds, stream_seconds)
 
 
 def paginated_list_seconds(api: Api, obj: Obj) -> float:
@@ -153,6 +160,30 @@ def paginated_list_seconds(api: Api, obj: Obj) -> float:
         cont = page["metadata"].get("continue") or ""
         if not cont:
             return time.monotonic() - t0
+
+
+def streamed_list_seconds(api: Api, obj: Obj) -> float:
+    """How long the apiserver takes to stream `obj`'s collection as the backend's informer lists it: a
+    watch that first sends every object (each line decoded, as the informer does) and then a bookmark
+    marking the end of that initial state."""
+    conn = http.client.HTTPSConnection(api.host, api.port, context=api.ssl, timeout=600)
+    t0 = time.monotonic()
+    try:
+        query = urllib.parse.urlencode([("watch", "true"), ("allowWatchBookmarks", "true"), *STREAMING_LIST,
+                                        ("timeoutSeconds", 600)])
+        conn.request("GET", f"{collection(obj)}?{query}",
+                     headers={"Authorization": f"Bearer {api.token}", "Accept": "application/json"})
+        resp = conn.getresponse()
+        if resp.status != 200:
+            raise RuntimeError(f"streaming {collection(obj)}: {resp.status} {resp.read()[:200]!r}")
+        for line in resp:
+            event = json.loads(line)
+            annotations = event["object"]["metadata"].get("annotations") or {}
+            if event["type"] == "BOOKMARK" and annotations.get(INITIAL_EVENTS_END) == "true":
+                return time.monotonic() - t0
+        raise RuntimeError(f"streaming {collection(obj)}: ended before the initial state did")
+    finally:
+        conn.close()
 
 
 def addresses(server: str, name: str, rtype: str = "A") -> list[str]:
@@ -237,6 +268,7 @@ def run(bed: Bed, n: int = 10_000, trials: int = 20, n_gslbs: int | None = None)
         "created_via": "etcd (bulk_create)" if n > BULK_ABOVE else "api",
         "sync_seconds": round(up.sync_seconds, 2),
         "api_list_services_seconds": round(up.list_seconds, 2),
+        "api_stream_list_services_seconds": round(up.stream_seconds, 2),
         "complete_at_ready": up.complete,
         "all_answering_seconds": round(up.all_served, 2),
         "rss_mib_at_ready": round(sum(up.rss_ready.values()) / 2**20, 1),  # the process tree's, summed

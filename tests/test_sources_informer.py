@@ -1,8 +1,10 @@
-"""The shared Informer against the real apiserver: paging, 410 relist with DELETED for what vanished,
-a CRD that appears after start, and stop() waking a blocked watch."""
+"""The shared Informer against the real apiserver: the streaming list (and the paged one where the API
+refuses it), 410 relist with DELETED for what vanished, a CRD that appears after start, and stop()
+waking a blocked watch."""
 
 from __future__ import annotations
 
+import secrets
 import threading
 
 import pytest
@@ -10,18 +12,23 @@ import pytest
 from backend.kube.informer import SERVICES, Informer, Resource
 from backend.kube.kubeapi import api_client
 from lab.kube import ControlPlane
+from tests.conftest import ControlPlaneFactory
 
 pytestmark = pytest.mark.controlplane
 
 
 class Recorder:
-    def __init__(self) -> None:
+    def __init__(self, inf: Informer | None = None) -> None:
         self.events: list[tuple[str, str]] = []
         self.lock = threading.Lock()
+        self.inf = inf
+        self.while_unsynced = 0  # events delivered before the informer called itself synced
 
     def __call__(self, type_: str, obj: dict, _old: dict | None) -> None:
         with self.lock:
             self.events.append((type_, obj["metadata"]["name"]))
+            if self.inf is not None and not self.inf.synced.is_set():
+                self.while_unsynced += 1
 
     def seen(self, type_: str, name: str) -> bool:
         with self.lock:
@@ -37,28 +44,53 @@ metadata: {{name: {n}, namespace: {namespace}}}
 spec: {{ports: [{{port: 80}}]}}""" for n in names)
 
 
-def test_paged_list_then_relist_after_410_reports_what_vanished(
-    control_plane: ControlPlane, namespace: str
+@pytest.fixture(scope="module")
+def no_streaming_plane(control_plane_factory: ControlPlaneFactory) -> ControlPlane:
+    """An apiserver that refuses streaming lists, as one with the WatchList feature off (or before 1.27)."""
+    plane = control_plane_factory("no-watchlist")
+    if "--feature-gates=WatchList=false" not in plane.apiserver.argv:
+        plane.stop_apiserver()
+        plane.apiserver.argv.append("--feature-gates=WatchList=false")
+        plane.start_apiserver()
+    return plane
+
+
+@pytest.mark.parametrize("streaming", [True, False], ids=["streaming-list", "refused-so-paged"])
+def test_list_then_relist_after_410_reports_what_vanished(
+    streaming: bool, control_plane: ControlPlane, namespace: str, request: pytest.FixtureRequest
 ) -> None:
-    control_plane.apply(services(namespace, *(f"s{i}" for i in range(7))))
-    inf = Informer(api_client(str(control_plane.kubeconfig)), SERVICES, namespace=namespace, page_size=2)
-    rec = Recorder()
+    plane = control_plane
+    if not streaming:
+        plane = request.getfixturevalue("no_streaming_plane")
+        namespace = f"paged-{secrets.token_hex(3)}"
+        plane.kubectl("create", "namespace", namespace)
+    plane.apply(services(namespace, *(f"s{i}" for i in range(7))))
+    inf = Informer(api_client(str(plane.kubeconfig)), SERVICES, namespace=namespace, page_size=2)
+    rec = Recorder(inf)
     inf.add_handler(rec)
     inf.start()
     try:
-        assert inf.synced.wait(30), "the first (paged) list"
+        assert inf.synced.wait(30), "the first list"
         assert sorted(inf.objects) == sorted(f"{namespace}/s{i}" for i in range(7))
+        assert rec.while_unsynced == 7, "each object handed on as it arrived, before the list was whole"
+        assert inf.stream_list is streaming, "streamed where the API serves it, paged where it refuses"
         inf.stop()
-        control_plane.kubectl("delete", "service", "s0", "-n", namespace)
-        control_plane.apply(services(namespace, "late"))
+        plane.kubectl("delete", "service", "s0", "-n", namespace)
+        plane.apply(services(namespace, "late"))
         inf.resource_version = "1"  # as after a long partition: the API has compacted past it
         inf.start()
-        control_plane.wait_for(lambda: rec.seen("DELETED", "s0") and rec.seen("ADDED", "late"),
-                               what="relist after 410 Gone", timeout=30)
+        plane.wait_for(lambda: rec.seen("DELETED", "s0") and rec.seen("ADDED", "late"),
+                       what="relist after 410 Gone", timeout=30)
         assert f"{namespace}/s0" not in inf.objects and f"{namespace}/late" in inf.objects
         assert rec.events.count(("ADDED", "s1")) == 1  # unchanged objects are not re-announced
+        assert rec.events.index(("DELETED", "s0")) > rec.events.index(("ADDED", "late")), (
+            "nothing deleted before the relist was whole")
+        plane.apply(services(namespace, "after"))
+        plane.wait_for(lambda: rec.seen("ADDED", "after"), what="the watch after the relist", timeout=30)
     finally:
         inf.stop()
+        if not streaming:
+            plane.kubectl("delete", "namespace", namespace, "--wait=false")
 
 
 def test_a_crd_installed_after_start_counts_as_synced_empty_then_is_watched(

@@ -1,9 +1,12 @@
 """One list+watch loop per kind, holding the objects as the API's own JSON dicts.
 
-Like client-go's reflector + informer, reduced to what this project needs: a paginated list, a watch
-from its resourceVersion with bookmarks, a relist on 410 Gone (diffed against what we hold, so the
-handlers see the vanished objects as DELETED), reconnect with capped exponential backoff, and while
-the API is away the objects stay as they were: DNS keeps answering the last good state.
+Like client-go's reflector + informer, reduced to what this project needs: a streaming list (a watch
+with sendInitialEvents, KEP-3157, as client-go's WatchList; a paginated list where the API refuses
+it), a watch from its resourceVersion with bookmarks, a relist on 410 Gone (diffed against what we
+hold, so the handlers see the vanished objects as DELETED), reconnect with capped exponential
+backoff, and while the API is away the objects stay as they were: DNS keeps answering the last good
+state. The listed objects reach the handlers as they arrive, so their work overlaps the API's; only
+DELETED waits for the whole list, and `synced` is set after it.
 A kind whose CRD is not installed counts as synced with no objects (so readiness does not wait on
 an optional CRD) and is retried quietly until it appears.
 """
@@ -142,12 +145,21 @@ class _Gone(Exception):
     """The resourceVersion we hold is too old: relist."""
 
 
+# A streaming list: a watch with these sends every object as ADDED, then a bookmark annotated
+# INITIAL_EVENTS_END, then the changes since (KEP-3157; served by kube-apiserver 1.32+ by default).
+STREAMING_LIST = (("sendInitialEvents", "true"), ("resourceVersionMatch", "NotOlderThan"))
+INITIAL_EVENTS_END = "k8s.io/initial-events-end"
+REFUSED = (400, 422)  # an API without streaming lists (WatchList off, or older than 1.27) rejects the query
+
+
 class Informer:
     """Keeps `objects` ("ns/name" -> dict) in step with the API and calls handlers on each change.
 
     Handlers run on the watch thread, after `objects` already holds the new state, and must not block
     for long. Other threads read through `get`, `list` and `by_index` (copies taken under the lock).
     `synced` is set once the first full list has been delivered.
+    `stream_list`: list by a watch that sends the initial state (the API's watch cache streams it, no
+    pages); False, or an API that refuses it, lists in pages of `page_size`.
     """
 
     def __init__(
@@ -161,6 +173,7 @@ class Informer:
         backoff_cap: float = 5.0,
         on_watch_event: Callable[[Resource, str], None] | None = None,
         on_restart: Callable[[Resource, str], None] | None = None,
+        stream_list: bool = True,
     ) -> None:
         self.api = api_client
         self.resource = resource
@@ -174,6 +187,8 @@ class Informer:
         self.resource_version = ""
         self._on_watch_event = on_watch_event
         self._on_restart = on_restart
+        self.stream_list = stream_list
+        self._listed: set[str] | None = None  # while a (re)list runs: the keys it has delivered so far
         self._handlers: list[Handler] = []
         self._indexers: dict[str, IndexFn] = {}
         self._indices: dict[str, dict[str, set[str]]] = {}
@@ -253,15 +268,19 @@ class Informer:
                     return
             self._connected = False
             try:
-                if need_list:
+                if need_list and not self.stream_list:
                     self._list()
-                    need_list = False
-                self._watch()
+                self._watch(initial=need_list and self.stream_list)
+                need_list = self._listed is not None  # a stream that ended before its initial state did
                 delay, reason = 0.0, "closed"
             except _Gone:
                 delay, need_list, reason = 0.0, True, "gone"
             except kubeapi.KubeError as e:
                 need_list = True
+                if e.status in REFUSED and self.stream_list:
+                    log.info("%s: the API does not stream lists (%s); listing in pages", self.resource, e)
+                    self.stream_list, delay = False, 0.0
+                    continue
                 if e.status == 404:
                     self._not_installed()
                     delay = self._backoff(delay, 1.0, max(self.backoff_cap, 10.0))
@@ -299,14 +318,15 @@ class Informer:
         if not self._missing_logged:
             log.warning("%s: not served by the API (CRD not installed?); retrying quietly", self.resource)
             self._missing_logged = True
-        self._replace_all({}, "")
-        self.synced.set()
+        self._begin_list()
+        self._end_list("")
 
     def _query(self) -> list[tuple[str, str | int]]:
         return [("labelSelector", self.label_selector)] if self.label_selector else []
 
     def _list(self) -> None:
-        items: dict[str, Obj] = {}
+        """The paginated list, for an API that does not stream lists; each page is delivered as it comes."""
+        self._begin_list()
         cont = ""
         while True:
             query = [*self._query(), ("limit", self.page_size)]
@@ -316,54 +336,44 @@ class Informer:
                 page = kubeapi.request(self.api, "GET", self.resource.path(self.namespace), query, timeout=60)
             except kubeapi.KubeError as e:
                 if e.status == 410:  # the continue token expired mid-list: start over
-                    items, cont = {}, ""
+                    self._begin_list()
+                    cont = ""
                     continue
                 raise
+            self._reached()
             for obj in page.get("items") or ():
-                obj.setdefault("apiVersion", self.resource.api_version)
-                obj.setdefault("kind", self.resource.kind)
-                items[key_of(obj)] = slim(obj, self.resource.plural in READ_ONLY)
+                self._put("ADDED", obj)
             meta = page.get("metadata") or {}
             cont = meta.get("continue") or ""
             if not cont:
                 break
-        if self._missing_logged:
+        self._end_list(meta.get("resourceVersion", ""))
+
+    def _begin_list(self) -> None:
+        self._listed = set()
+
+    def _end_list(self, resource_version: str) -> None:
+        """The whole list is in: what we held and it did not name is gone. Only now are we synced."""
+        listed, self._listed = self._listed or set(), None
+        with self._lock:
+            gone = [key for key in self.objects if key not in listed]
+            self.resource_version = resource_version
+        for key in gone:
+            self._store("DELETED", key, self.objects[key])
+        if self._missing_logged and resource_version:
             log.info("%s: now served by the API", self.resource)
             self._missing_logged = False
-        self._replace_all(items, meta.get("resourceVersion", ""))
         self.synced.set()
-        self._reached()
 
-    def _replace_all(self, items: dict[str, Obj], resource_version: str) -> None:
-        """Swap in a full list, telling the handlers only what differs from what we held."""
-        with self._lock:
-            old = self.objects
-            self.objects = items
-            self.resource_version = resource_version
-            for name, fn in self._indexers.items():
-                index: dict[str, set[str]] = {}
-                for key, obj in items.items():
-                    for value in fn(obj):
-                        index.setdefault(value, set()).add(key)
-                self._indices[name] = index
-        for key, obj in old.items():
-            if key not in items:
-                self._emit("DELETED", obj, None)
-        for key, obj in items.items():
-            prev = old.get(key)
-            if prev is None:
-                self._emit("ADDED", obj, None)
-            elif _rv(prev) != _rv(obj):
-                self._emit("MODIFIED", obj, prev)
-
-    def _watch(self) -> None:
-        query = [
-            *self._query(),
-            ("watch", "true"),
-            ("allowWatchBookmarks", "true"),
-            ("resourceVersion", self.resource_version),
-            ("timeoutSeconds", int(self.watch_timeout * random.uniform(1.0, 1.5))),
-        ]
+    def _watch(self, initial: bool = False) -> None:
+        """Watch from the resourceVersion held; `initial`: from now, the API first sending every object
+        as ADDED and then a bookmark that ends the initial state (a streaming list)."""
+        query = [*self._query(), ("watch", "true"), ("allowWatchBookmarks", "true")]
+        if initial:
+            query += STREAMING_LIST
+        else:
+            query.append(("resourceVersion", self.resource_version))
+        query.append(("timeoutSeconds", int(self.watch_timeout * random.uniform(1.0, 1.5))))
         # The server ends the watch first; the read timeout only catches a peer that hung.
         read_timeout = self.watch_timeout * 1.5 + 30
         path = self.resource.path(self.namespace)
@@ -377,6 +387,8 @@ class Informer:
             self._reached()
             if self._stop.is_set():
                 return
+            if initial:
+                self._begin_list()
             for event in kubeapi.json_lines(resp):
                 self._apply(event)
         finally:
@@ -392,19 +404,38 @@ class Informer:
             if obj.get("code") == 410:
                 raise _Gone
             raise kubeapi.KubeError(int(obj.get("code") or 500), obj.get("message", ""))
+        if self._listed is not None:  # a streaming list's initial state: not watch events yet
+            if type_ == "BOOKMARK":
+                meta = obj.get("metadata") or {}
+                if (meta.get("annotations") or {}).get(INITIAL_EVENTS_END) == "true":
+                    self._end_list(meta.get("resourceVersion", ""))
+            else:
+                self._put(type_, obj)
+            return
         rv = _rv(obj)
         if rv:
             self.resource_version = rv
         if self._on_watch_event is not None:
             self._on_watch_event(self.resource, type_)
-        if type_ == "BOOKMARK":
-            return
+        if type_ in ("ADDED", "MODIFIED", "DELETED"):
+            self._put(type_, obj)
+
+    def _put(self, type_: str, obj: Obj) -> None:
+        """An object as the API sent it: slimmed, then stored."""
         obj.setdefault("apiVersion", self.resource.api_version)
         obj.setdefault("kind", self.resource.kind)
         obj = slim(obj, self.resource.plural in READ_ONLY)
-        key = key_of(obj)
+        self._store(type_, key_of(obj), obj)
+
+    def _store(self, type_: str, key: str, obj: Obj) -> None:
+        """One object's new state (or its deletion) into `objects` and the indexes, then the handlers;
+        while a list runs, its key is noted and an object it holds unchanged is not announced again."""
         with self._lock:
             old = self.objects.get(key)
+            if self._listed is not None and type_ != "DELETED":
+                self._listed.add(key)
+                if old is not None and _rv(old) == _rv(obj):
+                    return
             if type_ == "DELETED":
                 self.objects.pop(key, None)
             else:
@@ -419,7 +450,7 @@ class Informer:
                         index.setdefault(value, set()).add(key)
         if type_ == "DELETED":
             self._emit("DELETED", obj, None)
-        elif type_ in ("ADDED", "MODIFIED"):
+        else:
             self._emit("MODIFIED" if old is not None else "ADDED", obj, old)
 
     def _emit(self, type_: str, obj: Obj, old: Obj | None) -> None:
