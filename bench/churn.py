@@ -26,7 +26,7 @@ from backend.metrics import LAG_WINDOW
 from bench import dataset, dnsperf
 from bench.env import Bed
 from bench.objects import Api, Obj, deployment, dns_endpoint, endpoint_slice, gslb, service
-from bench.procstat import cpu_by_process, loadavg, mib, rss_by_process, spent
+from bench.procstat import cpu_by_process, loadavg, mib, rss_by_process, spent, total_mib
 from bench.profile import Sampler
 from bench.profile import summary as summary_rows
 from bench.scale import NS, Loaded, addresses, lb_ip, load, summary, wait_quiet
@@ -332,7 +332,7 @@ def run(bed: Bed, n: int = 10_000, seconds: float = 600.0, rate: float = 20.0,
              what="every Deployment-backed GSLB host answering", timeout=180, watch=[up.backend.process])
     quiet = wait_quiet(up.pid)
     rss_start = rss_by_process(up.pid)
-    print(f"  loaded and quiet ({quiet}); RSS {sum(rss_start.values()) / 2**20:.0f} MiB {mib(rss_start)}; "
+    print(f"  loaded and quiet ({quiet}); RSS {total_mib(rss_start):.0f} MiB {mib(rss_start)}; "
           f"churn {rate:g}/s for {seconds:g} s with dnsperf at {qps:,.0f} q/s", flush=True)
     mix = bed.workdir / "churn-queries.txt"
     _mix(mix, n, n)
@@ -375,8 +375,8 @@ def run(bed: Bed, n: int = 10_000, seconds: float = 600.0, rate: float = 20.0,
         "write_to_answer_p50_ms": after["p50_ms"],
         "write_to_answer_p99_ms": after["p99_ms"],
         "change_to_answer_by_kind": by_kind,
-        "rss_mib_start": round(sum(rss_start.values()) / 2**20, 1),  # the process tree's, summed
-        "rss_mib_end": round(sum(rss_end.values()) / 2**20, 1),
+        "rss_mib_start": total_mib(rss_start),  # the process tree's, summed
+        "rss_mib_end": total_mib(rss_end),
         "rss_mib_start_by_process": mib(rss_start),
         "rss_mib_end_by_process": mib(rss_end),
         "api_errors": len(churn.api_errors),

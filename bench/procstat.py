@@ -13,14 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from lab.proc import stat_fields as _stat
+
 N = TypeVar("N", int, float)
 _TICK = os.sysconf("SC_CLK_TCK")
 EXITED = "exited"  # `cpu_by_process`: what the tree's ended and reaped children used (a restarted child's)
-
-
-def _stat(pid: int) -> list[str]:
-    """/proc/<pid>/stat's fields after the command name (which may hold spaces): [0] is the state."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -114,6 +111,11 @@ def tree_rss_bytes(pid: int) -> int:
 
 def mib(by_process: dict[str, int]) -> dict[str, float]:
     return {name: round(v / 2**20, 1) for name, v in by_process.items()}
+
+
+def total_mib(by_process: dict[str, int]) -> float:
+    """The tree's RSS (an `rss_by_process` reading) in MiB, summed."""
+    return round(sum(by_process.values()) / 2**20, 1)
 
 
 def loadavg() -> str:

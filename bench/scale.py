@@ -25,7 +25,7 @@ from bench import dataset
 from bench.dnsperf import percentile
 from bench.env import Bed
 from bench.objects import Api, Obj, bulk_create, collection, endpoint_slice, gslb, namespace, service
-from bench.procstat import loadavg, mib, rss_by_process, rss_bytes, tree_cpu_seconds
+from bench.procstat import loadavg, mib, rss_by_process, rss_bytes, total_mib, tree_cpu_seconds
 from bench.profile import Sampler
 from bench.profile import summary as summary_rows
 from lab.coredns import GRPC_TEMPLATE
@@ -271,8 +271,8 @@ def run(bed: Bed, n: int = 10_000, trials: int = 20, n_gslbs: int | None = None)
         "api_stream_list_services_seconds": round(up.stream_seconds, 2),
         "complete_at_ready": up.complete,
         "all_answering_seconds": round(up.all_served, 2),
-        "rss_mib_at_ready": round(sum(up.rss_ready.values()) / 2**20, 1),  # the process tree's, summed
-        "rss_mib_after_trials": round(sum(after.values()) / 2**20, 1),
+        "rss_mib_at_ready": total_mib(up.rss_ready),  # the process tree's, summed
+        "rss_mib_after_trials": total_mib(after),
         "rss_mib_at_ready_by_process": mib(up.rss_ready),
         "rss_mib_after_trials_by_process": mib(after),
         "backend_cpu_seconds_to_ready": round(up.cpu_ready, 1),

@@ -143,15 +143,21 @@ def read_pidfile(pidfile: Path) -> tuple[int, str] | None:
         return None
 
 
+def stat_fields(pid: int) -> list[str]:
+    """/proc/<pid>/stat's fields after the command name (which may hold spaces): [0] is the state,
+    [1] the parent's pid, [11]/[12] user/system CPU ticks, [13]/[14] those of its reaped children."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def pid_running(pid: int, argv0: str) -> bool:
     """Alive (not a zombie: the lab's processes are orphans, reaped by init in its own time) and still
     running the recorded program, so a recycled pid is never taken for ours."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        state = stat_fields(pid)[0]
     except OSError:
         return False
-    return cmdline[0].decode(errors="replace") == argv0 and stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return cmdline[0].decode(errors="replace") == argv0 and state != "Z"
 
 
 def kill_pidfile(pidfile: Path, timeout: float = 10.0) -> str | None:

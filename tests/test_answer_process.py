@@ -26,7 +26,7 @@ from lab.coredns import CoreDNS
 from lab.dig import dig
 from lab.kube import ControlPlane
 from lab.lbpool import set_load_balancer
-from lab.proc import wait_for
+from lab.proc import stat_fields, wait_for
 from lab.sidecar import Backend, DnsStack, Listener
 from tests.test_resilience import dnsperf_in_background, roll_under_load
 
@@ -67,7 +67,7 @@ def answer_pids(backend: Backend) -> list[int]:
 def alive(pid: int) -> bool:
     """Running (not gone, not a zombie waiting for whoever adopted it)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        return stat_fields(pid)[0] != "Z"
     except FileNotFoundError:
         return False
 
