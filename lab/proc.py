@@ -17,12 +17,14 @@ import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPS_BIN = ROOT / ".deps" / "bin"
 PYTHON = ROOT / ".venv" / "bin" / "python"
 
 _PR_SET_PDEATHSIG = 1
+T = TypeVar("T")
 
 
 class StartupError(RuntimeError):
@@ -228,6 +230,17 @@ def wait_for(
             deadline.last = e
         deadline.check_time()
         time.sleep(interval)
+
+
+def sample(look: Callable[[], T], seconds: float, interval: float) -> list[T]:
+    """What `look` returned at each look for `seconds`, `interval` apart: for tests that something
+    holds for a while (answers through an outage), where `wait_for` waits until it first does."""
+    seen: list[T] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        seen.append(look())
+        time.sleep(interval)
+    return seen
 
 
 async def wait_for_async(

@@ -4,13 +4,13 @@ stopped), so the shared plane's other tests are not affected."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import pytest
 
 from lab.kube import ControlPlane
 from lab.lbpool import set_load_balancer
+from lab.proc import sample
 from lab.sidecar import DnsStack
 from tests.test_sources_services import ALPHA
 
@@ -38,17 +38,14 @@ spec: {{type: LoadBalancer, ports: [{{port: 80}}]}}
 
     plane.stop_apiserver()
     try:
-        answers, ready = [], []
-        end = time.monotonic() + OUTAGE_SECONDS
-        while time.monotonic() < end:
-            answers.append(stack.dig("steady.foowidgets.k8s").addresses)
-            ready.append(stack.backend.get("/readyz")[0])
-            time.sleep(1)
+        seen = sample(lambda: (stack.dig("steady.foowidgets.k8s").addresses, stack.backend.get("/readyz")[0]),
+                      OUTAGE_SECONDS, 1)
     finally:
         plane.start_apiserver()
-    assert len(answers) >= 10
-    assert all(a == ["172.18.200.101"] for a in answers), answers
-    assert set(ready) == {200}, ready  # still ready: pulling the pod would turn stale answers into none
+    assert len(seen) >= 10
+    assert all(a == ["172.18.200.101"] for a, _ in seen), seen
+    # still ready: pulling the pod would turn stale answers into none
+    assert {r for _, r in seen} == {200}, seen
     assert stack.dig("missing.foowidgets.k8s").rcode == "NXDOMAIN"
 
     set_load_balancer(plane.api_client(), "Service", "default", "steady", ["172.18.200.102"])

@@ -23,7 +23,7 @@ from lab.bind9 import Bind9
 from lab.dataplane import DataPlane
 from lab.kube import ControlPlane
 from lab.lbpool import LbPool
-from lab.proc import free_loopback_ip, free_port
+from lab.proc import free_loopback_ip, free_port, sample
 from lab.sidecar import DnsStack
 
 INTERVAL, FAILURES = 1.0, 2
@@ -108,10 +108,7 @@ def timed(check: Callable[[], bool], what: str, cs: Sequence[Cluster]) -> float:
 
 def steady(check: Callable[[], bool], seconds: float, what: str) -> None:
     """`check` holds at every look for `seconds`."""
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        assert check(), what
-        time.sleep(0.2)
+    assert all(sample(check, seconds, 0.2)), what
 
 
 def test_failover_follows_the_data_plane_not_the_peers_dns(probed) -> None:  # type: ignore[no-untyped-def]

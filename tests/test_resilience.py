@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from lab.coredns import CoreDNS
 from lab.dig import dig
 from lab.kube import ControlPlane
 from lab.lbpool import set_load_balancer
-from lab.proc import ROOT, wait_for
+from lab.proc import ROOT, sample, wait_for
 from lab.sidecar import Backend, Listener
 
 pytestmark = pytest.mark.controlplane
@@ -77,12 +78,7 @@ def test_an_unsynced_backend_changes_nothing_at_the_edge(
 
 
 def _dig_loop(server: str, seconds: float) -> dict[str, int]:
-    rcodes: dict[str, int] = {}
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        rcode = dig(server, NAME).rcode or "timeout"
-        rcodes[rcode] = rcodes.get(rcode, 0) + 1
-    return rcodes
+    return dict(Counter(sample(lambda: dig(server, NAME).rcode or "timeout", seconds, 0)))
 
 
 def test_an_unsynced_backend_makes_coredns_use_the_next_upstream(
