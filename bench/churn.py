@@ -31,7 +31,17 @@ import dns.rcode
 from backend.metrics import LAG_WINDOW
 from bench import dataset, dnsperf
 from bench.env import Bed
-from bench.objects import Api, Obj, deployment, dns_endpoint, endpoint_slice, free_cluster_ips, gslb, service
+from bench.objects import (
+    Api,
+    Obj,
+    deployment,
+    dns_endpoint,
+    endpoint_slice,
+    free_cluster_ips,
+    gslb,
+    pin_cluster_ips,
+    service,
+)
 from bench.procstat import cpu_by_process, loadavg, mib, rss_by_process, spent, total_mib
 from bench.profile import Sampler
 from bench.profile import summary as summary_rows
@@ -226,6 +236,7 @@ def extras(api: Api, spare: int) -> None:
         api_objs.append(service(NS, f"gs-{k}", [f"10.4.{k // 250}.{k % 250 + 1}"],
                                 gslb_host=f"gx-{k}.{dataset.GSLB_ZONE}"))
         api_objs.append(endpoint_slice(NS, f"gs-{k}", f"10.245.{k // 250}.{k % 250 + 1}"))
+    pin_cluster_ips(api, api_objs)
     api.create_all(api_objs, workers=24)
 
 

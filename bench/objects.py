@@ -5,11 +5,11 @@ carrying `k8gb.io/hostname`; its health comes from an EndpointSlice with one rea
 as the endpointslice controller would (selector-less Services, so no Deployment or Pod is needed for
 10,000 of them). The same Service may also carry ExternalDNS's hostname annotation.
 
-`Api.create_all` writes through the API (about 100 Services a second on two shared cores: kube-apiserver
-1.34 also writes an IPAddress for each ClusterIP and counts all of them after each one). `bulk_create`
-writes 100,000 in seconds: the first object goes through the API, the rest are copies of what the
-apiserver stored for it, written into its etcd (what the backend under test reads is still the real
-apiserver's list and watch).
+`Api.create_all` writes through the API (kube-apiserver 1.34 also writes an IPAddress for each ClusterIP
+and counts all of them after each one; a ClusterIP it picks itself is picked one Service at a time, so
+the bench gives its Services free ones, `pin_cluster_ips`). `bulk_create` writes 100,000 in seconds:
+the first object goes through the API, the rest are copies of what the apiserver stored for it, written
+into its etcd (what the backend under test reads is still the real apiserver's list and watch).
 """
 
 from __future__ import annotations
@@ -233,6 +233,14 @@ def free_cluster_ips(api: Api, count: int) -> list[str]:
     if len(free) < count:
         raise RuntimeError(f"only {len(free)} free ClusterIPs in {SERVICE_CIDR}, {count} wanted")
     return free
+
+
+def pin_cluster_ips(api: Api, objs: Sequence[Obj]) -> None:
+    """Give every Service in `objs` a free ClusterIP (`free_cluster_ips`), so creating them
+    concurrently is concurrent in the apiserver too."""
+    services = [obj for obj in objs if obj["kind"] == "Service"]
+    for svc, ip in zip(services, free_cluster_ips(api, len(services)), strict=True):
+        svc["spec"]["clusterIP"] = ip
 
 
 # Where kube-apiserver keeps each kind under its --etcd-prefix ("ns/name" appended; CRDs under their group).

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from bench.objects import Api, free_cluster_ips, service
+from bench.objects import Api, free_cluster_ips, pin_cluster_ips, service
 from lab.kube import ControlPlane
 
 
@@ -31,3 +31,14 @@ def test_a_service_keeps_the_free_cluster_ip_it_was_given(control_plane: Control
     api.delete(service(namespace, "own", []))
     control_plane.wait_for(lambda: free[0] in free_cluster_ips(api, 3),
                            what=f"ClusterIP {free[0]} released by the deleted Service")
+
+
+def test_pinned_services_are_created_concurrently_with_the_addresses_given(control_plane: ControlPlane,
+                                                                           namespace: str) -> None:
+    api = Api(control_plane)
+    services = [service(namespace, f"s-{k}", [f"192.0.2.{k + 1}"]) for k in range(6)]
+    pin_cluster_ips(api, services)
+    given = [svc["spec"]["clusterIP"] for svc in services]
+    assert len(set(given)) == 6
+    api.create_all(services, workers=6)
+    assert [_cluster_ip(control_plane, namespace, f"s-{k}") for k in range(6)] == given
