@@ -6,6 +6,12 @@ given time, `rate` changes a second of every kind a user makes (see `KINDS`), a 
 second and dnsperf at a fixed rate (25% of (b)'s peak by default); then the same dnsperf with no churn,
 the control. Each change is timed from just before its API write to the first answer through CoreDNS
 that shows it; at the end every name the churn touched is checked against what the API holds.
+
+The Services the churn creates bring their own ClusterIP (`free_cluster_ips`): kube-apiserver picks
+one for a Service under a single lock, whose hold grows with the number of Services, and at 12,000 on
+the two shared cores it picks fewer a second than the churn creates, so every Service write (deletes
+wait on the same lock) queued for seconds. What a picked ClusterIP costs is timed apart, before the
+churn (`service_create_dynamic_cluster_ip`).
 """
 
 from __future__ import annotations
@@ -25,7 +31,17 @@ import dns.rcode
 from backend.metrics import LAG_WINDOW
 from bench import dataset, dnsperf
 from bench.env import Bed
-from bench.objects import Api, Obj, deployment, dns_endpoint, endpoint_slice, gslb, service
+from bench.objects import (
+    Api,
+    Obj,
+    deployment,
+    dns_endpoint,
+    endpoint_slice,
+    free_cluster_ips,
+    gslb,
+    pin_cluster_ips,
+    service,
+)
 from bench.procstat import cpu_by_process, loadavg, mib, rss_by_process, spent, total_mib
 from bench.profile import Sampler
 from bench.profile import summary as summary_rows
@@ -79,6 +95,7 @@ class Churn:
     server: str
     up: Loaded
     spare: int
+    cluster_ips: list[str]  # the created Services' own (`free_cluster_ips`), by k
     rnd: random.Random = field(default_factory=lambda: random.Random(12))
     generation: int = 0
     healthy: dict[int, bool] = field(default_factory=dict)
@@ -155,7 +172,7 @@ class Churn:
         obj: Obj
         if kind == "service":
             name = f"c-{k}.{dataset.ZONE}"
-            obj = service(NS, f"c-{k}", [address], hostname=name)
+            obj = service(NS, f"c-{k}", [address], hostname=name, cluster_ip=self.cluster_ips[k])
         elif kind == "dnsendpoint":
             name = f"e-{k}.{dataset.ZONE}"
             obj = dns_endpoint(NS, f"e-{k}", name, address)
@@ -219,7 +236,22 @@ def extras(api: Api, spare: int) -> None:
         api_objs.append(service(NS, f"gs-{k}", [f"10.4.{k // 250}.{k % 250 + 1}"],
                                 gslb_host=f"gx-{k}.{dataset.GSLB_ZONE}"))
         api_objs.append(endpoint_slice(NS, f"gs-{k}", f"10.245.{k // 250}.{k % 250 + 1}"))
+    pin_cluster_ips(api, api_objs)
     api.create_all(api_objs, workers=24)
+
+
+def dynamic_cluster_ip_creates(api: Api, trials: int = 10) -> dict[str, float]:
+    """What the churn's Services skip by bringing their own ClusterIP: Service creates (with their
+    status, as the churn writes them) whose ClusterIP the apiserver picks, one at a time with
+    everything loaded and before the churn, each deleted again."""
+    seconds = []
+    for k in range(trials):
+        obj = service(NS, f"dyn-{k}", ["192.0.2.1"])
+        t0 = time.perf_counter()
+        api.create(obj)
+        seconds.append(time.perf_counter() - t0)
+        api.delete(obj)
+    return summary(seconds)
 
 
 class Scraper(threading.Thread):
@@ -334,9 +366,12 @@ def run(bed: Bed, n: int = 10_000, seconds: float = 600.0, rate: float = 20.0,
     rss_start = rss_by_process(up.pid)
     print(f"  loaded and quiet ({quiet}); RSS {total_mib(rss_start):.0f} MiB {mib(rss_start)}; "
           f"churn {rate:g}/s for {seconds:g} s with dnsperf at {qps:,.0f} q/s", flush=True)
+    dynamic = {**dynamic_cluster_ip_creates(up.api), "loadavg": loadavg()}
+    print(f"  Service create with a ClusterIP the apiserver picks: p50 {dynamic['p50_ms']} ms, max "
+          f"{dynamic['max_ms']} ms (the churn's bring their own)", flush=True)
     mix = bed.workdir / "churn-queries.txt"
     _mix(mix, n, n)
-    churn = Churn(up.api, up.server, up, spare)
+    churn = Churn(up.api, up.server, up, spare, free_cluster_ips(up.api, spare))
     with Sampler(up.pid, bed.workdir / "backend-profile-churn.txt") as sampler:
         busy = _phase(up, mix, seconds, qps, bed.workdir, churn, rate)
     wrong = churn.wrong_answers()
@@ -375,6 +410,7 @@ def run(bed: Bed, n: int = 10_000, seconds: float = 600.0, rate: float = 20.0,
         "write_to_answer_p50_ms": after["p50_ms"],
         "write_to_answer_p99_ms": after["p99_ms"],
         "change_to_answer_by_kind": by_kind,
+        "service_create_dynamic_cluster_ip": dynamic,
         "rss_mib_start": total_mib(rss_start),  # the process tree's, summed
         "rss_mib_end": total_mib(rss_end),
         "rss_mib_start_by_process": mib(rss_start),

@@ -5,11 +5,11 @@ carrying `k8gb.io/hostname`; its health comes from an EndpointSlice with one rea
 as the endpointslice controller would (selector-less Services, so no Deployment or Pod is needed for
 10,000 of them). The same Service may also carry ExternalDNS's hostname annotation.
 
-`Api.create_all` writes through the API (about 100 Services a second on two shared cores: kube-apiserver
-1.34 also writes an IPAddress for each ClusterIP and counts all of them after each one). `bulk_create`
-writes 100,000 in seconds: the first object goes through the API, the rest are copies of what the
-apiserver stored for it, written into its etcd (what the backend under test reads is still the real
-apiserver's list and watch).
+`Api.create_all` writes through the API (kube-apiserver 1.34 also writes an IPAddress for each ClusterIP
+and counts all of them after each one; a ClusterIP it picks itself is picked one Service at a time, so
+the bench gives its Services free ones, `pin_cluster_ips`). `bulk_create` writes 100,000 in seconds:
+the first object goes through the API, the rest are copies of what the apiserver stored for it, written
+into its etcd (what the backend under test reads is still the real apiserver's list and watch).
 """
 
 from __future__ import annotations
@@ -18,16 +18,18 @@ import base64
 import copy
 import http.client
 import ipaddress
+import itertools
 import json
 import ssl
 import threading
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from lab.kube import ControlPlane
+from lab.kube import SERVICE_CIDR, ControlPlane
 from lab.lbpool import lb_ingress
 
 Obj = dict[str, Any]
@@ -41,8 +43,9 @@ def namespace(name: str) -> Obj:
 
 
 def service(ns: str, name: str, lb_ips: Sequence[str], *, hostname: str = "", gslb_host: str = "",
-            selector: dict[str, str] | None = None) -> Obj:
-    """A LoadBalancer Service (selector-less unless given one) whose status (set apart) holds `lb_ips`."""
+            selector: dict[str, str] | None = None, cluster_ip: str = "") -> Obj:
+    """A LoadBalancer Service (selector-less unless given one) whose status (set apart) holds `lb_ips`;
+    its ClusterIP is `cluster_ip` if given (see `free_cluster_ips`), else one the apiserver picks."""
     annotations = {}
     if hostname:
         annotations[EXTERNAL_DNS_HOSTNAME] = hostname
@@ -54,6 +57,7 @@ def service(ns: str, name: str, lb_ips: Sequence[str], *, hostname: str = "", gs
         "metadata": {"name": name, "namespace": ns, "annotations": annotations},
         "spec": {
             "type": "LoadBalancer",
+            **({"clusterIP": cluster_ip} if cluster_ip else {}),
             # 10,000 LoadBalancer Services would exhaust the NodePort range (2768 ports).
             "allocateLoadBalancerNodePorts": False,
             "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
@@ -203,6 +207,40 @@ class Api:
             for _ in pool.map(self.create, objs):
                 pass
         return len(objs)
+
+
+def free_cluster_ips(api: Api, count: int) -> list[str]:
+    """`count` ClusterIPs no Service holds (no IPAddress object names them), from the top of the lab's
+    service range down. A Service created with one skips the apiserver's dynamic allocation, which
+    kube-apiserver 1.34 runs one at a time under a single lock, each holding it for its own IPAddress
+    write and two counts of every IPAddress (ipallocator.MetaAllocator.AllocateNextService): with
+    12,000 Services on the two shared cores that is 100s of ms each, and Service deletes wait on the
+    same lock. Valid while nothing else allocates dynamically from the top of the range."""
+    taken: set[str] = set()
+    page = "/apis/networking.k8s.io/v1/ipaddresses?limit=500"
+    token = ""
+    while True:
+        status, reply = api.call("GET", page + (f"&continue={urllib.parse.quote(token)}" if token else ""))
+        if status != 200:
+            raise RuntimeError(f"listing IPAddresses: {status} {reply}")
+        taken.update(item["metadata"]["name"] for item in reply.get("items") or ())
+        token = reply["metadata"].get("continue") or ""
+        if not token:
+            break
+    network = ipaddress.ip_network(SERVICE_CIDR)
+    candidates = (str(network.broadcast_address - k) for k in range(1, network.num_addresses - 1))
+    free = list(itertools.islice((ip for ip in candidates if ip not in taken), count))
+    if len(free) < count:
+        raise RuntimeError(f"only {len(free)} free ClusterIPs in {SERVICE_CIDR}, {count} wanted")
+    return free
+
+
+def pin_cluster_ips(api: Api, objs: Sequence[Obj]) -> None:
+    """Give every Service in `objs` a free ClusterIP (`free_cluster_ips`), so creating them
+    concurrently is concurrent in the apiserver too."""
+    services = [obj for obj in objs if obj["kind"] == "Service"]
+    for svc, ip in zip(services, free_cluster_ips(api, len(services)), strict=True):
+        svc["spec"]["clusterIP"] = ip
 
 
 # Where kube-apiserver keeps each kind under its --etcd-prefix ("ns/name" appended; CRDs under their group).

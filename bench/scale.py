@@ -24,7 +24,17 @@ from backend.kube.informer import INITIAL_EVENTS_END, STREAMING_LIST
 from bench import dataset
 from bench.dnsperf import percentile
 from bench.env import Bed
-from bench.objects import Api, Obj, bulk_create, collection, endpoint_slice, gslb, namespace, service
+from bench.objects import (
+    Api,
+    Obj,
+    bulk_create,
+    collection,
+    endpoint_slice,
+    gslb,
+    namespace,
+    pin_cluster_ips,
+    service,
+)
 from bench.procstat import loadavg, mib, rss_by_process, rss_bytes, total_mib, tree_cpu_seconds
 from bench.profile import Sampler
 from bench.profile import summary as summary_rows
@@ -101,6 +111,8 @@ def load(bed: Bed, n: int, n_gslbs: int, before_start: Callable[[Api], None] = l
     t0 = time.monotonic()
     bulk = n > BULK_ABOVE
     revision = 0
+    if not bulk:
+        pin_cluster_ips(api, services)
     for batch in (services, slices, gslbs):
         if bulk:
             revision = max(revision, bulk_create(api, bed.plane, batch))

@@ -37,6 +37,7 @@ CONTROLLERS = (
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 GATEWAY_API_CRDS = ROOT / ".deps" / "crds" / "gateway-api"  # pinned by deps/install.sh (gateway_api)
 START_TIMEOUT = 90.0
+SERVICE_CIDR = "10.96.0.0/12"  # the largest the apiserver takes: ~1M ClusterIPs, for 100k Services
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -236,7 +237,7 @@ class ControlPlane:
                 "--service-account-signing-key-file",
                 pki.sa_key,
                 "--service-cluster-ip-range",
-                "10.96.0.0/12",  # the largest the apiserver takes: ~1M ClusterIPs, for 100k Services
+                SERVICE_CIDR,
                 "--endpoint-reconciler-type",
                 "none",
                 "--enable-priority-and-fairness=false",
