@@ -55,7 +55,8 @@ class YoungCollector:
     once 0 has been collected its threshold's number of times (as CPython's own trigger would). What
     survives generation 1 is frozen rather than left to a full collection: after the first sync one
     walked 120,000 objects for 118 ms of CPU and found nothing to free (the GIL held all along). The
-    price: a cycle that lives past a generation-1 pass (about a second) and then dies is never freed.
+    price: a cycle that lives past a generation-1 pass (about a second) and then dies is never freed,
+    so what outlives a request must not hold one (a kept exception without its traceback: gslb/engine.py).
     Skipped while collection is off (a full compile turns it off so that nothing walks what it builds).
     """
 

@@ -262,7 +262,11 @@ class GslbEngine:
             spec = parse(obj, self.settings.dns_ttl_seconds)
             hosts = evaluate(spec, view)
         except SpecError as e:
-            error = e
+            # Kept without its traceback: the raised one holds the frames that have it among their
+            # locals (a reference cycle) and, through them, the informer's callers and their objects.
+            # A cycle that dies after server.YoungCollector froze it is never freed: ~600k objects
+            # (+100 MiB RSS) after a 10k + 10k sync whose Gslbs arrived before their Services.
+            error = SpecError(e.reason, e.message)
         except Exception as e:  # a Gslb we failed to understand must not take the others down
             log.exception("gslb %s: evaluation failed", key)
             error = SpecError("InternalError", f"{type(e).__name__}: {e}")

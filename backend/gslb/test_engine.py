@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 import socket
+import types
 from typing import Any
 
 import pytest
@@ -181,6 +183,27 @@ def test_missing_service_is_not_found_and_its_arrival_heals(cluster: Cluster) ->
     cluster.apply(endpoint_slice())
     assert cluster.result().hosts[0].health == "Healthy"
     assert cluster.answers(HOST) == (Target("10.2.1.167", "us-buf"),)
+
+
+def test_a_failed_evaluation_leaves_no_reference_cycle(cluster: Cluster) -> None:
+    """The error a result keeps holds no frames: a cycle through them that dies after the collector
+    froze it (server.YoungCollector) is never freed, and it holds the informer's callers' frames too."""
+    ref = {"apiVersion": "v1", "kind": "Service", "name": "s-0"}
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        cluster.apply(gslb(resourceRef=ref))
+        assert cluster.result().error is not None and cluster.result().error.reason == "ResourceNotFound"
+        cluster.apply(service("s-0", lb=("10.2.1.167",), annotations={"k8gb.io/hostname": HOST}))
+        assert cluster.result().error is None  # the failed result is gone: was it freed?
+        gc.collect()
+        leaked = [type(o).__name__ for o in gc.garbage if isinstance(o, (SpecError, types.FrameType))]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert leaked == []
 
 
 def test_a_slice_event_reevaluates_only_the_gslbs_behind_that_service(cluster: Cluster) -> None:
