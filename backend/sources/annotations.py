@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,8 @@ def other_controller(obj: Mapping[str, Any]) -> bool:
 
 
 def split_list(value: str | None) -> list[str]:
+    if not value:
+        return []  # most annotations asked for are absent
     return [part.strip() for part in (value or "").replace(" ", "").split(",") if part.strip()]
 
 
@@ -96,6 +99,22 @@ def ttl(annotations: Mapping[str, str]) -> tuple[int | None, list[Problem]]:
     return (int(seconds) or None), []
 
 
+def _address(value: str) -> tuple[str, str] | None:
+    """("A" or "AAAA", its canonical text) for an IP address, else None. A strict dotted quad (no
+    leading zeros, as ipaddress wants it) is already canonical: inet_pton checks it for a tenth of
+    what ipaddress costs, which every LoadBalancer Service's address went through."""
+    try:
+        socket.inet_pton(socket.AF_INET, value)
+        return "A", value
+    except (OSError, ValueError):
+        pass
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        return None
+    return ("AAAA" if ip.version == 6 else "A"), str(ip)
+
+
 def typed_targets(values: Iterable[str], what: str) -> tuple[dict[str, list[str]], list[Problem]]:
     """Group targets by record type, dropping ones that are neither an IP nor a DNS name.
 
@@ -106,17 +125,15 @@ def typed_targets(values: Iterable[str], what: str) -> tuple[dict[str, list[str]
     problems: list[Problem] = []
     for raw in values:
         value = raw.strip()
-        try:
-            ip = ipaddress.ip_address(value)
-        except ValueError:
+        typed = _address(value)
+        if typed is None:
             name = check_name(value)
             if name is None:
                 why = f"{what}: {raw!r} is neither an IP address nor a DNS name"
                 problems.append(Problem("InvalidTarget", why))
                 continue
-            rtype, value = "CNAME", name + "."
-        else:
-            rtype, value = ("AAAA" if ip.version == 6 else "A"), str(ip)
+            typed = "CNAME", name + "."
+        rtype, value = typed
         if value not in by_type.setdefault(rtype, []):
             by_type[rtype].append(value)
     return by_type, problems
