@@ -151,6 +151,9 @@ def _body(resp: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
         yield from resp.stream(BLOCK)
         return
     yield from unchunked(raw.read1)
+    # http.client did not see the body end, so the connection must not serve another request (the
+    # informer closes it anyway; the lab's watch hands it back to the pool).
+    resp.close()
 
 
 def unchunked(read1: Callable[[int], bytes]) -> Iterator[bytes]:

@@ -66,30 +66,41 @@ def test_a_bad_chunk_size_is_an_error() -> None:
 
 
 class Server:
-    """A loopback HTTP/1.1 server answering one request with `body` (chunked unless told otherwise)."""
+    """A loopback HTTP/1.1 server answering every request with `body` (chunked unless told otherwise),
+    keeping connections open between requests."""
 
     def __init__(self, body: bytes, headers: bytes) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.body, self.headers = body, headers
         self.release = threading.Event()  # set to send the rest of the body
-        threading.Thread(target=self._serve, daemon=True).start()
+        threading.Thread(target=self._accept, daemon=True).start()
 
-    def _serve(self) -> None:
-        conn, _ = self.sock.accept()
+    def _accept(self) -> None:
+        while True:
+            conn, _ = self.sock.accept()
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
         with conn:
             buf = b""
-            while b"\r\n\r\n" not in buf:
-                buf += conn.recv(4096)
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + self.headers + b"\r\n")
-            head, _, tail = self.body.partition(b"HOLD")
-            conn.sendall(head)
-            self.release.wait(10)
-            conn.sendall(tail)
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    more = conn.recv(4096)
+                    if not more:
+                        return
+                    buf += more
+                buf = buf.partition(b"\r\n\r\n")[2]
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%s\r\n" % self.headers)
+                head, _, tail = self.body.partition(b"HOLD")
+                conn.sendall(head)
+                self.release.wait(10)
+                conn.sendall(tail)
 
 
-def get(server: Server) -> urllib3.BaseHTTPResponse:
-    return urllib3.PoolManager().request("GET", f"http://127.0.0.1:{server.port}/", preload_content=False)
+def get(server: Server, pool: urllib3.PoolManager | None = None) -> urllib3.BaseHTTPResponse:
+    return (pool or urllib3.PoolManager()).request("GET", f"http://127.0.0.1:{server.port}/",
+                                                    preload_content=False)
 
 
 def test_json_lines_from_a_chunked_stream_yields_each_event_once_its_line_is_in() -> None:
@@ -105,6 +116,17 @@ def test_json_lines_from_a_chunked_stream_yields_each_event_once_its_line_is_in(
     assert got == EVENTS[:5]
     server.release.set()
     assert list(events) == EVENTS[5:]
+
+
+def test_a_pooled_connection_serves_the_next_request_after_a_stream_ended() -> None:
+    """As the lab's watches use it: read a whole chunked stream, hand the connection back, ask again."""
+    server = Server(chunked(lines_of(EVENTS)), b"Transfer-Encoding: chunked\r\n")
+    server.release.set()
+    pool = urllib3.PoolManager()
+    for _ in range(2):
+        resp = get(server, pool)
+        assert list(json_lines(resp)) == EVENTS
+        resp.release_conn()
 
 
 def test_json_lines_from_a_plain_body() -> None:
