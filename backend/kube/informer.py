@@ -131,14 +131,25 @@ def slim(obj: Obj, read_only: bool) -> Obj:
     return _interned(obj)
 
 
-def _interned(value: Any, shared: bool = False) -> Any:
-    if isinstance(value, dict):
-        return {sys.intern(k): _interned(v, k in _SHARED_VALUES) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_interned(v, shared) for v in value]
-    if shared and isinstance(value, str):
-        return sys.intern(value)
-    return value
+def _interned(obj: Obj) -> Obj:
+    """A copy of the dict `obj` with interned keys and shared values. Leaves are handled in the loop,
+    not by a call each: this runs on every object of a 100,000-object list."""
+    out = {}
+    for k, v in obj.items():
+        t = type(v)
+        if t is dict:
+            v = _interned(v)
+        elif t is list:
+            v = _interned_list(v, k in _SHARED_VALUES)
+        elif t is str and k in _SHARED_VALUES:
+            v = sys.intern(v)
+        out[sys.intern(k)] = v
+    return out
+
+
+def _interned_list(values: list[Any], shared: bool) -> list[Any]:
+    return [_interned(v) if type(v) is dict else _interned_list(v, shared) if type(v) is list
+            else sys.intern(v) if shared and type(v) is str else v for v in values]
 
 
 class _Gone(Exception):

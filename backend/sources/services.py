@@ -91,10 +91,13 @@ def endpoints(svc: Obj, slices: Sequence[Obj], zones: Sequence[str]) -> tuple[li
             for host, addrs in sorted(by_host.items()):
                 publish([f"{host}.{name}"], addrs, "endpoint address")
         return ann.merge(eps), problems
-    if spec_type == "LoadBalancer":
+    # The API has validated these fields, so with no name to publish them under there is nothing to
+    # report either: skip parsing them (most Services have a hostname and no internal-hostname).
+    if names and spec_type == "LoadBalancer":
         publish(names, _lb_targets(svc), "load balancer status")
-    elif spec_type == "ExternalName":
+    elif names and spec_type == "ExternalName":
         publish(names, [(svc.get("spec") or {}).get("externalName", "")], "spec.externalName")
-    publish(internal, _cluster_ips(svc), "clusterIP")
+    if internal:
+        publish(internal, _cluster_ips(svc), "clusterIP")
     return ann.merge(eps), problems
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from backend.sources import annotations as ann
 from backend.sources import dnsendpoints, ingresses, services
@@ -220,3 +223,31 @@ def test_controller_annotation_hands_the_object_to_another_controller() -> None:
     assert services.endpoints(s, [], ZONES) == ([], [])
     s["metadata"]["annotations"][ALPHA + "controller"] = "dns-controller"
     assert len(services.endpoints(s, [], ZONES)[0]) == 1
+
+
+def _typed_by_ipaddress(value: str) -> tuple[str, str] | None:
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        return None
+    return ("AAAA" if ip.version == 6 else "A"), str(ip)
+
+
+# Leading zeros, hex, signs, blanks and a non-ASCII digit (ARABIC-INDIC ONE): none of them an IPv4 octet.
+_OCTET = st.one_of(st.integers(0, 300).map(str),
+                   st.sampled_from(["00", "01", "010", "0x1", " 1", "1 ", "", "-1", "\u0661"]))
+
+
+@given(st.one_of(
+    st.lists(_OCTET, min_size=1, max_size=5).map(".".join),
+    st.text(alphabet="0123456789abcdef.:%x ", max_size=20),
+    st.ip_addresses().map(str),
+))
+def test_a_target_is_typed_as_ipaddress_types_it(value: str) -> None:
+    """The IPv4 fast path of typed_targets agrees with ipaddress on what is an address and its text."""
+    by_type, problems = ann.typed_targets([value], "test")
+    want = _typed_by_ipaddress(value.strip())
+    if want is not None:
+        assert by_type == {want[0]: [want[1]]} and not problems
+    else:
+        assert "A" not in by_type and "AAAA" not in by_type
