@@ -273,6 +273,8 @@ def _rss_split(r: dict[str, Any], *when: str) -> str:
 
 def _churn(c: dict[str, Any]) -> list[str]:
     busy, quiet = c["during_churn"], c["control"]
+    lost_polls = (f"; the churn's own queries with no reply within 2 s: {c['poll_timeouts']}"
+                  if "poll_timeouts" in c else "")
     lines = [
         f"{c['services']:,} Services + {c['gslbs']:,} Gslbs loaded; {c['changes_per_second']:g} changes/s "
         f"for {c['seconds']:g} s ({c['changes']} changes, {c['changes_timed_out']} not seen within 10 s), a "
@@ -302,7 +304,7 @@ def _churn(c: dict[str, Any]) -> list[str]:
         f"| load average | {busy['loadavg']} | {quiet['loadavg']} |",
         "",
         f"RSS {c['rss_mib_start']} MiB before the churn, {c['rss_mib_end']} MiB after it"
-        f"{_rss_split(c, 'start', 'end')}; wrong answers at the end: {c['wrong_answers']}.",
+        f"{_rss_split(c, 'start', 'end')}; wrong answers at the end: {c['wrong_answers']}{lost_polls}.",
         "",
         "Change -> answer is timed from just before the API write; the write's own round trip (the "
         "apiserver, on the same two cores) and the time from its acknowledgment to the answer (what the "
