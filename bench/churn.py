@@ -392,7 +392,10 @@ def run(bed: Bed, n: int = 10_000, seconds: float = 600.0, rate: float = 20.0,
     rss_end = rss_by_process(up.pid)
     # the backend's max gauges cover the last 10-20 s: the control must not start with the churn's
     time.sleep(2 * LAG_WINDOW)
-    quiet_phase = _phase(up, mix, seconds, qps, bed.workdir, None, rate)
+    # py-spy samples the control too: its CPU (up to ~40 % of a core, bench/profile.py) must weigh on both
+    # phases, or the churn's answer p99 is set against a control that had that CPU to spare
+    with Sampler(up.pid, bed.workdir / "backend-profile-control.txt") as control_sampler:
+        quiet_phase = _phase(up, mix, seconds, qps, bed.workdir, None, rate)
     changes = busy.pop("changes")
     quiet_phase.pop("changes")
     by_kind: dict[str, Any] = {}
@@ -437,6 +440,7 @@ def run(bed: Bed, n: int = 10_000, seconds: float = 600.0, rate: float = 20.0,
         "during_churn": busy,
         "control": quiet_phase,
         "profile_during_churn": summary_rows(sampler.out, 15),
+        "profile_control": summary_rows(control_sampler.out, 15),
     }
     print(f"  churn: answer p99 {result['answer_p99_ms']} ms (quiet {result['answer_p99_ms_quiet']} ms), "
           f"loop lag max {result['loop_lag_max_ms']} ms, change -> answer p50 {all_ms['p50_ms']} ms "
