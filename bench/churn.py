@@ -16,6 +16,7 @@ churn (`service_create_dynamic_cluster_ip`).
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import threading
@@ -44,7 +45,16 @@ from bench.objects import (
     pin_cluster_ips,
     service,
 )
-from bench.procstat import cpu_by_process, loadavg, mib, rss_by_process, spent, total_mib
+from bench.procstat import (
+    cpu_by_process,
+    cpu_of,
+    loadavg,
+    machine_busy_seconds,
+    mib,
+    rss_by_process,
+    spent,
+    total_mib,
+)
 from bench.profile import Sampler
 from bench.profile import summary as summary_rows
 from bench.scale import NS, Loaded, addresses, lb_ip, load, summary, wait_quiet
@@ -337,14 +347,18 @@ def _mix(path: Path, n_services: int, n_gslbs: int) -> None:
 
 
 def _phase(up: Loaded, mix: Path, seconds: float, qps: float, out: Path,
-           churn: Churn | None, rate: float) -> dict[str, Any]:
-    """dnsperf at `qps` for `seconds` with /metrics scraped every second, and the churn if given."""
+           churn: Churn | None, rate: float, others: dict[str, int]) -> dict[str, Any]:
+    """dnsperf at `qps` for `seconds` with /metrics scraped every second, and the churn if given. Where
+    the two cores went is kept beside (`cpu_share_by_process`): the backend's tree, each of `others`
+    (the lab's processes by name), dnsperf, this bench process (the churn's workers, the scraper) and
+    `other`, what the machine spent busy beyond all these (other sessions, the kernel's threads)."""
     scraper = Scraper(lambda path: up.backend.get(path, admin=False))  # where Prometheus scrapes
     label = "churn" if churn is not None else "quiet"
     result: dict[str, Any] = {}
     perf = threading.Thread(target=lambda: result.update(dnsperf.run(
         up.server, mix, seconds, rate=qps, out=out / f"dnsperf-{label}.txt").as_dict()))
     cpu0, load = cpu_by_process(up.pid), loadavg()
+    others0, own0, machine0 = cpu_of(others), _own_cpu_seconds(), machine_busy_seconds()
     scraper.start()
     perf.start()
     changes: list[tuple[str, float | None]] = []
@@ -360,11 +374,22 @@ def _phase(up: Loaded, mix: Path, seconds: float, qps: float, out: Path,
     perf.join()
     scraper.stop()
     cpu = spent(cpu0, cpu_by_process(up.pid))
+    machine = machine_busy_seconds() - machine0
+    cores = {"backend": sum(cpu.values()), **spent(others0, cpu_of(others)),
+             "dnsperf": result["cpu_seconds"], "bench": _own_cpu_seconds() - own0}
+    cores["other"] = max(0.0, machine - sum(cores.values()))
     return {"dnsperf": {k: result[k] for k in ("qps", "lost", "p50_ms", "p99_ms", "p999_ms", "max_ms")},
             "backend_cpu_share": round(sum(cpu.values()) / seconds, 2),  # the process tree's
             "backend_cpu_share_by_process": {name: round(v / seconds, 3) for name, v in cpu.items()},
+            "machine_busy_cores": round(machine / seconds, 2),
+            "cpu_share_by_process": {name: round(v / seconds, 2) for name, v in cores.items()},
             "loadavg": load, **scraper.figures(),
             "changes": changes}
+
+
+def _own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 def run(bed: Bed, n: int = 10_000, seconds: float = 600.0, rate: float = 20.0,
@@ -386,16 +411,17 @@ def run(bed: Bed, n: int = 10_000, seconds: float = 600.0, rate: float = 20.0,
     mix = bed.workdir / "churn-queries.txt"
     _mix(mix, n, n)
     churn = Churn(up.api, up.server, up, spare, free_cluster_ips(up.api, spare))
+    lab = {name: pid for name, pid in bed.pids().items() if pid != up.pid}
     with Sampler(up.pid, bed.workdir / "backend-profile-churn.txt") as sampler:
-        busy = _phase(up, mix, seconds, qps, bed.workdir, churn, rate)
+        busy = _phase(up, mix, seconds, qps, bed.workdir, churn, rate, {**lab, "py-spy": sampler.pid})
     wrong = churn.wrong_answers()
     rss_end = rss_by_process(up.pid)
     # the backend's max gauges cover the last 10-20 s: the control must not start with the churn's
     time.sleep(2 * LAG_WINDOW)
     # py-spy samples the control too: its CPU (up to ~40 % of a core, bench/profile.py) must weigh on both
     # phases, or the churn's answer p99 is set against a control that had that CPU to spare
-    with Sampler(up.pid, bed.workdir / "backend-profile-control.txt") as control_sampler:
-        quiet_phase = _phase(up, mix, seconds, qps, bed.workdir, None, rate)
+    with Sampler(up.pid, bed.workdir / "backend-profile-control.txt") as spy:
+        quiet_phase = _phase(up, mix, seconds, qps, bed.workdir, None, rate, {**lab, "py-spy": spy.pid})
     changes = busy.pop("changes")
     quiet_phase.pop("changes")
     by_kind: dict[str, Any] = {}
@@ -440,7 +466,7 @@ def run(bed: Bed, n: int = 10_000, seconds: float = 600.0, rate: float = 20.0,
         "during_churn": busy,
         "control": quiet_phase,
         "profile_during_churn": summary_rows(sampler.out, 15),
-        "profile_control": summary_rows(control_sampler.out, 15),
+        "profile_control": summary_rows(spy.out, 15),
     }
     print(f"  churn: answer p99 {result['answer_p99_ms']} ms (quiet {result['answer_p99_ms_quiet']} ms), "
           f"loop lag max {result['loop_lag_max_ms']} ms, change -> answer p50 {all_ms['p50_ms']} ms "

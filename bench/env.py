@@ -68,6 +68,17 @@ class Bed(contextlib.AbstractContextManager["Bed"]):
         pool.start()
         return pool
 
+    def pids(self) -> dict[str, int]:
+        """The pid of each running process this bed started, by name ("etcd", "kube-apiserver", the
+        CoreDNS and backend names): where the two cores go besides the backend."""
+        found: dict[str, int] = {}
+        for item in self._started:
+            many = getattr(item, "processes", None)
+            for p in many if many is not None else [getattr(item, "process", None)]:
+                if p is not None and p.pid and p.alive():
+                    found[p.name.split(" (")[0]] = p.pid
+        return found
+
     def stop(self, item: Stoppable) -> None:
         item.stop()
         self._started.remove(item)

@@ -26,6 +26,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (every core, every process: /proc/stat's first line,
+    all but idle and iowait), so a phase can say how much of the cores went to processes it did not name."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(
+        int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / _TICK
+
+
 def rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -69,9 +77,9 @@ def processes(pid: int) -> dict[str, int]:
     return named
 
 
-def _each(pid: int, read: Callable[[int], N]) -> dict[str, N]:
+def _each(named: dict[str, int], read: Callable[[int], N]) -> dict[str, N]:
     out: dict[str, N] = {}
-    for name, p in processes(pid).items():
+    for name, p in named.items():
         try:
             out[name] = read(p)
         except OSError:  # ended between the listing and the read
@@ -83,13 +91,18 @@ def cpu_by_process(pid: int) -> dict[str, float]:
     """CPU seconds so far of `pid`'s tree by process, and under EXITED what its ended children used
     (the kernel adds a child's time to its parent's once the parent has reaped it)."""
     fields = _stat(pid)
-    return {**_each(pid, cpu_seconds), EXITED: (int(fields[13]) + int(fields[14])) / _TICK}
+    return {**_each(processes(pid), cpu_seconds), EXITED: (int(fields[13]) + int(fields[14])) / _TICK}
+
+
+def cpu_of(named: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far of each named process (its own threads, not its children); one gone is left out."""
+    return _each(named, cpu_seconds)
 
 
 def rss_by_process(pid: int) -> dict[str, int]:
     """RSS bytes of `pid`'s tree by process. Their sum counts the pages shared by processes (the
     Python binary, shared libraries) once per process, as `ps` does."""
-    return _each(pid, rss_bytes)
+    return _each(processes(pid), rss_bytes)
 
 
 def spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:

@@ -40,6 +40,12 @@ class Sampler:
         time.sleep(0.5)  # attached before the measured work starts
         return self
 
+    @property
+    def pid(self) -> int:
+        """py-spy's own: it takes a share of the cores too."""
+        assert self._proc is not None
+        return self._proc.pid
+
     def __exit__(self, *exc: object) -> None:
         assert self._proc is not None
         self._proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT

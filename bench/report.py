@@ -261,6 +261,11 @@ def _stalls(phase: dict[str, Any]) -> str:
     return " / ".join(str(stalls.get(cause, 0.0)) for cause in STALL_CAUSES)
 
 
+def _cores(phase: dict[str, Any]) -> str:
+    shares = sorted(phase["cpu_share_by_process"].items(), key=lambda kv: -kv[1])
+    return f"{phase['machine_busy_cores']}: " + ", ".join(f"{name} {v}" for name, v in shares)
+
+
 def _p50_p99(t: dict[str, Any] | None) -> str:
     return f"{t['p50_ms']} / {t['p99_ms']}" if t else "-"
 
@@ -301,6 +306,8 @@ def _churn(c: dict[str, Any]) -> list[str]:
         *([f"| loop stalls >= 10 ms, seconds waiting for a core (the machine) / blocked (the GIL, ours) / "
            f"running the loop's own work | {_stalls(busy)} | {_stalls(quiet)} |"]
           if "loop_stall_seconds" in busy else []),
+        *([f"| the two cores: busy, of which by process (cores) | {_cores(busy)} | {_cores(quiet)} |"]
+          if "cpu_share_by_process" in busy else []),
         f"| load average | {busy['loadavg']} | {quiet['loadavg']} |",
         "",
         f"RSS {c['rss_mib_start']} MiB before the churn, {c['rss_mib_end']} MiB after it"

@@ -8,7 +8,16 @@ import subprocess
 import sys
 import time
 
-from bench.procstat import EXITED, cpu_by_process, processes, rss_by_process, spent, tree_rss_bytes
+from bench.procstat import (
+    EXITED,
+    cpu_by_process,
+    cpu_of,
+    machine_busy_seconds,
+    processes,
+    rss_by_process,
+    spent,
+    tree_rss_bytes,
+)
 from lab.proc import wait_for
 
 # a parent that burns some CPU, starts `python -m timeit` (sleeping) as its child, and a second
@@ -42,3 +51,16 @@ def test_a_tree_is_read_by_process_and_summed() -> None:
         for pid in processes(parent.pid).values():
             os.kill(pid, signal.SIGKILL)
         parent.wait(10)
+
+
+
+def test_named_processes_and_the_whole_machine_are_read_for_a_phase() -> None:
+    """The churn's split of the two cores: each named lab process's own CPU (one gone is left out),
+    and the machine's busy time, which holds every process's."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait(10)
+    machine0 = machine_busy_seconds()
+    subprocess.run([sys.executable, "-c", "sum(range(10_000_000))"], check=True)
+    assert machine_busy_seconds() - machine0 > 0.05  # at least the child's sum (~0.2 s of CPU)
+    mine = cpu_of({"me": os.getpid(), "gone": gone.pid})
+    assert set(mine) == {"me"} and mine["me"] > 0
