@@ -413,7 +413,7 @@ def run(bed: Bed, n: int = 10_000, seconds: float = 600.0, rate: float = 20.0,
     churn = Churn(up.api, up.server, up, spare, free_cluster_ips(up.api, spare))
     lab = {name: pid for name, pid in bed.pids().items() if pid != up.pid}
     with Sampler(up.pid, bed.workdir / "backend-profile-churn.txt") as sampler:
-        busy = _phase(up, mix, seconds, qps, bed.workdir, churn, rate, {**lab, "py-spy": sampler.pid})
+        busy = _phase(up, mix, seconds, qps, bed.workdir, churn, rate, {**lab, "py-spy": sampler.spy_pid})
     wrong = churn.wrong_answers()
     rss_end = rss_by_process(up.pid)
     # the backend's max gauges cover the last 10-20 s: the control must not start with the churn's
@@ -421,7 +421,7 @@ def run(bed: Bed, n: int = 10_000, seconds: float = 600.0, rate: float = 20.0,
     # py-spy samples the control too: its CPU (up to ~40 % of a core, bench/profile.py) must weigh on both
     # phases, or the churn's answer p99 is set against a control that had that CPU to spare
     with Sampler(up.pid, bed.workdir / "backend-profile-control.txt") as spy:
-        quiet_phase = _phase(up, mix, seconds, qps, bed.workdir, None, rate, {**lab, "py-spy": spy.pid})
+        quiet_phase = _phase(up, mix, seconds, qps, bed.workdir, None, rate, {**lab, "py-spy": spy.spy_pid})
     changes = busy.pop("changes")
     quiet_phase.pop("changes")
     by_kind: dict[str, Any] = {}

@@ -41,8 +41,8 @@ class Sampler:
         return self
 
     @property
-    def pid(self) -> int:
-        """py-spy's own: it takes a share of the cores too."""
+    def spy_pid(self) -> int:
+        """py-spy's own (`pid` is the sampled process's): it takes a share of the cores too."""
         assert self._proc is not None
         return self._proc.pid
 
