@@ -69,6 +69,9 @@ KINDS = {  # kind: share of the changes
     "gslb": 15,  # a Gslb created / deleted
 }
 DEPLOYMENTS = 20
+# py-spy's samples a second: at its default 200 it took 0.68-0.77 of a core in each phase (20:46 run,
+# `cpu_share_by_process`), more than the backend and CoreDNS together; 25 still gives ~1,500 a minute
+PROFILE_RATE = 25
 SPARE = 2000  # names the create/delete kinds cycle through, per kind (at most n / 5)
 CHANGE_TIMEOUT = 10.0
 POLL = 0.01
@@ -357,7 +360,7 @@ def _phase(up: Loaded, mix: Path, seconds: float, qps: float, out: Path,
     result: dict[str, Any] = {}
     perf = threading.Thread(target=lambda: result.update(dnsperf.run(
         up.server, mix, seconds, rate=qps, out=out / f"dnsperf-{label}.txt").as_dict()))
-    cpu0, load = cpu_by_process(up.pid), loadavg()
+    cpu0, load, began = cpu_by_process(up.pid), loadavg(), time.monotonic()
     others0, own0, machine0 = cpu_of(others), _own_cpu_seconds(), machine_busy_seconds()
     scraper.start()
     perf.start()
@@ -374,15 +377,16 @@ def _phase(up: Loaded, mix: Path, seconds: float, qps: float, out: Path,
     perf.join()
     scraper.stop()
     cpu = spent(cpu0, cpu_by_process(up.pid))
-    machine = machine_busy_seconds() - machine0
+    machine, wall = machine_busy_seconds() - machine0, time.monotonic() - began  # past `seconds` while
+    # the last changes wait for their answers
     cores = {"backend": sum(cpu.values()), **spent(others0, cpu_of(others)),
              "dnsperf": result["cpu_seconds"], "bench": _own_cpu_seconds() - own0}
     cores["other"] = max(0.0, machine - sum(cores.values()))
     return {"dnsperf": {k: result[k] for k in ("qps", "lost", "p50_ms", "p99_ms", "p999_ms", "max_ms")},
             "backend_cpu_share": round(sum(cpu.values()) / seconds, 2),  # the process tree's
             "backend_cpu_share_by_process": {name: round(v / seconds, 3) for name, v in cpu.items()},
-            "machine_busy_cores": round(machine / seconds, 2),
-            "cpu_share_by_process": {name: round(v / seconds, 2) for name, v in cores.items()},
+            "machine_busy_cores": round(machine / wall, 2),
+            "cpu_share_by_process": {name: round(v / wall, 2) for name, v in cores.items()},
             "loadavg": load, **scraper.figures(),
             "changes": changes}
 
@@ -412,15 +416,15 @@ def run(bed: Bed, n: int = 10_000, seconds: float = 600.0, rate: float = 20.0,
     _mix(mix, n, n)
     churn = Churn(up.api, up.server, up, spare, free_cluster_ips(up.api, spare))
     lab = {name: pid for name, pid in bed.pids().items() if pid != up.pid}
-    with Sampler(up.pid, bed.workdir / "backend-profile-churn.txt") as sampler:
+    with Sampler(up.pid, bed.workdir / "backend-profile-churn.txt", rate=PROFILE_RATE) as sampler:
         busy = _phase(up, mix, seconds, qps, bed.workdir, churn, rate, {**lab, "py-spy": sampler.spy_pid})
     wrong = churn.wrong_answers()
     rss_end = rss_by_process(up.pid)
     # the backend's max gauges cover the last 10-20 s: the control must not start with the churn's
     time.sleep(2 * LAG_WINDOW)
-    # py-spy samples the control too: its CPU (up to ~40 % of a core, bench/profile.py) must weigh on both
-    # phases, or the churn's answer p99 is set against a control that had that CPU to spare
-    with Sampler(up.pid, bed.workdir / "backend-profile-control.txt") as spy:
+    # py-spy samples the control too: its CPU must weigh on both phases, or the churn's answer p99 is
+    # set against a control that had that CPU to spare
+    with Sampler(up.pid, bed.workdir / "backend-profile-control.txt", rate=PROFILE_RATE) as spy:
         quiet_phase = _phase(up, mix, seconds, qps, bed.workdir, None, rate, {**lab, "py-spy": spy.spy_pid})
     changes = busy.pop("changes")
     quiet_phase.pop("changes")
