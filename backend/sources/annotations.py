@@ -48,7 +48,7 @@ def other_controller(obj: Mapping[str, Any]) -> bool:
 def split_list(value: str | None) -> list[str]:
     if not value:
         return []  # most annotations asked for are absent
-    return [part.strip() for part in (value or "").replace(" ", "").split(",") if part.strip()]
+    return [part.strip() for part in value.replace(" ", "").split(",") if part.strip()]
 
 
 def hostnames(annotations: Mapping[str, str], key: str = "hostname") -> tuple[list[str], list[Problem]]:
