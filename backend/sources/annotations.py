@@ -6,14 +6,12 @@ rest of the object's records, and the caller turns each Problem into a Warning E
 
 from __future__ import annotations
 
-import ipaddress
 import re
-import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from backend.model import Endpoint, ObjectRef, Target, check_name, zone_of
+from backend.model import Endpoint, ObjectRef, Target, check_name, typed_address, zone_of
 
 PREFIXES = ("external-dns.alpha.kubernetes.io/", "external-dns.kubernetes.io/")
 TTL_MAX = 2**31 - 1
@@ -99,22 +97,6 @@ def ttl(annotations: Mapping[str, str]) -> tuple[int | None, list[Problem]]:
     return (int(seconds) or None), []
 
 
-def _address(value: str) -> tuple[str, str] | None:
-    """("A" or "AAAA", its canonical text) for an IP address, else None. A strict dotted quad (no
-    leading zeros, as ipaddress wants it) is already canonical: inet_pton checks it for a tenth of
-    what ipaddress costs, which every LoadBalancer Service's address went through."""
-    try:
-        socket.inet_pton(socket.AF_INET, value)
-        return "A", value
-    except (OSError, ValueError):
-        pass
-    try:
-        ip = ipaddress.ip_address(value)
-    except ValueError:
-        return None
-    return ("AAAA" if ip.version == 6 else "A"), str(ip)
-
-
 def typed_targets(values: Iterable[str], what: str) -> tuple[dict[str, list[str]], list[Problem]]:
     """Group targets by record type, dropping ones that are neither an IP nor a DNS name.
 
@@ -125,7 +107,7 @@ def typed_targets(values: Iterable[str], what: str) -> tuple[dict[str, list[str]
     problems: list[Problem] = []
     for raw in values:
         value = raw.strip()
-        typed = _address(value)
+        typed = typed_address(value)
         if typed is None:
             name = check_name(value)
             if name is None:

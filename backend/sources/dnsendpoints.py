@@ -7,23 +7,19 @@ presentation format: TXT quoted, names in rdata (CNAME, NS, SRV, MX) fully quali
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Sequence
 
-from backend.model import Endpoint, Obj, check_name, object_ref
+from backend.model import Endpoint, Obj, check_name, object_ref, typed_address
 from backend.sources import annotations as ann
 from backend.sources.annotations import Problem
 
 TYPES = ("A", "AAAA", "CNAME", "TXT", "SRV", "MX", "NS")
 
 
-def _ip(version: int) -> Callable[[str], str | None]:
+def _ip(record_type: str) -> Callable[[str], str | None]:
     def check(value: str) -> str | None:
-        try:
-            ip = ipaddress.ip_address(value.strip())
-        except ValueError:
-            return None
-        return str(ip) if ip.version == version else None
+        typed = typed_address(value.strip())
+        return typed[1] if typed is not None and typed[0] == record_type else None
 
     return check
 
@@ -66,7 +62,7 @@ def _txt(value: str) -> str | None:
 
 
 CHECKS: dict[str, Callable[[str], str | None]] = {
-    "A": _ip(4), "AAAA": _ip(6), "CNAME": _name, "NS": _name, "TXT": _txt, "SRV": _srv, "MX": _mx,
+    "A": _ip("A"), "AAAA": _ip("AAAA"), "CNAME": _name, "NS": _name, "TXT": _txt, "SRV": _srv, "MX": _mx,
 }
 
 

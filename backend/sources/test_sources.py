@@ -244,7 +244,8 @@ _OCTET = st.one_of(st.integers(0, 300).map(str),
     st.ip_addresses().map(str),
 ))
 def test_a_target_is_typed_as_ipaddress_types_it(value: str) -> None:
-    """The IPv4 fast path of typed_targets agrees with ipaddress on what is an address and its text."""
+    """The IPv4 fast path of typed_targets (model.typed_address) agrees with ipaddress on what is an
+    address and its text."""
     by_type, problems = ann.typed_targets([value], "test")
     want = _typed_by_ipaddress(value.strip())
     if want is not None:
