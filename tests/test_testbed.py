@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from lab.bind9 import Bind9
 from lab.coredns import FILE_TEMPLATE, CoreDNS
 from lab.dig import dig
-from lab.kube import ControlPlane
+from lab.kube import CONTROL_PLANE_NICE, ControlPlane
 from lab.lbpool import LbPool
 from lab.proc import ROOT, free_loopback_ip
 
@@ -92,6 +93,16 @@ def test_deployment_gives_ready_pods_and_endpointslice(control_plane: ControlPla
     control_plane.wait_for(
         lambda: len(_ready_endpoints(control_plane, namespace)) == 1, what="1 ready endpoint"
     )
+
+
+@pytest.mark.controlplane
+def test_control_plane_components_run_at_the_lab_cpu_weight(control_plane: ControlPlane) -> None:
+    """Each component's scheduling group (its session's autogroup) has the weight the lab gives it."""
+    if not Path("/proc/self/autogroup").exists() or os.geteuid() != 0:
+        pytest.skip("the kernel groups no sessions (autogroup), or raising a weight needs root")
+    for process in (control_plane.etcd.process, *control_plane.processes):
+        group = Path(f"/proc/{process.pid}/autogroup").read_text().split()
+        assert group[-2:] == ["nice", str(CONTROL_PLANE_NICE)], process.name
 
 
 @pytest.mark.controlplane
