@@ -55,7 +55,7 @@ from backend.model import ObjectRef, Store
 from backend.peers.exchange import PeerExchange
 from backend.peers.persist import PeerBook
 from backend.probes.prober import Prober
-from backend.server import DnsServer
+from backend.server import DnsServer, run_loop
 from backend.sources.gateway_producer import GatewaySources
 from backend.sources.producer import ExternalDnsSources
 from backend.zone.compiler import Compiler, geo_lookup
@@ -373,5 +373,5 @@ def main(argv: Sequence[str]) -> int:
     settings = from_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # our informers log reconnects
-    asyncio.run(serve(settings))
+    run_loop(serve(settings), settings.uvloop)
     return 0

@@ -52,6 +52,7 @@ class Settings:
     listener_socket: str = ""  # unix socket of a `coredns-gslb listen` holding our sockets ("" = bind them)
     shutdown_drain_seconds: float = 10.0  # on SIGTERM keep answering until CoreDNS leaves, at most this long
     answer_process: bool = False  # answer gRPC from a child process of its own (backend/answer/)
+    uvloop: bool = True  # run the answer loop on uvloop (libuv) instead of asyncio's own selector loop
     kubeconfig: str | None = None  # None: in-cluster
     namespace: str = "default"  # where Leases and created objects live
     identity: str = field(default_factory=lambda: os.environ.get("POD_NAME") or os.uname().nodename)
@@ -148,6 +149,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--answer-process", action=argparse.BooleanOptionalAction,
                    default=(_env("ANSWER_PROCESS", "false") or "false").lower() == "true",
                    help="answer CoreDNS's gRPC from a process of its own, whose GIL no control work shares")
+    p.add_argument("--uvloop", action=argparse.BooleanOptionalAction,
+                   default=(_env("UVLOOP", "true") or "true").lower() == "true",
+                   help="run the event loops on uvloop (less CPU per answered query); --no-uvloop: asyncio's")
     p.add_argument("--kubeconfig", default=_env("KUBECONFIG"))
     p.add_argument("--namespace", default=_env("POD_NAMESPACE", "default"))
     p.add_argument("--default-ttl", type=int, default=int(_env("DEFAULT_TTL", "300") or 300))
@@ -272,6 +276,7 @@ def from_args(argv: Sequence[str] | None = None) -> Settings:
         listener_socket=a.listener_socket,
         shutdown_drain_seconds=a.shutdown_drain_seconds,
         answer_process=a.answer_process,
+        uvloop=a.uvloop,
         kubeconfig=a.kubeconfig,
         namespace=a.namespace,
         default_ttl=a.default_ttl,

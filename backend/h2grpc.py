@@ -28,6 +28,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from google.protobuf.message import DecodeError
 from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
@@ -523,7 +524,8 @@ class Connection(asyncio.Protocol):
     # -- asyncio.Protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # a stream transport (create_server's); uvloop's do not subclass asyncio.Transport, so no isinstance
+        transport = cast(asyncio.Transport, transport)
         server = self.server
         if len(server.connections) >= server.max_connections:
             limited_log("connection-limit", logging.WARNING,

@@ -49,6 +49,7 @@ from backend.h2grpc import (
     frame,
 )
 from backend.proto import dns_pb2, dns_pb2_grpc
+from backend.server import new_event_loop, run_loop
 from fuzz.h2 import huffman_field
 from lab.proc import wait_for
 
@@ -103,7 +104,7 @@ def with_server(scenario: Callable[[int], Awaitable[None]]) -> None:
         finally:
             await srv.stop(1)
 
-    asyncio.run(main())
+    run_loop(main())
 
 
 async def call(port: int, msg: bytes) -> bytes:
@@ -207,7 +208,7 @@ async def hostile_connections(port: int) -> None:
 
 
 def test_graceful_stop_refuses_new_connections() -> None:
-    asyncio.run(graceful_stop())
+    run_loop(graceful_stop())
 
 
 async def graceful_stop() -> None:
@@ -226,7 +227,7 @@ class ServerThread:
     """H2GrpcServer on its own event loop thread, so a test can use blocking sockets against it."""
 
     def __init__(self, limits: Limits) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_event_loop()  # the backend's (uvloop); h2spec checks both loops
         self.thread = threading.Thread(target=self.loop.run_forever, name="h2grpc", daemon=True)
         self.server = H2GrpcServer(reply_for, limits)
         self.thread.start()

@@ -26,7 +26,7 @@ import pytest
 from backend.config import GslbZone, Settings
 from backend.model import Endpoint, ObjectRef, Strategy, Target
 from backend.proto import dns_pb2, dns_pb2_grpc
-from backend.server import DnsServer
+from backend.server import DnsServer, new_event_loop
 from backend.zone.build import compile_table
 from backend.zone.lookup import Table
 from lab.coredns import CoreDNS
@@ -68,8 +68,8 @@ def geo(ip: str) -> str | None:
 class InProcessBackend:
     """DnsServer on its own event loop thread, so CoreDNS can reach it while the test blocks on dig."""
 
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+    def __init__(self, use_uvloop: bool = True) -> None:
+        self.loop = new_event_loop(use_uvloop)  # the loop the backend runs (--uvloop, the default)
         self.thread = threading.Thread(target=self.loop.run_forever, name="dns-server", daemon=True)
         self.server = DnsServer(SETTINGS)
         self.notified: list[tuple[str, str]] = []

@@ -21,9 +21,9 @@ from lab.proc import binary
 SUMMARY = re.compile(r"(\d+) tests, (\d+) passed, (\d+) skipped, (\d+) failed")
 
 
-@pytest.fixture
-def backend() -> Iterator[InProcessBackend]:
-    b = InProcessBackend()
+@pytest.fixture(params=[True, False], ids=["uvloop", "asyncio"])  # the default loop and --no-uvloop's
+def backend(request: pytest.FixtureRequest) -> Iterator[InProcessBackend]:
+    b = InProcessBackend(use_uvloop=request.param)
     b.start()
     yield b
     b.stop()

@@ -28,7 +28,7 @@ from typing import Any, BinaryIO
 from backend import childproc, metrics
 from backend.config import Settings
 from backend.model import Endpoint
-from backend.server import DnsServer
+from backend.server import DnsServer, run_loop
 from backend.zone.compiler import Compiler, geo_lookup
 from backend.zone.lookup import Table
 
@@ -150,4 +150,4 @@ def main() -> None:
         sys.exit(f"answer process: expected ('start', ...) first, got {start!r}")
     sock = socket.socket(fileno=a.grpc_fd)
     sock.setblocking(False)
-    asyncio.run(Answerer(out, sock, start[1], start[2]).run(inp))
+    run_loop(Answerer(out, sock, start[1], start[2]).run(inp), start[1].uvloop)
