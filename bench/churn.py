@@ -7,6 +7,10 @@ second and dnsperf at a fixed rate (25% of (b)'s peak by default); then the same
 the control. Each change is timed from just before its API write to the first answer through CoreDNS
 that shows it; at the end every name the churn touched is checked against what the API holds.
 
+The bench's own process shares the two cores it measures, so its polls are cheap (`bench.lookup`) and
+spaced by the time already waited (`poll_interval`): a change is seen at most 10 ms or 10 % of its
+time late, whichever is more, plus one query's round trip.
+
 The Services the churn creates bring their own ClusterIP (`free_cluster_ips`): kube-apiserver picks
 one for a Service under a single lock, whose hold grows with the number of Services, and at 12,000 on
 the two shared cores it picks fewer a second than the churn creates, so every Service write (deletes
@@ -28,12 +32,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import dns.exception
-import dns.rcode
-
 from backend.metrics import LAG_WINDOW
 from bench import dataset, dnsperf
 from bench.env import Bed
+from bench.lookup import Lookup
 from bench.objects import (
     Api,
     Obj,
@@ -58,6 +60,7 @@ from bench.procstat import (
 from bench.profile import Sampler
 from bench.profile import summary as summary_rows
 from bench.scale import NS, Loaded, addresses, lb_ip, load, summary, wait_quiet
+from lab.kube import CONTROL_PLANE_NICE
 from lab.proc import wait_for
 
 KINDS = {  # kind: share of the changes
@@ -74,17 +77,25 @@ DEPLOYMENTS = 20
 PROFILE_RATE = 25
 SPARE = 2000  # names the create/delete kinds cycle through, per kind (at most n / 5)
 CHANGE_TIMEOUT = 10.0
-POLL = 0.01
+POLL = 0.01  # `poll_interval`: the first polls' interval,
+POLL_SHARE = 0.1  # then this share of the time waited,
+POLL_MAX = 0.2  # at most this (from 2 s on)
 SETTLE_TIMEOUT = 60.0
-LAG = re.compile(r"^coredns_gslb_loop_(lag|held)_max_seconds (\S+)$", re.M)
+LOOP_GAUGES = {"lag": "coredns_gslb_loop_lag_max_seconds", "held": "coredns_gslb_loop_held_max_seconds"}
 GC = re.compile(r'^coredns_gslb_gc_pause_seconds_(bucket|sum|count)'
                 r'\{generation="(\d)"(?:,le="([^"]+)")?\} (\S+)$', re.M)
 STALLS = re.compile(r'^coredns_gslb_loop_stall_seconds_total\{cause="(\w+)"\} (\S+)$', re.M)
+COUNTED = ("coredns_gslb_loop_stall_seconds_total{", "coredns_gslb_gc_pause_seconds_")  # STALLS', GC's lines
 DNSENDPOINT_CRD = Path(__file__).resolve().parents[1] / "k8s" / "crds" / "dnsendpoint.yaml"
 
 
-def _nxdomain(server: str, name: str) -> bool:
-    return dataset.ask(server, name, "A").rcode() == dns.rcode.NXDOMAIN
+def poll_interval(waited: float) -> float:
+    """Seconds to wait before asking again, `waited` seconds after the write was acknowledged: POLL
+    until 10 x POLL, then POLL_SHARE of the time waited, at most POLL_MAX. The answer that shows a
+    change is seen at most max(10 ms, 10 % of the time it took) late (plus a query's round trip), and
+    a change that takes seconds (a Deployment through kube's controllers and kwok) costs ~40 queries
+    to CoreDNS and the backend, not the ~300 a fixed 10 ms would (queries the control phase has not)."""
+    return min(POLL_MAX, max(POLL, POLL_SHARE * waited))
 
 
 @dataclass
@@ -95,10 +106,11 @@ class Want:
     addresses: list[str] | None
     healthy_only: bool = False  # a GSLB host: only "has addresses" counts (the strategy picks which)
 
-    def holds(self, server: str) -> bool:
+    def holds(self, lookup: Lookup) -> bool:
+        got = lookup.addresses(self.name)
         if self.addresses is None:
-            return _nxdomain(server, self.name)
-        got = addresses(server, self.name)
+            return got is None
+        got = got or []  # NXDOMAIN has no addresses either
         return bool(got) == bool(self.addresses) if self.healthy_only else got == self.addresses
 
 
@@ -107,7 +119,7 @@ class Churn:
     """The churn's own record of the API state it made: one writer, so what it wrote is what holds."""
 
     api: Api
-    server: str
+    lookup: Lookup  # CoreDNS's answers, asked cheaply
     up: Loaded
     spare: int
     cluster_ips: list[str]  # the created Services' own (`free_cluster_ips`), by k
@@ -119,6 +131,7 @@ class Churn:
     wants: dict[str, Want] = field(default_factory=dict)  # name -> its final answer
     api_errors: list[str] = field(default_factory=list)
     poll_timeouts: int = 0  # the churn's own queries that got no reply within 2 s (`_sees`)
+    polls: int = 0  # the churn's own queries timing its changes (CoreDNS answers them; the control has none)
     api_seconds: dict[str, list[float]] = field(default_factory=dict)  # kind -> each write's round trip
     after_write: dict[str, list[float]] = field(default_factory=dict)  # kind -> write acknowledged -> answer
     _busy: set[str] = field(default_factory=set)
@@ -152,7 +165,7 @@ class Churn:
                 new = lb_ip(i, 1 + self.generation % 50)
             name = f"s-{i}.{dataset.ZONE}"
             result = self._time(kind, lambda: self.api.patch_status(self.up.services[i], {
-                "loadBalancer": {"ingress": [{"ip": new}]}}), lambda: addresses(self.server, name) == [new])
+                "loadBalancer": {"ingress": [{"ip": new}]}}), lambda: self.lookup.addresses(name) == [new])
             self._done(str(i), Want(name, [new]))
         elif kind == "gslb_health":
             i = int(self._claim(lambda: str(self.rnd.randrange(n))))
@@ -160,7 +173,7 @@ class Churn:
             slc, host = self.up.slices[i], f"g-{i}.{dataset.GSLB_ZONE}"
             result = self._time(kind, lambda: self.api.patch(slc, {"endpoints": [{
                 "addresses": slc["endpoints"][0]["addresses"], "conditions": {"ready": ready}}]}),
-                lambda: bool(addresses(self.server, host)) == ready)
+                lambda: bool(self.lookup.addresses(host)) == ready)
             self.healthy[i] = ready
             self._done(str(i), Want(host, ["x"] if ready else [], healthy_only=True))
         elif kind == "deployment":
@@ -169,7 +182,7 @@ class Churn:
             host = f"d-{k}.{dataset.GSLB_ZONE}"
             result = self._time(
                 kind, lambda: self.api.patch(deployment(NS, f"d-{k}", {}), {"spec": {"replicas": replicas}}),
-                lambda: bool(addresses(self.server, host)) == bool(replicas))
+                lambda: bool(self.lookup.addresses(host)) == bool(replicas))
             self.replicas[k] = replicas
             self._done(str(k), Want(host, ["x"] if replicas else [], healthy_only=True))
         else:
@@ -200,7 +213,7 @@ class Churn:
             want = Want(name, ["x"], healthy_only=True) if kind == "gslb" else Want(name, [address])
         else:
             want = Want(name, None)
-        result = self._time(kind, change, lambda: want.holds(self.server))
+        result = self._time(kind, change, lambda: want.holds(self.lookup))
         self.exists[(kind, k)] = create
         return result, want
 
@@ -208,16 +221,23 @@ class Churn:
         """Seconds from just before the API write to the answer that shows it. The write's own round
         trip (`api_seconds`) and the time from its acknowledgment to the answer (`after_write`, what
         the backend controls; the timeout counts from there) are kept apart, so a slow apiserver is
-        told from a slow backend."""
+        told from a slow backend. Polled at `poll_interval`: both are at most max(10 ms, 10 %) late."""
         t0 = time.perf_counter()
         change()
         t1 = time.perf_counter()
+        polls, t2 = 1, None
         while not self._sees(done):
-            if time.perf_counter() - t1 > CHANGE_TIMEOUT:
-                return None
-            time.sleep(POLL)
-        t2 = time.perf_counter()
+            waited = time.perf_counter() - t1
+            if waited > CHANGE_TIMEOUT:
+                break
+            time.sleep(poll_interval(waited))
+            polls += 1
+        else:
+            t2 = time.perf_counter()
         with self._lock:
+            self.polls += polls
+            if t2 is None:
+                return None
             self.api_seconds.setdefault(kind, []).append(t1 - t0)
             self.after_write.setdefault(kind, []).append(t2 - t1)
         return t2 - t0
@@ -228,7 +248,7 @@ class Churn:
         end the run."""
         try:
             return check()
-        except dns.exception.Timeout:
+        except TimeoutError:
             with self._lock:
                 self.poll_timeouts += 1
             return False
@@ -244,7 +264,7 @@ class Churn:
         deadline = time.monotonic() + timeout
         pending = list(self.wants.values())
         while pending and time.monotonic() < deadline:
-            pending = [w for w in pending if not self._sees(partial(w.holds, self.server))]
+            pending = [w for w in pending if not self._sees(partial(w.holds, self.lookup))]
             if pending:
                 time.sleep(1)
         return [f"{w.name}: want {w.addresses}" for w in pending]
@@ -281,6 +301,28 @@ def dynamic_cluster_ip_creates(api: Api, trials: int = 10) -> dict[str, float]:
     return summary(seconds)
 
 
+def lines_of(body: str, prefix: str) -> str:
+    """The run of lines that start with `prefix`, from the first one (a metric family's samples are
+    contiguous in the text format), found by a string search: a regex over every line took ~50 ms of
+    the bench's CPU a scrape, the exposition holding a few lines per Gslb (~4 MiB at 10,000)."""
+    start = body.find(f"\n{prefix}") + 1
+    if start == 0:
+        return ""
+    end = start
+    while body.startswith(prefix, end):
+        newline = body.find("\n", end)
+        if newline < 0:
+            return body[start:]
+        end = newline + 1
+    return body[start:end]
+
+
+def gauge(body: str, name: str) -> float | None:
+    """The value of the unlabelled series `name` in an exposition, None if absent."""
+    line = lines_of(body, f"{name} ")
+    return float(line.split()[1]) if line else None
+
+
 class Scraper(threading.Thread):
     """GET /metrics every second; keeps the largest loop lag the backend reported and scrape times."""
 
@@ -290,7 +332,7 @@ class Scraper(threading.Thread):
         self.lag_max = {"lag": 0.0, "held": 0.0}
         self.seconds: list[float] = []
         self.failed = 0
-        self.first = self.last = ""  # the phase's first and last exposition, for counters' deltas
+        self.first = self.last = ""  # the COUNTED families at the phase's first and last scrape
         self._finished = threading.Event()
 
     def run(self) -> None:
@@ -302,11 +344,13 @@ class Scraper(threading.Thread):
                 self.failed += 1
                 continue
             self.seconds.append(time.perf_counter() - t0)
-            found = LAG.findall(body) if status == 200 else []
-            for gauge, value in found:
-                self.lag_max[gauge] = max(self.lag_max[gauge], float(value))
-            if found:
-                self.first, self.last = self.first or body, body
+            found = {key: gauge(body, name) for key, name in LOOP_GAUGES.items()} if status == 200 else {}
+            for key, value in found.items():
+                if value is not None:
+                    self.lag_max[key] = max(self.lag_max[key], value)
+            if any(v is not None for v in found.values()):
+                counted = "".join(lines_of(body, prefix) for prefix in COUNTED)
+                self.first, self.last = self.first or counted, counted
 
     def stop(self) -> None:
         self._finished.set()
@@ -361,7 +405,8 @@ def _phase(up: Loaded, mix: Path, seconds: float, qps: float, out: Path,
     perf = threading.Thread(target=lambda: result.update(dnsperf.run(
         up.server, mix, seconds, rate=qps, out=out / f"dnsperf-{label}.txt").as_dict()))
     cpu0, load, began = cpu_by_process(up.pid), loadavg(), time.monotonic()
-    others0, own0, machine0 = cpu_of(others), _own_cpu_seconds(), machine_busy_seconds()
+    named = {**others, "bench": os.getpid()}  # this process: the churn's workers, the scraper
+    named0, machine0 = cpu_of(named), machine_busy_seconds()
     scraper.start()
     perf.start()
     changes: list[tuple[str, float | None]] = []
@@ -379,8 +424,7 @@ def _phase(up: Loaded, mix: Path, seconds: float, qps: float, out: Path,
     cpu = spent(cpu0, cpu_by_process(up.pid))
     machine, wall = machine_busy_seconds() - machine0, time.monotonic() - began  # past `seconds` while
     # the last changes wait for their answers
-    cores = {"backend": sum(cpu.values()), **spent(others0, cpu_of(others)),
-             "dnsperf": result["cpu_seconds"], "bench": _own_cpu_seconds() - own0}
+    cores = {"backend": sum(cpu.values()), **spent(named0, cpu_of(named)), "dnsperf": result["cpu_seconds"]}
     cores["other"] = max(0.0, machine - sum(cores.values()))
     return {"dnsperf": {k: result[k] for k in ("qps", "lost", "p50_ms", "p99_ms", "p999_ms", "max_ms")},
             "backend_cpu_share": round(sum(cpu.values()) / seconds, 2),  # the process tree's
@@ -389,11 +433,6 @@ def _phase(up: Loaded, mix: Path, seconds: float, qps: float, out: Path,
             "cpu_share_by_process": {name: round(v / wall, 2) for name, v in cores.items()},
             "loadavg": load, **scraper.figures(),
             "changes": changes}
-
-
-def _own_cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system
 
 
 def run(bed: Bed, n: int = 10_000, seconds: float = 600.0, rate: float = 20.0,
@@ -414,7 +453,7 @@ def run(bed: Bed, n: int = 10_000, seconds: float = 600.0, rate: float = 20.0,
           f"{dynamic['max_ms']} ms (the churn's bring their own)", flush=True)
     mix = bed.workdir / "churn-queries.txt"
     _mix(mix, n, n)
-    churn = Churn(up.api, up.server, up, spare, free_cluster_ips(up.api, spare))
+    churn = Churn(up.api, Lookup(up.server), up, spare, free_cluster_ips(up.api, spare))
     lab = {name: pid for name, pid in bed.pids().items() if pid != up.pid}
     with Sampler(up.pid, bed.workdir / "backend-profile-churn.txt", rate=PROFILE_RATE) as sampler:
         busy = _phase(up, mix, seconds, qps, bed.workdir, churn, rate, {**lab, "py-spy": sampler.spy_pid})
@@ -446,6 +485,9 @@ def run(bed: Bed, n: int = 10_000, seconds: float = 600.0, rate: float = 20.0,
         "changes": len(changes),
         "changes_timed_out": sum(1 for k, t in changes if t is None and k != "api_error"),
         "dnsperf_qps_target": round(qps),
+        # the lab's control plane's CPU weight (autogroup nice): it decides who waits on two shared cores,
+        # the API's writes (change -> answer) or CoreDNS and the backend (answer p99, loop lag)
+        "control_plane_nice": CONTROL_PLANE_NICE,
         "answer_p99_ms": busy["dnsperf"]["p99_ms"],
         "answer_p99_ms_quiet": quiet_phase["dnsperf"]["p99_ms"],
         "loop_lag_max_ms": busy["loop_lag_max_ms"],
@@ -465,6 +507,8 @@ def run(bed: Bed, n: int = 10_000, seconds: float = 600.0, rate: float = 20.0,
         "api_errors": len(churn.api_errors),
         "api_error_examples": churn.api_errors[:5],
         "poll_timeouts": churn.poll_timeouts,
+        "poll": {"first_ms": POLL * 1000, "share": POLL_SHARE, "max_ms": POLL_MAX * 1000,
+                 "queries": churn.polls},
         "wrong_answers": len(wrong),
         "wrong_examples": wrong[:10],
         "during_churn": busy,

@@ -284,7 +284,9 @@ def _churn(c: dict[str, Any]) -> list[str]:
         f"{c['services']:,} Services + {c['gslbs']:,} Gslbs loaded; {c['changes_per_second']:g} changes/s "
         f"for {c['seconds']:g} s ({c['changes']} changes, {c['changes_timed_out']} not seen within 10 s), a "
         f"`/metrics` scrape every second, dnsperf at {c['dnsperf_qps_target']:,} q/s; then the same dnsperf "
-        "without churn (control).",
+        "without churn (control)." + (f" The lab's control plane ran at autogroup nice "
+                                      f"{c['control_plane_nice']} (lab/kube.py CONTROL_PLANE_NICE)."
+                                      if "control_plane_nice" in c else ""),
         "",
         "| | churn | control |", "|---|---:|---:|",
         f"| answers/s | {busy['dnsperf']['qps']:,.0f} | {quiet['dnsperf']['qps']:,.0f} |",
@@ -315,7 +317,7 @@ def _churn(c: dict[str, Any]) -> list[str]:
         "",
         "Change -> answer is timed from just before the API write; the write's own round trip (the "
         "apiserver, on the same two cores) and the time from its acknowledgment to the answer (what the "
-        "backend controls; 'not seen' counts 10 s from there) are shown apart.",
+        "backend controls; 'not seen' counts 10 s from there) are shown apart. " + _polled(c),
         "",
         "| change -> answer | trials | p50 ms | p99 ms | max ms | API write p50 / p99 ms "
         "| acknowledged -> answer p50 / p99 ms | not seen in 10 s |",
@@ -334,6 +336,19 @@ def _churn(c: dict[str, Any]) -> list[str]:
         lines += ["", "The backend's time during the churn (py-spy, all threads):", "",
                   *_profile_table(c["profile_during_churn"][:12])]
     return lines
+
+
+def _polled(c: dict[str, Any]) -> str:
+    """How the churn asked for each change's answer, hence how late a time can be."""
+    poll = c.get("poll")
+    if poll is None:  # before the spaced polls
+        return "Each answer was polled every 10 ms (a time is at most 10 ms late)."
+    return (f"Each answer is polled every {poll['first_ms']:g} ms until {poll['first_ms'] / poll['share']:g} "
+            f"ms after the acknowledgment, then every {poll['share']:.0%} of the time waited (at most "
+            f"{poll['max_ms']:g} ms): a time is at most {poll['first_ms']:g} ms or {poll['share']:.0%} of it "
+            f"late, plus one query's round trip. These polls were {poll['queries']:,} queries "
+            f"({poll['queries'] / c['seconds']:,.0f}/s) that CoreDNS answered during the churn and not in "
+            "the control.")
 
 
 def _workers(w: dict[str, Any]) -> list[str]:
@@ -487,7 +502,9 @@ def render(res: dict[str, Any]) -> str:
                 f"average at start {big['loadavg_at_start']})", "", *_scale(big), ""]
     for key in sorted(k for k in res if k == "churn" or k.startswith("churn_")):
         c, flags = res[key], key.removeprefix("churn").lstrip("_").replace("_", "-")
-        out += [f"## Churn{f' with --{flags}' if flags else ''} ({c['date']}, load average at start "
+        # a variant not made by a backend flag says what it was
+        what = c.get("variant") or (f"with --{flags}" if flags else "")
+        out += [f"## Churn{f' {what}' if what else ''} ({c['date']}, load average at start "
                 f"{c['loadavg_at_start']})", "", *_churn(c), ""]
     pa = res.get("patch")
     if pa:
