@@ -23,6 +23,7 @@ from typing import Any
 from bench import report
 from bench.env import Bed
 from bench.procstat import loadavg
+from lab.kube import control_plane_variant
 from lab.proc import binary
 
 HERE = Path(__file__).resolve().parent
@@ -109,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"   work folder kept: {bed.workdir}")
         figures["date"] = started
         figures["loadavg_at_start"] = load_before
+        if variant := control_plane_variant():  # the lab's LAB_CONTROL_PLANE_* settings
+            figures["variant"] = "; ".join(variant.values())
         results[result_key(part, args)] = figures
         if part == "throughput":
             results["ratio_uncached"] = figures["ratio_uncached"]
@@ -120,13 +123,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def result_key(part: str, args: argparse.Namespace) -> str:
     """`scale` for the 10k + 10k goal run, `scale_100k` and the like for other sizes; with
-    --backend-flags, their names after it (`churn_answer_process`)."""
+    --backend-flags, their names after it (`churn_answer_process`), and after them a lab variant's
+    (`churn_control_plane_cpus_0`)."""
     key = part
     if part == "scale":
         services, gslbs = args.services or args.scale_n, args.gslbs or args.scale_n
         key = "scale" if (services, gslbs) == (10_000, 10_000) else f"scale_{services // 1000}k"
     flags = [f.lstrip("-").replace("-", "_") for f in shlex.split(args.backend_flags)]
-    return "_".join([key, *flags])
+    return "_".join([key, *flags, *control_plane_variant()])
 
 
 def run_part(part: str, bed: Bed, args: argparse.Namespace) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import ssl
 import subprocess
@@ -47,8 +48,38 @@ SERVICE_CIDR = "10.96.0.0/12"  # the largest the apiserver takes: ~1M ClusterIPs
 # churn's writes on the loaded lab: p50 9 ms alone, 1.4 s beside four busy processes, 9.5 ms beside them
 # at this weight. A real cluster gives its control plane cores of its own, or on a shared node a CPU
 # weight from its requests (kubelet sets cpu.weight; kubeadm asks 250m for kube-apiserver, 100m for
-# CoreDNS): a component is served when it has work, and uses no more CPU for it.
-CONTROL_PLANE_NICE = -5
+# CoreDNS): a component is served when it has work, and uses no more CPU for it. LAB_CONTROL_PLANE_NICE
+# sets another (0: the default weight), for the bench's comparison.
+DEFAULT_CONTROL_PLANE_NICE = -5
+CONTROL_PLANE_NICE = int(os.environ.get("LAB_CONTROL_PLANE_NICE", DEFAULT_CONTROL_PLANE_NICE))
+
+
+def cpu_list(text: str) -> frozenset[int]:
+    """The cores of a cpuset list as the kernel writes it ("0", "0-1", "0,2-3"); "" is none."""
+    cpus: set[int] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return frozenset(cpus)
+
+
+# The cores the control plane may use (LAB_CONTROL_PLANE_CPUS, e.g. "0"; unset: all of them). A bench
+# variant, not the lab's default: with the control plane kept to one core the other is left to CoreDNS,
+# the backend and dnsperf, as a real cluster's control plane runs on nodes of its own.
+CONTROL_PLANE_CPUS = cpu_list(os.environ.get("LAB_CONTROL_PLANE_CPUS", ""))
+
+
+def control_plane_variant() -> dict[str, str]:
+    """What this process's control planes do otherwise than the lab's default (the LAB_CONTROL_PLANE_*
+    settings), by a short name: {"control_plane_nice_0": "with the control plane at autogroup nice 0"}."""
+    out = {}
+    nice = CONTROL_PLANE_NICE
+    if nice != DEFAULT_CONTROL_PLANE_NICE:
+        out[f"control_plane_nice_{nice}"] = f"with the control plane at autogroup nice {nice}"
+    if CONTROL_PLANE_CPUS:
+        cores = ",".join(map(str, sorted(CONTROL_PLANE_CPUS)))
+        out[f"control_plane_cpus_{cores.replace(',', '_')}"] = f"with the control plane on core {cores} only"
+    return out
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -177,6 +208,7 @@ class Etcd:
             ],
             workdir / "etcd.log",
             detached=detached,
+            cpus=CONTROL_PLANE_CPUS,
         )
 
     def start(self) -> Etcd:
@@ -325,6 +357,7 @@ class ControlPlane:
             [binary(binary_name), *args],
             self.workdir / f"{binary_name}.log",
             detached=self.detached,
+            cpus=CONTROL_PLANE_CPUS,
         )
 
     @property

@@ -59,6 +59,7 @@ class Process:
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
         detached: bool = False,
+        cpus: frozenset[int] = frozenset(),
     ) -> None:
         self.name = name
         self.argv = [str(a) for a in argv]
@@ -66,6 +67,7 @@ class Process:
         self.env = env
         self.cwd = cwd
         self.detached = detached
+        self.cpus = cpus  # the cores it may run on, every thread of it (empty: all)
         self.popen: subprocess.Popen[bytes] | None = None
 
     @property
@@ -90,11 +92,19 @@ class Process:
                 env={**os.environ, **(self.env or {})},
                 cwd=self.cwd,
                 start_new_session=True,
-                preexec_fn=None if self.detached else _die_with_parent,
+                preexec_fn=self._in_child,
             )
         if self.detached:
             self.pidfile.write_text(f"{self.popen.pid} {self.argv[0]}\n")
         return self
+
+    def _in_child(self) -> None:
+        """Before exec: die with the test run (unless detached), and keep to `cpus` from the first
+        thread on (an affinity set after start would miss threads the runtime had made by then)."""
+        if not self.detached:
+            _die_with_parent()
+        if self.cpus:
+            os.sched_setaffinity(0, self.cpus)
 
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None

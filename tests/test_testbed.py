@@ -18,9 +18,9 @@ import pytest
 from lab.bind9 import Bind9
 from lab.coredns import FILE_TEMPLATE, CoreDNS
 from lab.dig import dig
-from lab.kube import CONTROL_PLANE_NICE, ControlPlane
+from lab.kube import CONTROL_PLANE_NICE, ControlPlane, cpu_list
 from lab.lbpool import LbPool
-from lab.proc import ROOT, free_loopback_ip
+from lab.proc import PYTHON, ROOT, Process, free_loopback_ip, wait_for
 
 DEPLOYMENT = """
 apiVersion: apps/v1
@@ -103,6 +103,29 @@ def test_control_plane_components_run_at_the_lab_cpu_weight(control_plane: Contr
     for process in (control_plane.etcd.process, *control_plane.processes):
         group = Path(f"/proc/{process.pid}/autogroup").read_text().split()
         assert group[-2:] == ["nice", str(CONTROL_PLANE_NICE)], process.name
+
+
+def test_cpu_list_reads_the_kernels_cpuset_lists() -> None:
+    assert cpu_list("") == frozenset()
+    assert cpu_list("0") == {0}
+    assert cpu_list("0,2-4") == {0, 2, 3, 4}
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2, reason="one core")
+def test_a_process_kept_to_cores_keeps_every_thread_there(tmp_path: Path) -> None:
+    """LAB_CONTROL_PLANE_CPUS's mechanism: the affinity is set before exec, so threads the program
+    starts later (a Go runtime's) are kept there too."""
+    script = "import threading,time; threading.Thread(target=time.sleep, args=(30,)).start(); time.sleep(30)"
+    p = Process("pinned", [PYTHON, "-c", script], tmp_path / "pinned.log", cpus=frozenset({1})).start()
+    try:
+        tasks = Path(f"/proc/{p.pid}/task")
+        wait_for(lambda: len(list(tasks.iterdir())) == 2, what="the child's second thread", timeout=10)
+        for task in tasks.iterdir():
+            allowed = next(line for line in (task / "status").read_text().splitlines()
+                           if line.startswith("Cpus_allowed_list:"))
+            assert cpu_list(allowed.split(":", 1)[1]) == {1}, task.name
+    finally:
+        p.stop()
 
 
 @pytest.mark.controlplane
