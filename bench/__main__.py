@@ -1,4 +1,4 @@
-"""`python -m bench [all|throughput|workers|scale|churn|profile] [--seconds S] [--skip-scale] ...`
+"""`python -m bench [all|throughput|workers|scale|churn|burst|profile] [--seconds S] [--skip-scale] ...`
 
 `all` (the default, `make bench`) runs every part: about 15 minutes on two cores, most of it the
 scale part's 30,000 objects.
@@ -28,8 +28,8 @@ from lab.proc import binary
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results.json"
-PARTS = ("throughput", "workers", "scale", "churn", "profile")
-CHURN_SHARE = 0.25  # the churn's dnsperf rate: this share of (b)'s peak from the throughput part
+PARTS = ("throughput", "workers", "scale", "churn", "burst", "profile")
+CHURN_SHARE = 0.25  # the churn's and the burst's dnsperf rate: this share of (b)'s peak (throughput part)
 
 
 def _version(argv: list[str], prefix: str = "") -> str:
@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3,
                     help="interleaved rounds per target; the best is reported (default 3)")
     ap.add_argument("--skip-scale", action="store_true", help="leave out the slow 10k+10k scale part")
-    ap.add_argument("--scale-n", type=int, default=10_000, help="Services and Gslbs each (default 10000)")
+    ap.add_argument("--scale-n", type=int, default=10_000, help="Services and Gslbs each (default 10000; "
+                    "burst: in the namespace deleted)")
     ap.add_argument("--services", type=int, help="scale: Services (default --scale-n); results go under "
                     "scale_<N>k unless both counts are 10000")
     ap.add_argument("--gslbs", type=int, help="scale: Gslbs, the first of the Services (default --scale-n)")
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                     "again for the control (default 10)")
     ap.add_argument("--churn-rate", type=float, default=20.0, help="churn: changes per second (default 20)")
     ap.add_argument("--qps", type=float,
-                    help="churn: dnsperf rate (default 25%% of (b)'s peak in results.json)")
+                    help="churn, burst: dnsperf rate (default 25%% of (b)'s peak in results.json)")
     ap.add_argument("--trials", type=int, default=20, help="change -> answer trials (default 20)")
     ap.add_argument("--workers", default="1,2,3", help="backend process counts to compare (default 1,2,3)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs, dnsperf output)")
@@ -133,6 +134,12 @@ def result_key(part: str, args: argparse.Namespace) -> str:
     return "_".join([key, *flags, *control_plane_variant()])
 
 
+def churn_qps(args: argparse.Namespace) -> float:
+    """--qps, else CHURN_SHARE of (b)'s peak in results.json."""
+    peak = (load().get("throughput") or {}).get("b_grpc", {}).get("qps")
+    return float(args.qps or (float(peak) * CHURN_SHARE if peak else 5000.0))
+
+
 def run_part(part: str, bed: Bed, args: argparse.Namespace) -> dict[str, Any]:
     if part == "throughput":
         from bench import throughput
@@ -149,9 +156,11 @@ def run_part(part: str, bed: Bed, args: argparse.Namespace) -> dict[str, Any]:
     if part == "churn":
         from bench import churn
 
-        peak = (load().get("throughput") or {}).get("b_grpc", {}).get("qps")
-        qps = args.qps or (float(peak) * CHURN_SHARE if peak else 5000.0)
-        return churn.run(bed, args.scale_n, args.minutes * 60, args.churn_rate, qps)
+        return churn.run(bed, args.scale_n, args.minutes * 60, args.churn_rate, churn_qps(args))
+    if part == "burst":
+        from bench import burst
+
+        return burst.run(bed, args.scale_n, churn_qps(args))
     from bench import profile
 
     return {"top": profile.run(bed, args.seconds)}

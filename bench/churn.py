@@ -85,6 +85,7 @@ LOOP_GAUGES = {"lag": "coredns_gslb_loop_lag_max_seconds", "held": "coredns_gslb
 GC = re.compile(r'^coredns_gslb_gc_pause_seconds_(bucket|sum|count)'
                 r'\{generation="(\d)"(?:,le="([^"]+)")?\} (\S+)$', re.M)
 STALLS = re.compile(r'^coredns_gslb_loop_stall_seconds_total\{cause="(\w+)"\} (\S+)$', re.M)
+DNSPERF_FIGURES = ("qps", "sent", "lost", "p50_ms", "p99_ms", "p999_ms", "max_ms", "rcodes", "seconds")
 COUNTED = ("coredns_gslb_loop_stall_seconds_total{", "coredns_gslb_gc_pause_seconds_")  # STALLS', GC's lines
 DNSENDPOINT_CRD = Path(__file__).resolve().parents[1] / "k8s" / "crds" / "dnsendpoint.yaml"
 
@@ -326,9 +327,11 @@ def gauge(body: str, name: str) -> float | None:
 class Scraper(threading.Thread):
     """GET /metrics every second; keeps the largest loop lag the backend reported and scrape times."""
 
-    def __init__(self, get: Callable[[str], tuple[int, str]]) -> None:
+    def __init__(self, get: Callable[[str], tuple[int, str]],
+                 scraped: Callable[[float, str], None] | None = None) -> None:
         super().__init__(daemon=True)
         self.get = get
+        self.scraped = scraped  # (time.monotonic() of the scrape, its body) for every good scrape
         self.lag_max = {"lag": 0.0, "held": 0.0}
         self.seconds: list[float] = []
         self.failed = 0
@@ -344,6 +347,8 @@ class Scraper(threading.Thread):
                 self.failed += 1
                 continue
             self.seconds.append(time.perf_counter() - t0)
+            if status == 200 and self.scraped is not None:
+                self.scraped(time.monotonic(), body)
             found = {key: gauge(body, name) for key, name in LOOP_GAUGES.items()} if status == 200 else {}
             for key, value in found.items():
                 if value is not None:
@@ -393,46 +398,53 @@ def _mix(path: Path, n_services: int, n_gslbs: int) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def _phase(up: Loaded, mix: Path, seconds: float, qps: float, out: Path,
-           churn: Churn | None, rate: float, others: dict[str, int]) -> dict[str, Any]:
-    """dnsperf at `qps` for `seconds` with /metrics scraped every second, and the churn if given. Where
+def phase(up: Loaded, mix: Path, seconds: float, qps: float, out: Path, label: str, others: dict[str, int],
+          during: Callable[[], dict[str, Any]] | None = None, *, stop_early: bool = False,
+          scraped: Callable[[float, str], None] | None = None) -> dict[str, Any]:
+    """dnsperf at `qps` for `seconds` with /metrics scraped every second (each body also to `scraped`),
+    while `during()` runs if given (the churn; its figures are added). `stop_early`: dnsperf ends when
+    `during` returns and `seconds` is only its bound (the burst, whose length is known at its end). Where
     the two cores went is kept beside (`cpu_share_by_process`): the backend's tree, each of `others`
     (the lab's processes by name), dnsperf, this bench process (the churn's workers, the scraper) and
     `other`, what the machine spent busy beyond all these (other sessions, the kernel's threads)."""
-    scraper = Scraper(lambda path: up.backend.get(path, admin=False))  # where Prometheus scrapes
-    label = "churn" if churn is not None else "quiet"
-    result: dict[str, Any] = {}
-    perf = threading.Thread(target=lambda: result.update(dnsperf.run(
-        up.server, mix, seconds, rate=qps, out=out / f"dnsperf-{label}.txt").as_dict()))
+    scraper = Scraper(lambda path: up.backend.get(path, admin=False), scraped)  # where Prometheus scrapes
     cpu0, load, began = cpu_by_process(up.pid), loadavg(), time.monotonic()
     named = {**others, "bench": os.getpid()}  # this process: the churn's workers, the scraper
     named0, machine0 = cpu_of(named), machine_busy_seconds()
     scraper.start()
-    perf.start()
-    changes: list[tuple[str, float | None]] = []
-    if churn is not None:
-        with ThreadPoolExecutor(48) as pool:
-            futures = []
-            t0 = next_at = time.monotonic()
-            while next_at < t0 + seconds:
-                futures.append(pool.submit(churn.step))
-                next_at += 1 / rate
-                time.sleep(max(0.0, next_at - time.monotonic()))
-            changes = [f.result() for f in futures]
-    perf.join()
-    scraper.stop()
+    perf = dnsperf.Background(up.server, mix, seconds, rate=qps, out=out / f"dnsperf-{label}.txt")
+    try:
+        extra = during() if during is not None else {}
+        result = perf.finish(interrupt=stop_early)
+    except BaseException:
+        perf.kill()  # not left running past a failed burst
+        raise
+    finally:
+        scraper.stop()
     cpu = spent(cpu0, cpu_by_process(up.pid))
     machine, wall = machine_busy_seconds() - machine0, time.monotonic() - began  # past `seconds` while
     # the last changes wait for their answers
-    cores = {"backend": sum(cpu.values()), **spent(named0, cpu_of(named)), "dnsperf": result["cpu_seconds"]}
+    cores = {"backend": sum(cpu.values()), **spent(named0, cpu_of(named)), "dnsperf": result.cpu_seconds}
     cores["other"] = max(0.0, machine - sum(cores.values()))
-    return {"dnsperf": {k: result[k] for k in ("qps", "lost", "p50_ms", "p99_ms", "p999_ms", "max_ms")},
-            "backend_cpu_share": round(sum(cpu.values()) / seconds, 2),  # the process tree's
-            "backend_cpu_share_by_process": {name: round(v / seconds, 3) for name, v in cpu.items()},
+    ran = result.seconds
+    return {"dnsperf": {k: getattr(result, k) for k in DNSPERF_FIGURES},
+            "backend_cpu_share": round(sum(cpu.values()) / ran, 2),  # the process tree's
+            "backend_cpu_share_by_process": {name: round(v / ran, 3) for name, v in cpu.items()},
             "machine_busy_cores": round(machine / wall, 2),
             "cpu_share_by_process": {name: round(v / wall, 2) for name, v in cores.items()},
-            "loadavg": load, **scraper.figures(),
-            "changes": changes}
+            "loadavg": load, **scraper.figures(), **extra}
+
+
+def _changes(churn: Churn, seconds: float, rate: float) -> dict[str, Any]:
+    """`rate` changes a second for `seconds`, each on a worker of its own; their kinds and times."""
+    with ThreadPoolExecutor(48) as pool:
+        futures = []
+        t0 = next_at = time.monotonic()
+        while next_at < t0 + seconds:
+            futures.append(pool.submit(churn.step))
+            next_at += 1 / rate
+            time.sleep(max(0.0, next_at - time.monotonic()))
+        return {"changes": [f.result() for f in futures]}
 
 
 def run(bed: Bed, n: int = 10_000, seconds: float = 600.0, rate: float = 20.0,
@@ -456,7 +468,8 @@ def run(bed: Bed, n: int = 10_000, seconds: float = 600.0, rate: float = 20.0,
     churn = Churn(up.api, Lookup(up.server), up, spare, free_cluster_ips(up.api, spare))
     lab = {name: pid for name, pid in bed.pids().items() if pid != up.pid}
     with Sampler(up.pid, bed.workdir / "backend-profile-churn.txt", rate=PROFILE_RATE) as sampler:
-        busy = _phase(up, mix, seconds, qps, bed.workdir, churn, rate, {**lab, "py-spy": sampler.spy_pid})
+        busy = phase(up, mix, seconds, qps, bed.workdir, "churn", {**lab, "py-spy": sampler.spy_pid},
+                     partial(_changes, churn, seconds, rate))
     wrong = churn.wrong_answers()
     rss_end = rss_by_process(up.pid)
     # the backend's max gauges cover the last 10-20 s: the control must not start with the churn's
@@ -464,9 +477,8 @@ def run(bed: Bed, n: int = 10_000, seconds: float = 600.0, rate: float = 20.0,
     # py-spy samples the control too: its CPU must weigh on both phases, or the churn's answer p99 is
     # set against a control that had that CPU to spare
     with Sampler(up.pid, bed.workdir / "backend-profile-control.txt", rate=PROFILE_RATE) as spy:
-        quiet_phase = _phase(up, mix, seconds, qps, bed.workdir, None, rate, {**lab, "py-spy": spy.spy_pid})
+        quiet_phase = phase(up, mix, seconds, qps, bed.workdir, "quiet", {**lab, "py-spy": spy.spy_pid})
     changes = busy.pop("changes")
-    quiet_phase.pop("changes")
     by_kind: dict[str, Any] = {}
     for kind in KINDS:
         times = [t for k, t in changes if k == kind and t is not None]

@@ -10,7 +10,10 @@ from __future__ import annotations
 import re
 import resource
 import shutil
+import signal
 import subprocess
+import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -68,17 +71,54 @@ def command(server: str, queries: Path, seconds: float, *, rate: float | None = 
 def run(server: str, queries: Path, seconds: float, *, rate: float | None = None, outstanding: int = 100,
         clients: int = 1, out: Path | None = None) -> Run:
     """dnsperf for `seconds` against `server` ("ip:port"); raises with dnsperf's output if it fails."""
-    argv = command(server, queries, seconds, rate=rate, outstanding=outstanding, clients=clients)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if out is not None:
-        out.write_text(proc.stdout + proc.stderr)
-    if proc.returncode:
-        raise RuntimeError(f"dnsperf failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-    result = parse(proc.stdout, " ".join(["dnsperf", *argv[1:]]), seconds)
-    result.cpu_seconds = round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 3)
-    return result
+    return Background(server, queries, seconds, rate=rate, outstanding=outstanding, clients=clients,
+                      out=out).finish(interrupt=False)
+
+
+class Background:
+    """dnsperf started and left running while the caller does something else, for at most `seconds`;
+    `finish()` ends it early with SIGINT (dnsperf stops at once, marks the queries still outstanding
+    `> I` and counts them as interrupted, not lost, and prints its figures as at the end of -l): the
+    burst measures answers over a time it only knows once the burst is over. Its output goes to a
+    file (`out`, else a temporary one): a line per query, more than a pipe holds while nobody reads."""
+
+    def __init__(self, server: str, queries: Path, seconds: float, *, rate: float | None = None,
+                 outstanding: int = 100, clients: int = 1, out: Path | None = None) -> None:
+        self.argv = command(server, queries, seconds, rate=rate, outstanding=outstanding, clients=clients)
+        self.seconds = seconds
+        self._file = open(out, "w+") if out is not None else tempfile.TemporaryFile("w+")  # noqa: SIM115
+        self._before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self._began = time.monotonic()
+        self.proc = subprocess.Popen(self.argv, stdout=self._file, stderr=subprocess.STDOUT, text=True)
+
+    def kill(self) -> None:
+        """Ended without its figures (the caller failed)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._file.close()
+
+    def finish(self, interrupt: bool = True) -> Run:
+        """dnsperf's figures: at once (`interrupt`) or once its -l has run out."""
+        interrupted = interrupt and self.proc.poll() is None
+        if interrupted:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=self.seconds + 60)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        ran = round(time.monotonic() - self._began, 1) if interrupted else self.seconds
+        with self._file:
+            self._file.seek(0)
+            text = self._file.read()
+        if self.proc.returncode:
+            raise RuntimeError(f"dnsperf failed ({self.proc.returncode}):\n{text[-2000:]}")
+        result = parse(text, " ".join(["dnsperf", *self.argv[1:]]), ran)
+        result.cpu_seconds = round(after.ru_utime + after.ru_stime - self._before.ru_utime
+                                   - self._before.ru_stime, 3)
+        return result
 
 
 def parse(text: str, cmd: str, seconds: float) -> Run:
@@ -89,9 +129,10 @@ def parse(text: str, cmd: str, seconds: float) -> Run:
     latencies: list[float] = []
     rcodes: dict[str, int] = {}
     for line in text.splitlines():
-        if line.startswith("> "):  # "> NOERROR name A 0.000123", a lost query: "> T name A"
+        # "> NOERROR name A 0.000123"; a lost query "> T name A", one outstanding at an interrupt "> I name A"
+        if line.startswith("> "):
             parts = line.split()
-            if parts[1] == "T":
+            if parts[1] in ("T", "I"):
                 continue
             rcodes[parts[1]] = rcodes.get(parts[1], 0) + 1
             latencies.append(float(parts[-1]) * 1000)

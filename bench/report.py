@@ -248,6 +248,15 @@ def _goals(res: dict[str, Any]) -> list[str]:
         row("RSS flat under churn", "end <= 1.05 x start", f"{c['rss_mib_start']} -> {c['rss_mib_end']} MiB",
             c["rss_mib_end"] <= 1.05 * c["rss_mib_start"])
         row("wrong answers after churn", "0", str(c["wrong_answers"]), c["wrong_answers"] == 0)
+    b = res.get("burst") or {}
+    if b:
+        at_most(f"loop lag max while a namespace of {b['services']:,} Services + {b['gslbs']:,} Gslbs is "
+                "deleted", b["loop_lag_max_ms"], 20, "ms")
+        at_most("... the part of one lag this process caused", b["loop_held_max_ms"], 20, "ms")
+        row("half-applied or undone answers during that burst (bench/burst.py `Judge`)", "0",
+            f"{b['wrong_answers']} of {b['answers_judged']:,}", b["wrong_answers"] == 0)
+        row("SERVFAIL during that burst", "0", f"{b['answers_servfail']} of {b['answers_asked']:,}",
+            b["answers_servfail"] == 0)
     return ["| goal | target | measured | |", "|---|---|---|---|", *rows] if rows else []
 
 
@@ -336,6 +345,62 @@ def _churn(c: dict[str, Any]) -> list[str]:
         lines += ["", "The backend's time during the churn (py-spy, all threads):", "",
                   *_profile_table(c["profile_during_churn"][:12])]
     return lines
+
+
+def _burst(b: dict[str, Any]) -> list[str]:
+    before, during, polls = b["before"], b["during"], b["during"]["polls"]
+    api = ", ".join(f"{kind} {t} s" for kind, t in b["api_emptied_seconds"].items())
+    return [
+        f"{b['services']:,} Services + {b['endpointslices']:,} EndpointSlices + {b['gslbs']:,} Gslbs in "
+        f"namespace `scale`, {b['survivors']} of each in namespace `keep`; dnsperf at "
+        f"{b['dnsperf_qps_target']:,} q/s over names of both, {before['dnsperf']['seconds']:g} s before, "
+        "then from just before `scale` is deleted (kube-controller-manager's namespace controller deletes "
+        "what it holds) until it is gone from the API and every one of its names answers NXDOMAIN "
+        f"({b['burst_seconds']} s). Load average at the delete {during['loadavg_at_delete']}.",
+        "",
+        "| | before | during the burst |", "|---|---:|---:|",
+        f"| answers asked / lost / SERVFAIL | {before['dnsperf']['sent']:,} / {before['dnsperf']['lost']} / "
+        f"{before['dnsperf']['rcodes'].get('SERVFAIL', 0)} | {b['answers_asked']:,} / {b['answers_lost']} / "
+        f"{b['answers_servfail']} |",
+        f"| answer p50 / p99 / max ms | {before['dnsperf']['p50_ms']} / {before['dnsperf']['p99_ms']} / "
+        f"{before['dnsperf']['max_ms']} | {during['dnsperf']['p50_ms']} / {during['dnsperf']['p99_ms']} / "
+        f"{during['dnsperf']['max_ms']} |",
+        f"| loop lag max ms | {before['loop_lag_max_ms']} | {during['loop_lag_max_ms']} |",
+        f"| ... the part of one lag this process caused, max ms | {before['loop_held_max_ms']} | "
+        f"{during['loop_held_max_ms']} |",
+        f"| loop stalls >= 10 ms, seconds waiting for a core / blocked / running the loop's own work | "
+        f"{_stalls(before)} | {_stalls(during)} |",
+        f"| garbage collections (young, middle, full): count / seconds / >= 50 ms | {_gc(before)} | "
+        f"{_gc(during)} |",
+        f"| backend CPU (share of one core; all its processes) | {before['backend_cpu_share']} | "
+        f"{during['backend_cpu_share']} |",
+        f"| the two cores: busy, of which by process (cores) | {_cores(before)} | {_cores(during)} |",
+        f"| load average | {before['loadavg']} | {during['loadavg']} |",
+        "",
+        f"From the delete: the API emptied {api}; the answer table held only what is left after "
+        f"{b['table_settled_seconds']} s (`coredns_gslb_records`, scraped every second) and the last name "
+        f"answered NXDOMAIN after {b['answers_gone_seconds']} s (the sweep's last round over the names "
+        f"left took {during['sweep_last_round_seconds']} s). RSS {b['rss_mib_before']} MiB before, "
+        f"{b['rss_mib_after']} MiB after{_rss_split(b, 'before', 'after')}.",
+        "",
+        f"Half-applied or undone answers: **{b['wrong_answers']}** of {b['answers_judged']:,} judged "
+        f"({polls['asked']:,} polls, {polls['lost']} without a reply in 2 s){_wrong(b)}. Each answer of a "
+        "name in `scale` must be its answer from before, NODATA for a GSLB host (its EndpointSlice gone "
+        "before its Gslb and Service, as the API then says), or NXDOMAIN, in that order only (never back); "
+        f"each of `keep`'s must be as before. {polls['sample']} names of `scale` and all "
+        f"{polls['survivors']} of `keep` were asked throughout ({polls['sample_rate']:g} q/s), every "
+        f"other name of `scale` in turn until NXDOMAIN ({polls['sweep_rate']:g} q/s); "
+        f"{b['gslb_hosts_through_nodata']:,} GSLB hosts went through NODATA.",
+        *(["", "The backend's time during the burst (py-spy, all threads):", "",
+           *_profile_table(b["profile_during_burst"][:12])] if b.get("profile_during_burst") else []),
+    ]
+
+
+def _wrong(b: dict[str, Any]) -> str:
+    if not b["wrong_answers"]:
+        return ""
+    kinds = ", ".join(f"{kind} {n}" for kind, n in b["wrong_by_kind"].items())
+    return f" ({kinds}; e.g. {'; '.join(b['wrong_examples'][:3])})"
 
 
 def _polled(c: dict[str, Any]) -> str:
@@ -506,6 +571,10 @@ def render(res: dict[str, Any]) -> str:
         what = c.get("variant") or (f"with --{flags}" if flags else "")
         out += [f"## Churn{f' {what}' if what else ''} ({c['date']}, load average at start "
                 f"{c['loadavg_at_start']})", "", *_churn(c), ""]
+    b = res.get("burst")
+    if b:
+        out += [f"## Burst: a namespace deleted ({b['date']}, load average at start {b['loadavg_at_start']})",
+                "", *_burst(b), ""]
     pa = res.get("patch")
     if pa:
         out += [f"## One change, in-process (`python -m bench.patch`, {pa['date']}, load average "
