@@ -53,7 +53,7 @@ YOUNG_EVERY = 0.1
 # went to the transport at once and the kernel took it: autotuning let one connection's send buffer
 # grow to the whole ~4 MiB exposition, so 170 clients that never read held 626 MiB of kernel memory
 # (the pod's cgroup pays for it) for as long as they kept their connections, never cut off, and
-# copying 170 bodies into the kernel held the answer loop for 300-430 ms (bench/hostile.py).
+# copying 170 bodies into the kernel held the answer loop for 305-380 ms (`python -m bench slow_metrics`).
 WRITE_TIMEOUT = 10.0  # a reply not read whole within this is cut off (reset), its buffers freed
 HTTP_PIECE = 64 << 10  # a reply is written this much at a time, each piece once the last has drained
 HTTP_SNDBUF = 64 << 10  # an HTTP connection's SO_SNDBUF (the kernel doubles it), fixed: no autotuning

@@ -460,23 +460,26 @@ def _hostile(h: dict[str, Any]) -> list[str]:
 
 def _slow_metrics(h: dict[str, Any]) -> list[str]:
     """The /metrics scenarios: what the clients that read slowly or not at all made the server hold,
-    and what the well-behaved clients beside them saw."""
+    and what the well-behaved clients beside them saw; `before` (if kept): the same on older code."""
     lines = ["| scenario (load average at its start) | clients: never read + a byte/s, from addresses "
              "| their connections (closed by the server) | server RSS "
              "before / peak / 5 s after (MiB) | server's socket buffers in the kernel, peak (MiB) | loop "
              "lag max (held) | /metrics scrapes failed | /healthz failed | gRPC queries lost, slowest |",
              "|---|---|---:|---|---:|---:|---:|---:|---:|"]
-    for key, r in h.items():
-        if isinstance(r, dict):
-            a = r["attackers"]
-            lines.append(f"| {key.replace('_', ' ')} (load {r['loadavg_at_start']}) | "
-                         f"{a['never_readers']} + {a['slow_readers']}, {a['addresses']} | "
-                         f"{a['connections']:,} ({a['cut']:,}) | {r['rss_mib_before']} / "
-                         f"{r['rss_mib_peak']} / {r['rss_mib_after']} | {r['socket_mib_peak']} | "
-                         f"{_ms(r['loop_lag_max_ms'])} ms "
-                         f"({_ms(r['loop_held_max_ms'])} ms) | {r['scrapes_failed']} of "
-                         f"{r['scrapes'] + r['scrapes_failed']} | {r['healthz_failed']} of {r['healthz']} | "
-                         f"{r['lost']} of {r['queries']}, {_ms(r['slowest_answer_ms'])} ms |")
+    before = h.get("before") or {}
+    rows = [(key, r) for key, r in h.items() if isinstance(r, dict) and key != "before"]
+    rows += [(f"before ({before['revision']}, {before['date']}): {key}", r) for key, r in before.items()
+             if isinstance(r, dict)]
+    lag = lambda v: f"{_ms(v)} ms" if v is not None else "-"  # noqa: E731
+    for key, r in rows:
+        a = r["attackers"]
+        lines.append(f"| {key.replace('_', ' ')} (load {r['loadavg_at_start']}) | "
+                     f"{a['never_readers']} + {a['slow_readers']}, {a['addresses']} | "
+                     f"{a['connections']:,} ({a['cut']:,}) | {r['rss_mib_before']} / "
+                     f"{r['rss_mib_peak']} / {r['rss_mib_after']} | {r['socket_mib_peak']} | "
+                     f"{lag(r['loop_lag_max_ms'])} ({lag(r['loop_held_max_ms'])}) | {r['scrapes_failed']} of "
+                     f"{r['scrapes'] + r['scrapes_failed']} | {r['healthz_failed']} of {r['healthz']} | "
+                     f"{r['lost']} of {r['queries']}, {_ms(r['slowest_answer_ms'])} ms |")
     return lines
 
 
