@@ -49,6 +49,14 @@ class Settings:
     grpc_listen: str = "127.0.0.1:8053"
     http_listen: str = "127.0.0.1:8080"  # probes and /metrics: the pod port kubelet and Prometheus reach
     admin_listen: str = "127.0.0.1:8081"  # /explain and the rest: inside the pod only ("" = off)
+    # What the clients of one HTTP listener hold at once (server.HttpSlots; backend/README.md "HTTP
+    # limits"): kubelet's probes, one or two Prometheus and a port-forward use a handful of connections
+    # and one scrape each. 256 connections with a 128 KiB socket buffer each is at most 32 MiB of kernel
+    # memory; 16 /metrics replies in flight at ~4 MiB apiece (10,000 Gslbs) at most 64 MiB, and 2 per
+    # client address leave room for a Prometheus beside one that will not read.
+    http_max_connections: int = 256
+    metrics_max_scrapes: int = 16
+    metrics_max_scrapes_per_client: int = 2
     listener_socket: str = ""  # unix socket of a `coredns-gslb listen` holding our sockets ("" = bind them)
     shutdown_drain_seconds: float = 10.0  # on SIGTERM keep answering until CoreDNS leaves, at most this long
     answer_process: bool = False  # answer gRPC from a child process of its own (backend/answer/)
@@ -141,6 +149,14 @@ def parser() -> argparse.ArgumentParser:
                    help="/healthz, /readyz, /metrics (the pod port)")
     p.add_argument("--admin-listen", default=_env("ADMIN_LISTEN", "127.0.0.1:8081"),
                    help="/explain and the probes: keep it on 127.0.0.1 (port-forward reaches it); '' = off")
+    p.add_argument("--http-max-connections", type=int,
+                   default=int(_env("HTTP_MAX_CONNECTIONS", "256") or 256),
+                   help="connections one HTTP listener holds at once; more are reset at once")
+    p.add_argument("--metrics-max-scrapes", type=int, default=int(_env("METRICS_MAX_SCRAPES", "16") or 16),
+                   help="/metrics replies in flight per HTTP listener; more get 503 at once")
+    p.add_argument("--metrics-max-scrapes-per-client", type=int,
+                   default=int(_env("METRICS_MAX_SCRAPES_PER_CLIENT", "2") or 2),
+                   help="/metrics replies in flight per client address; more get 503 at once")
     p.add_argument("--listener-socket", default=_env("LISTENER_SOCKET", ""),
                    help="take the listening sockets from `coredns-gslb listen` at this unix socket")
     p.add_argument("--shutdown-drain-seconds", type=float,
@@ -259,6 +275,9 @@ def from_args(argv: Sequence[str] | None = None) -> Settings:
         selectors.parse(a.gateway_label_filter)
     except ValueError as e:
         p.error(f"--gateway-label-filter: {e}")
+    for flag in ("http_max_connections", "metrics_max_scrapes", "metrics_max_scrapes_per_client"):
+        if getattr(a, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be at least 1")
     try:
         probe_map = parse_address_map(_split(a.probe_address_map))
     except ValueError as e:
@@ -273,6 +292,9 @@ def from_args(argv: Sequence[str] | None = None) -> Settings:
         grpc_listen=a.grpc_listen,
         http_listen=a.http_listen,
         admin_listen=a.admin_listen,
+        http_max_connections=a.http_max_connections,
+        metrics_max_scrapes=a.metrics_max_scrapes,
+        metrics_max_scrapes_per_client=a.metrics_max_scrapes_per_client,
         listener_socket=a.listener_socket,
         shutdown_drain_seconds=a.shutdown_drain_seconds,
         answer_process=a.answer_process,

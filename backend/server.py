@@ -8,14 +8,17 @@ metrics increment, all on the event loop thread (the table never blocks).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import gc
 import inspect
 import logging
 import socket
+import struct
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
@@ -25,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from backend import listener, metrics
 from backend.config import Settings
-from backend.h2grpc import GRPC_UNAVAILABLE, GrpcError, H2GrpcServer
+from backend.h2grpc import GRPC_UNAVAILABLE, GrpcError, H2GrpcServer, limited_log
 from backend.zone.lookup import Table
 from backend.zone.notify import NotifyCallback
 
@@ -46,9 +49,73 @@ SWITCH_INTERVAL = 0.0005
 # gen 1 every ~5 s over 12-14k objects, 13-32 ms of CPU at 10k + 10k under churn (diagnostic run, issue
 # 12). Collecting them on a clock bounds each pass by what one interval allocated.
 YOUNG_EVERY = 0.1
-WRITE_TIMEOUT = 10.0  # a client that reads slower than this gets cut off, its buffer freed
+# HTTP replies (issue 12, "a /metrics client that reads slowly or never reads"). Before, the whole body
+# went to the transport at once and the kernel took it: autotuning let one connection's send buffer
+# grow to the whole ~4 MiB exposition, so 170 clients that never read held 626 MiB of kernel memory
+# (the pod's cgroup pays for it) for as long as they kept their connections, never cut off, and
+# copying 170 bodies into the kernel held the answer loop for 305-380 ms (`python -m bench slow_metrics`).
+WRITE_TIMEOUT = 10.0  # a reply not read whole within this is cut off (reset), its buffers freed
+HTTP_PIECE = 64 << 10  # a reply is written this much at a time, each piece once the last has drained
+HTTP_SNDBUF = 64 << 10  # an HTTP connection's SO_SNDBUF (the kernel doubles it), fixed: no autotuning
+METRICS_REUSE = 1.0  # a /metrics body this young that a reply still holds is sent again, not rebuilt
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on with 0 s: close() resets, the kernel drops unsent data
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 500: "Internal Server Error",
             503: "Service Unavailable"}
+
+
+class HttpSlots:
+    """What the clients of one HTTP listener hold at once: connections (over `connections` a new one
+    is reset at once, unread) and /metrics replies being built or written, in all and per client
+    address (over `scrapes` or `per_client`: 503 at once, nothing built). Probes' replies are small and
+    take no scrape slot, so while every slot is held by scrapers that do not read, /healthz and
+    /readyz are still answered, and so is a Prometheus at an address of its own."""
+
+    def __init__(self, connections: int, scrapes: int, per_client: int) -> None:
+        self.max_connections, self.max_scrapes, self.per_client = connections, scrapes, per_client
+        self.connections = self.scrapes = 0
+        self.by_client: collections.Counter[str] = collections.Counter()
+
+    def connect(self) -> bool:
+        if self.connections >= self.max_connections:
+            return False
+        self.connections += 1
+        return True
+
+    def disconnect(self) -> None:
+        self.connections -= 1
+
+    def scrape(self, client: str) -> bool:
+        if self.scrapes >= self.max_scrapes or self.by_client[client] >= self.per_client:
+            return False
+        self.scrapes += 1
+        self.by_client[client] += 1
+        return True
+
+    def scraped(self, client: str) -> None:
+        self.scrapes -= 1
+        self.by_client[client] -= 1
+        if not self.by_client[client]:
+            del self.by_client[client]
+
+
+class Exposition:
+    """A /metrics body and when it was built. DnsServer keeps only a weak reference: the replies that
+    send it hold it, so it is reused only while one still does (a client reading slowly), never kept
+    for a scrape that comes after they all finished."""
+
+    __slots__ = ("__weakref__", "built", "data")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.built = time.monotonic()
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Close with a reset: a plain close leaves what the client has not read in the kernel, until it
+    reads it, for as long as it keeps the connection."""
+    with contextlib.suppress(OSError, AttributeError):
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+    writer.transport.abort()
 
 
 class YoungCollector:
@@ -143,7 +210,8 @@ class DnsServer:
         self._on_handover: list[Callable[[], None]] = []
         self.handed_over = False  # a newer backend serves: stop without the drain wait
         self._failed_routes: set[tuple[str, str]] = set()  # (path, exception type) already logged in full
-        self._exposing: asyncio.Future[bytes] | None = None  # the /metrics body being built
+        self._exposing: asyncio.Future[Exposition] | None = None  # the /metrics body being built
+        self._exposed: weakref.ref[Exposition] | None = None  # the last one built, while replies hold it
         self.grpc_port = 0
         self.http_port = 0
         self.admin_port = 0
@@ -254,8 +322,12 @@ class DnsServer:
         YOUNG.start()
 
     async def _http_server(self, address: str, sock: socket.socket | None, *, admin: bool) -> asyncio.Server:
+        settings = self.settings
+        slots = HttpSlots(settings.http_max_connections, settings.metrics_max_scrapes,
+                          settings.metrics_max_scrapes_per_client)
+
         def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> Awaitable[None]:
-            return self._serve_http(r, w, admin=admin)
+            return self._serve_http(r, w, admin=admin, slots=slots)
 
         if sock is not None:
             return await asyncio.start_server(serve, sock=sock)
@@ -317,36 +389,49 @@ class DnsServer:
     # -- HTTP --------------------------------------------------------------------------------
 
     async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
-                          admin: bool) -> None:
+                          admin: bool, slots: HttpSlots) -> None:
+        port = (writer.get_extra_info("sockname") or ("", 0))[1]
+        if not slots.connect():
+            limited_log(f"http-connections-{port}", logging.WARNING, "HTTP connection limit (%d) reached on "
+                        "port %d: new connections are reset", slots.max_connections, port)
+            _reset(writer)
+            return
+        client = str((writer.get_extra_info("peername") or ("",))[0])
+        scraping = False
+        exposition: Exposition | None = None  # held until sent: what `_metrics` may hand out again
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            method, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
-            url = urlsplit(target)
-            if method not in ("GET", "HEAD"):
-                status, ctype, body = 400, "text/plain", b"only GET\n"
-            else:
-                status, ctype, body = await self._route(url.path, parse_qs(url.query), admin)
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError,
-                ConnectionError):
-            status, ctype, body, method = 400, "text/plain", b"bad request\n", "GET"
-        try:
-            writer.write(f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\nContent-Type: {ctype}\r\n"
-                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode())
-            if method != "HEAD":
-                writer.write(body)
-            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
-        except (ConnectionError, TimeoutError):  # a client that does not read loses its reply
-            writer.transport.abort()
+            with contextlib.suppress(OSError, AttributeError):
+                writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, HTTP_SNDBUF)
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                method, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
+                url = urlsplit(target)
+                if method not in ("GET", "HEAD"):
+                    status, ctype, body = 400, "text/plain", b"only GET\n"
+                elif url.path != "/metrics":
+                    status, ctype, body = await self._route(url.path, parse_qs(url.query), admin)
+                elif scraping := slots.scrape(client):
+                    exposition = await self._metrics()
+                    status, ctype, body = 200, CONTENT_TYPE_LATEST, exposition.data
+                else:
+                    limited_log(f"http-scrapes-{port}", logging.WARNING, "/metrics on port %d: %d replies "
+                                "in flight, %d for %s: answering 503", port, slots.scrapes,
+                                slots.by_client[client], client)
+                    status, ctype, body = 503, "text/plain", b"too many scrapes in flight\n"
+            except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError,
+                    ConnectionError):
+                status, ctype, body, method = 400, "text/plain", b"bad request\n", "GET"
+            await _reply(writer, status, ctype, b"" if method == "HEAD" else body, len(body))
         finally:
-            writer.close()
+            if scraping:
+                slots.scraped(client)
+            slots.disconnect()
 
     async def _route(self, path: str, query: dict[str, list[str]], admin: bool) -> HttpReply:
         if path == "/healthz":
             return 200, "text/plain", b"ok\n"
         if path == "/readyz":
             return self._readyz()
-        if path == "/metrics":
-            return 200, CONTENT_TYPE_LATEST, await self._metrics()
         handler = self._routes.get(path) if admin else None
         if handler is None:
             return 404, "text/plain", b"not found\n"
@@ -362,12 +447,23 @@ class DnsServer:
                 log.exception("HTTP handler for %s failed", path)
             return 500, "text/plain", b"internal error (see the backend's log)\n"
 
-    async def _metrics(self) -> bytes:
-        """The exposition, built on a worker thread; scrapes that arrive meanwhile share that one."""
+    async def _metrics(self) -> Exposition:
+        """The exposition, built on a worker thread; scrapes that arrive meanwhile share that one, and
+        so do those within METRICS_REUSE while a reply still sends it: however many clients read
+        slowly, they hold at most WRITE_TIMEOUT / METRICS_REUSE + 1 bodies and cause a build a second."""
+        last = self._exposed() if self._exposed is not None else None
+        if last is not None and time.monotonic() - last.built < METRICS_REUSE:
+            return last
         if self._exposing is None:
-            self._exposing = asyncio.ensure_future(asyncio.to_thread(metrics.exposition))
-            self._exposing.add_done_callback(lambda _f: setattr(self, "_exposing", None))
+            build = asyncio.to_thread(lambda: Exposition(metrics.exposition()))
+            self._exposing = asyncio.ensure_future(build)
+            self._exposing.add_done_callback(self._exposed_now)
         return await asyncio.shield(self._exposing)
+
+    def _exposed_now(self, built: asyncio.Future[Exposition]) -> None:
+        self._exposing = None
+        if not built.cancelled() and built.exception() is None:
+            self._exposed = weakref.ref(built.result())
 
     def _readyz(self) -> HttpReply:
         lines = ["ready" if self.ready else "not ready: waiting for the first full sync"]
@@ -380,3 +476,23 @@ class DnsServer:
             if value is not None:
                 lines.append(f"{name}: {value}")
         return (200 if self.ready else 503), "text/plain", ("\n".join(lines) + "\n").encode()
+
+
+async def _reply(writer: asyncio.StreamWriter, status: int, ctype: str, body: bytes, length: int) -> None:
+    """The response, written a piece (HTTP_PIECE) at a time once the last has drained, all of it within
+    WRITE_TIMEOUT: a client that reads slowly or not at all holds at most two pieces in our buffers and
+    HTTP_SNDBUF in the kernel's, never the whole body, and is reset when the time is up."""
+    head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {length}\r\nConnection: close\r\n\r\n").encode()
+    view = memoryview(body)
+    try:
+        async with asyncio.timeout(WRITE_TIMEOUT):
+            writer.write(head)
+            for start in range(0, len(view), HTTP_PIECE):
+                writer.write(view[start:start + HTTP_PIECE])
+                await writer.drain()
+            await writer.drain()
+    except (ConnectionError, TimeoutError):
+        _reset(writer)
+    finally:
+        writer.close()

@@ -1,4 +1,4 @@
-"""`python -m bench [all|throughput|workers|scale|churn|burst|profile] [--seconds S] [--skip-scale] ...`
+"""`python -m bench [all|PART] [--seconds S] [--skip-scale] ...`, PART one of PARTS (below)
 
 `all` (the default, `make bench`) runs every part: about 15 minutes on two cores, most of it the
 scale part's 30,000 objects.
@@ -28,7 +28,7 @@ from lab.proc import binary
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results.json"
-PARTS = ("throughput", "workers", "scale", "churn", "burst", "profile")
+PARTS = ("throughput", "workers", "scale", "churn", "burst", "profile", "slow_metrics")
 CHURN_SHARE = 0.25  # the churn's and the burst's dnsperf rate: this share of (b)'s peak (throughput part)
 
 
@@ -161,6 +161,10 @@ def run_part(part: str, bed: Bed, args: argparse.Namespace) -> dict[str, Any]:
         from bench import burst
 
         return burst.run(bed, args.scale_n, churn_qps(args))
+    if part == "slow_metrics":
+        from bench import hostile
+
+        return hostile.slow_metrics(args.seconds, bed.workdir)
     from bench import profile
 
     return {"top": profile.run(bed, args.seconds)}

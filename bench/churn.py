@@ -340,22 +340,25 @@ class Scraper(threading.Thread):
 
     def run(self) -> None:
         while not self._finished.wait(1.0):
-            t0 = time.perf_counter()
-            try:
-                status, body = self.get("/metrics")
-            except OSError:  # counted as a failed scrape, not the end of the run
-                self.failed += 1
-                continue
-            self.seconds.append(time.perf_counter() - t0)
-            if status == 200 and self.scraped is not None:
-                self.scraped(time.monotonic(), body)
-            found = {key: gauge(body, name) for key, name in LOOP_GAUGES.items()} if status == 200 else {}
-            for key, value in found.items():
-                if value is not None:
-                    self.lag_max[key] = max(self.lag_max[key], value)
-            if any(v is not None for v in found.values()):
-                counted = "".join(lines_of(body, prefix) for prefix in COUNTED)
-                self.first, self.last = self.first or counted, counted
+            self.scrape()
+
+    def scrape(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            status, body = self.get("/metrics")
+        except OSError:  # counted as a failed scrape, not the end of the run
+            self.failed += 1
+            return
+        self.seconds.append(time.perf_counter() - t0)
+        if status == 200 and self.scraped is not None:
+            self.scraped(time.monotonic(), body)
+        found = {key: gauge(body, name) for key, name in LOOP_GAUGES.items()} if status == 200 else {}
+        for key, value in found.items():
+            if value is not None:
+                self.lag_max[key] = max(self.lag_max[key], value)
+        if any(v is not None for v in found.values()):
+            counted = "".join(lines_of(body, prefix) for prefix in COUNTED)
+            self.first, self.last = self.first or counted, counted
 
     def stop(self) -> None:
         self._finished.set()

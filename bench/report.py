@@ -458,6 +458,31 @@ def _hostile(h: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _slow_metrics(h: dict[str, Any]) -> list[str]:
+    """The /metrics scenarios: what the clients that read slowly or not at all made the server hold,
+    and what the well-behaved clients beside them saw; `before` (if kept): the same on older code."""
+    lines = ["| scenario (load average at its start) | clients: never read + a byte/s, from addresses "
+             "| their connections (closed by the server) | server RSS "
+             "before / peak / 5 s after (MiB) | server's socket buffers in the kernel, peak (MiB) | loop "
+             "lag max (held) | /metrics scrapes failed | /healthz failed | gRPC queries lost, slowest |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    before = h.get("before") or {}
+    rows = [(key, r) for key, r in h.items() if isinstance(r, dict) and key != "before"]
+    rows += [(f"before ({before['revision']}, {before['date']}): {key}", r) for key, r in before.items()
+             if isinstance(r, dict)]
+    lag = lambda v: f"{_ms(v)} ms" if v is not None else "-"  # noqa: E731
+    for key, r in rows:
+        a = r["attackers"]
+        lines.append(f"| {key.replace('_', ' ')} (load {r['loadavg_at_start']}) | "
+                     f"{a['never_readers']} + {a['slow_readers']}, {a['addresses']} | "
+                     f"{a['connections']:,} ({a['cut']:,}) | {r['rss_mib_before']} / "
+                     f"{r['rss_mib_peak']} / {r['rss_mib_after']} | {r['socket_mib_peak']} | "
+                     f"{lag(r['loop_lag_max_ms'])} ({lag(r['loop_held_max_ms'])}) | {r['scrapes_failed']} of "
+                     f"{r['scrapes'] + r['scrapes_failed']} | {r['healthz_failed']} of {r['healthz']} | "
+                     f"{r['lost']} of {r['queries']}, {_ms(r['slowest_answer_ms'])} ms |")
+    return lines
+
+
 def _scale(s: dict[str, Any]) -> list[str]:
     bulk = ", written into etcd" if s.get("created_via", "api") != "api" else ""
     load = f" (load average then {s['loadavg_at_ready']})" if "loadavg_at_ready" in s else ""
@@ -583,6 +608,14 @@ def render(res: dict[str, Any]) -> str:
     if h:
         out += [f"## Hostile HTTP/2 clients (`python -m bench.hostile`, {h['date']}, "
                 f"{h['seconds']:.0f} s each, load average {h['loadavg_at_start']})", "", *_hostile(h), ""]
+    m = res.get("slow_metrics")
+    if m:
+        out += [f"## /metrics clients that read slowly or never read (`python -m bench slow_metrics`, "
+                f"{m['date']}, {m['seconds']:.0f} s each)", "",
+                "Clients ask for /metrics (k8gb's series of 10,000 Gslbs, ~4 MiB) and never read, or read a "
+                "byte a second, each connecting again as soon as it is closed; a scraper (/metrics every "
+                "second) and a probe (/healthz every 0.5 s) from another address, and a gRPC query every "
+                "20 ms, beside them. Loop lag: the largest the server reported.", "", *_slow_metrics(m), ""]
     p = res.get("profile")
     if p:
         out += [f"## Profile of the backend under (b)'s load ({p['date']})", "",

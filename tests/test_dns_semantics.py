@@ -68,10 +68,10 @@ def geo(ip: str) -> str | None:
 class InProcessBackend:
     """DnsServer on its own event loop thread, so CoreDNS can reach it while the test blocks on dig."""
 
-    def __init__(self, use_uvloop: bool = True) -> None:
+    def __init__(self, use_uvloop: bool = True, settings: Settings = SETTINGS) -> None:
         self.loop = new_event_loop(use_uvloop)  # the loop the backend runs (--uvloop, the default)
         self.thread = threading.Thread(target=self.loop.run_forever, name="dns-server", daemon=True)
-        self.server = DnsServer(SETTINGS)
+        self.server = DnsServer(settings)
         self.notified: list[tuple[str, str]] = []
         self.server.on_notify(lambda zone, peer: self.notified.append((zone, peer)))
 

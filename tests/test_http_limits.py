@@ -1,0 +1,157 @@
+"""HTTP clients that take more than their share (issue 12: "a /metrics client that reads slowly or
+never reads must not hold memory or the loop"), against DnsServer as the backend runs it (on a uvloop
+thread of its own: tests/test_dns_semantics.py's InProcessBackend) with k8gb's series for 10,000 Gslbs
+on /metrics (~4 MiB) and real CoreDNS in front. While scrapers that never read hold every slot they
+may, kubelet's probes, a Prometheus at an address of its own and DNS answers still work; scrapes over
+the limits are refused at once, and the ones let in but never read are cut off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import select
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from backend import metrics
+from backend.server import WRITE_TIMEOUT
+from backend.zone.build import compile_table
+from lab.coredns import CoreDNS
+from lab.dig import dig
+from lab.proc import wait_for
+from tests.test_dns_semantics import ENDPOINTS, SETTINGS, InProcessBackend, geo
+
+GSLBS = 10_000
+LIMITED = dataclasses.replace(SETTINGS, http_max_connections=40, metrics_max_scrapes=8,
+                              metrics_max_scrapes_per_client=2)
+STATUSES = ("Healthy", "Unhealthy", "NotFound")
+CLOSED = select.POLLRDHUP | select.POLLHUP | select.POLLERR
+
+
+@pytest.fixture
+def exposition_size() -> Iterator[int]:
+    """k8gb's series for GSLBS Gslbs in this process's metrics, as the GSLB engine keeps them, removed
+    afterwards: the size of /metrics in bytes."""
+    labels = [("slow", f"g-{i}") for i in range(GSLBS)]
+    for gslb in labels:
+        metrics.GSLB_HEALTHY_RECORDS.set(gslb, 1)
+        metrics.GSLB_RECONCILIATION_LOOPS.inc(gslb)
+        for status in STATUSES:
+            metrics.GSLB_SERVICE_STATUS.set((*gslb, status), status == "Healthy")
+    yield len(metrics.exposition())
+    for gslb in labels:
+        metrics.GSLB_HEALTHY_RECORDS.remove(gslb)
+        metrics.GSLB_RECONCILIATION_LOOPS.remove(gslb)
+        for status in STATUSES:
+            metrics.GSLB_SERVICE_STATUS.remove((*gslb, status))
+
+
+@pytest.fixture
+def backend(exposition_size: int) -> Iterator[InProcessBackend]:
+    b = InProcessBackend(settings=LIMITED)
+    b.start()
+    b.serve(compile_table(LIMITED, ENDPOINTS, 2026120201, geo))
+    yield b
+    b.stop()
+
+
+def get(port: int, path: str) -> tuple[int, bytes]:
+    """(status, body) of a GET from 127.0.0.1, read whole."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as reply:
+            return reply.status, reply.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def scrape_without_reading(port: int, source: str) -> socket.socket:
+    """A connection from `source` that asks for /metrics and reads nothing."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
+    sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: backend\r\n\r\n")
+    return sock
+
+
+def closed(sock: socket.socket, events: int = CLOSED) -> bool:
+    """The server has closed or reset the connection (asked without reading what it sent); with
+    `events=select.POLLIN`: it has sent something."""
+    poller = select.poll()
+    poller.register(sock, events)
+    return bool(poller.poll(0))
+
+
+def status_of(sock: socket.socket) -> str:
+    """The status line, the first bytes the server sent."""
+    return sock.recv(64).split(b"\r\n", 1)[0].decode()
+
+
+def test_scrapers_that_never_read_leave_probes_prometheus_and_answers_alone(
+        coredns_factory: Callable[..., CoreDNS], backend: InProcessBackend, exposition_size: int) -> None:
+    port = backend.server.http_port
+    coredns = coredns_factory(zones="foowidgets.k8s", grpc=backend.grpc)
+    assert exposition_size > 3_000_000
+
+    # one client (a pod at 127.0.1.1) asks 20 times and never reads: 2 let in, 18 refused at once
+    greedy = [scrape_without_reading(port, "127.0.1.1") for _ in range(20)]
+    wait_for(lambda: sum(map(closed, greedy)) == 18, what="18 of one client's 20 scrapes answered and "
+             "closed", timeout=WRITE_TIMEOUT / 2)
+    refused, let_in = [s for s in greedy if closed(s)], [s for s in greedy if not closed(s)]
+    assert {status_of(s) for s in refused} == {"HTTP/1.1 503 Service Unavailable"}
+
+    # meanwhile: probes, a Prometheus at another address reading the whole exposition, DNS
+    assert get(port, "/healthz") == (200, b"ok\n")
+    assert get(port, "/readyz")[0] == 200
+    status, body = get(port, "/metrics")
+    assert status == 200 and len(body) >= exposition_size - 100_000 and body.endswith(b"\n")
+    assert b'k8gb_gslb_healthy_records{name="g-9999",namespace="slow"} 1.0\n' in body
+    assert dig(coredns.address, "nginx.foowidgets.k8s").addresses == ["172.18.200.101"]
+
+    # six more clients take the listener's other slots: now a scrape from anywhere is refused at once,
+    # while probes and DNS answers go on
+    others = [scrape_without_reading(port, f"127.0.1.{i}") for i in range(2, 8)]
+    wait_for(lambda: all(closed(s, select.POLLIN) for s in others), what="6 more scrapes answered",
+             timeout=WRITE_TIMEOUT / 2)
+    assert get(port, "/metrics") == (503, b"too many scrapes in flight\n")
+    assert get(port, "/healthz") == (200, b"ok\n")
+    assert dig(coredns.address, "nginx.foowidgets.k8s").addresses == ["172.18.200.101"]
+
+    # the ones let in never read their reply: cut off, their slots free again
+    held = let_in + others
+    assert {status_of(s) for s in held} == {"HTTP/1.1 200 OK"}
+    wait_for(lambda: all(map(closed, held)), what="the 8 scrapes that never read cut off",
+             timeout=WRITE_TIMEOUT + 20)
+    assert get(port, "/metrics")[0] == 200
+    for sock in greedy + others:
+        sock.close()
+
+
+def test_connections_over_the_limit_are_closed_at_once(backend: InProcessBackend) -> None:
+    """LIMITED's 40 connections held (no request sent yet): the 41st is closed unread; once they go,
+    probes are answered again."""
+    port = backend.server.http_port
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(40)]
+    wait_for(lambda: get_or_none(port) is None, what="a probe refused once 40 connections are held",
+             timeout=10)
+    try:
+        extra = socket.create_connection(("127.0.0.1", port), timeout=5)
+    except ConnectionResetError:  # the reset came before connect() returned
+        pass
+    else:
+        wait_for(lambda: closed(extra), what="the 41st connection closed", timeout=WRITE_TIMEOUT / 2)
+        extra.close()
+    assert not any(map(closed, idle))
+    for sock in idle:
+        sock.close()
+    wait_for(lambda: get_or_none(port) == 200, what="/healthz answered once the connections went",
+             timeout=10)
+
+
+def get_or_none(port: int) -> int | None:
+    """The status of GET /healthz, None if the connection was closed without a reply."""
+    try:
+        return get(port, "/healthz")[0]
+    except (ConnectionError, urllib.error.URLError):
+        return None
