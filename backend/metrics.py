@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import gc
 import os
 import threading
@@ -169,16 +170,18 @@ LOOP_LAG_MAX = Gauge("coredns_gslb_loop_lag_max_seconds",
                      "The largest loop lag seen in the last 10 to 20 seconds", registry=None)
 LOOP_HELD_MAX = Gauge("coredns_gslb_loop_held_max_seconds",
                       "The largest part of one loop lag in the last 10 to 20 s that this process caused "
-                      "(blocked or loop in coredns_gslb_loop_stall_seconds, not waiting for a core)",
+                      "(blocked or loop in coredns_gslb_loop_stall_seconds, not cpu or holder)",
                       registry=None)
 LOOP_STALL = Counter("coredns_gslb_loop_stall_seconds", "Loop lag of 10 ms or more, by what the answer loop "
-                     "waited for: cpu (the machine gave its thread no core), blocked (another thread of "
-                     "this process held the GIL, or a blocking call on the loop), loop (the loop's own work "
-                     "ran long)", ["cause"], registry=None)
+                     "waited for: cpu (the machine gave its thread no core), holder (asleep while another "
+                     "thread of this process waited for a core: the GIL's holder, an estimate), blocked "
+                     "(another thread of this process held the GIL, or a blocking call on the loop), loop "
+                     "(the loop's own work ran long)", ["cause"], registry=None)
 LAG_INTERVAL = 0.05
 LAG_WINDOW = 10.0
 STALL = 0.01
-STALL_CAUSES = ("cpu", "blocked", "loop")
+STALL_CAUSES = ("cpu", "holder", "blocked", "loop")
+THREADS_EVERY = 20  # ticks between listings of the process's threads (OtherThreads)
 
 
 class ThreadClock:
@@ -200,15 +203,59 @@ class ThreadClock:
         return ran / 1e9, waited / 1e9
 
 
-def stall_causes(lag: float, interval: float, window: float, ran: float, waited: float) -> dict[str, float]:
+class OtherThreads:
+    """How long each other thread of this process has waited for a core (its schedstat), for a loop
+    blocked on the GIL: a holder preempted while it holds the GIL stalls the loop for as long as the
+    machine keeps it from a core (seen under churn and a namespace's deletion, with kube-apiserver on
+    the same two cores). Read on the loop's tick (~1 us a thread); the threads are listed every
+    THREADS_EVERY ticks, so one started since counts from its first listing."""
+
+    def __init__(self) -> None:
+        self._own = threading.get_native_id()
+        self._fds: dict[int, int] = {}
+        self._ticks = 0
+
+    def _list(self) -> None:
+        try:
+            tids = {int(t) for t in os.listdir("/proc/self/task")} - {self._own}
+        except OSError:
+            tids = set()
+        for tid in set(self._fds) - tids:
+            os.close(self._fds.pop(tid))
+        for tid in tids - set(self._fds):
+            with contextlib.suppress(OSError):  # gone meanwhile
+                self._fds[tid] = os.open(f"/proc/self/task/{tid}/schedstat", os.O_RDONLY)
+
+    def waited(self) -> dict[int, float]:
+        """Seconds each thread has waited for a core since it began, by thread id."""
+        if self._ticks % THREADS_EVERY == 0:
+            self._list()
+        self._ticks += 1
+        out = {}
+        for tid, fd in self._fds.items():
+            with contextlib.suppress(OSError, IndexError, ValueError):  # ended since the listing
+                out[tid] = int(os.pread(fd, 64, 0).split()[1]) / 1e9
+        return out
+
+
+def most_waited(before: dict[int, float], after: dict[int, float]) -> float:
+    """The longest any one thread waited for a core between two `OtherThreads.waited` readings."""
+    return max((after[tid] - before[tid] for tid in after.keys() & before.keys()), default=0.0)
+
+
+def stall_causes(lag: float, interval: float, window: float, ran: float, waited: float,
+                 others_waited: float = 0.0) -> dict[str, float]:
     """Split `lag` (a timer due `interval` after the window began fired `lag` late) by what the loop
     thread did in the `window`: `ran` on a CPU and `waited` for one. Whatever it neither ran nor waited
-    beyond the planned sleep it was blocked: past its due time a loop's poll returns at once, so that is
-    the GIL held by another thread, or a blocking call on the loop (a lower bound). The rest of the lag
-    is the loop's own work."""
+    beyond the planned sleep it was asleep: past its due time a loop's poll returns at once, so that is
+    the GIL held by another thread, or a blocking call on the loop (a lower bound). As much of that as
+    another thread of ours waited for a core (`others_waited`, the longest such wait) is put to that
+    thread having held the GIL meanwhile (holder: the machine, an upper bound, since the thread may
+    have waited without it); the rest is blocked. The rest of the lag is the loop's own work."""
     cpu = min(waited, lag)
-    blocked = min(max(0.0, window - ran - waited - interval), lag - cpu)
-    return {"cpu": cpu, "blocked": blocked, "loop": lag - cpu - blocked}
+    asleep = min(max(0.0, window - ran - waited - interval), lag - cpu)
+    holder = min(asleep, others_waited)
+    return {"cpu": cpu, "holder": holder, "blocked": asleep - holder, "loop": lag - cpu - asleep}
 
 
 class WindowMax:
@@ -233,7 +280,8 @@ class WindowMax:
 class LoopLag:
     """Wakes every LAG_INTERVAL on the answer loop and records how late it woke, and for stalls of
     STALL or more what the loop waited for (`stall_causes`); the largest lag and the largest part of
-    one that was this process's own (blocked or loop, not the machine's cpu) are kept (`WindowMax`)."""
+    one that was this process's own (blocked or loop, not the machine's cpu or holder) are kept
+    (`WindowMax`)."""
 
     def __init__(self) -> None:
         self._lag = WindowMax()
@@ -248,23 +296,24 @@ class LoopLag:
         LOOP_LAG.observe(lag)
 
     async def run(self, interval: float = LAG_INTERVAL) -> None:
-        clock = ThreadClock()  # opened here, on the loop's thread
-        start, (ran, waited) = time.monotonic(), clock.read()
+        clock, others = ThreadClock(), OtherThreads()  # opened here, on the loop's thread
+        start, (ran, waited), others_then = time.monotonic(), clock.read(), others.waited()
         while True:
             due = start + interval
             await asyncio.sleep(interval)
             now = time.monotonic()
             lag = max(0.0, now - due)
             self.record(lag, now)
-            ran_now, waited_now = clock.read()
+            (ran_now, waited_now), others_now = clock.read(), others.waited()
             held = 0.0
             if lag >= STALL:
-                causes = stall_causes(lag, interval, now - start, ran_now - ran, waited_now - waited)
+                causes = stall_causes(lag, interval, now - start, ran_now - ran, waited_now - waited,
+                                      most_waited(others_then, others_now))
                 for cause, seconds in causes.items():
                     LOOP_STALL.labels(cause).inc(seconds)
-                held = lag - causes["cpu"]
+                held = causes["blocked"] + causes["loop"]
             self._held.add(held, now)
-            start, ran, waited = now, ran_now, waited_now
+            start, ran, waited, others_then = now, ran_now, waited_now, others_now
 
 
 LAG = LoopLag()

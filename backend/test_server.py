@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import re
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -162,10 +163,34 @@ def test_per_object_series_text() -> None:
 def test_stall_causes_split_the_lag() -> None:
     # the loop ran the whole stall: its own work
     own = metrics.stall_causes(0.2, 0.05, 0.25, ran=0.2, waited=0.0)
-    assert own == {"cpu": 0.0, "blocked": 0.0, "loop": 0.2}
+    assert own == {"cpu": 0.0, "holder": 0.0, "blocked": 0.0, "loop": 0.2}
     # runnable without a core for 0.15 s, asleep 0.04 s past its planned 0.05 s (the GIL or a blocking call)
     causes = metrics.stall_causes(0.2, 0.05, 0.25, ran=0.01, waited=0.15)
-    assert {k: round(v, 6) for k, v in causes.items()} == {"cpu": 0.15, "blocked": 0.04, "loop": 0.01}
+    assert {k: round(v, 6) for k, v in causes.items()} == {"cpu": 0.15, "holder": 0.0, "blocked": 0.04,
+                                                           "loop": 0.01}
+    # asleep 0.1 s while another thread of ours waited 0.07 s for a core: that much its holding the GIL
+    causes = metrics.stall_causes(0.12, 0.05, 0.17, ran=0.02, waited=0.0, others_waited=0.07)
+    assert {k: round(v, 6) for k, v in causes.items()} == {"cpu": 0.0, "holder": 0.07, "blocked": 0.03,
+                                                           "loop": 0.02}
+
+
+def test_other_threads_waits_are_read_per_thread() -> None:
+    """OtherThreads reads every other thread's wait for a core, not the caller's; a thread that ended
+    drops out, and `most_waited` compares only threads read both times."""
+    stop = threading.Event()
+    spinners = [threading.Thread(target=stop.wait) for _ in range(2)]
+    for t in spinners:
+        t.start()
+    others = metrics.OtherThreads()
+    first = others.waited()
+    assert {t.native_id for t in spinners} <= first.keys() and threading.get_native_id() not in first
+    stop.set()
+    for t in spinners:
+        t.join()
+    for _ in range(metrics.THREADS_EVERY):  # up to the next listing
+        later = others.waited()
+    assert not {t.native_id for t in spinners} & later.keys()
+    assert metrics.most_waited({1: 0.5, 2: 1.0}, {1: 0.75, 2: 1.1, 3: 9.0}) == 0.25
 
 
 def test_young_collector_walks_what_one_interval_allocated() -> None:

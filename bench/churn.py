@@ -375,7 +375,7 @@ class Scraper(threading.Thread):
 
     def _stalls(self) -> dict[str, float]:
         """Loop lag of 10 ms or more during the phase, by what the loop waited for (the backend's
-        coredns_gslb_loop_stall_seconds): cpu is the machine, blocked and loop are ours."""
+        coredns_gslb_loop_stall_seconds): cpu and holder are the machine, blocked and loop are ours."""
         first = dict(STALLS.findall(self.first))
         return {cause: round(float(v) - float(first.get(cause, 0.0)), 3)
                 for cause, v in STALLS.findall(self.last)}

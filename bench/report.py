@@ -267,7 +267,7 @@ def _gc(phase: dict[str, Any]) -> str:
 
 def _stalls(phase: dict[str, Any]) -> str:
     stalls = phase["loop_stall_seconds"]
-    return " / ".join(str(stalls.get(cause, 0.0)) for cause in STALL_CAUSES)
+    return " / ".join(str(stalls.get(cause, "-")) for cause in STALL_CAUSES)  # "-": not split then
 
 
 def _cores(phase: dict[str, Any]) -> str:
@@ -314,7 +314,8 @@ def _churn(c: dict[str, Any]) -> list[str]:
           if "backend_cpu_share_by_process" in busy else []),
         *([f"| garbage collections (young, middle, full): count / seconds / >= 50 ms | {_gc(busy)} | "
            f"{_gc(quiet)} |"] if "gc_gen0" in busy else []),
-        *([f"| loop stalls >= 10 ms, seconds waiting for a core (the machine) / blocked (the GIL, ours) / "
+        *([f"| loop stalls >= 10 ms, seconds waiting for a core (the machine) / asleep while a thread of "
+           f"ours waited for a core (the GIL's holder preempted: the machine) / blocked (the GIL, ours) / "
            f"running the loop's own work | {_stalls(busy)} | {_stalls(quiet)} |"]
           if "loop_stall_seconds" in busy else []),
         *([f"| the two cores: busy, of which by process (cores) | {_cores(busy)} | {_cores(quiet)} |"]
@@ -368,7 +369,8 @@ def _burst(b: dict[str, Any]) -> list[str]:
         f"| loop lag max ms | {before['loop_lag_max_ms']} | {during['loop_lag_max_ms']} |",
         f"| ... the part of one lag this process caused, max ms | {before['loop_held_max_ms']} | "
         f"{during['loop_held_max_ms']} |",
-        f"| loop stalls >= 10 ms, seconds waiting for a core / blocked / running the loop's own work | "
+        f"| loop stalls >= 10 ms, seconds waiting for a core / behind a preempted thread of ours / blocked / "
+        f"running the loop's own work | "
         f"{_stalls(before)} | {_stalls(during)} |",
         f"| garbage collections (young, middle, full): count / seconds / >= 50 ms | {_gc(before)} | "
         f"{_gc(during)} |",
