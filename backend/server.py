@@ -64,24 +64,35 @@ _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 500: "Internal Serv
 
 
 class HttpSlots:
-    """What the clients of one HTTP listener hold at once: connections (over `connections` a new one
-    is reset at once, unread) and /metrics replies being built or written, in all and per client
-    address (over `scrapes` or `per_client`: 503 at once, nothing built). Probes' replies are small and
-    take no scrape slot, so while every slot is held by scrapers that do not read, /healthz and
-    /readyz are still answered, and so is a Prometheus at an address of its own."""
+    """What the clients of one HTTP listener hold at once: connections (at `connections`, the oldest
+    one that has not yet sent its request is reset to make room, else the new one) and /metrics replies
+    being built or written, in all and per client address (over `scrapes` or `per_client`: 503 at once,
+    nothing built). Probes' replies are small and take no scrape slot, and a probe sends its request as
+    it connects, so while every slot is held by scrapers that do not read or by connections that send
+    nothing, /healthz and /readyz are still answered, and so is a Prometheus at an address of its own."""
 
     def __init__(self, connections: int, scrapes: int, per_client: int) -> None:
         self.max_connections, self.max_scrapes, self.per_client = connections, scrapes, per_client
         self.connections = self.scrapes = 0
         self.by_client: collections.Counter[str] = collections.Counter()
+        self.waiting: dict[asyncio.StreamWriter, None] = {}  # connected, no request yet: oldest first
 
-    def connect(self) -> bool:
+    def connect(self, writer: asyncio.StreamWriter) -> bool:
         if self.connections >= self.max_connections:
-            return False
+            if not self.waiting:
+                return False
+            oldest = next(iter(self.waiting))
+            del self.waiting[oldest]
+            _reset(oldest)  # its handler sees the connection lost and lets its slot go
         self.connections += 1
+        self.waiting[writer] = None
         return True
 
-    def disconnect(self) -> None:
+    def requested(self, writer: asyncio.StreamWriter) -> None:
+        self.waiting.pop(writer, None)
+
+    def disconnect(self, writer: asyncio.StreamWriter) -> None:
+        self.waiting.pop(writer, None)
         self.connections -= 1
 
     def scrape(self, client: str) -> bool:
@@ -391,9 +402,10 @@ class DnsServer:
     async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
                           admin: bool, slots: HttpSlots) -> None:
         port = (writer.get_extra_info("sockname") or ("", 0))[1]
-        if not slots.connect():
+        if not slots.connect(writer):
             limited_log(f"http-connections-{port}", logging.WARNING, "HTTP connection limit (%d) reached on "
-                        "port %d: new connections are reset", slots.max_connections, port)
+                        "port %d, every connection with a request in flight: new connections are reset",
+                        slots.max_connections, port)
             _reset(writer)
             return
         client = str((writer.get_extra_info("peername") or ("",))[0])
@@ -404,6 +416,7 @@ class DnsServer:
                 writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, HTTP_SNDBUF)
             try:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                slots.requested(writer)
                 method, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
                 url = urlsplit(target)
                 if method not in ("GET", "HEAD"):
@@ -421,11 +434,13 @@ class DnsServer:
             except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError,
                     ConnectionError):
                 status, ctype, body, method = 400, "text/plain", b"bad request\n", "GET"
+            if writer.transport.is_closing():  # reset to make room, or gone before it asked
+                return
             await _reply(writer, status, ctype, b"" if method == "HEAD" else body, len(body))
         finally:
             if scraping:
                 slots.scraped(client)
-            slots.disconnect()
+            slots.disconnect(writer)
 
     async def _route(self, path: str, query: dict[str, list[str]], admin: bool) -> HttpReply:
         if path == "/healthz":
