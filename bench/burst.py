@@ -31,7 +31,7 @@ from typing import Any
 from backend.metrics import LAG_WINDOW
 from backend.zone.wire import NXDOMAIN
 from bench import dataset
-from bench.churn import PROFILE_RATE, gauge, phase
+from bench.churn import PROFILE_RATE, gauge, lines_of, phase
 from bench.env import Bed
 from bench.lookup import Lookup
 from bench.objects import Api, Obj, endpoint_slice, gslb, namespace, pin_cluster_ips, service
@@ -51,6 +51,7 @@ API_TIMEOUT = 900.0  # the namespace controller deleting ~30,000 objects, then t
 GONE_TIMEOUT = 120.0  # after that: every doomed name NXDOMAIN and the table holding only what is left
 AFTER = 5.0  # seconds the sample and the survivors are asked on after the last name went
 RECORDS = "coredns_gslb_records"
+DROPPED = "coredns_gslb_api_writes_dropped_total"
 PRE, NODATA, GONE = 0, 1, 2  # what a doomed name may answer, in the only order it may go
 
 
@@ -246,6 +247,31 @@ def settled_at(series: list[tuple[float, float]], since: float) -> float | None:
     return round(first - since, 1)
 
 
+def log_lines(path: Path) -> list[str]:
+    return path.read_text(errors="replace").splitlines() if path.exists() else []
+
+
+def dropped(body: str) -> dict[str, float]:
+    """The backend's writes given up, "what/why" -> count (`coredns_gslb_api_writes_dropped_total`)."""
+    found = {}
+    for line in lines_of(body, DROPPED + "{").splitlines():
+        labels, _, value = line.rpartition(" ")
+        what = labels.split('what="')[1].split('"')[0]
+        why = labels.split('why="')[1].split('"')[0]
+        found[f"{what}/{why}"] = float(value)
+    return found
+
+
+def _writes(up: Loaded, log_from: int) -> dict[str, Any]:
+    """What the leader did about the dying namespace: writes given up (its metrics), and its log lines
+    from the delete on (warnings apart: each refused and retried write used to be one)."""
+    lines = log_lines(up.backend.process.log)[log_from:]
+    _, body = up.backend.get("/metrics", admin=False)
+    return {"writes_dropped": dropped(body), "log_lines": len(lines),
+            "log_warnings": sum(" WARNING " in line for line in lines),
+            "log_examples": [line[:300] for line in lines if " WARNING " in line][:5]}
+
+
 def _burst(up: Loaded, judge: Judge, lookup: Lookup, watch: ApiWatch) -> Callable[[], dict[str, Any]]:
     """What runs while dnsperf does: the pollers, the delete, the waits for the API and the answers."""
 
@@ -259,6 +285,7 @@ def _burst(up: Loaded, judge: Judge, lookup: Lookup, watch: ApiWatch) -> Callabl
                        until_gone=True)
         always.start()
         time.sleep(1.0)  # the sample and the survivors answer as before first
+        log_from = len(log_lines(up.backend.process.log))
         t0 = watch.since = time.monotonic()
         load_at_delete = loadavg()
         up.api.delete(namespace(NS))
@@ -271,7 +298,8 @@ def _burst(up: Loaded, judge: Judge, lookup: Lookup, watch: ApiWatch) -> Callabl
         time.sleep(AFTER)  # gone names must stay gone, survivors keep answering
         always.stop()
         sweep.stop()
-        return {"delete_at": t0, "burst_seconds": round(ended - t0, 1), "loadavg_at_delete": load_at_delete,
+        return {"delete_at": t0, "leader": _writes(up, log_from), "burst_seconds": round(ended - t0, 1),
+                "loadavg_at_delete": load_at_delete,
                 "answers_gone_seconds": round(max(judge.gone_at.values()) - t0, 1),
                 "sweep_last_round_seconds": round(sweep.round_seconds, 2),
                 "polls": {"sample": len(sample), "survivors": len(kept), "asked": always.asked + sweep.asked,
@@ -335,7 +363,7 @@ def run(bed: Bed, n: int = 10_000, qps: float = 5000.0) -> dict[str, Any]:
         "rss_mib_before": total_mib(rss_before), "rss_mib_after": total_mib(rss_after),
         "rss_mib_before_by_process": mib(rss_before), "rss_mib_after_by_process": mib(rss_after),
         "backend_cpu_share": during["backend_cpu_share"],
-        "backend_quiet_after": quiet_after,
+        "backend_quiet_after": quiet_after, **during.pop("leader"),
         "before": before, "during": during,
         "profile_during_burst": summary_rows(sampler.out, 15),
     }
@@ -343,5 +371,6 @@ def run(bed: Bed, n: int = 10_000, qps: float = 5000.0) -> dict[str, Any]:
           f"{watch.emptied}); answer p50/p99 {dp['p50_ms']}/{dp['p99_ms']} ms (before {dp0['p50_ms']}/"
           f"{dp0['p99_ms']}), lost {dp['lost']}, SERVFAIL {result['answers_servfail']}, loop lag max "
           f"{result['loop_lag_max_ms']} ms, wrong {judge.wrong or 0}, RSS {result['rss_mib_before']} -> "
-          f"{result['rss_mib_after']} MiB", flush=True)
+          f"{result['rss_mib_after']} MiB; writes given up {result['writes_dropped']}, backend log "
+          f"{result['log_lines']} lines ({result['log_warnings']} warnings)", flush=True)
     return result

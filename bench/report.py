@@ -384,6 +384,7 @@ def _burst(b: dict[str, Any]) -> list[str]:
         f"answered NXDOMAIN after {b['answers_gone_seconds']} s (the sweep's last round over the names "
         f"left took {during['sweep_last_round_seconds']} s). RSS {b['rss_mib_before']} MiB before, "
         f"{b['rss_mib_after']} MiB after{_rss_split(b, 'before', 'after')}.",
+        *_leader_writes(b),
         "",
         f"Half-applied or undone answers: **{b['wrong_answers']}** of {b['answers_judged']:,} judged "
         f"({polls['asked']:,} polls, {polls['lost']} without a reply in 2 s){_wrong(b)}. Each answer of a "
@@ -396,6 +397,18 @@ def _burst(b: dict[str, Any]) -> list[str]:
         *(["", "The backend's time during the burst (py-spy, all threads):", "",
            *_profile_table(b["profile_during_burst"][:12])] if b.get("profile_during_burst") else []),
     ]
+
+
+def _leader_writes(b: dict[str, Any]) -> list[str]:
+    """What the leader wrote into the dying namespace (runs from before these figures were kept: none)."""
+    if "log_lines" not in b:
+        return []
+    given_up = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(b["writes_dropped"].items())) or "none"
+    return ["", f"The leader's writes into the dying namespace: given up without a retry: {given_up} "
+            "(`coredns_gslb_api_writes_dropped_total`, what/why: gone = the API answered 404, "
+            "namespace_deleting = not tried, its Namespace had a deletionTimestamp, namespace_terminating = "
+            f"refused with 403 NamespaceTerminating). The backend's log from the delete on: "
+            f"{b['log_lines']:,} lines, {b['log_warnings']:,} of them warnings."]
 
 
 def _wrong(b: dict[str, Any]) -> str:

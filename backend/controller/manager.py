@@ -5,7 +5,10 @@ Work items are ("status", Gslb store key), ("ingress", Gslb store key) for the o
 and ("peers", "") after a Store change (other clusters' targets are part of a Gslb's healthyRecords).
 Items are deduplicated while they wait, processed one at a time on one thread, and only while this
 replica leads; a failed write is retried with backoff. Becoming leader queues everything once, so a
-new leader repairs whatever the old one left.
+new leader repairs whatever the old one left. Nothing is written into a namespace being deleted (its
+deletionTimestamp set, or the API refusing a create with NamespaceTerminating), and a status write
+the API answers 404 is dropped (the object is gone; its re-creation queues a write of its own): while a
+namespace of 10,000 Gslbs was deleted these were thousands of retries and warning lines.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections.abc import Callable
 
 from kubernetes import client
 
+from backend import metrics
 from backend.config import Settings
 from backend.controller import objects, status
 from backend.controller.leader import LeaderElector
@@ -98,8 +102,10 @@ class Controller:
         ingresses: Informer,
         recorder: EventRecorder,
         gate: Callable[[], bool] | None = None,
+        namespaces: Informer | None = None,
     ) -> None:
         self.api = api
+        self.namespaces = namespaces
         self.settings = settings
         self.engine = engine
         self.ingresses = ingresses
@@ -111,6 +117,7 @@ class Controller:
         self._peers: status.Peers = {}
         self._delegations: Informer | None = None
         self._dns_servers: Callable[[Obj], list[dict[str, str]]] = lambda _obj: []
+        self._logged = kubeapi.OncePer()  # namespaces whose dropped writes were logged
         self._thread = threading.Thread(target=self._run, name="gslb-controller", daemon=True)
         engine.subscribe(self._on_result)
         ingresses.add_handler(self._on_ingress)
@@ -132,6 +139,12 @@ class Controller:
     def _queue_delegations(self) -> None:
         for obj in self._delegations.list() if self._delegations is not None else ():
             self.queue.add(("zd", key_of(obj)))
+
+    def terminating(self, namespace: str) -> bool:
+        """The Namespace is being deleted (deletionTimestamp set): nothing written into it would last.
+        A namespace not (yet) in the informer counts as live: it may be new."""
+        obj = self.namespaces.get(namespace) if self.namespaces is not None else None
+        return obj is not None and bool((obj.get("metadata") or {}).get("deletionTimestamp"))
 
     def start(self) -> None:
         self.elector.start()
@@ -190,11 +203,18 @@ class Controller:
         while (item := self.queue.get()) is not None:
             if not self.elector.is_leader.is_set():
                 continue  # a non-leader keeps nothing queued: becoming leader queues everything anew
+            namespace = _namespace_of(item)
+            if namespace and self.terminating(namespace):
+                self._drop_terminating(item, namespace, "namespace_deleting")
+                continue
             try:
                 {"status": self._write_status, "ingress": self._ensure_ingress, "gslb": self._ensure_gslb,
                  "peers": self._peers_changed, "zd": self._write_delegation}[item[0]](item[1])
                 self.queue.forget(item)
             except kubeapi.KubeError as e:
+                if e.namespace_terminating:
+                    self._drop_terminating(item, namespace, "namespace_terminating")
+                    continue
                 if e.status == 422:  # the API refuses what the user's spec makes us write: say so, once
                     self._rejected(item, e)
                     self.queue.forget(item)
@@ -205,6 +225,13 @@ class Controller:
             except Exception:
                 log.exception("controller: %s %s failed", *item)
                 self.queue.retry(item)
+
+    def _drop_terminating(self, item: Item, namespace: str, why: str) -> None:
+        """Forget a write into a namespace being deleted: no retry, one log line per namespace."""
+        self.queue.forget(item)
+        metrics.WRITES_DROPPED.labels(item[0], why).inc()
+        if self._logged(namespace):
+            log.info("controller: namespace %s is being deleted: no more writes into it", namespace)
 
     def _rejected(self, item: Item, error: kubeapi.KubeError) -> None:
         """A Warning Event on the object whose spec led to the refused write (a Gslb, or for an
@@ -232,7 +259,18 @@ class Controller:
         meta = obj["metadata"]
         body = {**obj, "status": desired}
         path = _gslb_resource(obj).path(meta["namespace"], meta["name"]) + "/status"
-        kubeapi.request(self.api, "PUT", path, body=body)
+        try:
+            kubeapi.request(self.api, "PUT", path, body=body)
+        except kubeapi.KubeError as e:
+            if e.status != 404:
+                raise
+            latest = self.engine.results.get(key)
+            if latest is not None and (latest.obj.get("metadata") or {}).get("uid") != meta.get("uid"):
+                self.queue.add(("status", key))  # deleted and made anew under the name: write the new one
+                return
+            metrics.WRITES_DROPPED.labels("status", "gone").inc()
+            log.debug("controller: Gslb %s is gone, its status not written", key)
+            return
         ref = object_ref(obj)
         for type_, reason, message in status.events(current, desired):
             self.recorder.record(ref, type_, reason, message)
@@ -324,6 +362,15 @@ class Controller:
                 raise
             desired["apiVersion"] = GSLBS_IO.api_version
             kubeapi.request(self.api, "POST", GSLBS_IO.path(ns), body=desired)
+
+
+def _namespace_of(item: Item) -> str:
+    """The namespace an item writes into ("" for cluster-scoped and whole-Store items): Gslb Store
+    keys are gslb/<ns>/<name>[@group], an annotated Ingress's key <ns>/<name>."""
+    kind, key = item
+    if kind in ("status", "ingress"):
+        return key.split("/")[1]
+    return key.split("/")[0] if kind == "gslb" else ""
 
 
 def _gslb_resource(obj: Obj) -> Resource:

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import threading
 import time
+from types import SimpleNamespace
+from typing import Any
 
+import pytest
+
+from backend import metrics
 from backend.controller import objects, status
-from backend.controller.manager import WorkQueue
+from backend.controller.manager import Controller, WorkQueue
 from backend.gslb.engine import GslbResult
 from backend.gslb.health import HostState
 from backend.gslb.spec import SpecError, parse
+from backend.kube import kubeapi
 from backend.model import Target
 
 GSLB = {
@@ -178,3 +184,48 @@ def test_healthy_records_follow_the_probe_verdict() -> None:
     withdrawn.add("10.0.0.2")
     assert status.healthy_records(failover, "us-buf", peers, serve) == {"fe.gb.example": ["10.9.0.1"]}
     assert status.desired_status(failover, "us-buf", None, {}, serve)["healthyRecords"] == {}
+
+
+class _Engine:
+    """What the Controller reads of the GSLB engine: its results."""
+
+    def __init__(self) -> None:
+        self.results: dict[str, GslbResult] = {}
+        self.store = SimpleNamespace(subscribe_keys=lambda _fn: None)
+        self.serve = None
+
+    def subscribe(self, _fn: object) -> None:
+        pass
+
+    def synced(self) -> bool:
+        return True
+
+
+def test_a_status_write_answered_404_is_dropped_unless_the_gslb_was_made_anew(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    engine, key = _Engine(), "gslb/demo/fe"
+    settings = SimpleNamespace(namespace="gslb", identity="t", cluster_geotag="us-buf")
+    controller = Controller(None, settings, engine, SimpleNamespace(add_handler=lambda _fn: None),  # type: ignore[arg-type]
+                            SimpleNamespace(record=lambda *_a: None))  # type: ignore[arg-type]
+    gone = metrics.WRITES_DROPPED.labels("status", "gone")
+    before = gone._value.get()
+    anew: list[GslbResult] = []
+
+    def not_found(*_args: Any, **_kw: Any) -> None:
+        if anew:  # deleted and created again while our PUT of the old one was on its way
+            engine.results[key] = anew[0]
+        raise kubeapi.KubeError(404, 'gslbs.k8gb.absa.oss "fe" not found')
+
+    monkeypatch.setattr(kubeapi, "request", not_found)
+    engine.results[key] = result()
+    controller._write_status(key)
+    assert gone._value.get() == before + 1
+    controller.queue.close()
+    assert controller.queue.get() is None, "nothing queued again: the Gslb is gone"
+
+    controller.queue = WorkQueue()
+    anew.append(GslbResult(key, {**GSLB, "metadata": {**GSLB["metadata"], "uid": "u2"}}, None,
+                           result().hosts, None))
+    controller._write_status(key)
+    assert gone._value.get() == before + 1, "not counted as gone"
+    assert controller.queue.get() == ("status", key), "the new Gslb's status is written next"

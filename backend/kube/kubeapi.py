@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -20,12 +21,43 @@ Query = Sequence[tuple[str, str | int]]
 
 
 class KubeError(Exception):
-    """A non-2xx answer from the API, with its HTTP status and the API's Status message."""
+    """A non-2xx answer from the API, with its HTTP status, the API's Status message and the types of
+    its `details.causes` (`reason` in the JSON; what client-go's HasStatusCause looks at)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, causes: tuple[str, ...] = ()) -> None:
         super().__init__(f"{status}: {message}")
         self.status = status
         self.message = message
+        self.causes = causes
+
+    @property
+    def namespace_terminating(self) -> bool:
+        """A create the API refused because the namespace is being deleted (NamespaceLifecycle's 403:
+        cause NamespaceTerminating): it will never succeed, so it is not worth a retry or a warning."""
+        return self.status == 403 and (NAMESPACE_TERMINATING in self.causes
+                                       or "because it is being terminated" in self.message)
+
+
+NAMESPACE_TERMINATING = "NamespaceTerminating"  # core/v1 NamespaceTerminatingCause
+
+
+class OncePer:
+    """True the first time a key is seen: one log line per namespace, not one per object. Bounded: past
+    `limit` keys it starts afresh (a line again, never unbounded memory)."""
+
+    def __init__(self, limit: int = 1024) -> None:
+        self.limit = limit
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, key: str) -> bool:
+        with self._lock:
+            if key in self._seen:
+                return False
+            if len(self._seen) >= self.limit:
+                self._seen.clear()
+            self._seen.add(key)
+            return True
 
 
 def api_client(kubeconfig: str | None = None, pool_size: int = 32) -> client.ApiClient:
@@ -87,10 +119,14 @@ def open_(
 def error_of(resp: urllib3.BaseHTTPResponse) -> KubeError:
     raw = resp.data
     try:
-        message = json.loads(raw).get("message", "") if raw else ""
+        body = json.loads(raw) if raw else {}
     except ValueError:
-        message = raw[:200].decode(errors="replace")
-    return KubeError(resp.status, message or (resp.reason or ""))
+        return KubeError(resp.status, raw[:200].decode(errors="replace") or (resp.reason or ""))
+    body = body if isinstance(body, dict) else {}
+    # metav1.StatusCause's Type is "reason" in JSON
+    causes = tuple(str(c.get("reason") or "") for c in (body.get("details") or {}).get("causes") or ()
+                   if isinstance(c, dict))
+    return KubeError(resp.status, body.get("message", "") or (resp.reason or ""), causes)
 
 
 def request(

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import urllib3
 
-from backend.kube.kubeapi import json_lines, unchunked
+from backend.kube.kubeapi import KubeError, error_of, json_lines, unchunked
 
 EVENTS = [{"type": "ADDED", "object": {"metadata": {"name": f"s-{i}"}, "data": "x" * (i * 37 % 3000)}}
           for i in range(200)]
@@ -144,3 +144,25 @@ def test_a_bad_line_comes_after_the_good_ones_before_it() -> None:
     assert [next(events) for _ in range(3)] == EVENTS[:3]
     with pytest.raises(ValueError):
         next(events)
+
+
+def _status_reply(code: int, status: dict[str, object]) -> urllib3.HTTPResponse:
+    return urllib3.HTTPResponse(body=json.dumps(status).encode(), status=code, preload_content=True)
+
+
+def test_a_create_refused_in_a_terminating_namespace_is_told_apart_from_other_403s() -> None:
+    """NamespaceLifecycle's Status body (the cause type is `reason` in JSON) against RBAC's 403."""
+    terminating = error_of(_status_reply(403, {
+        "kind": "Status", "status": "Failure", "reason": "Forbidden", "code": 403,
+        "message": 'events "fe.1" is forbidden: unable to create new content in namespace demo because it '
+                   "is being terminated",
+        "details": {"name": "fe.1", "kind": "events", "causes": [
+            {"reason": "NamespaceTerminating", "message": "namespace demo is being terminated",
+             "field": "metadata.namespace"}]}}))
+    assert terminating.causes == ("NamespaceTerminating",) and terminating.namespace_terminating
+    rbac = error_of(_status_reply(403, {"kind": "Status", "code": 403, "reason": "Forbidden",
+                                        "message": 'events is forbidden: User "x" cannot create resource'}))
+    assert rbac.causes == () and not rbac.namespace_terminating
+    assert KubeError(403, "unable to create new content in namespace demo because it is being terminated"
+                     ).namespace_terminating, "an older API without the cause: its message"
+    assert not error_of(_status_reply(404, {"code": 404, "message": "not found"})).namespace_terminating
