@@ -189,6 +189,12 @@ STALL_CAUSES = ("cpu", "holder", "blocked", "loop")
 THREADS_EVERY = 20  # ticks between listings of the process's threads (OtherThreads)
 
 
+def schedstat(fd: int) -> tuple[float, float]:
+    """(on a CPU, waiting for a CPU) in seconds since the thread began, from its open schedstat file."""
+    ran, waited, _ = map(int, os.pread(fd, 64, 0).split())
+    return ran / 1e9, waited / 1e9
+
+
 class ThreadClock:
     """The calling thread's time on a CPU and waiting for one (Linux schedstat): enough to tell a
     stalled loop's own work from the machine's and other threads'. Zeros where
@@ -202,10 +208,7 @@ class ThreadClock:
 
     def read(self) -> tuple[float, float]:
         """(on a CPU, waiting for a CPU) in seconds since the thread began."""
-        ran = waited = 0
-        if self._fd is not None:
-            ran, waited, _ = map(int, os.pread(self._fd, 64, 0).split())
-        return ran / 1e9, waited / 1e9
+        return schedstat(self._fd) if self._fd is not None else (0.0, 0.0)
 
 
 class OtherThreads:
@@ -238,8 +241,8 @@ class OtherThreads:
         self._ticks += 1
         out = {}
         for tid, fd in self._fds.items():
-            with contextlib.suppress(OSError, IndexError, ValueError):  # ended since the listing
-                out[tid] = int(os.pread(fd, 64, 0).split()[1]) / 1e9
+            with contextlib.suppress(OSError, ValueError):  # ended since the listing
+                out[tid] = schedstat(fd)[1]
         return out
 
 
