@@ -27,6 +27,7 @@ from backend.config import Settings
 from backend.controller import objects, status
 from backend.controller.leader import LeaderElector
 from backend.gslb.engine import GslbEngine, GslbResult
+from backend.keyedlog import KeyedLog
 from backend.kube import kubeapi
 from backend.kube.events import EventRecorder
 from backend.kube.informer import GSLBS, GSLBS_IO, INGRESSES, ZONEDELEGATIONS, Informer, Resource
@@ -117,7 +118,7 @@ class Controller:
         self._peers: status.Peers = {}
         self._delegations: Informer | None = None
         self._dns_servers: Callable[[Obj], list[dict[str, str]]] = lambda _obj: []
-        self._logged = kubeapi.OncePer()  # namespaces whose dropped writes were logged
+        self._logged = KeyedLog(log)  # one line per namespace whose writes are dropped
         self._thread = threading.Thread(target=self._run, name="gslb-controller", daemon=True)
         engine.subscribe(self._on_result)
         ingresses.add_handler(self._on_ingress)
@@ -230,8 +231,8 @@ class Controller:
         """Forget a write into a namespace being deleted: no retry, one log line per namespace."""
         self.queue.forget(item)
         metrics.WRITES_DROPPED.labels(item[0], why).inc()
-        if self._logged(namespace):
-            log.info("controller: namespace %s is being deleted: no more writes into it", namespace)
+        self._logged(namespace, logging.INFO,
+                     "controller: namespace %s is being deleted: no more writes into it", namespace)
 
     def _rejected(self, item: Item, error: kubeapi.KubeError) -> None:
         """A Warning Event on the object whose spec led to the refused write (a Gslb, or for an

@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from kubernetes import client
 
+from backend.keyedlog import KeyedLog
 from backend.kube import kubeapi
 from backend.model import ObjectRef
 
@@ -48,7 +49,7 @@ class EventRecorder:
         # called per Event dropped: "namespace_deleting" (not tried), "namespace_terminating" (refused)
         self._on_dropped = on_dropped
         self._terminating: Callable[[str], bool] = lambda _ns: False
-        self._logged = kubeapi.OncePer()
+        self._logged = KeyedLog(log)  # one line per namespace whose Events are dropped
         self._thread = threading.Thread(target=self._run, name="event-recorder", daemon=True)
         self._thread.start()
 
@@ -145,5 +146,5 @@ class EventRecorder:
 
     def _dropped(self, namespace: str, why: str) -> None:
         self._on_dropped(why)
-        if self._logged(namespace):
-            log.info("namespace %s is being deleted: Events for its objects are dropped", namespace)
+        self._logged(namespace, logging.INFO,
+                     "namespace %s is being deleted: Events for its objects are dropped", namespace)

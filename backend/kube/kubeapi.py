@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -39,25 +38,6 @@ class KubeError(Exception):
 
 
 NAMESPACE_TERMINATING = "NamespaceTerminating"  # core/v1 NamespaceTerminatingCause
-
-
-class OncePer:
-    """True the first time a key is seen: one log line per namespace, not one per object. Bounded: past
-    `limit` keys it starts afresh (a line again, never unbounded memory)."""
-
-    def __init__(self, limit: int = 1024) -> None:
-        self.limit = limit
-        self._seen: set[str] = set()
-        self._lock = threading.Lock()
-
-    def __call__(self, key: str) -> bool:
-        with self._lock:
-            if key in self._seen:
-                return False
-            if len(self._seen) >= self.limit:
-                self._seen.clear()
-            self._seen.add(key)
-            return True
 
 
 def api_client(kubeconfig: str | None = None, pool_size: int = 32) -> client.ApiClient:
