@@ -322,8 +322,7 @@ def compiler(app: App) -> Compiler:
 
 def build(settings: Settings, api: client.ApiClient) -> tuple[App, Compiler]:
     """Everything but the event loop: the pieces `serve` starts."""
-    recorder = EventRecorder(api, instance=settings.identity,
-                             on_dropped=lambda why: metrics.WRITES_DROPPED.labels("event", why).inc())
+    recorder = EventRecorder(api, instance=settings.identity, on_dropped=metrics.write_dropped)
     app = App(settings, api, Store(), recorder, DnsServer(settings))
     found = compiler(app)
     wire(app)

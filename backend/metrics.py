@@ -87,6 +87,11 @@ WRITES_DROPPED = Counter("coredns_gslb_api_writes_dropped_total",
                          "refused it as the namespace is being deleted)", ["what", "why"])
 
 
+def write_dropped(what: str, why: str) -> None:
+    """Count one write given up (`WRITES_DROPPED`): the controller's and the EventRecorder's `on_dropped`."""
+    WRITES_DROPPED.labels(what, why).inc()
+
+
 class SeriesText:
     """One metric family with a series per object (k8gb's per-Gslb metrics), kept as ready exposition
     lines and updated one series at a time. prometheus_client formats every sample at each scrape:

@@ -27,7 +27,6 @@ from backend.config import Settings
 from backend.controller import objects, status
 from backend.controller.leader import LeaderElector
 from backend.gslb.engine import GslbEngine, GslbResult
-from backend.keyedlog import KeyedLog
 from backend.kube import kubeapi
 from backend.kube.events import EventRecorder
 from backend.kube.informer import GSLBS, GSLBS_IO, INGRESSES, ZONEDELEGATIONS, Informer, Resource
@@ -118,7 +117,8 @@ class Controller:
         self._peers: status.Peers = {}
         self._delegations: Informer | None = None
         self._dns_servers: Callable[[Obj], list[dict[str, str]]] = lambda _obj: []
-        self._logged = KeyedLog(log)  # one line per namespace whose writes are dropped
+        self._dropped = kubeapi.DroppedWrites(
+            log, "controller: namespace %s is being deleted: no more writes into it", metrics.write_dropped)
         self._thread = threading.Thread(target=self._run, name="gslb-controller", daemon=True)
         engine.subscribe(self._on_result)
         ingresses.add_handler(self._on_ingress)
@@ -204,35 +204,34 @@ class Controller:
         while (item := self.queue.get()) is not None:
             if not self.elector.is_leader.is_set():
                 continue  # a non-leader keeps nothing queued: becoming leader queues everything anew
-            namespace = _namespace_of(item)
-            if namespace and self.terminating(namespace):
-                self._drop_terminating(item, namespace, "namespace_deleting")
-                continue
-            try:
-                {"status": self._write_status, "ingress": self._ensure_ingress, "gslb": self._ensure_gslb,
-                 "peers": self._peers_changed, "zd": self._write_delegation}[item[0]](item[1])
+            if self._process(item):
                 self.queue.forget(item)
-            except kubeapi.KubeError as e:
-                if e.namespace_terminating:
-                    self._drop_terminating(item, namespace, "namespace_terminating")
-                    continue
-                if e.status == 422:  # the API refuses what the user's spec makes us write: say so, once
-                    self._rejected(item, e)
-                    self.queue.forget(item)
-                    continue
-                if e.status != 409:
-                    log.warning("controller: %s %s: %s", *item, e)
-                self.queue.retry(item)
-            except Exception:
-                log.exception("controller: %s %s failed", *item)
+            else:
                 self.queue.retry(item)
 
-    def _drop_terminating(self, item: Item, namespace: str, why: str) -> None:
-        """Forget a write into a namespace being deleted: no retry, one log line per namespace."""
-        self.queue.forget(item)
-        metrics.WRITES_DROPPED.labels(item[0], why).inc()
-        self._logged(namespace, logging.INFO,
-                     "controller: namespace %s is being deleted: no more writes into it", namespace)
+    def _process(self, item: Item) -> bool:
+        """Write what `item` calls for; False if it failed and is worth another try. A write into a
+        namespace being deleted is given up: counted, one log line per namespace."""
+        namespace = _namespace_of(item)
+        if namespace and self.terminating(namespace):
+            self._dropped(namespace, item[0], "namespace_deleting")
+            return True
+        try:
+            {"status": self._write_status, "ingress": self._ensure_ingress, "gslb": self._ensure_gslb,
+             "peers": self._peers_changed, "zd": self._write_delegation}[item[0]](item[1])
+        except kubeapi.KubeError as e:
+            if e.namespace_terminating:
+                self._dropped(namespace, item[0], "namespace_terminating")
+            elif e.status == 422:  # the API refuses what the user's spec makes us write: say so, once
+                self._rejected(item, e)
+            else:
+                if e.status != 409:
+                    log.warning("controller: %s %s: %s", *item, e)
+                return False
+        except Exception:
+            log.exception("controller: %s %s failed", *item)
+            return False
+        return True
 
     def _rejected(self, item: Item, error: kubeapi.KubeError) -> None:
         """A Warning Event on the object whose spec led to the refused write (a Gslb, or for an

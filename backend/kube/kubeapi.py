@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import urllib3
 from kubernetes import client, config
+
+from backend.keyedlog import KeyedLog
 
 Query = Sequence[tuple[str, str | int]]
 
@@ -38,6 +41,21 @@ class KubeError(Exception):
 
 
 NAMESPACE_TERMINATING = "NamespaceTerminating"  # core/v1 NamespaceTerminatingCause
+
+
+class DroppedWrites:
+    """Writes given up because their namespace is being deleted (its deletionTimestamp seen, or the API's
+    403 NamespaceTerminating): each one counted, `count(what, why)`, and one `message % namespace` line
+    (INFO) per namespace, never one per object: deleting a namespace of 10,000 Gslbs meant thousands."""
+
+    def __init__(self, logger: logging.Logger, message: str, count: Callable[[str, str], None]) -> None:
+        self._logged = KeyedLog(logger)
+        self._message = message
+        self._count = count
+
+    def __call__(self, namespace: str, what: str, why: str) -> None:
+        self._count(what, why)
+        self._logged(namespace, logging.INFO, self._message, namespace)
 
 
 def api_client(kubeconfig: str | None = None, pool_size: int = 32) -> client.ApiClient:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 import socket
 import threading
@@ -11,7 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import urllib3
 
-from backend.kube.kubeapi import KubeError, error_of, json_lines, unchunked
+from backend.kube.kubeapi import DroppedWrites, KubeError, error_of, json_lines, unchunked
 
 EVENTS = [{"type": "ADDED", "object": {"metadata": {"name": f"s-{i}"}, "data": "x" * (i * 37 % 3000)}}
           for i in range(200)]
@@ -166,3 +167,19 @@ def test_a_create_refused_in_a_terminating_namespace_is_told_apart_from_other_40
     assert KubeError(403, "unable to create new content in namespace demo because it is being terminated"
                      ).namespace_terminating, "an older API without the cause: its message"
     assert not error_of(_status_reply(404, {"code": 404, "message": "not found"})).namespace_terminating
+
+
+def test_writes_into_a_dying_namespace_are_each_counted_and_logged_once_per_namespace(
+        caplog: pytest.LogCaptureFixture) -> None:
+    counted: list[tuple[str, str]] = []
+    log = logging.getLogger("test.dropped")
+    dropped = DroppedWrites(log, "namespace %s is being deleted",
+                            lambda what, why: counted.append((what, why)))
+    with caplog.at_level(logging.INFO, logger=log.name):
+        dropped("doomed", "status", "namespace_deleting")
+        dropped("doomed", "event", "namespace_terminating")
+        dropped("other", "status", "namespace_deleting")
+    assert counted == [("status", "namespace_deleting"), ("event", "namespace_terminating"),
+                       ("status", "namespace_deleting")]
+    assert [r.getMessage() for r in caplog.records if r.name == log.name] == [
+        "namespace doomed is being deleted", "namespace other is being deleted"]
