@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 class KeyedLog:
     """Lets a line through per key. With `window`: at most one every `window` seconds, the next one
-    saying how many were left out meanwhile. Without: only the first. Past `limit`
+    saying how many were left out meanwhile. Without: only the first, until `rearm(key)`. Past `limit`
     keys it starts afresh (a line again rather than unbounded memory)."""
 
     def __init__(self, logger: logging.Logger, window: float | None = None, limit: int = 1024,
@@ -45,3 +45,9 @@ class KeyedLog:
             msg += f" ({left_out} more like this in the last {self.window:.0f} s)"
         self.logger.log(level, msg, *args, exc_info=exc_info)
         return True
+
+    def rearm(self, key: str) -> None:
+        """The next line for `key` goes out (what it was about is over, or began anew)."""
+        with self._lock:
+            self._last.pop(key, None)
+            self._left_out.pop(key, None)

@@ -122,6 +122,8 @@ class Controller:
         self._thread = threading.Thread(target=self._run, name="gslb-controller", daemon=True)
         engine.subscribe(self._on_result)
         ingresses.add_handler(self._on_ingress)
+        if namespaces is not None:
+            namespaces.add_handler(self._dropped.on_namespace)
         # Store listeners run on the writer's thread: only queue, the worker diffs (only peers' keys
         # matter: any other change walking the whole Store was most of this thread's work under churn).
         engine.store.subscribe_keys(self._on_store_keys)

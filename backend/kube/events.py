@@ -21,6 +21,7 @@ from collections.abc import Callable
 from kubernetes import client
 
 from backend.kube import kubeapi
+from backend.kube.informer import Informer
 from backend.model import ObjectRef
 
 log = logging.getLogger(__name__)
@@ -60,9 +61,11 @@ class EventRecorder:
         except queue.Full:
             log.warning("event queue full, dropping %s %s on %s: %s", type_, reason, ref, message)
 
-    def skip_namespaces(self, terminating: Callable[[str], bool]) -> None:
-        """Drop, unwritten, Events in a namespace for which `terminating(namespace)` is true."""
+    def skip_namespaces(self, terminating: Callable[[str], bool], namespaces: Informer) -> None:
+        """Drop, unwritten, Events in a namespace for which `terminating(namespace)` is true; `namespaces`
+        (the Namespace informer) re-arms the log line of a namespace gone or made anew."""
         self._terminating = terminating
+        namespaces.add_handler(self._dropped.on_namespace)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every queued Event has been written (for tests and shutdown)."""

@@ -46,7 +46,8 @@ NAMESPACE_TERMINATING = "NamespaceTerminating"  # core/v1 NamespaceTerminatingCa
 class DroppedWrites:
     """Writes given up because their namespace is being deleted (its deletionTimestamp seen, or the API's
     403 NamespaceTerminating): each one counted, `count(what, why)`, and one `message % namespace` line
-    (INFO) per namespace, never one per object: deleting a namespace of 10,000 Gslbs meant thousands."""
+    (INFO) per namespace, never one per object: deleting a namespace of 10,000 Gslbs meant thousands.
+    Once per namespace, not per name: `on_namespace` re-arms a name whose namespace is gone."""
 
     def __init__(self, logger: logging.Logger, message: str, count: Callable[[str, str], None]) -> None:
         self._logged = KeyedLog(logger)
@@ -56,6 +57,14 @@ class DroppedWrites:
     def __call__(self, namespace: str, what: str, why: str) -> None:
         self._count(what, why)
         self._logged(namespace, logging.INFO, self._message, namespace)
+
+    def on_namespace(self, type_: str, obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> None:
+        """The Namespace informer's handler: a namespace gone, or made anew under its name (another uid;
+        a relist tells that as MODIFIED), gets its line again when it is deleted again."""
+        meta = obj.get("metadata") or {}
+        made_anew = old is not None and (old.get("metadata") or {}).get("uid") != meta.get("uid")
+        if type_ == "DELETED" or made_anew:
+            self._logged.rearm(meta.get("name", ""))
 
 
 def api_client(kubeconfig: str | None = None, pool_size: int = 32) -> client.ApiClient:
