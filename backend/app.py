@@ -231,7 +231,8 @@ def gslb_controller(app: App, engine: GslbEngine, peers: PeerExchange | None) ->
     controller = Controller(app.api, app.settings, engine, app.informer(INGRESSES), app.recorder,
                             gate=lambda: app.first_sync.is_set() and (peers is None or peers.settled()),
                             namespaces=app.informer(NAMESPACES))
-    app.recorder.skip_namespaces(controller.terminating)  # no Events into a namespace being deleted
+    # no Events into a namespace being deleted
+    app.recorder.skip_namespaces(controller.terminating, app.informer(NAMESPACES))
 
     def peer_addresses(zone: GslbZone, geotag: str) -> list[str]:
         return peers.addresses(zone, geotag) if peers is not None else []
@@ -322,8 +323,7 @@ def compiler(app: App) -> Compiler:
 
 def build(settings: Settings, api: client.ApiClient) -> tuple[App, Compiler]:
     """Everything but the event loop: the pieces `serve` starts."""
-    recorder = EventRecorder(api, instance=settings.identity,
-                             on_dropped=lambda why: metrics.WRITES_DROPPED.labels("event", why).inc())
+    recorder = EventRecorder(api, instance=settings.identity, on_dropped=metrics.write_dropped)
     app = App(settings, api, Store(), recorder, DnsServer(settings))
     found = compiler(app)
     wire(app)

@@ -25,7 +25,6 @@ import re
 import resource
 import socket
 import struct
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
@@ -34,6 +33,7 @@ from google.protobuf.message import DecodeError
 from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 from hpack.table import HeaderTable
 
+from backend.keyedlog import KeyedLog
 from backend.proto import dns_pb2
 
 log = logging.getLogger(__name__)
@@ -105,28 +105,9 @@ class _Malformed(Exception):
     """A request RFC 9113 section 8.1.1 calls malformed (a stream error of type PROTOCOL_ERROR)."""
 
 
-class _LimitedLog:
-    """At most one line per kind of event every `interval` seconds, with a count of the ones left out,
-    so a hostile client cannot fill the log (one traceback per bad connection wrote 111 MB in 38 s)."""
-
-    def __init__(self, interval: float = 10.0) -> None:
-        self.interval = interval
-        self.last: dict[str, float] = {}
-        self.dropped: collections.Counter[str] = collections.Counter()
-
-    def __call__(self, kind: str, level: int, msg: str, *args: object, exc_info: bool = False) -> None:
-        now = time.monotonic()
-        if now - self.last.get(kind, -math.inf) < self.interval:
-            self.dropped[kind] += 1
-            return
-        self.last[kind] = now
-        dropped = self.dropped.pop(kind, 0)
-        if dropped:
-            msg += f" ({dropped} more like this in the last {self.interval:.0f} s)"
-        log.log(level, msg, *args, exc_info=exc_info)
-
-
-limited_log = _LimitedLog()
+# at most one line per kind of event every 10 s, with a count of the ones left out, so a hostile
+# client cannot fill the log (one traceback per bad connection wrote 111 MB in 38 s)
+limited_log = KeyedLog(log, window=10.0)
 
 
 _HEAD = struct.Struct(">IBI")  # a frame header: length << 8 | type, flags, stream

@@ -82,9 +82,14 @@ WATCH_RESTARTS = Counter("coredns_gslb_watch_restarts_total",
                          "Kubernetes watches restarted (relist or reconnect)", ["kind", "reason"])
 WRITES_DROPPED = Counter("coredns_gslb_api_writes_dropped_total",
                          "Writes to the Kubernetes API given up without a retry, by what (status, event, "
-                         "ingress, gslb) and why (gone: the object answered 404; namespace_deleting: not "
+                         "ingress, gslb, zd) and why (gone: the API answered 404; namespace_deleting: not "
                          "tried, its Namespace has a deletionTimestamp; namespace_terminating: the API "
                          "refused it as the namespace is being deleted)", ["what", "why"])
+
+
+def write_dropped(what: str, why: str) -> None:
+    """Count one write given up (`WRITES_DROPPED`): the controller's and the EventRecorder's `on_dropped`."""
+    WRITES_DROPPED.labels(what, why).inc()
 
 
 class SeriesText:

@@ -108,12 +108,12 @@ def test_nothing_is_written_into_a_namespace_being_deleted(
             kubeapi.request(client, "POST", kubeapi.resource_path("", "v1", "events", doomed_ns), body=event)
         assert refused.value.status == 403 and kubeapi.NAMESPACE_TERMINATING in refused.value.causes
         assert refused.value.namespace_terminating
-        whys: list[str] = []
-        recorder = EventRecorder(client, on_dropped=whys.append)
+        whys: list[tuple[str, str]] = []
+        recorder = EventRecorder(client, on_dropped=lambda what, why: whys.append((what, why)))
         recorder.record(ref, "Warning", "HostUnhealthy", "probe")
         assert recorder.flush(10), "the recorder writing (or dropping) one Event within 10 s"
         recorder.stop()
-        assert whys == ["namespace_terminating"]
+        assert whys == [("event", "namespace_terminating")]
 
         log = stack.backend.process.log.read_text().splitlines()[log_before:]
         about_doomed = [line for line in log if doomed_ns in line]

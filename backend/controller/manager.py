@@ -6,9 +6,10 @@ and ("peers", "") after a Store change (other clusters' targets are part of a Gs
 Items are deduplicated while they wait, processed one at a time on one thread, and only while this
 replica leads; a failed write is retried with backoff. Becoming leader queues everything once, so a
 new leader repairs whatever the old one left. Nothing is written into a namespace being deleted (its
-deletionTimestamp set, or the API refusing a create with NamespaceTerminating), and a status write
-the API answers 404 is dropped (the object is gone; its re-creation queues a write of its own): while a
-namespace of 10,000 Gslbs was deleted these were thousands of retries and warning lines.
+deletionTimestamp set, or the API refusing a create with NamespaceTerminating), and a write the API
+answers 404 is dropped (the object or its namespace is gone; a re-creation queues a write of its own,
+and one already held under the name, another uid, is written at once): while a namespace of 10,000
+Gslbs was deleted these were thousands of retries and warning lines.
 """
 
 from __future__ import annotations
@@ -117,10 +118,13 @@ class Controller:
         self._peers: status.Peers = {}
         self._delegations: Informer | None = None
         self._dns_servers: Callable[[Obj], list[dict[str, str]]] = lambda _obj: []
-        self._logged = kubeapi.OncePer()  # namespaces whose dropped writes were logged
+        self._dropped = kubeapi.DroppedWrites(
+            log, "controller: namespace %s is being deleted: no more writes into it", metrics.write_dropped)
         self._thread = threading.Thread(target=self._run, name="gslb-controller", daemon=True)
         engine.subscribe(self._on_result)
         ingresses.add_handler(self._on_ingress)
+        if namespaces is not None:
+            namespaces.add_handler(self._dropped.on_namespace)
         # Store listeners run on the writer's thread: only queue, the worker diffs (only peers' keys
         # matter: any other change walking the whole Store was most of this thread's work under churn).
         engine.store.subscribe_keys(self._on_store_keys)
@@ -203,46 +207,65 @@ class Controller:
         while (item := self.queue.get()) is not None:
             if not self.elector.is_leader.is_set():
                 continue  # a non-leader keeps nothing queued: becoming leader queues everything anew
-            namespace = _namespace_of(item)
-            if namespace and self.terminating(namespace):
-                self._drop_terminating(item, namespace, "namespace_deleting")
-                continue
-            try:
-                {"status": self._write_status, "ingress": self._ensure_ingress, "gslb": self._ensure_gslb,
-                 "peers": self._peers_changed, "zd": self._write_delegation}[item[0]](item[1])
+            if self._process(item):
                 self.queue.forget(item)
-            except kubeapi.KubeError as e:
-                if e.namespace_terminating:
-                    self._drop_terminating(item, namespace, "namespace_terminating")
-                    continue
-                if e.status == 422:  # the API refuses what the user's spec makes us write: say so, once
-                    self._rejected(item, e)
-                    self.queue.forget(item)
-                    continue
+            else:
+                self.queue.retry(item)
+
+    def _process(self, item: Item) -> bool:
+        """Write what `item` calls for; False if it failed and is worth another try. A write into a
+        namespace being deleted is given up: counted, one log line per namespace."""
+        namespace = _namespace_of(item)
+        if namespace and self.terminating(namespace):
+            self._dropped(namespace, item[0], "namespace_deleting")
+            return True
+        uid = _uid(self._source(item))
+        try:
+            {"status": self._write_status, "ingress": self._ensure_ingress, "gslb": self._ensure_gslb,
+             "peers": self._peers_changed, "zd": self._write_delegation}[item[0]](item[1])
+        except kubeapi.KubeError as e:
+            if e.namespace_terminating:
+                self._dropped(namespace, item[0], "namespace_terminating")
+            elif e.status == 404:
+                self._gone(item, uid)
+            elif e.status == 422:  # the API refuses what the user's spec makes us write: say so, once
+                self._rejected(item, e)
+            else:
                 if e.status != 409:
                     log.warning("controller: %s %s: %s", *item, e)
-                self.queue.retry(item)
-            except Exception:
-                log.exception("controller: %s %s failed", *item)
-                self.queue.retry(item)
+                return False
+        except Exception:
+            log.exception("controller: %s %s failed", *item)
+            return False
+        return True
 
-    def _drop_terminating(self, item: Item, namespace: str, why: str) -> None:
-        """Forget a write into a namespace being deleted: no retry, one log line per namespace."""
-        self.queue.forget(item)
-        metrics.WRITES_DROPPED.labels(item[0], why).inc()
-        if self._logged(namespace):
-            log.info("controller: namespace %s is being deleted: no more writes into it", namespace)
-
-    def _rejected(self, item: Item, error: kubeapi.KubeError) -> None:
-        """A Warning Event on the object whose spec led to the refused write (a Gslb, or for an
-        annotation-made Gslb the Ingress); it is tried again when that object changes."""
+    def _source(self, item: Item) -> Obj | None:
+        """The object `item` writes from, as held now: the Gslb (its status, its owned Ingress), the
+        annotated Ingress (its Gslb) or the ZoneDelegation (its status)."""
         kind, key = item
         if kind == "gslb":
-            obj = self.ingresses.get(key)
-        else:
-            result = self.engine.results.get(key)
-            obj = result.obj if result is not None else None
-        log.warning("controller: %s %s refused by the API: %s", kind, key, error.message)
+            return self.ingresses.get(key)
+        if kind == "zd":
+            return self._delegations.get(key) if self._delegations is not None else None
+        result = self.engine.results.get(key)
+        return result.obj if result is not None else None
+
+    def _gone(self, item: Item, uid: str | None) -> None:
+        """A write the API answered 404: the object, or its namespace, is gone. Dropped, no retry and
+        no warning (a deletion or re-creation queues what it needs), unless the object the write came
+        from was made anew under its name meanwhile (another uid): then it is written again at once."""
+        now = _uid(self._source(item))
+        if now is not None and now != uid:
+            self.queue.add(item)
+            return
+        metrics.write_dropped(item[0], "gone")
+        log.debug("controller: %s %s is gone (404), not written", *item)
+
+    def _rejected(self, item: Item, error: kubeapi.KubeError) -> None:
+        """A Warning Event on the object whose spec led to the refused write (a Gslb, for an
+        annotation-made Gslb the Ingress, a ZoneDelegation); it is tried again when that object changes."""
+        obj = self._source(item)
+        log.warning("controller: %s %s refused by the API: %s", *item, error.message)
         if obj is not None:
             self.recorder.record(object_ref(obj), "Warning", "WriteRejected", error.message)
 
@@ -259,18 +282,7 @@ class Controller:
         meta = obj["metadata"]
         body = {**obj, "status": desired}
         path = _gslb_resource(obj).path(meta["namespace"], meta["name"]) + "/status"
-        try:
-            kubeapi.request(self.api, "PUT", path, body=body)
-        except kubeapi.KubeError as e:
-            if e.status != 404:
-                raise
-            latest = self.engine.results.get(key)
-            if latest is not None and (latest.obj.get("metadata") or {}).get("uid") != meta.get("uid"):
-                self.queue.add(("status", key))  # deleted and made anew under the name: write the new one
-                return
-            metrics.WRITES_DROPPED.labels("status", "gone").inc()
-            log.debug("controller: Gslb %s is gone, its status not written", key)
-            return
+        kubeapi.request(self.api, "PUT", path, body=body)
         ref = object_ref(obj)
         for type_, reason, message in status.events(current, desired):
             self.recorder.record(ref, type_, reason, message)
@@ -371,6 +383,10 @@ def _namespace_of(item: Item) -> str:
     if kind in ("status", "ingress"):
         return key.split("/")[1]
     return key.split("/")[0] if kind == "gslb" else ""
+
+
+def _uid(obj: Obj | None) -> str | None:
+    return (obj.get("metadata") or {}).get("uid") if obj is not None else None
 
 
 def _gslb_resource(obj: Obj) -> Resource:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -201,31 +202,40 @@ class _Engine:
         return True
 
 
-def test_a_status_write_answered_404_is_dropped_unless_the_gslb_was_made_anew(
+def test_a_write_answered_404_is_dropped_unless_its_object_was_made_anew(
         monkeypatch: pytest.MonkeyPatch) -> None:
     engine, key = _Engine(), "gslb/demo/fe"
     settings = SimpleNamespace(namespace="gslb", identity="t", cluster_geotag="us-buf")
     controller = Controller(None, settings, engine, SimpleNamespace(add_handler=lambda _fn: None),  # type: ignore[arg-type]
                             SimpleNamespace(record=lambda *_a: None))  # type: ignore[arg-type]
-    gone = metrics.WRITES_DROPPED.labels("status", "gone")
-    before = gone._value.get()
-    anew: list[GslbResult] = []
+    delegations: dict[str, dict[str, Any]] = {"gb": {"metadata": {"name": "gb", "uid": "z1"}}}
+    controller.write_delegation_status(SimpleNamespace(add_handler=lambda _fn: None,  # type: ignore[arg-type]
+                                                       get=delegations.get), lambda _obj: [{"address": "x"}])
+    anew: list[Callable[[], None]] = []
 
     def not_found(*_args: Any, **_kw: Any) -> None:
-        if anew:  # deleted and created again while our PUT of the old one was on its way
-            engine.results[key] = anew[0]
-        raise kubeapi.KubeError(404, 'gslbs.k8gb.absa.oss "fe" not found')
+        while anew:  # deleted and created again while our write to the old one was on its way
+            anew.pop()()
+        raise kubeapi.KubeError(404, "not found")
 
     monkeypatch.setattr(kubeapi, "request", not_found)
     engine.results[key] = result()
-    controller._write_status(key)
-    assert gone._value.get() == before + 1
-    controller.queue.close()
-    assert controller.queue.get() is None, "nothing queued again: the Gslb is gone"
+    for item in (("status", key), ("zd", "gb")):
+        gone = metrics.WRITES_DROPPED.labels(item[0], "gone")
+        before = gone._value.get()
+        assert controller._process(item), "done with: no retry"
+        assert gone._value.get() == before + 1
+        assert controller.queue._ready == [], "nothing queued again: the object is gone"
 
-    controller.queue = WorkQueue()
-    anew.append(GslbResult(key, {**GSLB, "metadata": {**GSLB["metadata"], "uid": "u2"}}, None,
-                           result().hosts, None))
-    controller._write_status(key)
-    assert gone._value.get() == before + 1, "not counted as gone"
-    assert controller.queue.get() == ("status", key), "the new Gslb's status is written next"
+    made_anew = {
+        "status": lambda: engine.results.update({key: GslbResult(
+            key, {**GSLB, "metadata": {**GSLB["metadata"], "uid": "u2"}}, None, result().hosts, None)}),
+        "zd": lambda: delegations.update({"gb": {"metadata": {"name": "gb", "uid": "z2"}}}),
+    }
+    for item in (("status", key), ("zd", "gb")):
+        gone = metrics.WRITES_DROPPED.labels(item[0], "gone")
+        before = gone._value.get()
+        anew.append(made_anew[item[0]])
+        assert controller._process(item)
+        assert gone._value.get() == before, "not counted as gone"
+        assert controller.queue.get() == item, "the new object's write is next"

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from kubernetes import client
 
 from backend.kube import kubeapi
+from backend.kube.informer import Informer
 from backend.model import ObjectRef
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ class EventRecorder:
         instance: str = "",
         max_queue: int = 1000,
         cache_size: int = 4096,
-        on_dropped: Callable[[str], None] = lambda _why: None,
+        on_dropped: Callable[[str, str], None] = lambda _what, _why: None,
     ) -> None:
         self.api = api_client
         self.component = component
@@ -45,10 +46,11 @@ class EventRecorder:
         # (object, type, reason, message) -> (namespace, Event name, count), oldest first
         self._seen: OrderedDict[_Key, tuple[str, str, int]] = OrderedDict()
         self._cache_size = cache_size
-        # called per Event dropped: "namespace_deleting" (not tried), "namespace_terminating" (refused)
-        self._on_dropped = on_dropped
         self._terminating: Callable[[str], bool] = lambda _ns: False
-        self._logged = kubeapi.OncePer()
+        # on_dropped("event", why) per Event dropped: why "namespace_deleting" (not tried) or
+        # "namespace_terminating" (refused)
+        self._dropped = kubeapi.DroppedWrites(
+            log, "namespace %s is being deleted: Events for its objects are dropped", on_dropped)
         self._thread = threading.Thread(target=self._run, name="event-recorder", daemon=True)
         self._thread.start()
 
@@ -59,9 +61,11 @@ class EventRecorder:
         except queue.Full:
             log.warning("event queue full, dropping %s %s on %s: %s", type_, reason, ref, message)
 
-    def skip_namespaces(self, terminating: Callable[[str], bool]) -> None:
-        """Drop, unwritten, Events in a namespace for which `terminating(namespace)` is true."""
+    def skip_namespaces(self, terminating: Callable[[str], bool], namespaces: Informer) -> None:
+        """Drop, unwritten, Events in a namespace for which `terminating(namespace)` is true; `namespaces`
+        (the Namespace informer) re-arms the log line of a namespace gone or made anew."""
         self._terminating = terminating
+        namespaces.add_handler(self._dropped.on_namespace)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every queued Event has been written (for tests and shutdown)."""
@@ -89,7 +93,7 @@ class EventRecorder:
                 if not e.namespace_terminating:
                     log.warning("could not write event %s: %s", item[0] if item else None, e)
                 elif item is not None:
-                    self._dropped(item[0][0].namespace or "default", "namespace_terminating")
+                    self._dropped(item[0][0].namespace or "default", "event", "namespace_terminating")
             except Exception as e:  # best effort: an Event must never take the recorder down
                 log.warning("could not write event %s: %s", item[0] if item else None, e)
             finally:
@@ -99,7 +103,7 @@ class EventRecorder:
         ref, type_, reason, message = key
         namespace = ref.namespace or "default"
         if self._terminating(namespace):
-            self._dropped(namespace, "namespace_deleting")
+            self._dropped(namespace, "event", "namespace_deleting")
             return
         seen = self._seen.get(key)
         if seen is not None:
@@ -142,8 +146,3 @@ class EventRecorder:
         self._seen[key] = (namespace, name, 1)
         if len(self._seen) > self._cache_size:
             self._seen.popitem(last=False)
-
-    def _dropped(self, namespace: str, why: str) -> None:
-        self._on_dropped(why)
-        if self._logged(namespace):
-            log.info("namespace %s is being deleted: Events for its objects are dropped", namespace)

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import urllib3
 from kubernetes import client, config
+
+from backend.keyedlog import KeyedLog
 
 Query = Sequence[tuple[str, str | int]]
 
@@ -41,23 +43,28 @@ class KubeError(Exception):
 NAMESPACE_TERMINATING = "NamespaceTerminating"  # core/v1 NamespaceTerminatingCause
 
 
-class OncePer:
-    """True the first time a key is seen: one log line per namespace, not one per object. Bounded: past
-    `limit` keys it starts afresh (a line again, never unbounded memory)."""
+class DroppedWrites:
+    """Writes given up because their namespace is being deleted (its deletionTimestamp seen, or the API's
+    403 NamespaceTerminating): each one counted, `count(what, why)`, and one `message % namespace` line
+    (INFO) per namespace, never one per object: deleting a namespace of 10,000 Gslbs meant thousands.
+    Once per namespace, not per name: `on_namespace` re-arms a name whose namespace is gone."""
 
-    def __init__(self, limit: int = 1024) -> None:
-        self.limit = limit
-        self._seen: set[str] = set()
-        self._lock = threading.Lock()
+    def __init__(self, logger: logging.Logger, message: str, count: Callable[[str, str], None]) -> None:
+        self._logged = KeyedLog(logger)
+        self._message = message
+        self._count = count
 
-    def __call__(self, key: str) -> bool:
-        with self._lock:
-            if key in self._seen:
-                return False
-            if len(self._seen) >= self.limit:
-                self._seen.clear()
-            self._seen.add(key)
-            return True
+    def __call__(self, namespace: str, what: str, why: str) -> None:
+        self._count(what, why)
+        self._logged(namespace, logging.INFO, self._message, namespace)
+
+    def on_namespace(self, type_: str, obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> None:
+        """The Namespace informer's handler: a namespace gone, or made anew under its name (another uid;
+        a relist tells that as MODIFIED), gets its line again when it is deleted again."""
+        meta = obj.get("metadata") or {}
+        made_anew = old is not None and (old.get("metadata") or {}).get("uid") != meta.get("uid")
+        if type_ == "DELETED" or made_anew:
+            self._logged.rearm(meta.get("name", ""))
 
 
 def api_client(kubeconfig: str | None = None, pool_size: int = 32) -> client.ApiClient:

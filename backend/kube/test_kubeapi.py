@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import urllib3
 
-from backend.kube.kubeapi import KubeError, error_of, json_lines, unchunked
+from backend.kube.kubeapi import DroppedWrites, KubeError, error_of, json_lines, unchunked
 
 EVENTS = [{"type": "ADDED", "object": {"metadata": {"name": f"s-{i}"}, "data": "x" * (i * 37 % 3000)}}
           for i in range(200)]
@@ -166,3 +168,49 @@ def test_a_create_refused_in_a_terminating_namespace_is_told_apart_from_other_40
     assert KubeError(403, "unable to create new content in namespace demo because it is being terminated"
                      ).namespace_terminating, "an older API without the cause: its message"
     assert not error_of(_status_reply(404, {"code": 404, "message": "not found"})).namespace_terminating
+
+
+def test_writes_into_a_dying_namespace_are_each_counted_and_logged_once_per_namespace(
+        caplog: pytest.LogCaptureFixture) -> None:
+    counted: list[tuple[str, str]] = []
+    log = logging.getLogger("test.dropped")
+    dropped = DroppedWrites(log, "namespace %s is being deleted",
+                            lambda what, why: counted.append((what, why)))
+    with caplog.at_level(logging.INFO, logger=log.name):
+        dropped("doomed", "status", "namespace_deleting")
+        dropped("doomed", "event", "namespace_terminating")
+        dropped("other", "status", "namespace_deleting")
+    assert counted == [("status", "namespace_deleting"), ("event", "namespace_terminating"),
+                       ("status", "namespace_deleting")]
+    assert [r.getMessage() for r in caplog.records if r.name == log.name] == [
+        "namespace doomed is being deleted", "namespace other is being deleted"]
+
+
+def namespace(uid: str, deleting: bool = False) -> dict[str, Any]:
+    meta = {"name": "doomed", "uid": uid}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-12-02T04:00:00Z"
+    return {"kind": "Namespace", "metadata": meta}
+
+
+def test_a_namespace_deleted_again_under_its_name_gets_its_line_again(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Deleted, made anew (a new uid), deleted again: a line for each deletion, still one per namespace."""
+    log = logging.getLogger("test.dropped")
+    dropped = DroppedWrites(log, "namespace %s is being deleted", lambda _what, _why: None)
+    with caplog.at_level(logging.INFO, logger=log.name):
+        dropped.on_namespace("ADDED", namespace("u1"), None)
+        dropped.on_namespace("MODIFIED", namespace("u1", deleting=True), namespace("u1"))
+        dropped("doomed", "status", "namespace_deleting")
+        dropped.on_namespace("MODIFIED", namespace("u1", deleting=True), namespace("u1", deleting=True))
+        dropped("doomed", "status", "namespace_deleting")  # the same namespace: no second line
+        dropped.on_namespace("DELETED", namespace("u1", deleting=True), None)
+        dropped.on_namespace("ADDED", namespace("u2"), None)
+        dropped.on_namespace("MODIFIED", namespace("u2", deleting=True), namespace("u2"))
+        dropped("doomed", "event", "namespace_terminating")
+        dropped("doomed", "status", "namespace_deleting")
+        # deleted and made anew while the watch was down: the relist tells it as MODIFIED, another uid
+        dropped.on_namespace("MODIFIED", namespace("u3", deleting=True), namespace("u2", deleting=True))
+        dropped("doomed", "status", "namespace_deleting")
+    assert [r.getMessage() for r in caplog.records if r.name == log.name] == [
+        "namespace doomed is being deleted"] * 3
