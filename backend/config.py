@@ -52,8 +52,8 @@ class Settings:
     # What the clients of one HTTP listener hold at once (server.HttpSlots; backend/README.md "HTTP
     # limits"): kubelet's probes, one or two Prometheus and a port-forward use a handful of connections
     # and one scrape each. 256 connections with a 128 KiB socket buffer each is at most 32 MiB of kernel
-    # memory; 16 /metrics replies in flight at ~4 MiB apiece (10,000 Gslbs) at most 64 MiB, and 2 per
-    # client address leave room for a Prometheus beside one that will not read.
+    # memory; 16 /metrics replies that move (one waiting for its client to read gives its slot to the
+    # next scrape), 2 per client address: room for a Prometheus beside clients that will not read.
     http_max_connections: int = 256
     metrics_max_scrapes: int = 16
     metrics_max_scrapes_per_client: int = 2

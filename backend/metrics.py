@@ -85,6 +85,8 @@ WRITES_DROPPED = Counter("coredns_gslb_api_writes_dropped_total",
                          "ingress, gslb, zd) and why (gone: the API answered 404; namespace_deleting: not "
                          "tried, its Namespace has a deletionTimestamp; namespace_terminating: the API "
                          "refused it as the namespace is being deleted)", ["what", "why"])
+HTTP_PREEMPTED = Counter("coredns_gslb_http_scrapes_preempted_total", "/metrics replies that gave their slot "
+                         "to a newer scrape while waiting for their client to read (sent on, uncounted)")
 
 
 def write_dropped(what: str, why: str) -> None:

@@ -64,25 +64,32 @@ _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 500: "Internal Serv
 
 
 class HttpSlots:
-    """What the clients of one HTTP listener hold at once: connections (at `connections`, the oldest
-    one that has not yet sent its request is reset to make room, else the new one) and /metrics replies
-    being built or written, in all and per client address (over `scrapes` or `per_client`: 503 at once,
-    nothing built). Probes' replies are small and take no scrape slot, and a probe sends its request as
-    it connects, so while every slot is held by scrapers that do not read or by connections that send
-    nothing, /healthz and /readyz are still answered, and so is a Prometheus at an address of its own."""
+    """What the clients of one HTTP listener hold at once: connections, and /metrics replies being built
+    or sent, in all and per client address. A scrape over `scrapes` or `per_client` takes the slot of
+    the reply (of any client, or of its own address) that has waited longest for its client to read;
+    that one is sent on, outside the slots, until WRITE_TIMEOUT (`preempted`); with none waiting, 503
+    at once, nothing built. So the slots bound the replies that move, and clients that never read, from
+    however many addresses, cannot keep a Prometheus out. At `connections`, the oldest connection that
+    has not yet sent its request is reset to make room, else the oldest preempted reply, else the new
+    connection. Probes' replies are small and take no scrape slot, and a probe sends its request as it
+    connects, so /healthz and /readyz are answered whatever the other clients hold."""
 
     def __init__(self, connections: int, scrapes: int, per_client: int) -> None:
         self.max_connections, self.max_scrapes, self.per_client = connections, scrapes, per_client
-        self.connections = self.scrapes = 0
+        self.connections = 0
         self.by_client: collections.Counter[str] = collections.Counter()
+        self.holders: dict[asyncio.StreamWriter, str] = {}  # replies in a slot -> client address
+        self.blocked: dict[asyncio.StreamWriter, None] = {}  # holders waiting for the client: longest first
         self.waiting: dict[asyncio.StreamWriter, None] = {}  # connected, no request yet: oldest first
+        self.preempted: dict[asyncio.StreamWriter, None] = {}  # sent on outside the slots: oldest first
 
     def connect(self, writer: asyncio.StreamWriter) -> bool:
         if self.connections >= self.max_connections:
-            if not self.waiting:
+            evictable = self.waiting or self.preempted
+            if not evictable:
                 return False
-            oldest = next(iter(self.waiting))
-            del self.waiting[oldest]
+            oldest = next(iter(evictable))
+            del evictable[oldest]
             _reset(oldest)  # its handler sees the connection lost and lets its slot go
         self.connections += 1
         self.waiting[writer] = None
@@ -92,21 +99,49 @@ class HttpSlots:
         self.waiting.pop(writer, None)
 
     def disconnect(self, writer: asyncio.StreamWriter) -> None:
+        self.scraped(writer)
         self.waiting.pop(writer, None)
+        self.preempted.pop(writer, None)
         self.connections -= 1
 
-    def scrape(self, client: str) -> bool:
-        if self.scrapes >= self.max_scrapes or self.by_client[client] >= self.per_client:
+    def scrape(self, writer: asyncio.StreamWriter, client: str) -> bool:
+        """A slot for `writer`'s /metrics reply, taken from a blocked holder if need be; False: 503."""
+        if self.by_client[client] >= self.per_client:
+            if not self._preempt(client):
+                return False
+        elif len(self.holders) >= self.max_scrapes and not self._preempt(None):
             return False
-        self.scrapes += 1
+        self.holders[writer] = client
         self.by_client[client] += 1
         return True
 
-    def scraped(self, client: str) -> None:
-        self.scrapes -= 1
+    def scraped(self, writer: asyncio.StreamWriter) -> None:
+        """`writer`'s reply is done, or no longer counted: its slot goes back (if it holds one)."""
+        client = self.holders.pop(writer, None)
+        if client is None:
+            return
+        self.blocked.pop(writer, None)
         self.by_client[client] -= 1
         if not self.by_client[client]:
             del self.by_client[client]
+
+    def waits(self, writer: asyncio.StreamWriter, blocked: bool) -> None:
+        """`writer`'s reply starts (True) or stops waiting for its client to read what was sent."""
+        if blocked and writer in self.holders:
+            self.blocked[writer] = None
+        else:
+            self.blocked.pop(writer, None)
+
+    def _preempt(self, client: str | None) -> bool:
+        """Free the slot of the holder (of `client`, or of anyone) that has waited longest for its
+        client; False if every such holder is moving."""
+        victim = next((w for w in self.blocked if client is None or self.holders[w] == client), None)
+        if victim is None:
+            return False
+        self.scraped(victim)
+        self.preempted[victim] = None
+        metrics.HTTP_PREEMPTED.inc()
+        return True
 
 
 class Exposition:
@@ -123,8 +158,9 @@ class Exposition:
 
 def _reset(writer: asyncio.StreamWriter) -> None:
     """Close with a reset: a plain close leaves what the client has not read in the kernel, until it
-    reads it, for as long as it keeps the connection."""
-    with contextlib.suppress(OSError, AttributeError):
+    reads it, for as long as it keeps the connection. One already lost has no descriptor left (uvloop's
+    pseudo-socket raises ValueError)."""
+    with contextlib.suppress(OSError, AttributeError, ValueError):
         writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
     writer.transport.abort()
 
@@ -409,7 +445,6 @@ class DnsServer:
             _reset(writer)
             return
         client = str((writer.get_extra_info("peername") or ("",))[0])
-        scraping = False
         exposition: Exposition | None = None  # held until sent: what `_metrics` may hand out again
         try:
             with contextlib.suppress(OSError, AttributeError):
@@ -423,12 +458,12 @@ class DnsServer:
                     status, ctype, body = 400, "text/plain", b"only GET\n"
                 elif url.path != "/metrics":
                     status, ctype, body = await self._route(url.path, parse_qs(url.query), admin)
-                elif scraping := slots.scrape(client):
+                elif slots.scrape(writer, client):
                     exposition = await self._metrics()
                     status, ctype, body = 200, CONTENT_TYPE_LATEST, exposition.data
                 else:
                     limited_log(f"http-scrapes-{port}", logging.WARNING, "/metrics on port %d: %d replies "
-                                "in flight, %d for %s: answering 503", port, slots.scrapes,
+                                "in flight, %d for %s, all moving: answering 503", port, len(slots.holders),
                                 slots.by_client[client], client)
                     status, ctype, body = 503, "text/plain", b"too many scrapes in flight\n"
             except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError,
@@ -436,10 +471,8 @@ class DnsServer:
                 status, ctype, body, method = 400, "text/plain", b"bad request\n", "GET"
             if writer.transport.is_closing():  # reset to make room, or gone before it asked
                 return
-            await _reply(writer, status, ctype, b"" if method == "HEAD" else body, len(body))
+            await _reply(writer, status, ctype, b"" if method == "HEAD" else body, len(body), slots)
         finally:
-            if scraping:
-                slots.scraped(client)
             slots.disconnect(writer)
 
     async def _route(self, path: str, query: dict[str, list[str]], admin: bool) -> HttpReply:
@@ -493,10 +526,12 @@ class DnsServer:
         return (200 if self.ready else 503), "text/plain", ("\n".join(lines) + "\n").encode()
 
 
-async def _reply(writer: asyncio.StreamWriter, status: int, ctype: str, body: bytes, length: int) -> None:
+async def _reply(writer: asyncio.StreamWriter, status: int, ctype: str, body: bytes, length: int,
+                 slots: HttpSlots) -> None:
     """The response, written a piece (HTTP_PIECE) at a time once the last has drained, all of it within
     WRITE_TIMEOUT: a client that reads slowly or not at all holds at most two pieces in our buffers and
-    HTTP_SNDBUF in the kernel's, never the whole body, and is reset when the time is up."""
+    HTTP_SNDBUF in the kernel's, never the whole body, and is reset when the time is up. While a piece
+    waits to drain, `slots` may give the reply's slot to another scrape."""
     head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\nContent-Type: {ctype}\r\n"
             f"Content-Length: {length}\r\nConnection: close\r\n\r\n").encode()
     view = memoryview(body)
@@ -504,8 +539,12 @@ async def _reply(writer: asyncio.StreamWriter, status: int, ctype: str, body: by
         async with asyncio.timeout(WRITE_TIMEOUT):
             writer.write(head)
             for start in range(0, len(view), HTTP_PIECE):
+                if writer.transport.is_closing():  # reset to make room for a new connection
+                    return
                 writer.write(view[start:start + HTTP_PIECE])
+                slots.waits(writer, True)
                 await writer.drain()
+                slots.waits(writer, False)
             await writer.drain()
     except (ConnectionError, TimeoutError):
         _reset(writer)

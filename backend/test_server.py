@@ -9,6 +9,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from typing import cast
 
 import dns.message
 import dns.opcode
@@ -19,7 +20,7 @@ from backend import metrics
 from backend.config import Settings
 from backend.model import Endpoint, Target
 from backend.proto import dns_pb2, dns_pb2_grpc
-from backend.server import DnsServer, YoungCollector, split_hostport
+from backend.server import DnsServer, HttpSlots, YoungCollector, split_hostport
 from backend.zone.build import compile_table
 from lab.proc import wait_for_async
 
@@ -135,6 +136,27 @@ def stalled(metrics: str, cause: str) -> float:
 
 def test_http_endpoints_readiness_metrics_and_notify() -> None:
     asyncio.run(scenario())
+
+
+def test_scrape_slots_go_to_moving_replies() -> None:
+    """Over the limits, a scrape takes the slot of the reply that has waited longest for its client to
+    read (of its own address when that one is over `per_client`); 503 (False) only while every holder
+    moves. Writers are only keys here (nothing is reset below the connection cap)."""
+    slots = HttpSlots(connections=10, scrapes=3, per_client=2)
+    a1, a2, a3, b1, b2, c1 = (cast(asyncio.StreamWriter, object()) for _ in range(6))
+    assert slots.scrape(a1, "a") and slots.scrape(a2, "a")
+    assert not slots.scrape(a3, "a")  # both of a's moving
+    assert slots.scrape(b1, "b") and not slots.scrape(c1, "c")  # all 3 moving
+    slots.waits(b1, True)
+    slots.waits(a2, True)
+    assert slots.scrape(a3, "a")  # a's own blocked a2, not b1 who waited longer
+    assert set(slots.holders) == {a1, b1, a3} and list(slots.preempted) == [a2]
+    assert slots.scrape(c1, "c")  # b1, the longest blocked
+    assert set(slots.holders) == {a1, a3, c1} and list(slots.preempted) == [a2, b1]
+    slots.waits(a2, False)  # preempted replies stay outside the slots
+    assert not slots.scrape(b2, "b") and slots.by_client == {"a": 2, "c": 1}
+    slots.scraped(a1)
+    assert slots.scrape(b2, "b")
 
 
 def test_split_hostport() -> None:
