@@ -65,11 +65,12 @@ _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 500: "Internal Serv
 
 class HttpSlots:
     """What the clients of one HTTP listener hold at once: connections, and /metrics replies being built
-    or sent, in all and per client address. A scrape over `scrapes` or `per_client` takes the slot of
-    the reply (of any client, or of its own address) that has waited longest for its client to read;
-    that one is sent on, outside the slots, until WRITE_TIMEOUT (`preempted`); with none waiting, 503
-    at once, nothing built. So the slots bound the replies that move, and clients that never read, from
-    however many addresses, cannot keep a Prometheus out. At `connections`, the oldest connection that
+    or sent, in all and per client address. A scrape over `scrapes` takes the slot of the reply that
+    has waited longest for its client to read; that one is sent on, outside the slots, until
+    WRITE_TIMEOUT (`preempted`); with none waiting, 503 at once, nothing built. So the slots bound the
+    replies that move, and clients that never read, from however many addresses, cannot keep a
+    Prometheus out. An address has at most `per_client` replies alive, moving or preempted (beyond:
+    503), so one client cannot fill the kernel's buffers. At `connections`, the oldest connection that
     has not yet sent its request is reset to make room, else the oldest preempted reply, else the new
     connection. Probes' replies are small and take no scrape slot, and a probe sends its request as it
     connects, so /healthz and /readyz are answered whatever the other clients hold."""
@@ -77,20 +78,23 @@ class HttpSlots:
     def __init__(self, connections: int, scrapes: int, per_client: int) -> None:
         self.max_connections, self.max_scrapes, self.per_client = connections, scrapes, per_client
         self.connections = 0
-        self.by_client: collections.Counter[str] = collections.Counter()
+        self.by_client: collections.Counter[str] = collections.Counter()  # replies alive per address
         self.holders: dict[asyncio.StreamWriter, str] = {}  # replies in a slot -> client address
         self.blocked: dict[asyncio.StreamWriter, None] = {}  # holders waiting for the client: longest first
         self.waiting: dict[asyncio.StreamWriter, None] = {}  # connected, no request yet: oldest first
-        self.preempted: dict[asyncio.StreamWriter, None] = {}  # sent on outside the slots: oldest first
+        self.preempted: dict[asyncio.StreamWriter, str] = {}  # sent on outside the slots: oldest first
 
     def connect(self, writer: asyncio.StreamWriter) -> bool:
         if self.connections >= self.max_connections:
-            evictable = self.waiting or self.preempted
-            if not evictable:
+            if self.waiting:
+                oldest = next(iter(self.waiting))
+                del self.waiting[oldest]
+            elif self.preempted:
+                oldest = next(iter(self.preempted))
+                self.scraped(oldest)
+            else:
                 return False
-            oldest = next(iter(evictable))
-            del evictable[oldest]
-            _reset(oldest)  # its handler sees the connection lost and lets its slot go
+            _reset(oldest)  # its handler sees the connection lost and lets the rest go
         self.connections += 1
         self.waiting[writer] = None
         return True
@@ -101,23 +105,22 @@ class HttpSlots:
     def disconnect(self, writer: asyncio.StreamWriter) -> None:
         self.scraped(writer)
         self.waiting.pop(writer, None)
-        self.preempted.pop(writer, None)
         self.connections -= 1
 
     def scrape(self, writer: asyncio.StreamWriter, client: str) -> bool:
         """A slot for `writer`'s /metrics reply, taken from a blocked holder if need be; False: 503."""
         if self.by_client[client] >= self.per_client:
-            if not self._preempt(client):
-                return False
-        elif len(self.holders) >= self.max_scrapes and not self._preempt(None):
+            return False
+        if len(self.holders) >= self.max_scrapes and not self._preempt():
             return False
         self.holders[writer] = client
         self.by_client[client] += 1
         return True
 
     def scraped(self, writer: asyncio.StreamWriter) -> None:
-        """`writer`'s reply is done, or no longer counted: its slot goes back (if it holds one)."""
-        client = self.holders.pop(writer, None)
+        """`writer`'s reply is done or cut off: its slot goes back (if it holds one), its address's count
+        goes down."""
+        client = self.holders.pop(writer, None) or self.preempted.pop(writer, None)
         if client is None:
             return
         self.blocked.pop(writer, None)
@@ -132,14 +135,14 @@ class HttpSlots:
         else:
             self.blocked.pop(writer, None)
 
-    def _preempt(self, client: str | None) -> bool:
-        """Free the slot of the holder (of `client`, or of anyone) that has waited longest for its
-        client; False if every such holder is moving."""
-        victim = next((w for w in self.blocked if client is None or self.holders[w] == client), None)
+    def _preempt(self) -> bool:
+        """Free the slot of the holder that has waited longest for its client; False if every holder
+        moves. The reply still counts for its address."""
+        victim = next(iter(self.blocked), None)
         if victim is None:
             return False
-        self.scraped(victim)
-        self.preempted[victim] = None
+        del self.blocked[victim]
+        self.preempted[victim] = self.holders.pop(victim)
         metrics.HTTP_PREEMPTED.inc()
         return True
 

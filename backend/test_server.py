@@ -139,24 +139,28 @@ def test_http_endpoints_readiness_metrics_and_notify() -> None:
 
 
 def test_scrape_slots_go_to_moving_replies() -> None:
-    """Over the limits, a scrape takes the slot of the reply that has waited longest for its client to
-    read (of its own address when that one is over `per_client`); 503 (False) only while every holder
-    moves. Writers are only keys here (nothing is reset below the connection cap)."""
+    """Over `scrapes`, a scrape takes the slot of the reply that has waited longest for its client to
+    read; 503 (False) while every holder moves, or while its address has `per_client` replies alive,
+    moving or not. Writers are only keys here (nothing is reset below the connection cap)."""
     slots = HttpSlots(connections=10, scrapes=3, per_client=2)
-    a1, a2, a3, b1, b2, c1 = (cast(asyncio.StreamWriter, object()) for _ in range(6))
+    a1, a2, a3, b1, b2, c1, d1 = (cast(asyncio.StreamWriter, object()) for _ in range(7))
     assert slots.scrape(a1, "a") and slots.scrape(a2, "a")
-    assert not slots.scrape(a3, "a")  # both of a's moving
+    assert not slots.scrape(a3, "a")  # a's two
     assert slots.scrape(b1, "b") and not slots.scrape(c1, "c")  # all 3 moving
     slots.waits(b1, True)
     slots.waits(a2, True)
-    assert slots.scrape(a3, "a")  # a's own blocked a2, not b1 who waited longer
-    assert set(slots.holders) == {a1, b1, a3} and list(slots.preempted) == [a2]
     assert slots.scrape(c1, "c")  # b1, the longest blocked
-    assert set(slots.holders) == {a1, a3, c1} and list(slots.preempted) == [a2, b1]
+    assert set(slots.holders) == {a1, a2, c1} and list(slots.preempted) == [b1]
+    assert not slots.scrape(a3, "a")  # a2 waits, but a has two alive
+    assert slots.scrape(b2, "b")  # a2's slot; b1 still counts for b
+    assert set(slots.holders) == {a1, c1, b2} and list(slots.preempted) == [b1, a2]
+    assert slots.by_client == {"a": 2, "b": 2, "c": 1}
     slots.waits(a2, False)  # preempted replies stay outside the slots
-    assert not slots.scrape(b2, "b") and slots.by_client == {"a": 2, "c": 1}
+    assert not slots.scrape(d1, "d")
+    slots.scraped(a2)  # a preempted reply done: its address may ask again, no slot freed
+    assert slots.by_client["a"] == 1 and not slots.scrape(d1, "d")
     slots.scraped(a1)
-    assert slots.scrape(b2, "b")
+    assert slots.scrape(a3, "a") and slots.by_client == {"a": 1, "b": 2, "c": 1}
 
 
 def test_split_hostport() -> None:
