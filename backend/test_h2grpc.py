@@ -23,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backend.h2grpc import (
+    ACK,
     CANCEL,
     CONTINUATION,
     DATA,
@@ -361,6 +362,27 @@ def test_settings_advertise_the_limits() -> None:
         advertised = dict(struct.iter_unpack(">HI", payload))
         lim = Limits()
         assert advertised == {3: lim.max_concurrent_streams, 4: lim.stream_window, 6: lim.max_header_list}
+        client.close()
+
+
+def test_ping_acks_are_paced() -> None:
+    """A PING after a quiet spell is answered at once; one within ping_ack_interval of the last ACK waits
+    for it (grpc-go's BDP estimator pings again as soon as it has its ACK), unless max_held_pings are
+    already waiting: then every one is answered, in order, as before."""
+    def acks(fs: list[Frame]) -> list[bytes]:
+        return [p for t, f, _, p in fs if t == PING and f & ACK]
+
+    with serving(ping_ack_interval=600.0, max_held_pings=3) as srv:
+        client = RawClient(srv.port)
+        client.send(frame(PING, 0, 0, b"first..."))
+        assert acks(client.read_until(acks)) == [b"first..."]
+        client.send(frame(PING, 0, 0, b"second.."), client.headers(1, False),
+                    frame(DATA, END_STREAM, 1, grpc_message(b"abc")))
+        got = client.read_until(ends)  # the call is answered; the PING waits out its 600 s
+        assert acks(got) == [b"first..."]
+        client.send(*(frame(PING, 0, 0, b"more...%d" % i) for i in range(3)))
+        got = client.read_until(lambda fs: len(acks(fs)) == 5)
+        assert acks(got) == [b"first...", b"second..", b"more...0", b"more...1", b"more...2"]
         client.close()
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from bench import report
 from bench.env import Bed
 from bench.procstat import loadavg
-from lab.kube import control_plane_variant
+from lab.kube import lab_variant
 from lab.proc import binary
 
 HERE = Path(__file__).resolve().parent
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"   work folder kept: {bed.workdir}")
         figures["date"] = started
         figures["loadavg_at_start"] = load_before
-        if variant := control_plane_variant():  # the lab's LAB_CONTROL_PLANE_* settings
+        if variant := lab_variant():  # the lab's LAB_*_PLANE_* settings
             figures["variant"] = "; ".join(variant.values())
         results[result_key(part, args)] = figures
         if part == "throughput":
@@ -131,7 +131,7 @@ def result_key(part: str, args: argparse.Namespace) -> str:
         services, gslbs = args.services or args.scale_n, args.gslbs or args.scale_n
         key = "scale" if (services, gslbs) == (10_000, 10_000) else f"scale_{services // 1000}k"
     flags = [f.lstrip("-").replace("-", "_") for f in shlex.split(args.backend_flags)]
-    return "_".join([key, *flags, *control_plane_variant()])
+    return "_".join([key, *flags, *lab_variant()])
 
 
 def churn_qps(args: argparse.Namespace) -> float:

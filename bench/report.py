@@ -194,6 +194,16 @@ def _cost(t: dict[str, Any]) -> str:
             f"{a / b:.2f} and (c)/(a) = {a / c:.2f}.")
 
 
+def _round_ratios(t: dict[str, Any]) -> str:
+    """The ratios within each round, whose targets ran back to back: the spread the machine gives."""
+    def per_round(server: str) -> str:
+        pairs = zip(t["a_file"]["rounds"], t[server]["rounds"], strict=True)
+        return ", ".join(f"{b['qps'] / a['qps']:.3f}" for a, b in pairs)
+
+    return (f"Round by round, (b)/(a) {per_round('b_grpc')}; (c)/(a) {per_round('c_grpc_cache')}."
+            if "rounds" in t["a_file"] else "")
+
+
 def _goals(res: dict[str, Any]) -> list[str]:
     t, s = res.get("throughput") or {}, res.get("scale") or {}
     rows = []
@@ -576,7 +586,8 @@ def render(res: dict[str, Any]) -> str:
             *_throughput(t),
             "",
             f"Ratios: **(b)/(a) = {t['ratio_uncached']:.3f}** (`ratio_uncached`), "
-            f"**(c)/(a) = {t['ratio_cached']:.3f}** (`ratio_cached`).",
+            f"**(c)/(a) = {t['ratio_cached']:.3f}** (`ratio_cached`), best round over best round. "
+            f"{_round_ratios(t)}",
             "",
             _cost(t),
             "",

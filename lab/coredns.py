@@ -12,7 +12,7 @@ from pathlib import Path
 import dns.message
 import dns.query
 
-from lab.proc import ROOT, Process, Server, binary, free_port, wait_for
+from lab.proc import DATA_PLANE_CPUS, ROOT, Process, Server, binary, free_port, wait_for
 
 TEMPLATES = ROOT / "corefile"
 SHIPPED = TEMPLATES / "Corefile"
@@ -96,6 +96,7 @@ class CoreDNS(Server):
             workdir / f"{name}.log",
             cwd=workdir,
             detached=detached,
+            cpus=DATA_PLANE_CPUS,
         )
 
     def start(self) -> CoreDNS:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lab.proc import ROOT, Process, StartupError, binary, free_port, wait_for
+from lab.proc import DATA_PLANE_CPUS, ROOT, Process, StartupError, binary, cpu_list, free_port, wait_for
 
 if TYPE_CHECKING:
     import kubernetes.client
@@ -54,31 +54,25 @@ DEFAULT_CONTROL_PLANE_NICE = -5
 CONTROL_PLANE_NICE = int(os.environ.get("LAB_CONTROL_PLANE_NICE", DEFAULT_CONTROL_PLANE_NICE))
 
 
-def cpu_list(text: str) -> frozenset[int]:
-    """The cores of a cpuset list as the kernel writes it ("0", "0-1", "0,2-3"); "" is none."""
-    cpus: set[int] = set()
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        first, _, last = part.partition("-")
-        cpus.update(range(int(first), int(last or first) + 1))
-    return frozenset(cpus)
-
-
 # The cores the control plane may use (LAB_CONTROL_PLANE_CPUS, e.g. "0"; unset: all of them). A bench
 # variant, not the lab's default: with the control plane kept to one core the other is left to CoreDNS,
 # the backend and dnsperf, as a real cluster's control plane runs on nodes of its own.
 CONTROL_PLANE_CPUS = cpu_list(os.environ.get("LAB_CONTROL_PLANE_CPUS", ""))
 
 
-def control_plane_variant() -> dict[str, str]:
-    """What this process's control planes do otherwise than the lab's default (the LAB_CONTROL_PLANE_*
-    settings), by a short name: {"control_plane_nice_0": "with the control plane at autogroup nice 0"}."""
+def lab_variant() -> dict[str, str]:
+    """What this process's lab does otherwise than its default (the LAB_CONTROL_PLANE_* and
+    LAB_DATA_PLANE_CPUS settings), by a short name: {"control_plane_nice_0": "with the control plane at
+    autogroup nice 0"}."""
     out = {}
     nice = CONTROL_PLANE_NICE
     if nice != DEFAULT_CONTROL_PLANE_NICE:
         out[f"control_plane_nice_{nice}"] = f"with the control plane at autogroup nice {nice}"
-    if CONTROL_PLANE_CPUS:
-        cores = ",".join(map(str, sorted(CONTROL_PLANE_CPUS)))
-        out[f"control_plane_cpus_{cores.replace(',', '_')}"] = f"with the control plane on core {cores} only"
+    for plane, cpus in (("control_plane", CONTROL_PLANE_CPUS), ("data_plane", DATA_PLANE_CPUS)):
+        if cpus:
+            cores = ",".join(map(str, sorted(cpus)))
+            what = "the control plane" if plane == "control_plane" else "CoreDNS and the backend"
+            out[f"{plane}_cpus_{cores.replace(',', '_')}"] = f"with {what} on core {cores} only"
     return out
 
 

@@ -27,6 +27,21 @@ _PR_SET_PDEATHSIG = 1
 T = TypeVar("T")
 
 
+def cpu_list(text: str) -> frozenset[int]:
+    """The cores of a cpuset list as the kernel writes it ("0", "0-1", "0,2-3"); "" is none."""
+    cpus: set[int] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return frozenset(cpus)
+
+
+# The cores CoreDNS and the backend may use (LAB_DATA_PLANE_CPUS, e.g. "1"; unset: all of them), every
+# thread and child of theirs. A bench variant beside lab/kube.py's CONTROL_PLANE_CPUS: the two planes on
+# cores of their own, as in a cluster whose control plane runs on nodes of its own.
+DATA_PLANE_CPUS = cpu_list(os.environ.get("LAB_DATA_PLANE_CPUS", ""))
+
+
 class StartupError(RuntimeError):
     """A component did not come up; the message names it and carries its log tail."""
 

@@ -12,7 +12,17 @@ from pathlib import Path
 
 from lab.coredns import GRPC_TEMPLATE, CoreDNS
 from lab.dig import DigResult, dig
-from lab.proc import PYTHON, ROOT, Process, StartupError, free_port, pid_running, read_pidfile, wait_for
+from lab.proc import (
+    DATA_PLANE_CPUS,
+    PYTHON,
+    ROOT,
+    Process,
+    StartupError,
+    free_port,
+    pid_running,
+    read_pidfile,
+    wait_for,
+)
 
 START_TIMEOUT = 60.0
 
@@ -35,6 +45,7 @@ class Listener:
             cwd=ROOT,
             env={"PYTHONUNBUFFERED": "1"},
             detached=detached,
+            cpus=DATA_PLANE_CPUS,
         )
 
     def start(self) -> Listener:
@@ -94,6 +105,7 @@ class Backend:
             # a short drain: tests stop backends while their CoreDNS stays (k8s/ uses the default)
             env={"PYTHONUNBUFFERED": "1", "SHUTDOWN_DRAIN_SECONDS": "1", **(env or {})},
             detached=detached,
+            cpus=DATA_PLANE_CPUS,
         )
 
     def get(self, path: str, *, admin: bool = True) -> tuple[int, str]:
@@ -144,7 +156,8 @@ def roll(pidfile: Path, timeout: float = START_TIMEOUT) -> tuple[int, int]:
         raise StartupError(f"backend {old} has no listener: stopping it would lose answers")
     environ = Path(f"/proc/{old}/environ").read_bytes().split(b"\0")
     env = dict(item.decode().split("=", 1) for item in environ if b"=" in item)
-    new = Process(pidfile.stem, argv, pidfile.with_suffix(".log"), env=env, cwd=ROOT, detached=True).start()
+    new = Process(pidfile.stem, argv, pidfile.with_suffix(".log"), env=env, cwd=ROOT, detached=True,
+                  cpus=DATA_PLANE_CPUS).start()
     wait_for(lambda: not pid_running(*recorded), what=f"backend {old} handing over to {new.pid} and exiting",
              timeout=timeout, watch=[new], interval=0.2)
     return old, int(new.pid or 0)

@@ -18,9 +18,9 @@ import pytest
 from lab.bind9 import Bind9
 from lab.coredns import FILE_TEMPLATE, CoreDNS
 from lab.dig import dig
-from lab.kube import CONTROL_PLANE_NICE, ControlPlane, cpu_list
+from lab.kube import CONTROL_PLANE_NICE, ControlPlane
 from lab.lbpool import LbPool
-from lab.proc import PYTHON, ROOT, Process, free_loopback_ip, wait_for
+from lab.proc import PYTHON, ROOT, Process, cpu_list, free_loopback_ip, wait_for
 
 DEPLOYMENT = """
 apiVersion: apps/v1
