@@ -665,14 +665,15 @@ class Connection(asyncio.Protocol):
         is, with the payload) and that it SHOULD go before other frames; a client that pings now and
         then (h2spec, keepalive) still gets it at once."""
         self.pings.append(payload)
-        if self.ping_timer is not None and len(self.pings) <= self.limits.max_held_pings:
-            return
-        loop = asyncio.get_running_loop()
-        wait = self.ping_acked + self.limits.ping_ack_interval - loop.time()
-        if wait > 0 and len(self.pings) <= self.limits.max_held_pings:
-            self.ping_timer = loop.call_later(wait, self._ack_held)
-        else:
+        if len(self.pings) > self.limits.max_held_pings:
             self._ack_pings()  # data_received flushes
+        elif self.ping_timer is None:
+            loop = asyncio.get_running_loop()
+            wait = self.ping_acked + self.limits.ping_ack_interval - loop.time()
+            if wait > 0:
+                self.ping_timer = loop.call_later(wait, self._ack_held)
+            else:
+                self._ack_pings()
 
     def _ack_pings(self) -> None:
         """The held PINGs' ACKs into self.out, in the order they came."""

@@ -89,13 +89,11 @@ class EventRecorder:
                 if item is None:
                     return
                 self._write(*item)
-            except kubeapi.KubeError as e:
-                if not e.namespace_terminating:
-                    log.warning("could not write event %s: %s", item[0] if item else None, e)
-                elif item is not None:
-                    self._dropped(item[0][0].namespace or "default", "event", "namespace_terminating")
             except Exception as e:  # best effort: an Event must never take the recorder down
-                log.warning("could not write event %s: %s", item[0] if item else None, e)
+                if isinstance(e, kubeapi.KubeError) and e.namespace_terminating and item is not None:
+                    self._dropped(item[0][0].namespace or "default", "event", "namespace_terminating")
+                else:
+                    log.warning("could not write event %s: %s", item[0] if item else None, e)
             finally:
                 self._queue.task_done()
 
