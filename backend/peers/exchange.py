@@ -285,7 +285,9 @@ class PeerExchange:
             dirty, self._dirty = self._dirty, set()
         if self._indexed and not dirty:
             return
-        _, by_key = self.store.snapshot()
+        # after the first time, only the changed keys' Endpoints: a copy of the whole Store per change
+        # would hold the GIL (and so the answer loop) for a time that grows with the objects
+        _, by_key = self.store.snapshot(dirty if self._indexed else None)
         zones = [gz.dns_zone for gz in self.settings.gslb_zones]
         shares = self._shares
         if not self._indexed:  # the first time: every key we do not hold yet
