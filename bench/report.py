@@ -281,8 +281,12 @@ def _stalls(phase: dict[str, Any]) -> str:
 
 
 def _cores(phase: dict[str, Any]) -> str:
-    shares = sorted(phase["cpu_share_by_process"].items(), key=lambda kv: -kv[1])
-    return f"{phase['machine_busy_cores']}: " + ", ".join(f"{name} {v}" for name, v in shares)
+    return f"{phase['machine_busy_cores']}: {_by_share(phase['cpu_share_by_process'])}"
+
+
+def _by_share(shares: dict[str, float]) -> str:
+    """Cores by process, the busiest first, those that used none left out."""
+    return ", ".join(f"{name} {v}" for name, v in sorted(shares.items(), key=lambda kv: -kv[1]) if v)
 
 
 def _p50_p99(t: dict[str, Any] | None) -> str:
@@ -521,6 +525,9 @@ def _scale(s: dict[str, Any]) -> list[str]:
          f"{s['api_stream_list_services_seconds']} s" if "api_stream_list_services_seconds" in s else "-"),
         ("every name answering at that moment", "yes" if s.get("complete_at_ready") else "no"),
         ("backend CPU until ready", f"{s['backend_cpu_seconds_to_ready']} s"),
+        ("the two cores until ready, busy (by process)", (
+            f"{round(sum(s['cpu_share_during_sync'].values()), 2)}: {_by_share(s['cpu_share_during_sync'])}")
+         if "cpu_share_during_sync" in s else "-"),
         ("backend RSS at ready / after the trials",
          f"{s['rss_mib_at_ready']} / {s['rss_mib_after_trials']} MiB"
          f"{_rss_split(s, 'at_ready', 'after_trials')}"),

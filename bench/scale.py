@@ -35,7 +35,17 @@ from bench.objects import (
     pin_cluster_ips,
     service,
 )
-from bench.procstat import loadavg, mib, rss_by_process, rss_bytes, total_mib, tree_cpu_seconds
+from bench.procstat import (
+    cpu_of,
+    loadavg,
+    machine_busy_seconds,
+    mib,
+    rss_by_process,
+    rss_bytes,
+    spent,
+    total_mib,
+    tree_cpu_seconds,
+)
 from bench.profile import Sampler
 from bench.profile import summary as summary_rows
 from lab.coredns import GRPC_TEMPLATE
@@ -96,6 +106,9 @@ class Loaded:
     loadavg_ready: str  # the machine's load average at /readyz
     list_seconds: float  # the API's paginated list of every Service, timed before the backend starts
     stream_seconds: float  # the API's streaming list of them (how the backend lists), timed likewise
+    # where the two cores went from the backend's start to /readyz: the backend's tree, each of the lab's
+    # other processes, and "other" (what the machine spent beyond them), in cores
+    sync_cpu_share: dict[str, float]
 
     @property
     def pid(self) -> int:
@@ -134,6 +147,8 @@ def load(bed: Bed, n: int, n_gslbs: int, before_start: Callable[[Api], None] = l
     coredns = bed.coredns(GRPC_TEMPLATE, "coredns-scale", zones=(dataset.ZONE, dataset.GSLB_ZONE),
                           grpc=backend.grpc)
     server = coredns.address
+    lab = bed.pids()
+    lab0, machine0 = cpu_of(lab), machine_busy_seconds()
     t0 = time.monotonic()
     backend.launch()
     pid = backend.process.pid
@@ -141,8 +156,11 @@ def load(bed: Bed, n: int, n_gslbs: int, before_start: Callable[[Api], None] = l
     with Sampler(pid, bed.workdir / "backend-profile-sync.txt", rate=SYNC_PROFILE_RATE) as sync_profile:
         backend.wait_started(timeout=SYNC_TIMEOUT)
         sync = time.monotonic() - t0
+        cpu_ready = tree_cpu_seconds(pid)
+        cores = {"backend": cpu_ready, **spent(lab0, cpu_of(lab)), **cpu_of({"py-spy": sync_profile.spy_pid})}
+        cores["other"] = max(0.0, machine_busy_seconds() - machine0 - sum(cores.values()))
     rss_ready = rss_by_process(pid)
-    cpu_ready = tree_cpu_seconds(pid)
+    sync_share = {name: round(v / sync, 2) for name, v in cores.items()}
     load_ready = loadavg()
     last, last_gslb = n - 1, n_gslbs - 1
 
@@ -152,11 +170,12 @@ def load(bed: Bed, n: int, n_gslbs: int, before_start: Callable[[Api], None] = l
 
     at_ready = complete()
     print(f"  backend ready (/readyz 200) {sync:.1f} s after start, RSS {mib(rss_ready)} MiB, "
-          f"CPU {cpu_ready:.1f} s; the last Service and Gslb answer at once: {at_ready}", flush=True)
+          f"CPU {cpu_ready:.1f} s; the last Service and Gslb answer at once: {at_ready}; cores meanwhile "
+          f"{sync_share}", flush=True)
     wait_for(complete, what="the last Service and Gslb answering", timeout=300, watch=[backend.process])
     return Loaded(api, services, slices, gslbs, created, backend, server, sync, rss_ready, cpu_ready,
                   at_ready, t0, time.monotonic() - t0, summary_rows(sync_profile.out, 15), load_ready,
-                  list_seconds, stream_seconds)
+                  list_seconds, stream_seconds, sync_share)
 
 
 def paginated_list_seconds(api: Api, obj: Obj) -> float:
@@ -288,6 +307,7 @@ def run(bed: Bed, n: int = 10_000, trials: int = 20, n_gslbs: int | None = None)
         "rss_mib_at_ready_by_process": mib(up.rss_ready),
         "rss_mib_after_trials_by_process": mib(after),
         "backend_cpu_seconds_to_ready": round(up.cpu_ready, 1),
+        "cpu_share_during_sync": up.sync_cpu_share,
         "loadavg_at_ready": up.loadavg_ready,
         "loadavg_trials": load_avg,
         "backend_idle_after_seconds": round(start_up_work, 1) if quiet else None,
