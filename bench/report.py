@@ -519,6 +519,8 @@ def _scale(s: dict[str, Any]) -> list[str]:
         ("objects in the apiserver", f"{s['services']:,} Services, {s['endpointslices']:,} EndpointSlices, "
                                      f"{s['gslbs']:,} Gslbs (created in {s['create_seconds']} s{bulk})"),
         ("start -> /readyz 200 (first full sync)", f"{s['sync_seconds']} s{load}"),
+        ("the control plane settling before the backend starts (objects in, controllers quiet)",
+         f"{s['lab_quiet_wait_seconds']} s" if s.get("lab_quiet_wait_seconds") is not None else "-"),
         ("the API alone listing every Service in the backend's pages of 500",
          f"{s['api_list_services_seconds']} s" if "api_list_services_seconds" in s else "-"),
         ("the API alone streaming them (a watch with sendInitialEvents: how the backend lists)",
