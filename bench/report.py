@@ -281,8 +281,12 @@ def _stalls(phase: dict[str, Any]) -> str:
 
 
 def _cores(phase: dict[str, Any]) -> str:
-    shares = sorted(phase["cpu_share_by_process"].items(), key=lambda kv: -kv[1])
-    return f"{phase['machine_busy_cores']}: " + ", ".join(f"{name} {v}" for name, v in shares)
+    return f"{phase['machine_busy_cores']}: {_by_share(phase['cpu_share_by_process'])}"
+
+
+def _by_share(shares: dict[str, float]) -> str:
+    """Cores by process, the busiest first, those that used none left out."""
+    return ", ".join(f"{name} {v}" for name, v in sorted(shares.items(), key=lambda kv: -kv[1]) if v)
 
 
 def _p50_p99(t: dict[str, Any] | None) -> str:
@@ -515,12 +519,17 @@ def _scale(s: dict[str, Any]) -> list[str]:
         ("objects in the apiserver", f"{s['services']:,} Services, {s['endpointslices']:,} EndpointSlices, "
                                      f"{s['gslbs']:,} Gslbs (created in {s['create_seconds']} s{bulk})"),
         ("start -> /readyz 200 (first full sync)", f"{s['sync_seconds']} s{load}"),
+        ("the control plane settling before the backend starts (objects in, controllers quiet)",
+         f"{s['lab_quiet_wait_seconds']} s" if s.get("lab_quiet_wait_seconds") is not None else "-"),
         ("the API alone listing every Service in the backend's pages of 500",
          f"{s['api_list_services_seconds']} s" if "api_list_services_seconds" in s else "-"),
         ("the API alone streaming them (a watch with sendInitialEvents: how the backend lists)",
          f"{s['api_stream_list_services_seconds']} s" if "api_stream_list_services_seconds" in s else "-"),
         ("every name answering at that moment", "yes" if s.get("complete_at_ready") else "no"),
         ("backend CPU until ready", f"{s['backend_cpu_seconds_to_ready']} s"),
+        ("the two cores until ready, busy (by process)", (
+            f"{round(sum(s['cpu_share_during_sync'].values()), 2)}: {_by_share(s['cpu_share_during_sync'])}")
+         if "cpu_share_during_sync" in s else "-"),
         ("backend RSS at ready / after the trials",
          f"{s['rss_mib_at_ready']} / {s['rss_mib_after_trials']} MiB"
          f"{_rss_split(s, 'at_ready', 'after_trials')}"),

@@ -35,7 +35,17 @@ from bench.objects import (
     pin_cluster_ips,
     service,
 )
-from bench.procstat import loadavg, mib, rss_by_process, rss_bytes, total_mib, tree_cpu_seconds
+from bench.procstat import (
+    cpu_of,
+    loadavg,
+    machine_busy_seconds,
+    mib,
+    rss_by_process,
+    rss_bytes,
+    spent,
+    total_mib,
+    tree_cpu_seconds,
+)
 from bench.profile import Sampler
 from bench.profile import summary as summary_rows
 from lab.coredns import GRPC_TEMPLATE
@@ -46,6 +56,7 @@ NS = "scale"
 POLL = 0.002
 TRIAL_TIMEOUT = 10.0
 QUIET_TIMEOUT = 300.0
+LAB_QUIET_TIMEOUT = 600.0  # the control plane settling before the backend starts (bulk copies: minutes)
 # Past this many Services the objects are written into etcd (bench.objects.bulk_create): through the API
 # 100,000 take most of an hour on two shared cores.
 BULK_ABOVE = 20_000
@@ -96,6 +107,11 @@ class Loaded:
     loadavg_ready: str  # the machine's load average at /readyz
     list_seconds: float  # the API's paginated list of every Service, timed before the backend starts
     stream_seconds: float  # the API's streaming list of them (how the backend lists), timed likewise
+    # where the two cores went from the backend's start to /readyz: the backend's tree, each of the lab's
+    # other processes, and "other" (what the machine spent beyond them), in cores
+    sync_cpu_share: dict[str, float]
+    lab_quiet_wait: float  # seconds the control plane took to settle after the objects were in (see load)
+    lab_quiet: bool
 
     @property
     def pid(self) -> int:
@@ -130,10 +146,19 @@ def load(bed: Bed, n: int, n_gslbs: int, before_start: Callable[[Api], None] = l
     print(f"  created {n} Services (+ status), {n_gslbs} EndpointSlices, {n_gslbs} Gslbs in {created:.1f} s"
           f"{' (copies written into etcd)' if bulk else ''}", flush=True)
     before_start(api)
+    # The backend starts against a settled control plane, as a backend (re)started in a cluster that
+    # has held these objects for a while: objects copied into etcd reach kube-controller-manager all at
+    # once, and its start-up pass over them took 1.24 of the two cores during a 100k sync (07:35).
+    t_lab = time.monotonic()
+    lab_quiet = quiet_within(lambda: sum(cpu_of(bed.pids()).values()), LAB_QUIET_TIMEOUT)
+    lab_wait = time.monotonic() - t_lab
+    print(f"  the lab's control plane quiet after {lab_wait:.0f} s more ({lab_quiet})", flush=True)
     backend = bed.backend(dataset.BACKEND_FLAGS, name="backend-scale", start=False)
     coredns = bed.coredns(GRPC_TEMPLATE, "coredns-scale", zones=(dataset.ZONE, dataset.GSLB_ZONE),
                           grpc=backend.grpc)
     server = coredns.address
+    lab = bed.pids()
+    lab0, machine0 = cpu_of(lab), machine_busy_seconds()
     t0 = time.monotonic()
     backend.launch()
     pid = backend.process.pid
@@ -141,8 +166,11 @@ def load(bed: Bed, n: int, n_gslbs: int, before_start: Callable[[Api], None] = l
     with Sampler(pid, bed.workdir / "backend-profile-sync.txt", rate=SYNC_PROFILE_RATE) as sync_profile:
         backend.wait_started(timeout=SYNC_TIMEOUT)
         sync = time.monotonic() - t0
+        cpu_ready = tree_cpu_seconds(pid)
+        cores = {"backend": cpu_ready, **spent(lab0, cpu_of(lab)), **cpu_of({"py-spy": sync_profile.spy_pid})}
+        cores["other"] = max(0.0, machine_busy_seconds() - machine0 - sum(cores.values()))
     rss_ready = rss_by_process(pid)
-    cpu_ready = tree_cpu_seconds(pid)
+    sync_share = {name: round(v / sync, 2) for name, v in cores.items()}
     load_ready = loadavg()
     last, last_gslb = n - 1, n_gslbs - 1
 
@@ -152,11 +180,12 @@ def load(bed: Bed, n: int, n_gslbs: int, before_start: Callable[[Api], None] = l
 
     at_ready = complete()
     print(f"  backend ready (/readyz 200) {sync:.1f} s after start, RSS {mib(rss_ready)} MiB, "
-          f"CPU {cpu_ready:.1f} s; the last Service and Gslb answer at once: {at_ready}", flush=True)
+          f"CPU {cpu_ready:.1f} s; the last Service and Gslb answer at once: {at_ready}; cores meanwhile "
+          f"{sync_share}", flush=True)
     wait_for(complete, what="the last Service and Gslb answering", timeout=300, watch=[backend.process])
     return Loaded(api, services, slices, gslbs, created, backend, server, sync, rss_ready, cpu_ready,
                   at_ready, t0, time.monotonic() - t0, summary_rows(sync_profile.out, 15), load_ready,
-                  list_seconds, stream_seconds)
+                  list_seconds, stream_seconds, sync_share, round(lab_wait, 1), lab_quiet)
 
 
 def paginated_list_seconds(api: Api, obj: Obj) -> float:
@@ -249,11 +278,16 @@ def trials_phase(api: Api, server: str, services: list[Obj], slices: list[Obj], 
 def wait_quiet(pid: int, timeout: float = QUIET_TIMEOUT) -> bool:
     """Until the backend's start-up work (the leader writing every Gslb's status) is done: under 10%
     of a core for 3 s. False if that did not happen within `timeout`."""
+    return quiet_within(lambda: tree_cpu_seconds(pid), timeout)
+
+
+def quiet_within(cpu_seconds: Callable[[], float], timeout: float) -> bool:
+    """Until `cpu_seconds()` grows by under 10% of a core over 3 s; False if not within `timeout`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        before = tree_cpu_seconds(pid)
+        before = cpu_seconds()
         time.sleep(3)
-        if tree_cpu_seconds(pid) - before < 0.3:
+        if cpu_seconds() - before < 0.3:
             return True
     return False
 
@@ -288,6 +322,8 @@ def run(bed: Bed, n: int = 10_000, trials: int = 20, n_gslbs: int | None = None)
         "rss_mib_at_ready_by_process": mib(up.rss_ready),
         "rss_mib_after_trials_by_process": mib(after),
         "backend_cpu_seconds_to_ready": round(up.cpu_ready, 1),
+        "cpu_share_during_sync": up.sync_cpu_share,
+        "lab_quiet_wait_seconds": up.lab_quiet_wait if up.lab_quiet else None,
         "loadavg_at_ready": up.loadavg_ready,
         "loadavg_trials": load_avg,
         "backend_idle_after_seconds": round(start_up_work, 1) if quiet else None,
