@@ -148,7 +148,7 @@ def load(bed: Bed, n: int, n_gslbs: int, before_start: Callable[[Api], None] = l
     before_start(api)
     # The backend starts against a settled control plane, as a backend (re)started in a cluster that
     # has held these objects for a while: objects copied into etcd reach kube-controller-manager all at
-    # once, and its start-up pass over them took 1.24 of the two cores during a 100k sync (07:35).
+    # once, and its start-up pass over them took 1.24 of the two cores during a 100k sync (2026-12-02 07:37).
     t_lab = time.monotonic()
     lab_quiet = quiet_within(lambda: sum(cpu_of(bed.pids()).values()), LAB_QUIET_TIMEOUT)
     lab_wait = time.monotonic() - t_lab
