@@ -278,7 +278,7 @@ class Informer:
 
     def _run(self) -> None:
         delay = 0.0
-        need_list = True
+        need_list = not self.synced.is_set() or self._listed is not None  # else: resume the watch
         while not self._stop.is_set():
             if delay:
                 self._stop.wait(delay * random.uniform(0.8, 1.2))
