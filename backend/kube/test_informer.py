@@ -42,6 +42,7 @@ def listed(inf: Informer, *events: dict) -> None:
 
 def synced_informer() -> tuple[Informer, Handler]:
     inf = Informer(client.ApiClient(), SERVICES)
+    inf.add_index("rv", lambda obj: [obj["metadata"]["resourceVersion"]])
     handler = Handler(inf)
     inf.add_handler(handler)
     listed(inf, added("a", "1"), added("b", "2"), added("c", "3"))
@@ -58,10 +59,12 @@ def test_a_relist_after_sync_applies_nothing_until_whole_then_reports_deleted_fi
     # "a" deleted while away, "b" changed, "c" unchanged, "d" new (as a name moving from a to d)
     listed(inf, added("b", "5"), added("c", "3"), added("d", "6"))
     assert handler.calls == [], "nothing handed on while the relist runs"
-    assert sorted(inf.objects) == ["ns/a", "ns/b", "ns/c"] and inf.get("ns/b")["metadata"]["resourceVersion"] == "2"
+    assert sorted(inf.objects) == ["ns/a", "ns/b", "ns/c"], "the informer's own view is the last good state"
+    assert [o["metadata"]["name"] for o in inf.by_index("rv", "2")] == ["b"] and not inf.by_index("rv", "5")
     inf._apply(initial_events_end("6"))
     assert handler.calls == [("DELETED", "a", None), ("MODIFIED", "b", "5"), ("ADDED", "d", "6")]
     assert sorted(inf.objects) == ["ns/b", "ns/c", "ns/d"] and inf.resource_version == "6"
+    assert [o["metadata"]["name"] for o in inf.by_index("rv", "5")] == ["b"] and not inf.by_index("rv", "2")
 
 
 def test_a_relist_cut_short_and_restarted_applies_nothing_it_held() -> None:
