@@ -8,7 +8,7 @@ from __future__ import annotations
 from kubernetes import client
 
 from backend.kube.informer import INITIAL_EVENTS_END, SERVICES, Informer
-from backend.model import Obj
+from backend.model import Endpoint, Obj, Store, Target
 
 
 def added(name: str, rv: str) -> dict:
@@ -73,3 +73,25 @@ def test_a_relist_cut_short_and_restarted_applies_nothing_it_held() -> None:
     listed(inf, added("a", "1"), added("b", "2"), added("c", "3"), initial_events_end("8"))
     assert handler.calls == [], "the restarted list names nothing new: the cut one's object is dropped"
     assert sorted(inf.objects) == ["ns/a", "ns/b", "ns/c"]
+
+
+
+def test_a_relist_reaches_the_store_at_once_so_a_moved_name_always_has_an_owner() -> None:
+    """"a" deleted while away and "d" made with its hostname: a compile (a Store listener) between the
+    two writes would serve the name with neither owner, NXDOMAIN that resolvers cache."""
+    store = Store()
+    addresses = {"a": "10.0.0.1", "d": "10.0.0.4"}  # the two owners of x.example; "b" publishes nothing
+
+    def write(type_: str, obj: Obj, _old: Obj | None) -> None:
+        name = obj["metadata"]["name"]
+        eps = [Endpoint("x.example", "A", (Target(addresses[name]),))] if name in addresses else []
+        store.replace(f"service/ns/{name}", [] if type_ == "DELETED" else eps)
+
+    inf = Informer(client.ApiClient(), SERVICES, batch=store.batch)
+    inf.add_handler(write)
+    listed(inf, added("a", "1"), added("b", "2"), initial_events_end("2"))
+    assert list(store.snapshot()[1]) == ["service/ns/a"]
+    seen: list[list[str]] = []  # the Store's keys at each notification
+    store.subscribe(lambda _version: seen.append(sorted(store.snapshot()[1])))
+    listed(inf, added("b", "2"), added("d", "6"), initial_events_end("6"))
+    assert seen == [["service/ns/d"]], "one notification, and the name's new owner already in it"
