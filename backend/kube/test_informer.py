@@ -5,6 +5,8 @@ tests/test_sources_informer.py."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from kubernetes import client
 
 from backend.kube.informer import INITIAL_EVENTS_END, SERVICES, Informer
@@ -95,3 +97,42 @@ def test_a_relist_reaches_the_store_at_once_so_a_moved_name_always_has_an_owner(
     store.subscribe(lambda _version: seen.append(sorted(store.snapshot()[1])))
     listed(inf, added("b", "2"), added("d", "6"), initial_events_end("6"))
     assert seen == [["service/ns/d"]], "one notification, and the name's new owner already in it"
+
+
+class Scripted(Informer):
+    """`_watch` replaced by steps (a small double of the API's connection): each gets the informer and
+    whether `_run` asked for a streaming list (`initial`)."""
+
+    def __init__(self, *steps: Callable[[Informer], None]) -> None:
+        super().__init__(client.ApiClient(), SERVICES, backoff_cap=0.2)
+        self.steps = list(steps)
+        self.initials: list[bool] = []
+
+    def _watch(self, initial: bool = False) -> None:
+        self.initials.append(initial)
+        self.steps.pop(0)(self)
+
+
+def lost(inf: Informer) -> None:
+    raise OSError("connection reset by peer")
+
+
+def stop(inf: Informer) -> None:
+    inf._stop.set()
+
+
+def test_a_connection_lost_after_its_list_resumes_the_watch_and_one_lost_mid_list_lists_again() -> None:
+    def whole_then_lost(inf: Informer) -> None:
+        listed(inf, added("a", "1"), initial_events_end("3"))
+        lost(inf)
+
+    def cut_mid_list(inf: Informer) -> None:
+        listed(inf, added("a", "1"))
+        lost(inf)
+
+    inf = Scripted(whole_then_lost, stop)
+    inf._run()
+    assert inf.initials == [True, False] and inf.resource_version == "3", "the watch resumed, no relist"
+    inf = Scripted(cut_mid_list, whole_then_lost, stop)
+    inf._run()
+    assert inf.initials == [True, True, False]
