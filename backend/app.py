@@ -104,6 +104,7 @@ class App:
                 self.api, resource,
                 on_watch_event=lambda r, t: metrics.WATCH_EVENTS.labels(r.plural, t).inc(),
                 on_restart=lambda r, why: metrics.WATCH_RESTARTS.labels(r.plural, why).inc(),
+                batch=self.store.batch,
             )
         return self.informers[resource]
 

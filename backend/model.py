@@ -15,11 +15,12 @@ Store keys, and who writes them (one writer per prefix; keys are made only by th
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 import socket
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -227,6 +228,7 @@ class Store:
         self._version = 0
         self._listeners: list[Listener] = []
         self._key_listeners: list[KeysListener] = []
+        self._batch = threading.local()  # .writes: this thread's staged writes inside `batch()`
 
     @property
     def version(self) -> int:
@@ -241,18 +243,53 @@ class Store:
         self._key_listeners.append(listener)
 
     def replace(self, key: str, endpoints: Iterable[Endpoint]) -> bool:
-        """Set everything `key` produces; an empty list removes the key. True if anything changed."""
+        """Set everything `key` produces; an empty list removes the key. True if anything changed
+        (inside `batch()`: from what the batch holds so far)."""
         new = tuple(endpoints)
+        staged: dict[str, tuple[Endpoint, ...]] | None = getattr(self._batch, "writes", None)
+        if staged is None:
+            return self._apply({key: new})
         with self._lock:
-            if self._by_key.get(key, ()) == new:
+            held = staged[key] if key in staged else self._by_key.get(key, ())
+        if held == new:
+            return False
+        staged[key] = new
+        return True
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """This thread's writes inside are applied together at the end, with one notification: a
+        reader (the compiler, a consumer's snapshot) sees all of them or none. A relist after an outage
+        reports an object gone and then one made meanwhile; a name that moved from the one to the other
+        must not show with neither owner (NXDOMAIN, which resolvers cache) or both. Other threads'
+        writes are applied as they come."""
+        if getattr(self._batch, "writes", None) is not None:  # nested: the outer batch applies them
+            yield
+            return
+        staged: dict[str, tuple[Endpoint, ...]] = {}
+        self._batch.writes = staged
+        try:
+            yield
+        finally:
+            self._batch.writes = None
+            self._apply(staged)
+
+    def _apply(self, writes: Mapping[str, tuple[Endpoint, ...]]) -> bool:
+        with self._lock:
+            changed = []
+            for key, new in writes.items():
+                if self._by_key.get(key, ()) == new:
+                    continue
+                if new:
+                    self._by_key[key] = new
+                else:
+                    del self._by_key[key]
+                changed.append(key)
+            if not changed:
                 return False
-            if new:
-                self._by_key[key] = new
-            else:
-                del self._by_key[key]
             self._version += 1
             version = self._version
-        self._notify(version, frozenset((key,)))
+        self._notify(version, frozenset(changed))
         return True
 
     def _notify(self, version: int, keys: frozenset[str]) -> None:

@@ -8,21 +8,24 @@ backoff, and while the API is away the objects stay as they were: DNS keeps answ
 state. The first list's objects reach the handlers as they arrive, so their work overlaps the API's;
 only DELETED waits for the whole list, and `synced` is set after it. A relist after that holds what
 it lists until it is whole, then reports what vanished as DELETED first and the held ADDED/MODIFIED
-after: applied as they arrived, a name that moved from a deleted object to a new one would show as a
-conflict of both for the whole relist (13-27 s at 100,000 Services). What it holds references the
-listed objects, which the informer would hold anyway once the list is applied; a relist cut short
-drops it and starts over, so nothing half-listed is ever applied.
+after, all inside `batch` (the Store's: the handlers' writes applied at once, so the name is never
+seen with neither owner in between): applied as they arrived, a name that moved from a deleted object
+to a new one would show as a conflict of both for the whole relist (13-27 s at 100,000 Services).
+What it holds references the listed objects, which the informer would hold anyway once the list is
+applied; a relist cut short drops it and starts over, so nothing half-listed is ever applied.
 A kind whose CRD is not installed counts as synced with no objects (so readiness does not wait on
 an optional CRD) and is retried quietly until it appears.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import sys
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,6 +193,7 @@ class Informer:
         on_watch_event: Callable[[Resource, str], None] | None = None,
         on_restart: Callable[[Resource, str], None] | None = None,
         stream_list: bool = True,
+        batch: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
     ) -> None:
         self.api = api_client
         self.resource = resource
@@ -204,6 +208,9 @@ class Informer:
         self._on_watch_event = on_watch_event
         self._on_restart = on_restart
         self.stream_list = stream_list
+        # what a relist's DELETED and held changes are handed on inside (the Store's `batch`), so the
+        # handlers' writes of one relist are seen all at once
+        self._batch = batch
         # while a (re)list runs: each key it named, with the object a relist after sync holds back for
         # `_end_list` (None: unchanged, or already delivered by the first list)
         self._listed: dict[str, Obj | None] | None = None
@@ -309,6 +316,10 @@ class Informer:
             except (urllib3.exceptions.HTTPError, OSError, ValueError) as e:
                 if self._stop.is_set():
                     return
+                # a connection lost after its list was whole was the watch: resume it from the
+                # resourceVersion held (a relist at 100,000 Services takes 13-27 s); one lost
+                # mid-list lists again
+                need_list = self._listed is not None or not self.synced.is_set()
                 reason = "error"
                 self._trouble(f"API unreachable ({e})")
                 delay = self._backoff(delay, 0.2, self.backoff_cap)
@@ -378,11 +389,12 @@ class Informer:
         with self._lock:
             gone = [key for key in self.objects if key not in listed]
             self.resource_version = resource_version
-        for key in gone:
-            self._store("DELETED", key, self.objects[key])
-        for key, obj in listed.items():
-            if obj is not None:
-                self._store("ADDED", key, obj)
+        with self._batch():
+            for key in gone:
+                self._store("DELETED", key, self.objects[key])
+            for key, obj in listed.items():
+                if obj is not None:
+                    self._store("ADDED", key, obj)
         if self._missing_logged and resource_version:
             log.info("%s: now served by the API", self.resource)
             self._missing_logged = False

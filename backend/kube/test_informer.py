@@ -5,10 +5,12 @@ tests/test_sources_informer.py."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from kubernetes import client
 
 from backend.kube.informer import INITIAL_EVENTS_END, SERVICES, Informer
-from backend.model import Obj
+from backend.model import Endpoint, Obj, Store, Target
 
 
 def added(name: str, rv: str) -> dict:
@@ -73,3 +75,64 @@ def test_a_relist_cut_short_and_restarted_applies_nothing_it_held() -> None:
     listed(inf, added("a", "1"), added("b", "2"), added("c", "3"), initial_events_end("8"))
     assert handler.calls == [], "the restarted list names nothing new: the cut one's object is dropped"
     assert sorted(inf.objects) == ["ns/a", "ns/b", "ns/c"]
+
+
+
+def test_a_relist_reaches_the_store_at_once_so_a_moved_name_always_has_an_owner() -> None:
+    """"a" deleted while away and "d" made with its hostname: a compile (a Store listener) between the
+    two writes would serve the name with neither owner, NXDOMAIN that resolvers cache."""
+    store = Store()
+    addresses = {"a": "10.0.0.1", "d": "10.0.0.4"}  # the two owners of x.example; "b" publishes nothing
+
+    def write(type_: str, obj: Obj, _old: Obj | None) -> None:
+        name = obj["metadata"]["name"]
+        eps = [Endpoint("x.example", "A", (Target(addresses[name]),))] if name in addresses else []
+        store.replace(f"service/ns/{name}", [] if type_ == "DELETED" else eps)
+
+    inf = Informer(client.ApiClient(), SERVICES, batch=store.batch)
+    inf.add_handler(write)
+    listed(inf, added("a", "1"), added("b", "2"), initial_events_end("2"))
+    assert list(store.snapshot()[1]) == ["service/ns/a"]
+    seen: list[list[str]] = []  # the Store's keys at each notification
+    store.subscribe(lambda _version: seen.append(sorted(store.snapshot()[1])))
+    listed(inf, added("b", "2"), added("d", "6"), initial_events_end("6"))
+    assert seen == [["service/ns/d"]], "one notification, and the name's new owner already in it"
+
+
+class Scripted(Informer):
+    """`_watch` replaced by steps (a small double of the API's connection): each gets the informer and
+    whether `_run` asked for a streaming list (`initial`)."""
+
+    def __init__(self, *steps: Callable[[Informer], None]) -> None:
+        super().__init__(client.ApiClient(), SERVICES, backoff_cap=0.2)
+        self.steps = list(steps)
+        self.initials: list[bool] = []
+
+    def _watch(self, initial: bool = False) -> None:
+        self.initials.append(initial)
+        self.steps.pop(0)(self)
+
+
+def lost(inf: Informer) -> None:
+    raise OSError("connection reset by peer")
+
+
+def stop(inf: Informer) -> None:
+    inf._stop.set()
+
+
+def test_a_connection_lost_after_its_list_resumes_the_watch_and_one_lost_mid_list_lists_again() -> None:
+    def whole_then_lost(inf: Informer) -> None:
+        listed(inf, added("a", "1"), initial_events_end("3"))
+        lost(inf)
+
+    def cut_mid_list(inf: Informer) -> None:
+        listed(inf, added("a", "1"))
+        lost(inf)
+
+    inf = Scripted(whole_then_lost, stop)
+    inf._run()
+    assert inf.initials == [True, False] and inf.resource_version == "3", "the watch resumed, no relist"
+    inf = Scripted(cut_mid_list, whole_then_lost, stop)
+    inf._run()
+    assert inf.initials == [True, True, False]
