@@ -48,6 +48,7 @@ from bench.objects import (
     service,
 )
 from bench.procstat import (
+    core_shares,
     cpu_by_process,
     cpu_of,
     loadavg,
@@ -428,13 +429,12 @@ def phase(up: Loaded, mix: Path, seconds: float, qps: float, out: Path, label: s
     machine, wall = machine_busy_seconds() - machine0, time.monotonic() - began  # past `seconds` while
     # the last changes wait for their answers
     cores = {"backend": sum(cpu.values()), **spent(named0, cpu_of(named)), "dnsperf": result.cpu_seconds}
-    cores["other"] = max(0.0, machine - sum(cores.values()))
     ran = result.seconds
     return {"dnsperf": {k: getattr(result, k) for k in DNSPERF_FIGURES},
             "backend_cpu_share": round(sum(cpu.values()) / ran, 2),  # the process tree's
             "backend_cpu_share_by_process": {name: round(v / ran, 3) for name, v in cpu.items()},
             "machine_busy_cores": round(machine / wall, 2),
-            "cpu_share_by_process": {name: round(v / wall, 2) for name, v in cores.items()},
+            "cpu_share_by_process": core_shares(cores, machine, wall),
             "loadavg": load, **scraper.figures(), **extra}
 
 

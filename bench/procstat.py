@@ -26,6 +26,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def core_shares(cpu: dict[str, float], machine: float, seconds: float) -> dict[str, float]:
+    """The cores each process used over `seconds` (`cpu`: its CPU seconds in them), and `other`: what
+    the machine spent busy in them (`machine`, from machine_busy_seconds) beyond all these."""
+    other = max(0.0, machine - sum(cpu.values()))
+    return {name: round(v / seconds, 2) for name, v in {**cpu, "other": other}.items()}
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds the whole machine has spent busy (every core, every process: /proc/stat's first line,
     all but idle and iowait), so a phase can say how much of the cores went to processes it did not name."""

@@ -36,6 +36,7 @@ from bench.objects import (
     service,
 )
 from bench.procstat import (
+    core_shares,
     cpu_of,
     loadavg,
     machine_busy_seconds,
@@ -168,9 +169,8 @@ def load(bed: Bed, n: int, n_gslbs: int, before_start: Callable[[Api], None] = l
         sync = time.monotonic() - t0
         cpu_ready = tree_cpu_seconds(pid)
         cores = {"backend": cpu_ready, **spent(lab0, cpu_of(lab)), **cpu_of({"py-spy": sync_profile.spy_pid})}
-        cores["other"] = max(0.0, machine_busy_seconds() - machine0 - sum(cores.values()))
+        sync_share = core_shares(cores, machine_busy_seconds() - machine0, sync)
     rss_ready = rss_by_process(pid)
-    sync_share = {name: round(v / sync, 2) for name, v in cores.items()}
     load_ready = loadavg()
     last, last_gslb = n - 1, n_gslbs - 1
 
