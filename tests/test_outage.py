@@ -91,9 +91,8 @@ def test_a_name_moving_to_a_new_service_while_the_watch_was_away_never_answers_b
         plane.kubectl("delete", "service", "a", "-n", namespace)
         plane.apply(lb_service("b", namespace, name))
         set_load_balancer(api, "Service", namespace, "b", [NEW])
-        # the apiserver's watch cache, which would serve the changes, starts anew after them: a watch
-        # resumed from what the backend holds gets 410 Gone (this backend's Services watch is still
-        # the connection its first list came on, and relists after any error anyway)
+        # the apiserver's watch cache, which would serve the changes, starts anew after them: the
+        # watch the backend resumes from the resourceVersion it holds gets 410 Gone, and it relists
         plane.stop_apiserver()
         plane.start_apiserver()
     finally:
