@@ -68,10 +68,10 @@ def lab_variant() -> dict[str, str]:
     nice = CONTROL_PLANE_NICE
     if nice != DEFAULT_CONTROL_PLANE_NICE:
         out[f"control_plane_nice_{nice}"] = f"with the control plane at autogroup nice {nice}"
-    for plane, cpus in (("control_plane", CONTROL_PLANE_CPUS), ("data_plane", DATA_PLANE_CPUS)):
+    for plane, what, cpus in (("control_plane", "the control plane", CONTROL_PLANE_CPUS),
+                              ("data_plane", "CoreDNS and the backend", DATA_PLANE_CPUS)):
         if cpus:
             cores = ",".join(map(str, sorted(cpus)))
-            what = "the control plane" if plane == "control_plane" else "CoreDNS and the backend"
             out[f"{plane}_cpus_{cores.replace(',', '_')}"] = f"with {what} on core {cores} only"
     return out
 
