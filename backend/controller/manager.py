@@ -116,6 +116,7 @@ class Controller:
         self.elector = LeaderElector(api, settings.namespace, identity=settings.identity,
                                      on_started=self._resync)
         self._peers: status.Peers = {}
+        self._peer_keys: set[str] = set()  # the Store's peer/<geotag> keys seen changing (one per cluster)
         self._delegations: Informer | None = None
         self._dns_servers: Callable[[Obj], list[dict[str, str]]] = lambda _obj: []
         self._dropped = kubeapi.DroppedWrites(
@@ -168,7 +169,9 @@ class Controller:
                 self.queue.add(("ingress", key))
 
     def _on_store_keys(self, keys: frozenset[str]) -> None:
-        if any(k.startswith(PEER_KEYS) for k in keys):
+        peer_keys = {k for k in keys if k.startswith(PEER_KEYS)}
+        if peer_keys:
+            self._peer_keys |= peer_keys
             self.queue.add(("peers", ""))
         for key in keys:  # a Gslb's own answer changed without a new result: probe verdicts flipped
             if key in self.engine.results:
@@ -303,13 +306,14 @@ class Controller:
         """Queue the status of every Gslb whose hosts gained or lost another cluster's targets (and
         every ZoneDelegation's: the peers' nameserver addresses may have moved)."""
         self._queue_delegations()
-        _, by_key = self.engine.store.snapshot()
+        # only the peers' keys: a copy of the whole Store holds the GIL, and the answer loop, for as
+        # long as the Store is big (peer keys are written after this listener is subscribed)
+        _, by_key = self.engine.store.snapshot(list(self._peer_keys))
         peers: dict[str, list[Target]] = {}
-        for key, eps in by_key.items():
-            if key.startswith(PEER_KEYS):
-                for ep in eps:
-                    if ep.rtype in ("A", "AAAA"):
-                        peers.setdefault(ep.name, []).extend(ep.targets)
+        for eps in by_key.values():
+            for ep in eps:
+                if ep.rtype in ("A", "AAAA"):
+                    peers.setdefault(ep.name, []).extend(ep.targets)
         new = {host: tuple(sorted(ts, key=lambda t: (t.geotag, t.value))) for host, ts in peers.items()}
         changed = {h for h in new.keys() | self._peers.keys() if new.get(h) != self._peers.get(h)}
         self._peers = new
