@@ -255,7 +255,6 @@ def edge_publisher(app: App) -> None:
     pub, key = edge.build(settings, app.store)
     app.reconfigured.append(edge.ZoneFollower(pub, app.store, key, settings.gslb_zones))
     app.server.add_readiness_detail("edge", pub.readiness)
-    app.store.subscribe(pub.wake)
     app.background(app.after_first_sync(pub.run))
 
 

@@ -195,9 +195,9 @@ KeysListener = Callable[[frozenset[str]], None]
 
 class ChangedKeys:
     """A Store key listener for a consumer on a thread of its own: gathers the keys changed until the
-    consumer `take`s them, and sets `wake` so it looks."""
+    consumer `take`s them, and sets `wake` (if any) so it looks."""
 
-    def __init__(self, wake: threading.Event) -> None:
+    def __init__(self, wake: threading.Event | None = None) -> None:
         self.wake = wake
         self._keys: set[str] = set()
         self._lock = threading.Lock()
@@ -205,7 +205,8 @@ class ChangedKeys:
     def __call__(self, keys: frozenset[str]) -> None:
         with self._lock:
             self._keys |= keys
-        self.wake.set()
+        if self.wake is not None:
+            self.wake.set()
 
     def take(self) -> set[str]:
         """The keys changed since the last take, forgotten here."""

@@ -72,14 +72,18 @@ def publisher(settings: Settings, store: Store | None = None) -> EdgePublisher |
 
 
 def build(settings: Settings, store: Store | None) -> tuple[EdgePublisher, dns.tsig.Key | None]:
-    """The publisher and the TSIG key its jobs sign with (`serve` rebuilds the jobs with the key)."""
+    """The publisher and the TSIG key its jobs sign with (`serve` rebuilds the jobs with the key); it
+    follows the Store's changed keys, which wake it and tell the names jobs what to redo."""
     key = tsig.load(settings)
     if not addresses(settings):
         log.warning("edge delegation off: --nameserver-address (this cluster's CoreDNS address) is not set")
     if key is None:
         log.warning("no TSIG key configured (--tsig-key-file or --tsig-secret): edge updates go unsigned")
     servers = [parse_server(s) for s in settings.edge_dns_servers]
-    return EdgePublisher(servers, jobs(settings, store, key), settings.edge_sync_seconds), key
+    pub = EdgePublisher(servers, jobs(settings, store, key), settings.edge_sync_seconds)
+    if store is not None:
+        store.subscribe_keys(pub.changed)
+    return pub, key
 
 
 class ZoneFollower:

@@ -12,9 +12,11 @@ someone else, or by nobody, are never touched.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+import operator
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import dns.name
@@ -28,7 +30,7 @@ from backend.config import Settings
 from backend.dnsclient import Server
 from backend.edge.publisher import EdgeError, Job, Record, send_update
 from backend.kube.informer import ROUTES
-from backend.model import Endpoint, Store, in_zone, source_prefix
+from backend.model import ChangedKeys, Endpoint, Store, in_zone, source_prefix
 
 log = logging.getLogger(__name__)
 
@@ -88,54 +90,135 @@ def _contributions(key: str, eps: tuple[Endpoint, ...], settings: Settings, edge
 
 
 class Wanted:
-    """What the Store's ExternalDNS-style names ask for in one edge zone (GSLB zones are delegated away).
+    """What the Store's ExternalDNS-style names ask for in one edge zone (GSLB zones are delegated away),
+    kept up to date from the Store's changed keys.
 
-    Each Store key's share is parsed once and kept while its Endpoints are the same objects, so a
-    pass over 10,000 Services re-parses only the ones that changed. Not thread-safe: one caller.
+    The first `update` reads every Store key; later ones copy out only the keys changed since (`changed`
+    is the Store key listener), re-parse those whose Endpoints are new objects and re-merge only the
+    (name, type)s they touch, from the keys asking for each: a pass costs what changed, not what the Store
+    holds (a whole-Store copy or sort holds the GIL, so the loop answering DNS, for all of it).
+    Not thread-safe: one caller (the publisher's worker thread).
     """
 
     def __init__(self, settings: Settings, edge_zone: str) -> None:
         self.settings = settings
         self.edge_zone = edge_zone
+        self.changed = ChangedKeys()
+        self.want: dict[RRKey, Want] = {}  # every (name, type) asked for, updated in place
+        self.generation = 0  # grows with every update that changed a Want
         self._delegated = [gz.dns_zone for gz in settings.gslb_zones]
         self._by_key: dict[str, tuple[tuple[Endpoint, ...], list[Contribution]]] = {}
+        self._keys_of: dict[RRKey, tuple[str, ...]] = {}  # (name, type) -> the Store keys asking, sorted
+        self._read_all = True
 
-    def __call__(self, by_key: Mapping[str, tuple[Endpoint, ...]]) -> dict[RRKey, Want]:
-        cache: dict[str, tuple[tuple[Endpoint, ...], list[Contribution]]] = {}
-        merged: dict[RRKey, Want] = {}
-        for key in sorted(k for k in by_key if k.startswith(SOURCE_KEYS)):
-            eps = by_key[key]
+    def update(self, store: Store) -> Wants:
+        keys = {k for k in self.changed.take() if k.startswith(SOURCE_KEYS)}
+        # a change after the keys are taken comes again next time; only the first update reads every key
+        _, by_key = store.snapshot(None if self._read_all else keys)
+        if self._read_all:
+            keys = {k for k in by_key if k.startswith(SOURCE_KEYS)}
+            self._read_all = False
+        changed = frozenset(self._redo(keys, by_key))
+        self.generation += bool(changed)
+        return Wants(self, self.generation, self.want, changed)
+
+    def _redo(self, keys: Iterable[str], by_key: Mapping[str, tuple[Endpoint, ...]]) -> set[RRKey]:
+        """Take in `keys` as `by_key` has them now (absent: gone); the (name, type)s whose Want changed."""
+        touched: set[RRKey] = set()
+        for key in keys:
+            eps = by_key.get(key)
             held = self._by_key.get(key)
-            if held is None or held[0] is not eps:
-                held = (eps, _contributions(key, eps, self.settings, self.edge_zone, self._delegated))
-            cache[key] = held
-            for rrkey, values, ttl, resource in held[1]:
-                first = merged.get(rrkey)
-                merged[rrkey] = (Want(values, ttl, resource) if first is None
-                                 else Want(first.values | values, first.ttl, first.resource))
-        self._by_key = cache
+            if eps is (held[0] if held else None):
+                continue
+            new = _contributions(key, eps, self.settings, self.edge_zone, self._delegated) if eps else []
+            for rrkey, *_ in held[1] if held else ():
+                self._keys_of[rrkey] = tuple(k for k in self._keys_of[rrkey] if k != key)
+                touched.add(rrkey)
+            for rrkey, *_ in new:
+                self._keys_of[rrkey] = tuple(sorted({*self._keys_of.get(rrkey, ()), key}))
+                touched.add(rrkey)
+            if eps:
+                self._by_key[key] = (eps, new)
+            else:
+                del self._by_key[key]
+        changed = set()
+        for rrkey in touched:
+            want = self._merge(rrkey)
+            if want == self.want.get(rrkey):
+                continue
+            changed.add(rrkey)
+            if want is None:
+                del self.want[rrkey]
+            else:
+                self.want[rrkey] = want
+        return changed
+
+    def _merge(self, rrkey: RRKey) -> Want | None:
+        """What the keys asking for `rrkey` want together: their values, the TTL and resource of the
+        first key in key order (so every replica, and every pass, picks the same)."""
+        keys = self._keys_of.get(rrkey)
+        if not keys:
+            self._keys_of.pop(rrkey, None)
+            return None
+        merged: Want | None = None
+        for key in keys:
+            for rk, values, ttl, resource in self._by_key[key][1]:
+                if rk == rrkey:
+                    merged = (Want(values, ttl, resource) if merged is None
+                              else Want(merged.values | values, merged.ttl, merged.resource))
         return merged
 
 
-def wanted(by_key: Mapping[str, tuple[Endpoint, ...]], settings: Settings,
-           edge_zone: str) -> dict[RRKey, Want]:
-    """What the Store's ExternalDNS-style names ask for in one edge zone, computed afresh."""
-    return Wanted(settings, edge_zone)(by_key)
+@dataclass(frozen=True)
+class Wants:
+    """One pass's wanted set: `want` (every (name, type); the `Wanted`'s own dict, updated in place by
+    the next pass) and `changed` (the (name, type)s whose Want this pass changed). Two compare equal
+    exactly when nothing changed in between, which the publisher asks without comparing the sets."""
+
+    source: Wanted
+    generation: int
+    want: Mapping[RRKey, Want] = field(compare=False)
+    changed: frozenset[RRKey] = field(compare=False)
 
 
-def _transfer(server: Server, zone: str, key: dns.tsig.Key | None) -> dict[RRKey, frozenset[str]]:
+@dataclass
+class Held:
+    """What the edge zone holds: rdata text by (name, type) (lowercase, TXT as is), and the types at each
+    name, so a name's CNAME clash is a look-up, not a walk over the zone."""
+
+    rrsets: dict[RRKey, frozenset[str]] = field(default_factory=dict)
+    types: dict[str, set[str]] = field(default_factory=dict)
+
+    def set(self, key: RRKey, values: Iterable[str]) -> None:
+        name, rtype = key
+        frozen = frozenset(values)
+        if frozen:
+            self.rrsets[key] = frozen
+            self.types.setdefault(name, set()).add(rtype)
+            return
+        self.rrsets.pop(key, None)
+        types = self.types.get(name, set())
+        types.discard(rtype)
+        if not types:
+            self.types.pop(name, None)
+
+
+def _transfer(server: Server, zone: str, key: dns.tsig.Key | None) -> Held:
     xfr = dns.query.xfr(server.host, dns.name.from_text(zone), port=server.port, keyring=key,
                         timeout=XFR_TIMEOUT, lifetime=XFR_TIMEOUT, relativize=False)
     contents = dns.zone.from_xfr(xfr, relativize=False)
-    held: dict[RRKey, set[str]] = {}
+    values: dict[RRKey, set[str]] = {}
     for name, rdataset in contents.iterate_rdatasets():
         rtype = dns.rdatatype.to_text(rdataset.rdtype)
-        held.setdefault((name.to_text().rstrip(".").lower(), rtype), set()).update(
+        values.setdefault((name.to_text().rstrip(".").lower(), rtype), set()).update(
             rd.to_text().lower() if rtype != "TXT" else rd.to_text() for rd in rdataset)
-    return {k: frozenset(v) for k, v in held.items()}
+    held = Held()
+    for k, v in values.items():
+        held.set(k, v)
+    return held
 
 
-async def zone_contents(server: Server, zone: str, key: dns.tsig.Key | None) -> dict[RRKey, frozenset[str]]:
+async def zone_contents(server: Server, zone: str, key: dns.tsig.Key | None) -> Held:
     try:
         return await asyncio.to_thread(_transfer, server, zone, key)
     except dns.tsig.PeerError as e:
@@ -152,45 +235,65 @@ class Plan:
     deletes: list[Record]
     adds: list[Change]
     claims: list[tuple[str, list[Change]]]  # fresh (name, type)s: (marker name, records + marker)
-    skipped: list[str]
+    skipped: list[RRKey]
 
 
-def plan(held: Mapping[RRKey, frozenset[str]], want: Mapping[RRKey, Want], owner: str) -> Plan:
+def _owned(held: Held, owner: str) -> set[RRKey]:
+    """Every (name, type) whose marker names our owner id."""
     ours: set[RRKey] = set()
-    our_markers: dict[RRKey, list[str]] = {}
-    for (name, rtype), values in held.items():
-        if rtype != "TXT":
-            continue
-        mine = [v for v in values if marker_owner(v) == owner]
-        for managed in MANAGED_TYPES:
-            prefix = managed.lower() + "-"
-            if mine and name.startswith(prefix):
-                ours.add((name.removeprefix(prefix), managed))
-                our_markers[(name.removeprefix(prefix), managed)] = mine
+    for (name, rtype), values in held.rrsets.items():
+        if rtype == "TXT" and any(marker_owner(v) == owner for v in values):
+            ours.update((name.removeprefix(m.lower() + "-"), m) for m in MANAGED_TYPES
+                        if name.startswith(m.lower() + "-"))
+    return ours
+
+
+def _our_markers(held: Held, owner: str, key: RRKey) -> list[str]:
+    return [v for v in held.rrsets.get((marker_name(*key), "TXT"), ()) if marker_owner(v) == owner]
+
+
+def plan(held: Held, want: Mapping[RRKey, Want], owner: str, keys: Iterable[RRKey] | None = None) -> Plan:
+    """The updates for every (name, type) we own or want, or only for `keys` (those whose Want changed
+    since `held` was last brought in line: a pass then costs what changed, not what the zone holds).
+    Only the (name, type)s with something to do are sorted (for the order of the updates): a sort or a
+    set of the whole zone would be one C call holding the GIL, and so the loop answering DNS."""
+    ours = _owned(held, owner) if keys is None else None
+    if ours is not None:
+        keys = itertools.chain(want, (k for k in ours if k not in want))
+    steps: list[tuple[RRKey, Plan]] = []
+    for key in keys or ():
+        owned = key in ours if ours is not None else bool(_our_markers(held, owner, key))
+        step = _step(held, want.get(key), owner, key, owned)
+        if step is not None:
+            steps.append((key, step))
     p = Plan([], [], [], [])
-    for key in sorted(ours | set(want)):
-        name, rtype = key
-        have = {Record(name, rtype, v) for v in held.get(key, ())}
-        w = want.get(key)
-        if key in ours:
-            if w is None:
-                p.deletes += sorted(have)
-                p.deletes += [Record(marker_name(name, rtype), "TXT", v) for v in our_markers[key]]
-            else:
-                p.deletes += sorted(have - w.values)
-                p.adds += [(r, w.ttl) for r in sorted(w.values - have)]
-            continue
-        assert w is not None
-        taken = held.get((marker_name(name, rtype), "TXT")) or have
-        other_types = {t for (n, t) in held if n == name} - {rtype, "TXT"}
-        cname_clash = ("CNAME" in other_types) or (rtype == "CNAME" and other_types)
-        if taken or cname_clash:
-            p.skipped.append(f"{name} {rtype}")
-            continue
-        mark = marker_name(name, rtype)
-        records = [(r, w.ttl) for r in sorted(w.values)]
-        p.claims.append((mark, [*records, (Record(mark, "TXT", marker(owner, w.resource)), w.ttl)]))
+    for _key, step in sorted(steps, key=operator.itemgetter(0)):
+        p.deletes += step.deletes
+        p.adds += step.adds
+        p.claims += step.claims
+        p.skipped += step.skipped
     return p
+
+
+def _step(held: Held, w: Want | None, owner: str, key: RRKey, owned: bool) -> Plan | None:
+    """One (name, type)'s share of the plan (`owned`: its marker names us), None if nothing to do."""
+    name, rtype = key
+    mark = marker_name(name, rtype)
+    have = {Record(name, rtype, v) for v in held.rrsets.get(key, ())}
+    if owned:
+        if w is None:
+            return Plan([*sorted(have), *(Record(mark, "TXT", v) for v in _our_markers(held, owner, key))],
+                        [], [], [])
+        deletes, adds = sorted(have - w.values), [(r, w.ttl) for r in sorted(w.values - have)]
+        return Plan(deletes, adds, [], []) if deletes or adds else None
+    if w is None:
+        return None  # neither ours nor wanted (any more)
+    taken = held.rrsets.get((mark, "TXT")) or have
+    other_types = held.types.get(name, set()) - {rtype, "TXT"}
+    if taken or "CNAME" in other_types or (rtype == "CNAME" and other_types):
+        return Plan([], [], [], [key])
+    records = [(r, w.ttl) for r in sorted(w.values)]
+    return Plan([], [], [(mark, [*records, (Record(mark, "TXT", marker(owner, w.resource)), w.ttl)])], [])
 
 
 def _batches(items: list[T], size: int = BATCH) -> Iterable[list[T]]:
@@ -218,12 +321,12 @@ class View:
     only its update, not a zone transfer. Any failed update forgets it (the edge may differ)."""
 
     def __init__(self) -> None:
-        self.held: dict[RRKey, frozenset[str]] | None = None
+        self.held: Held | None = None
 
     def forget(self) -> None:
         self.held = None
 
-    async def read(self, server: Server, zone: str, key: dns.tsig.Key | None) -> dict[RRKey, frozenset[str]]:
+    async def read(self, server: Server, zone: str, key: dns.tsig.Key | None) -> Held:
         if self.held is None:
             self.held = await zone_contents(server, zone, key)
         return self.held
@@ -233,13 +336,10 @@ class View:
             return
         changed: dict[RRKey, set[str]] = {}
         for r, add in [*((r, False) for r in deletes), *((r, True) for r, _ttl in adds)]:
-            values = changed.setdefault((r.name, r.rtype), set(self.held.get((r.name, r.rtype), ())))
+            values = changed.setdefault((r.name, r.rtype), set(self.held.rrsets.get((r.name, r.rtype), ())))
             (values.add if add else values.discard)(_held_text(r))
         for k, values in changed.items():
-            if values:
-                self.held[k] = frozenset(values)
-            else:
-                self.held.pop(k, None)
+            self.held.set(k, values)
 
 
 def _held_text(r: Record) -> str:
@@ -248,18 +348,23 @@ def _held_text(r: Record) -> str:
 
 
 async def sync_names(server: Server, zone: str, key: dns.tsig.Key | None, want: Mapping[RRKey, Want],
-                     owner: str, reported: set[str], view: View | None = None) -> int:
+                     owner: str, reported: set[RRKey], view: View | None = None,
+                     changed: Collection[RRKey] | None = None) -> int:
     """Bring one edge zone in line; `reported` keeps conflicts logged once, not every pass.
 
-    A second pass follows when our own deletions may have freed a name we skipped (a Service whose
-    CNAME became an A record), so the switch does not wait for the next periodic check. Planning
-    walks the whole zone and runs on a worker thread, off the loop that answers DNS.
+    With a kept view (the last pass succeeded) only the `changed` (name, type)s are planned; a zone
+    read now (first pass, drift check, after a failure), or `changed` None, plans every name.
+    A second round follows when our own deletions freed a name we skipped (a Service whose CNAME
+    became an A record), so the switch does not wait for the next periodic check. Planning runs on a
+    worker thread, off the loop that answers DNS.
     """
     view = view or View()
-    changed = 0
+    keys = None if view.held is None or changed is None else set(changed)
+    done = 0
     try:
+        held = await view.read(server, zone, key)
         for _ in range(2):
-            p = await asyncio.to_thread(plan, await view.read(server, zone, key), want, owner)
+            p = await asyncio.to_thread(plan, held, want, owner, keys)
             for deletes in _batches(p.deletes):
                 await send_update(server, zone, key, deletes, [])
                 view.apply(deletes, ())
@@ -269,33 +374,36 @@ async def sync_names(server: Server, zone: str, key: dns.tsig.Key | None, want: 
             for markers, changes in _claim_batches(p.claims):
                 await send_update(server, zone, key, [], changes, absent=markers)
                 view.apply((), changes)
-                changed += len(changes)
-            changed += len(p.deletes) + len(p.adds)
-            if not (p.deletes and p.skipped):
+                done += len(changes)
+            done += len(p.deletes) + len(p.adds)
+            freed = {(r.name, t) for r in p.deletes for t in MANAGED_TYPES} & {*p.skipped, *reported}
+            if not freed:
                 break
+            keys = None if keys is None else keys | freed
     except BaseException:
         view.forget()
         raise
-    for what in sorted(set(p.skipped) - reported):
-        log.warning("edge zone %s: %s is held by another owner (or has no ExternalDNS marker): not touched",
-                    zone, what)
-    reported.clear()
+    for name, rtype in sorted(set(p.skipped) - reported):
+        log.warning("edge zone %s: %s %s is held by another owner (or has no ExternalDNS marker): "
+                    "not touched", zone, name, rtype)
+    if keys is None:
+        reported.clear()
+    else:
+        reported.difference_update(keys)
     reported.update(p.skipped)
-    return changed
+    return done
 
 
 def job(settings: Settings, store: Store, key: dns.tsig.Key | None, edge_zone: str) -> Job:
-    """The names of one edge zone, re-planned when the Store's wanted set for it changes."""
+    """The names of one edge zone, re-planned for the (name, type)s whose Want changed."""
     owner = settings.txt_owner_id or settings.cluster_geotag
-    reported: set[str] = set()
+    reported: set[RRKey] = set()
     view = View()
-    wanted_now = Wanted(settings, edge_zone)
-
-    def want() -> dict[RRKey, Want]:
-        return wanted_now(store.snapshot()[1])
+    wanted = Wanted(settings, edge_zone)
 
     async def apply(server: Server, w: object) -> int:
-        assert isinstance(w, dict)
-        return await sync_names(server, edge_zone, key, w, owner, reported, view)
+        assert isinstance(w, Wants)
+        return await sync_names(server, edge_zone, key, w.want, owner, reported, view, w.changed)
 
-    return Job("names", edge_zone, want, apply, forget=view.forget)
+    return Job("names", edge_zone, lambda: wanted.update(store), apply, forget=view.forget,
+               changed=wanted.changed)

@@ -185,9 +185,10 @@ def withdraw_job(claim: Claim, key: dns.tsig.Key | None) -> Job:
 
 @dataclass
 class Job:
-    """One thing kept at the edge. `wanted()` runs on a worker thread (it may read the whole Store);
-    when it has not changed since the last success, a wake-up (not the periodic check) skips the job,
-    so a busy Store does not mean a busy edge. `forget()` runs before each periodic check: drop any
+    """One thing kept at the edge. `wanted()` runs on a worker thread; when what it returns equals the
+    last success's, a wake-up (not the periodic check) skips the job, so a busy Store does not mean a
+    busy edge. `changed(keys)` is handed the Store's changed keys (on the writer's thread: it must be
+    cheap), so `wanted()` can redo only those. `forget()` runs before each periodic check: drop any
     kept view of the edge, so drift is read afresh."""
 
     kind: str  # delegation | names
@@ -195,6 +196,7 @@ class Job:
     wanted: Callable[[], object]
     apply: Callable[[Server, object], Awaitable[int]]
     forget: Callable[[], None] = lambda: None
+    changed: Callable[[frozenset[str]], None] = lambda _keys: None
 
     @property
     def label(self) -> str:
@@ -212,7 +214,7 @@ class JobStatus:
 
 
 def _wanted(job: Job, last: object) -> tuple[object, bool]:
-    """The job's wanted state and whether it equals `last` (both may walk the whole Store)."""
+    """The job's wanted state and whether it equals `last` (the names job's compare in O(1))."""
     wanted = job.wanted()
     return wanted, wanted == last
 
@@ -231,10 +233,16 @@ class EdgePublisher:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _loop: asyncio.AbstractEventLoop | None = None
 
-    def wake(self, _version: int = 0) -> None:
-        """Thread-safe (a Store listener): something we publish may have changed, check now."""
+    def wake(self) -> None:
+        """Thread-safe: something we publish may have changed, check now."""
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
+
+    def changed(self, keys: frozenset[str]) -> None:
+        """The Store key listener (any thread): the jobs take note of the keys, and a pass looks."""
+        for job in self.jobs:
+            job.changed(keys)
+        self.wake()
 
     async def sync_once(self, force: bool = True) -> bool:
         all_ok = True
