@@ -166,6 +166,9 @@ class GslbEngine:
         self.results: dict[str, GslbResult] = {}
         self._listeners: list[Listener] = []
         self._resolved: dict[str, tuple[str, ...]] = {}  # hostname -> its addresses
+        # the hostnames some Gslb reads, replaced whole when one comes or goes: the resolver reads it on
+        # the answer loop, without the lock and without walking every dependency of every Gslb
+        self._hostnames: frozenset[str] = frozenset()
         self.on_hostnames: Callable[[], None] = lambda: None  # a new hostname is wanted
         self._gslb_zones = [z.dns_zone for z in settings.gslb_zones]
         assert endpointslices.resource == ENDPOINTSLICES
@@ -198,9 +201,8 @@ class GslbEngine:
                 self._evaluate(key)
 
     def hostnames(self) -> list[str]:
-        """The hostnames some Gslb reads now (what the resolver keeps resolved)."""
-        with self._lock:
-            return sorted(key for kind, key in self._rev if kind == HOSTNAME_DEP)
+        """The hostnames some Gslb reads now (what the resolver keeps resolved); any thread, lock-free."""
+        return sorted(self._hostnames)
 
     def set_resolved(self, hostname: str, addresses: tuple[str, ...]) -> None:
         """New addresses for a hostname: re-evaluate the Gslbs that read it."""
@@ -308,15 +310,16 @@ class GslbEngine:
                 users.discard(key)
                 if not users:
                     del self._rev[dep]
-        new_hostname = False
+        new = {dep[1] for dep in deps - old if dep[0] == HOSTNAME_DEP and dep not in self._rev}
         for dep in deps - old:
-            new_hostname |= dep[0] == HOSTNAME_DEP and dep not in self._rev
             self._rev.setdefault(dep, set()).add(key)
         self._deps[key] = deps
-        for dep in old - deps:
-            if dep[0] == HOSTNAME_DEP and dep not in self._rev:
-                self._resolved.pop(dep[1], None)
-        if new_hostname:
+        gone = {dep[1] for dep in old - deps if dep[0] == HOSTNAME_DEP and dep not in self._rev}
+        for hostname in gone:
+            self._resolved.pop(hostname, None)
+        if new or gone:
+            self._hostnames = (self._hostnames - gone) | new
+        if new:
             self.on_hostnames()
 
     def _notify(self, key: str, result: GslbResult | None) -> None:
