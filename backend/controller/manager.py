@@ -317,10 +317,8 @@ class Controller:
         new = {host: tuple(sorted(ts, key=lambda t: (t.geotag, t.value))) for host, ts in peers.items()}
         changed = {h for h in new.keys() | self._peers.keys() if new.get(h) != self._peers.get(h)}
         self._peers = new
-        if changed:
-            for key, result in list(self.engine.results.items()):
-                if any(h.host in changed for h in result.hosts):
-                    self.queue.add(("status", key))
+        for key in self.engine.serving(changed):
+            self.queue.add(("status", key))
 
     def _ensure_ingress(self, key: str) -> None:
         result = self.engine.results.get(key)

@@ -164,6 +164,9 @@ class GslbEngine:
         self._rev: dict[Dep, set[str]] = {}
         self._objs: dict[str, Obj] = {}
         self.results: dict[str, GslbResult] = {}
+        # host -> the Gslbs serving it (`serving`); tuples: nearly every host has one, and a set of one
+        # costs 216 bytes (2.3 MiB at 10,000 Gslbs)
+        self._by_host: dict[str, tuple[str, ...]] = {}
         self._listeners: list[Listener] = []
         self._resolved: dict[str, tuple[str, ...]] = {}  # hostname -> its addresses
         # the hostnames some Gslb reads, replaced whole when one comes or goes: the resolver reads it on
@@ -212,6 +215,12 @@ class GslbEngine:
             self._resolved[hostname] = addresses
             self._reevaluate([(HOSTNAME_DEP, hostname)])
 
+    def serving(self, hosts: Iterable[str]) -> list[str]:
+        """The Gslbs whose results serve any of `hosts`, by key: what a change of those hosts' probe
+        verdicts or peers' targets touches, found without walking every result."""
+        with self._lock:
+            return sorted({key for host in hosts for key in self._by_host.get(host, ())})
+
     def synced(self) -> bool:
         informers = [*self.gslb_informers, *self._informers.values(), self._slices]
         return all(i.synced.is_set() for i in informers)
@@ -252,7 +261,7 @@ class GslbEngine:
         self._set_deps(key, set())
         del self._deps[key]
         self._objs.pop(key, None)
-        self.results.pop(key, None)
+        self._index(key, self.results.pop(key, None), None)
 
     def _evaluate(self, key: str) -> None:
         obj = self._objs[key]
@@ -275,10 +284,23 @@ class GslbEngine:
         self._set_deps(key, view.deps)
         outside = tuple(h.host for h in hosts if zone_of(h.host, self._gslb_zones) is None)
         result = GslbResult(key, obj, spec, hosts, error, outside)
+        self._index(key, self.results.get(key), result)
         self.results[key] = result
         self._publish(result)
         _observe(obj, result)
         self._notify(key, result)
+
+    def _index(self, key: str, old: GslbResult | None, new: GslbResult | None) -> None:
+        before = {h.host for h in old.hosts} if old is not None else set()
+        after = {h.host for h in new.hosts} if new is not None else set()
+        for host in before - after:
+            keys = tuple(k for k in self._by_host[host] if k != key)
+            if keys:
+                self._by_host[host] = keys
+            else:
+                del self._by_host[host]
+        for host in after - before:
+            self._by_host[host] = (*self._by_host.get(host, ()), key)
 
     def _publish(self, result: GslbResult) -> None:
         """The Gslb's Endpoints. Any error but ResourceNotFound keeps the last good answers: a typo in
@@ -298,9 +320,8 @@ class GslbEngine:
     def _on_verdicts(self, hosts: frozenset[str]) -> None:
         """Probe verdicts of `hosts` flipped (prober thread): rewrite the Gslbs serving them."""
         with self._lock:
-            for result in list(self.results.values()):
-                if any(h.host in hosts for h in result.hosts):
-                    self._publish(result)
+            for key in self.serving(hosts):
+                self._publish(self.results[key])
 
     def _set_deps(self, key: str, deps: set[Dep]) -> None:
         old = self._deps.get(key, set())

@@ -399,3 +399,18 @@ def test_a_gateways_hostname_address_is_resolved_and_an_unknown_type_refused(clu
     cluster.apply(gw)
     assert cluster.result().error.reason == "InvalidAddress"  # as k8gb: neither IPAddress nor Hostname
     assert cluster.engine.hostnames() == []
+
+
+def test_serving_finds_the_gslbs_of_a_host_as_their_hosts_come_and_go(cluster: Cluster) -> None:
+    """What a probe verdict or a peer's change of a host touches (`serving`), kept as results change."""
+    chapter(cluster)
+    g = gslb()
+    cluster.apply(g)
+    assert cluster.engine.serving([HOST, "nowhere.example"]) == ["gslb/demo/gslb-failover-buf"]
+    other = "moved." + HOST
+    g["spec"]["ingress"]["rules"][0]["host"] = other
+    cluster.apply(g)
+    assert cluster.engine.serving([HOST]) == []
+    assert cluster.engine.serving([other]) == ["gslb/demo/gslb-failover-buf"]
+    cluster.delete(g)
+    assert cluster.engine.serving([other]) == []
