@@ -12,7 +12,7 @@ from pathlib import Path
 import dns.message
 import dns.query
 
-from lab.proc import DATA_PLANE_CPUS, ROOT, Process, Server, binary, free_port, wait_for
+from lab.proc import DATA_PLANE_CPUS, DATA_PLANE_NICE, ROOT, Process, Server, binary, free_port, wait_for
 
 TEMPLATES = ROOT / "corefile"
 SHIPPED = TEMPLATES / "Corefile"
@@ -96,7 +96,7 @@ class CoreDNS(Server):
             workdir / f"{name}.log",
             cwd=workdir,
             detached=detached,
-            cpus=DATA_PLANE_CPUS,
+            cpus=DATA_PLANE_CPUS, nice=DATA_PLANE_NICE,
         )
 
     def start(self) -> CoreDNS:

@@ -8,7 +8,6 @@ one apiserver, one controller-manager, one scheduler and one kwok.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
@@ -20,7 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lab.proc import DATA_PLANE_CPUS, ROOT, Process, StartupError, binary, cpu_list, free_port, wait_for
+from lab.proc import (
+    DATA_PLANE_CPUS,
+    DATA_PLANE_NICE,
+    ROOT,
+    Process,
+    StartupError,
+    binary,
+    cpu_list,
+    free_port,
+    wait_for,
+)
 
 if TYPE_CHECKING:
     import kubernetes.client
@@ -68,6 +77,9 @@ def lab_variant() -> dict[str, str]:
     nice = CONTROL_PLANE_NICE
     if nice != DEFAULT_CONTROL_PLANE_NICE:
         out[f"control_plane_nice_{nice}"] = f"with the control plane at autogroup nice {nice}"
+    if DATA_PLANE_NICE:
+        out[f"data_plane_nice_{DATA_PLANE_NICE}"] = ("with CoreDNS and the backend at autogroup nice "
+                                                     f"{DATA_PLANE_NICE}")
     for plane, what, cpus in (("control_plane", "the control plane", CONTROL_PLANE_CPUS),
                               ("data_plane", "CoreDNS and the backend", DATA_PLANE_CPUS)):
         if cpus:
@@ -80,14 +92,6 @@ def _openssl(*args: str, cwd: Path) -> None:
     run = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=30)
     if run.returncode:
         raise StartupError(f"openssl {' '.join(args)} failed:\n{run.stderr}")
-
-
-def favour(process: Process) -> None:
-    """Set the CPU weight of `process`'s scheduling group (its session's autogroup; see
-    CONTROL_PLANE_NICE). Best effort: without autogroup or the right to raise a weight (CAP_SYS_NICE)
-    the component runs at the default weight, as before."""
-    with contextlib.suppress(OSError):
-        Path(f"/proc/{process.pid}/autogroup").write_text(f"{CONTROL_PLANE_NICE}\n")
 
 
 def kubectl(
@@ -203,11 +207,11 @@ class Etcd:
             workdir / "etcd.log",
             detached=detached,
             cpus=CONTROL_PLANE_CPUS,
+            nice=CONTROL_PLANE_NICE,
         )
 
     def start(self) -> Etcd:
         self.process.start()
-        favour(self.process)
 
         def healthy() -> bool:
             with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
@@ -352,6 +356,7 @@ class ControlPlane:
             self.workdir / f"{binary_name}.log",
             detached=self.detached,
             cpus=CONTROL_PLANE_CPUS,
+            nice=CONTROL_PLANE_NICE,
         )
 
     @property
@@ -365,7 +370,6 @@ class ControlPlane:
             self.start_apiserver()
             for p in (self.controller_manager, self.scheduler, self.kwok):
                 p.start()
-                favour(p)
             for node in self.nodes:
                 self._create_node(node)
             wait_for(
@@ -392,7 +396,6 @@ class ControlPlane:
     def start_apiserver(self) -> None:
         """(Re)start kube-apiserver on the same port and wait for /readyz; outage tests stop it in between."""
         self.apiserver.start()
-        favour(self.apiserver)
         wait_for(
             lambda: self.request("GET", "/readyz", raw=True) == b"ok",
             what=f"kube-apiserver /readyz ({self.name})",

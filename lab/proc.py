@@ -40,6 +40,10 @@ def cpu_list(text: str) -> frozenset[int]:
 # thread and child of theirs. A bench variant beside lab/kube.py's CONTROL_PLANE_CPUS: the two planes on
 # cores of their own, as in a cluster whose control plane runs on nodes of its own.
 DATA_PLANE_CPUS = cpu_list(os.environ.get("LAB_DATA_PLANE_CPUS", ""))
+# Their CPU weight as an autogroup nice value (LAB_DATA_PLANE_NICE; unset: 0, the default weight, below
+# the control plane's: see lab/kube.py CONTROL_PLANE_NICE). A bench variant: how much of the answers'
+# tail under churn is CoreDNS and the backend waiting for a core behind the control plane.
+DATA_PLANE_NICE = int(os.environ.get("LAB_DATA_PLANE_NICE", "0"))
 
 
 class StartupError(RuntimeError):
@@ -75,6 +79,7 @@ class Process:
         cwd: Path | None = None,
         detached: bool = False,
         cpus: frozenset[int] = frozenset(),
+        nice: int = 0,
     ) -> None:
         self.name = name
         self.argv = [str(a) for a in argv]
@@ -82,6 +87,7 @@ class Process:
         self.env = env
         self.cwd = cwd
         self.detached = detached
+        self.nice = nice
         self.cpus = cpus  # the cores it may run on, every thread of it (empty: all)
         self.popen: subprocess.Popen[bytes] | None = None
 
@@ -114,12 +120,17 @@ class Process:
         return self
 
     def _in_child(self) -> None:
-        """Before exec: die with the test run (unless detached), and keep to `cpus` from the first
-        thread on (an affinity set after start would miss threads the runtime had made by then)."""
+        """Before exec: die with the test run (unless detached), keep to `cpus` from the first thread on
+        (an affinity set after start would miss threads the runtime had made by then), and give the new
+        session's scheduling group (its autogroup) the weight `nice`. Best effort: without autogroup or
+        the right to raise a weight (CAP_SYS_NICE) it runs at the default weight."""
         if not self.detached:
             _die_with_parent()
         if self.cpus:
             os.sched_setaffinity(0, self.cpus)
+        if self.nice:
+            with contextlib.suppress(OSError):
+                Path("/proc/self/autogroup").write_text(f"{self.nice}\n")
 
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
