@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import re
 import threading
 import time
@@ -22,7 +23,7 @@ from backend.model import Endpoint, Target
 from backend.proto import dns_pb2, dns_pb2_grpc
 from backend.server import DnsServer, HttpSlots, YoungCollector, split_hostport
 from backend.zone.build import compile_table
-from lab.proc import wait_for_async
+from lab.proc import wait_for, wait_for_async
 
 SETTINGS = Settings(zones=("foowidgets.k8s",), grpc_listen="127.0.0.1:0", http_listen="127.0.0.1:0",
                     admin_listen="127.0.0.1:0")
@@ -213,6 +214,10 @@ def test_other_threads_waits_are_read_per_thread() -> None:
     stop.set()
     for t in spinners:
         t.join()
+    # join returns once the thread's Python part is done, a moment before the kernel lets it go
+    ids = {str(t.native_id) for t in spinners}
+    wait_for(lambda: not ids & set(os.listdir("/proc/self/task")), timeout=10,
+             what="the joined threads gone from /proc/self/task")
     for _ in range(metrics.THREADS_EVERY):  # up to the next listing
         later = others.waited()
     assert not {t.native_id for t in spinners} & later.keys()
