@@ -21,6 +21,13 @@ START_TIMEOUT = 30.0
 # Directives of the shipped Corefile that listen on fixed ports of their own: many CoreDNS run side by
 # side in the test bed, so its copy leaves them out (and any block they open, e.g. `health { lameduck }`).
 FIXED_PORTS = frozenset({"health", "ready", "prometheus"})
+# CoreDNS's Go runtime runs goroutines on one thread at a time, as in k8s/deployment.yaml (GOMAXPROCS
+# from the container's CPU limit, 1; Go's own container-aware default never goes below 2). Its grpc
+# plugin hands every query between goroutines (the UDP reader, the gRPC stream's sender and receiver):
+# on two threads each handoff wakes the other, on one it does not. `python -m bench throughput`, back to
+# back on two cores: CoreDNS's CPU a query of (b) 89-92 -> 69-71 us at half of the peak, 54-66 -> 44-48
+# us at the peak; (b)'s half-peak p99 12.4-15.8 -> 9.0-11.5 ms; (a) (the file plugin) alike or faster.
+GOMAXPROCS = "1"
 
 
 def lab_template(shipped: str) -> str:
@@ -94,6 +101,7 @@ class CoreDNS(Server):
             name,
             [binary("coredns"), "-conf", self.corefile, "-dns.port", str(self.port)],
             workdir / f"{name}.log",
+            env={"GOMAXPROCS": GOMAXPROCS},
             cwd=workdir,
             detached=detached,
             cpus=DATA_PLANE_CPUS, nice=DATA_PLANE_NICE,

@@ -30,7 +30,7 @@ from deployfiles import (
     settings_from_env,
 )
 
-from lab.coredns import FIXED_PORTS, GRPC_TEMPLATE, lab_template, render
+from lab.coredns import FIXED_PORTS, GOMAXPROCS, GRPC_TEMPLATE, lab_template, render
 from lab.kube import ControlPlane
 from lab.proc import binary
 from lab.run import prepare_cluster
@@ -371,3 +371,12 @@ def test_readme_overlay_builds_a_second_cluster(tmp_path: Path) -> None:
     settings = settings_from_env(config["data"])
     assert (settings.cluster_geotag, settings.ext_gslb_clusters_geotags) == ("us-nyc", ("us-buf",))
     assert settings.nameserver_address == "10.2.1.221"
+
+
+def test_coredns_runs_as_many_go_threads_as_its_cpu_limit_in_the_pod_and_the_lab() -> None:
+    """The pod's CoreDNS takes GOMAXPROCS from its CPU limit (Go's default never goes below 2), and the
+    lab's CoreDNS, which the bench measures, runs with the same."""
+    coredns = _containers()["coredns"]
+    env = {e["name"]: e for e in coredns["env"]}
+    assert env["GOMAXPROCS"]["valueFrom"]["resourceFieldRef"] == {"resource": "limits.cpu", "divisor": "1"}
+    assert str(coredns["resources"]["limits"]["cpu"]) == GOMAXPROCS
