@@ -25,8 +25,9 @@ FIXED_PORTS = frozenset({"health", "ready", "prometheus"})
 # from the container's CPU limit, 1; Go's own container-aware default never goes below 2). Its grpc
 # plugin hands every query between goroutines (the UDP reader, the gRPC stream's sender and receiver):
 # on two threads each handoff wakes the other, on one it does not. `python -m bench throughput`, back to
-# back on two cores: CoreDNS's CPU a query of (b) 89-92 -> 69-71 us at half of the peak, 54-66 -> 44-48
-# us at the peak; (b)'s half-peak p99 12.4-15.8 -> 9.0-11.5 ms; (a) (the file plugin) alike or faster.
+# back on two cores (the second with GOMAXPROCS=1 in the bench's environment, so for every Go process,
+# the control plane idle there): CoreDNS's CPU a query of (b) 89-92 -> 69-71 us at 9.6-10.5k q/s, 54-66
+# -> 44-48 us at the peak; (b)'s p99 at half of its peak 12.4-15.8 -> 9.0-11.5 ms; (a) alike.
 GOMAXPROCS = "1"
 
 
