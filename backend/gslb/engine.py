@@ -325,17 +325,18 @@ class GslbEngine:
 
     def _set_deps(self, key: str, deps: set[Dep]) -> None:
         old = self._deps.get(key, set())
-        for dep in old - deps:
+        removed, added = old - deps, deps - old
+        for dep in removed:
             users = self._rev.get(dep)
             if users is not None:
                 users.discard(key)
                 if not users:
                     del self._rev[dep]
-        new = {dep[1] for dep in deps - old if dep[0] == HOSTNAME_DEP and dep not in self._rev}
-        for dep in deps - old:
+        new = {dep[1] for dep in added if dep[0] == HOSTNAME_DEP and dep not in self._rev}
+        for dep in added:
             self._rev.setdefault(dep, set()).add(key)
         self._deps[key] = deps
-        gone = {dep[1] for dep in old - deps if dep[0] == HOSTNAME_DEP and dep not in self._rev}
+        gone = {dep[1] for dep in removed if dep[0] == HOSTNAME_DEP and dep not in self._rev}
         for hostname in gone:
             self._resolved.pop(hostname, None)
         if new or gone:
