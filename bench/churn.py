@@ -61,7 +61,7 @@ from bench.procstat import (
 from bench.profile import Sampler
 from bench.profile import summary as summary_rows
 from bench.scale import NS, Loaded, addresses, lb_ip, load, summary, wait_quiet
-from lab.kube import CONTROL_PLANE_NICE
+from lab.kube import CONTROL_PLANE
 from lab.proc import wait_for
 
 KINDS = {  # kind: share of the changes
@@ -502,7 +502,7 @@ def run(bed: Bed, n: int = 10_000, seconds: float = 600.0, rate: float = 20.0,
         "dnsperf_qps_target": round(qps),
         # the lab's control plane's CPU weight (autogroup nice): it decides who waits on two shared cores,
         # the API's writes (change -> answer) or CoreDNS and the backend (answer p99, loop lag)
-        "control_plane_nice": CONTROL_PLANE_NICE,
+        "control_plane_nice": CONTROL_PLANE.nice,
         "answer_p99_ms": busy["dnsperf"]["p99_ms"],
         "answer_p99_ms_quiet": quiet_phase["dnsperf"]["p99_ms"],
         "loop_lag_max_ms": busy["loop_lag_max_ms"],

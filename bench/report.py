@@ -308,7 +308,7 @@ def _churn(c: dict[str, Any]) -> list[str]:
         f"for {c['seconds']:g} s ({c['changes']} changes, {c['changes_timed_out']} not seen within 10 s), a "
         f"`/metrics` scrape every second, dnsperf at {c['dnsperf_qps_target']:,} q/s; then the same dnsperf "
         "without churn (control)." + (f" The lab's control plane ran at autogroup nice "
-                                      f"{c['control_plane_nice']} (lab/kube.py CONTROL_PLANE_NICE)."
+                                      f"{c['control_plane_nice']} (lab/kube.py CONTROL_PLANE)."
                                       if "control_plane_nice" in c else ""),
         "",
         "| | churn | control |", "|---|---:|---:|",

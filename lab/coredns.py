@@ -12,7 +12,7 @@ from pathlib import Path
 import dns.message
 import dns.query
 
-from lab.proc import DATA_PLANE_CPUS, DATA_PLANE_NICE, ROOT, Process, Server, binary, free_port, wait_for
+from lab.proc import DATA_PLANE, ROOT, Process, Server, binary, free_port, wait_for
 
 TEMPLATES = ROOT / "corefile"
 SHIPPED = TEMPLATES / "Corefile"
@@ -105,7 +105,7 @@ class CoreDNS(Server):
             env={"GOMAXPROCS": GOMAXPROCS},
             cwd=workdir,
             detached=detached,
-            cpus=DATA_PLANE_CPUS, nice=DATA_PLANE_NICE,
+            plane=DATA_PLANE,
         )
 
     def start(self) -> CoreDNS:

@@ -9,7 +9,6 @@ one apiserver, one controller-manager, one scheduler and one kwok.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import ssl
 import subprocess
@@ -20,13 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lab.proc import (
-    DATA_PLANE_CPUS,
-    DATA_PLANE_NICE,
+    DATA_PLANE,
+    DEFAULT_DATA_PLANE,
     ROOT,
+    Plane,
     Process,
     StartupError,
     binary,
-    cpu_list,
     free_port,
     wait_for,
 )
@@ -59,33 +58,18 @@ SERVICE_CIDR = "10.96.0.0/12"  # the largest the apiserver takes: ~1M ClusterIPs
 # weight from its requests (kubelet sets cpu.weight; kubeadm asks 250m for kube-apiserver, 100m for
 # CoreDNS): a component is served when it has work, and uses no more CPU for it. LAB_CONTROL_PLANE_NICE
 # sets another (0: the default weight), for the bench's comparison.
-DEFAULT_CONTROL_PLANE_NICE = -5
-CONTROL_PLANE_NICE = int(os.environ.get("LAB_CONTROL_PLANE_NICE", DEFAULT_CONTROL_PLANE_NICE))
-
-
-# The cores the control plane may use (LAB_CONTROL_PLANE_CPUS, e.g. "0"; unset: all of them). A bench
-# variant, not the lab's default: with the control plane kept to one core the other is left to CoreDNS,
-# the backend and dnsperf, as a real cluster's control plane runs on nodes of its own.
-CONTROL_PLANE_CPUS = cpu_list(os.environ.get("LAB_CONTROL_PLANE_CPUS", ""))
+# LAB_CONTROL_PLANE_CPUS (e.g. "0"; unset: all) keeps it to those cores, as a real cluster's control plane
+# runs on nodes of its own (lab/proc.py Plane).
+DEFAULT_CONTROL_PLANE = Plane(nice=-5)
+CONTROL_PLANE = Plane.from_env("LAB_CONTROL_PLANE", DEFAULT_CONTROL_PLANE)
 
 
 def lab_variant() -> dict[str, str]:
     """What this process's lab does otherwise than its default (the LAB_CONTROL_PLANE_* and
-    LAB_DATA_PLANE_CPUS settings), by a short name: {"control_plane_nice_0": "with the control plane at
+    LAB_DATA_PLANE_* settings), by a short name: {"control_plane_nice_0": "with the control plane at
     autogroup nice 0"}."""
-    out = {}
-    nice = CONTROL_PLANE_NICE
-    if nice != DEFAULT_CONTROL_PLANE_NICE:
-        out[f"control_plane_nice_{nice}"] = f"with the control plane at autogroup nice {nice}"
-    if DATA_PLANE_NICE:
-        out[f"data_plane_nice_{DATA_PLANE_NICE}"] = ("with CoreDNS and the backend at autogroup nice "
-                                                     f"{DATA_PLANE_NICE}")
-    for plane, what, cpus in (("control_plane", "the control plane", CONTROL_PLANE_CPUS),
-                              ("data_plane", "CoreDNS and the backend", DATA_PLANE_CPUS)):
-        if cpus:
-            cores = ",".join(map(str, sorted(cpus)))
-            out[f"{plane}_cpus_{cores.replace(',', '_')}"] = f"with {what} on core {cores} only"
-    return out
+    return (CONTROL_PLANE.differences(DEFAULT_CONTROL_PLANE, "control_plane", "the control plane")
+            | DATA_PLANE.differences(DEFAULT_DATA_PLANE, "data_plane", "CoreDNS and the backend"))
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -206,8 +190,7 @@ class Etcd:
             ],
             workdir / "etcd.log",
             detached=detached,
-            cpus=CONTROL_PLANE_CPUS,
-            nice=CONTROL_PLANE_NICE,
+            plane=CONTROL_PLANE,
         )
 
     def start(self) -> Etcd:
@@ -355,8 +338,7 @@ class ControlPlane:
             [binary(binary_name), *args],
             self.workdir / f"{binary_name}.log",
             detached=self.detached,
-            cpus=CONTROL_PLANE_CPUS,
-            nice=CONTROL_PLANE_NICE,
+            plane=CONTROL_PLANE,
         )
 
     @property

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -36,14 +37,38 @@ def cpu_list(text: str) -> frozenset[int]:
     return frozenset(cpus)
 
 
-# The cores CoreDNS and the backend may use (LAB_DATA_PLANE_CPUS, e.g. "1"; unset: all of them), every
-# thread and child of theirs. A bench variant beside lab/kube.py's CONTROL_PLANE_CPUS: the two planes on
-# cores of their own, as in a cluster whose control plane runs on nodes of its own.
-DATA_PLANE_CPUS = cpu_list(os.environ.get("LAB_DATA_PLANE_CPUS", ""))
-# Their CPU weight as an autogroup nice value (LAB_DATA_PLANE_NICE; unset: 0, the default weight, below
-# the control plane's: see lab/kube.py CONTROL_PLANE_NICE). A bench variant: how much of the answers'
-# tail under churn is CoreDNS and the backend waiting for a core behind the control plane.
-DATA_PLANE_NICE = int(os.environ.get("LAB_DATA_PLANE_NICE", "0"))
+@dataclass(frozen=True)
+class Plane:
+    """How one plane's processes share the cores, set in each child before exec so that every thread
+    it makes has it: the cores it may use (empty: all) and its CPU weight as an autogroup nice value."""
+
+    cpus: frozenset[int] = frozenset()
+    nice: int = 0
+
+    @classmethod
+    def from_env(cls, prefix: str, default: Plane) -> Plane:
+        """`default` as changed by `<prefix>_CPUS` (a cpuset list, "0") and `<prefix>_NICE`."""
+        env = os.environ
+        return cls(cpu_list(env[f"{prefix}_CPUS"]) if env.get(f"{prefix}_CPUS") else default.cpus,
+                   int(env.get(f"{prefix}_NICE", default.nice)))
+
+    def differences(self, default: Plane, plane: str, what: str) -> dict[str, str]:
+        """What differs from `default`, by a short name: {"data_plane_nice_-5": "with CoreDNS and the
+        backend at autogroup nice -5"} (the bench files a variant's results under the names)."""
+        out = {}
+        if self.nice != default.nice:
+            out[f"{plane}_nice_{self.nice}"] = f"with {what} at autogroup nice {self.nice}"
+        if self.cpus != default.cpus:
+            cores = ",".join(map(str, sorted(self.cpus)))
+            out[f"{plane}_cpus_{cores.replace(',', '_')}"] = f"with {what} on core {cores} only"
+        return out
+
+
+# CoreDNS, the backend and its listener: by default all cores, the default weight (below the control
+# plane's: lab/kube.py CONTROL_PLANE). LAB_DATA_PLANE_CPUS ("1") and LAB_DATA_PLANE_NICE make the bench's
+# variants: how much of the answers' tail under churn is their waiting for a core.
+DEFAULT_DATA_PLANE = Plane()
+DATA_PLANE = Plane.from_env("LAB_DATA_PLANE", DEFAULT_DATA_PLANE)
 
 
 class StartupError(RuntimeError):
@@ -78,8 +103,7 @@ class Process:
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
         detached: bool = False,
-        cpus: frozenset[int] = frozenset(),
-        nice: int = 0,
+        plane: Plane = Plane(),
     ) -> None:
         self.name = name
         self.argv = [str(a) for a in argv]
@@ -87,8 +111,7 @@ class Process:
         self.env = env
         self.cwd = cwd
         self.detached = detached
-        self.nice = nice
-        self.cpus = cpus  # the cores it may run on, every thread of it (empty: all)
+        self.plane = plane
         self.popen: subprocess.Popen[bytes] | None = None
 
     @property
@@ -120,17 +143,18 @@ class Process:
         return self
 
     def _in_child(self) -> None:
-        """Before exec: die with the test run (unless detached), keep to `cpus` from the first thread on
-        (an affinity set after start would miss threads the runtime had made by then), and give the new
-        session's scheduling group (its autogroup) the weight `nice`. Best effort: without autogroup or
-        the right to raise a weight (CAP_SYS_NICE) it runs at the default weight."""
+        """Before exec: die with the test run (unless detached), and take on the plane's cores and
+        weight from the first thread on (set after start they would miss threads the runtime had
+        made by then). The weight is the new session's scheduling group's (its autogroup). Best effort:
+        without autogroup or the right to raise a weight (CAP_SYS_NICE) it runs at the default weight."""
         if not self.detached:
             _die_with_parent()
-        if self.cpus:
-            os.sched_setaffinity(0, self.cpus)
-        if self.nice:
+        plane = self.plane
+        if plane.cpus:
+            os.sched_setaffinity(0, plane.cpus)
+        if plane.nice:
             with contextlib.suppress(OSError):
-                Path("/proc/self/autogroup").write_text(f"{self.nice}\n")
+                Path("/proc/self/autogroup").write_text(f"{plane.nice}\n")
 
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None

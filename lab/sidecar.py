@@ -13,8 +13,7 @@ from pathlib import Path
 from lab.coredns import GRPC_TEMPLATE, CoreDNS
 from lab.dig import DigResult, dig
 from lab.proc import (
-    DATA_PLANE_CPUS,
-    DATA_PLANE_NICE,
+    DATA_PLANE,
     PYTHON,
     ROOT,
     Process,
@@ -46,7 +45,7 @@ class Listener:
             cwd=ROOT,
             env={"PYTHONUNBUFFERED": "1"},
             detached=detached,
-            cpus=DATA_PLANE_CPUS, nice=DATA_PLANE_NICE,
+            plane=DATA_PLANE,
         )
 
     def start(self) -> Listener:
@@ -106,7 +105,7 @@ class Backend:
             # a short drain: tests stop backends while their CoreDNS stays (k8s/ uses the default)
             env={"PYTHONUNBUFFERED": "1", "SHUTDOWN_DRAIN_SECONDS": "1", **(env or {})},
             detached=detached,
-            cpus=DATA_PLANE_CPUS, nice=DATA_PLANE_NICE,
+            plane=DATA_PLANE,
         )
 
     def get(self, path: str, *, admin: bool = True) -> tuple[int, str]:
@@ -158,7 +157,7 @@ def roll(pidfile: Path, timeout: float = START_TIMEOUT) -> tuple[int, int]:
     environ = Path(f"/proc/{old}/environ").read_bytes().split(b"\0")
     env = dict(item.decode().split("=", 1) for item in environ if b"=" in item)
     new = Process(pidfile.stem, argv, pidfile.with_suffix(".log"), env=env, cwd=ROOT, detached=True,
-                  cpus=DATA_PLANE_CPUS, nice=DATA_PLANE_NICE).start()
+                  plane=DATA_PLANE).start()
     wait_for(lambda: not pid_running(*recorded), what=f"backend {old} handing over to {new.pid} and exiting",
              timeout=timeout, watch=[new], interval=0.2)
     return old, int(new.pid or 0)

@@ -18,9 +18,9 @@ import pytest
 from lab.bind9 import Bind9
 from lab.coredns import FILE_TEMPLATE, CoreDNS
 from lab.dig import dig
-from lab.kube import CONTROL_PLANE_NICE, ControlPlane
+from lab.kube import CONTROL_PLANE, ControlPlane
 from lab.lbpool import LbPool
-from lab.proc import PYTHON, ROOT, Process, cpu_list, free_loopback_ip, wait_for
+from lab.proc import PYTHON, ROOT, Plane, Process, cpu_list, free_loopback_ip, wait_for
 
 DEPLOYMENT = """
 apiVersion: apps/v1
@@ -102,7 +102,7 @@ def test_control_plane_components_run_at_the_lab_cpu_weight(control_plane: Contr
         pytest.skip("the kernel groups no sessions (autogroup), or raising a weight needs root")
     for process in (control_plane.etcd.process, *control_plane.processes):
         group = Path(f"/proc/{process.pid}/autogroup").read_text().split()
-        assert group[-2:] == ["nice", str(CONTROL_PLANE_NICE)], process.name
+        assert group[-2:] == ["nice", str(CONTROL_PLANE.nice)], process.name
 
 
 def test_cpu_list_reads_the_kernels_cpuset_lists() -> None:
@@ -112,11 +112,12 @@ def test_cpu_list_reads_the_kernels_cpuset_lists() -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2, reason="one core")
-def test_a_process_kept_to_cores_keeps_every_thread_there(tmp_path: Path) -> None:
-    """LAB_CONTROL_PLANE_CPUS's mechanism: the affinity is set before exec, so threads the program
-    starts later (a Go runtime's) are kept there too."""
+def test_a_process_of_a_plane_keeps_its_cores_in_every_thread(tmp_path: Path) -> None:
+    """The LAB_*_PLANE_CPUS mechanism: the affinity is set before exec, so threads the program starts
+    later (a Go runtime's) are kept there too."""
     script = "import threading,time; threading.Thread(target=time.sleep, args=(30,)).start(); time.sleep(30)"
-    p = Process("pinned", [PYTHON, "-c", script], tmp_path / "pinned.log", cpus=frozenset({1})).start()
+    plane = Plane(cpus=frozenset({1}))
+    p = Process("pinned", [PYTHON, "-c", script], tmp_path / "pinned.log", plane=plane).start()
     try:
         tasks = Path(f"/proc/{p.pid}/task")
         wait_for(lambda: len(list(tasks.iterdir())) == 2, what="the child's second thread", timeout=10)
