@@ -28,7 +28,13 @@ FIXED_PORTS = frozenset({"health", "ready", "prometheus"})
 # back on two cores (the second with GOMAXPROCS=1 in the bench's environment, so for every Go process,
 # the control plane idle there): CoreDNS's CPU a query of (b) 89-92 -> 69-71 us at 9.6-10.5k q/s, 54-66
 # -> 44-48 us at the peak; (b)'s p99 at half of its peak 12.4-15.8 -> 9.0-11.5 ms; (a) alike.
-GOMAXPROCS = "1"
+# And it collects garbage at 400 % heap growth, not Go's 100 %: its live heap is ~4 MB and every query
+# allocates (the gRPC call, two messages), so at 100 % it collected 16 times a second at 6,000 q/s of (b)
+# and 29 at 11,000, each a few ms of marking on its one thread; at 400 % 3.5 and 6.3 (heap goal 24 MB,
+# the pod's limit 192Mi with GOMEMLIMIT at it). Interleaved rounds of (b) at fixed rates on one backend
+# (21:44, scratch): CoreDNS's CPU a query 113-116 -> 105-114 us at 6,000 q/s, 67-69 -> 64-66 at 11,000;
+# p99 ms 5.1-6.1 -> 2.8-5.4 and 10.9-16.6 -> 8.0-13.7.
+GO_RUNTIME = {"GOMAXPROCS": "1", "GOGC": "400"}
 
 
 def lab_template(shipped: str) -> str:
@@ -102,7 +108,7 @@ class CoreDNS(Server):
             name,
             [binary("coredns"), "-conf", self.corefile, "-dns.port", str(self.port)],
             workdir / f"{name}.log",
-            env={"GOMAXPROCS": GOMAXPROCS},
+            env=GO_RUNTIME,
             cwd=workdir,
             detached=detached,
             plane=DATA_PLANE,

@@ -30,7 +30,7 @@ from deployfiles import (
     settings_from_env,
 )
 
-from lab.coredns import FIXED_PORTS, GOMAXPROCS, GRPC_TEMPLATE, lab_template, render
+from lab.coredns import FIXED_PORTS, GO_RUNTIME, GRPC_TEMPLATE, lab_template, render
 from lab.kube import ControlPlane
 from lab.proc import binary
 from lab.run import prepare_cluster
@@ -373,10 +373,15 @@ def test_readme_overlay_builds_a_second_cluster(tmp_path: Path) -> None:
     assert settings.nameserver_address == "10.2.1.221"
 
 
-def test_coredns_runs_as_many_go_threads_as_its_cpu_limit_in_the_pod_and_the_lab() -> None:
-    """The pod's CoreDNS takes GOMAXPROCS from its CPU limit (Go's default never goes below 2), and the
-    lab's CoreDNS, which the bench measures, runs with the same."""
+def test_coredns_runs_its_go_runtime_alike_in_the_pod_compose_and_the_lab() -> None:
+    """The pod's CoreDNS takes GOMAXPROCS from its CPU limit (Go's default never goes below 2) and its
+    soft memory limit from its memory limit, and collects at the same GOGC as the lab's CoreDNS, which
+    the bench measures, and compose's."""
     coredns = _containers()["coredns"]
     env = {e["name"]: e for e in coredns["env"]}
     assert env["GOMAXPROCS"]["valueFrom"]["resourceFieldRef"] == {"resource": "limits.cpu", "divisor": "1"}
-    assert str(coredns["resources"]["limits"]["cpu"]) == GOMAXPROCS
+    assert str(coredns["resources"]["limits"]["cpu"]) == GO_RUNTIME["GOMAXPROCS"]
+    assert env["GOGC"]["value"] == GO_RUNTIME["GOGC"]
+    assert env["GOMEMLIMIT"]["valueFrom"]["resourceFieldRef"] == {"resource": "limits.memory", "divisor": "1"}
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert compose["x-coredns"]["environment"] == GO_RUNTIME
