@@ -481,6 +481,20 @@ class ControlPlane:
     def apply(self, yaml_text: str, *args: str) -> str:
         return self.kubectl("apply", "-f", "-", *args, input=yaml_text)
 
+    def ready_addresses(self, namespace: str, service: str) -> list[str]:
+        """The ready endpoints' addresses in a Service's EndpointSlices: what the controller-manager made
+        of its pods, which tests wait for before they look at what DNS made of it."""
+        selector = f"kubernetes.io/service-name={service}"
+        out = self.kubectl("get", "endpointslices", "-n", namespace, "-l", selector, "-o", "json")
+        slices = json.loads(out)
+        return [
+            addr
+            for s in slices["items"]
+            for ep in s.get("endpoints") or []
+            if ep.get("conditions", {}).get("ready")
+            for addr in ep["addresses"]
+        ]
+
     def install_gateway_api(self) -> None:
         """The pinned Gateway API CRDs (standard channel), as a cluster with a gateway implementation
         has them; server-side, as the CRDs are too large for the last-applied annotation."""

@@ -119,8 +119,14 @@ def test_gslb_survives_an_apiserver_outage_and_the_writes_resume(
         assert "stepping down" in stack.backend.process.log.read_text()
 
         plane.kubectl("scale", "deploy", "steady", "-n", namespace, "--replicas=0")
+        # the controller-manager's watches come back with client-go's backoff (up to 30 s between
+        # tries), so its part gets a bound of its own: in one CI run it wrote the ReplicaSet 27 s after
+        # the scale, and NODATA had not come 60 s after it
+        plane.wait_for(lambda: not plane.ready_addresses(namespace, "steady"),
+                       what="the controller-manager emptying steady's EndpointSlice after the outage",
+                       timeout=120)
         plane.wait_for(lambda: stack.dig(host).rcode == "NOERROR" and not stack.dig(host).answer,
-                       what="NODATA after the outage", timeout=60)
+                       what="NODATA once the EndpointSlice has no ready endpoint", timeout=30)
         plane.wait_for(lambda: health(plane, namespace, "steady") == {host: "Unhealthy"},
                        what="status written by the re-elected leader", timeout=60)
         assert stack.backend.process.log.read_text().count("now holds") >= 2

@@ -63,35 +63,22 @@ def _ready_pods(plane: ControlPlane, namespace: str) -> int:
     )
 
 
-def _ready_endpoints(plane: ControlPlane, namespace: str) -> list[str]:
-    slices = json.loads(
-        plane.kubectl(
-            "get", "endpointslices", "-n", namespace, "-l", "kubernetes.io/service-name=web", "-o", "json"
-        )
-    )["items"]
-    return [
-        addr
-        for s in slices
-        for ep in s.get("endpoints") or []
-        if ep.get("conditions", {}).get("ready")
-        for addr in ep["addresses"]
-    ]
-
-
 @pytest.mark.controlplane
 def test_deployment_gives_ready_pods_and_endpointslice(control_plane: ControlPlane, namespace: str) -> None:
     control_plane.apply(DEPLOYMENT, "-n", namespace)
     control_plane.wait_for(lambda: _ready_pods(control_plane, namespace) == 2, what="2 Ready pods")
     control_plane.wait_for(
-        lambda: len(_ready_endpoints(control_plane, namespace)) == 2,
+        lambda: len(control_plane.ready_addresses(namespace, "web")) == 2,
         what="EndpointSlice with 2 ready endpoints",
     )
 
     control_plane.kubectl("scale", "deployment", "web", "--replicas=0", "-n", namespace)
-    control_plane.wait_for(lambda: not _ready_endpoints(control_plane, namespace), what="no ready endpoint")
+    control_plane.wait_for(
+        lambda: not control_plane.ready_addresses(namespace, "web"), what="no ready endpoint"
+    )
     control_plane.kubectl("scale", "deployment", "web", "--replicas=1", "-n", namespace)
     control_plane.wait_for(
-        lambda: len(_ready_endpoints(control_plane, namespace)) == 1, what="1 ready endpoint"
+        lambda: len(control_plane.ready_addresses(namespace, "web")) == 1, what="1 ready endpoint"
     )
 
 
