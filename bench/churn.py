@@ -5,7 +5,10 @@ The scale part's 10,000 Services + 10,000 Gslbs (`scale.load`) plus what the chu
 given time, `rate` changes a second of every kind a user makes (see `KINDS`), a `/metrics` scrape every
 second and dnsperf at a fixed rate (25% of (b)'s peak by default); then the same dnsperf with no churn,
 the control. Each change is timed from just before its API write to the first answer through CoreDNS
-that shows it; at the end every name the churn touched is checked against what the API holds.
+that shows it; at the end every name the churn touched is checked against what the API holds. After
+each of the two, the same dnsperf for a fifth of the time against CoreDNS -> grpc -> `grpc-floor`
+(bench/floor.py) with the churn going on or not: the tail any upstream of the grpc plugin gets on these
+cores under the same control work, beside ours.
 
 The bench's own process shares the two cores it measures, so its polls are cheap (`bench.lookup`) and
 spaced by the time already waited (`poll_interval`): a change is seen at most 10 ms or 10 % of its
@@ -61,6 +64,7 @@ from bench.procstat import (
 from bench.profile import Sampler
 from bench.profile import summary as summary_rows
 from bench.scale import NS, Loaded, addresses, lb_ip, load, summary, wait_quiet
+from lab.coredns import GRPC_TEMPLATE
 from lab.kube import CONTROL_PLANE
 from lab.proc import wait_for
 
@@ -82,6 +86,7 @@ POLL = 0.01  # `poll_interval`: the first polls' interval,
 POLL_SHARE = 0.1  # then this share of the time waited,
 POLL_MAX = 0.2  # at most this (from 2 s on)
 SETTLE_TIMEOUT = 60.0
+FLOOR_SHARE = 0.2  # the floor's phases: this share of the churn's time each
 LOOP_GAUGES = {"lag": "coredns_gslb_loop_lag_max_seconds", "held": "coredns_gslb_loop_held_max_seconds"}
 GC = re.compile(r'^coredns_gslb_gc_pause_seconds_(bucket|sum|count)'
                 r'\{generation="(\d)"(?:,le="([^"]+)")?\} (\S+)$', re.M)
@@ -404,9 +409,10 @@ def _mix(path: Path, n_services: int, n_gslbs: int) -> None:
 
 def phase(up: Loaded, mix: Path, seconds: float, qps: float, out: Path, label: str, others: dict[str, int],
           during: Callable[[], dict[str, Any]] | None = None, *, stop_early: bool = False,
-          scraped: Callable[[float, str], None] | None = None) -> dict[str, Any]:
-    """dnsperf at `qps` for `seconds` with /metrics scraped every second (each body also to `scraped`),
-    while `during()` runs if given (the churn; its figures are added). `stop_early`: dnsperf ends when
+          scraped: Callable[[float, str], None] | None = None, server: str | None = None) -> dict[str, Any]:
+    """dnsperf at `qps` for `seconds` against `server` (else up's CoreDNS) with the backend's /metrics
+    scraped every second (each body also to `scraped`), while `during()` runs if given (the churn; its
+    figures are added). `stop_early`: dnsperf ends when
     `during` returns and `seconds` is only its bound (the burst, whose length is known at its end). Where
     the two cores went is kept beside (`cpu_share_by_process`): the backend's tree, each of `others`
     (the lab's processes by name), dnsperf, this bench process (the churn's workers, the scraper) and
@@ -416,7 +422,7 @@ def phase(up: Loaded, mix: Path, seconds: float, qps: float, out: Path, label: s
     named = {**others, "bench": os.getpid()}  # this process: the churn's workers, the scraper
     named0, machine0 = cpu_of(named), machine_busy_seconds()
     scraper.start()
-    perf = dnsperf.Background(up.server, mix, seconds, rate=qps, out=out / f"dnsperf-{label}.txt")
+    perf = dnsperf.Background(server or up.server, mix, seconds, rate=qps, out=out / f"dnsperf-{label}.txt")
     try:
         extra = during() if during is not None else {}
         result = perf.finish(interrupt=stop_early)
@@ -469,19 +475,29 @@ def run(bed: Bed, n: int = 10_000, seconds: float = 600.0, rate: float = 20.0,
     mix = bed.workdir / "churn-queries.txt"
     _mix(mix, n, n)
     churn = Churn(up.api, Lookup(up.server), up, spare, free_cluster_ips(up.api, spare))
+    floored = bed.coredns(GRPC_TEMPLATE, "coredns-floor", zones=(dataset.ZONE, dataset.GSLB_ZONE),
+                          grpc=bed.floor().grpc).address
     lab = {name: pid for name, pid in bed.pids().items() if pid != up.pid}
-    with Sampler(up.pid, bed.workdir / "backend-profile-churn.txt", rate=PROFILE_RATE) as sampler:
-        busy = phase(up, mix, seconds, qps, bed.workdir, "churn", {**lab, "py-spy": sampler.spy_pid},
-                     partial(_changes, churn, seconds, rate))
+    floor_seconds = round(FLOOR_SHARE * seconds, 1)
+
+    def profiled(label: str, length: float, during: Callable[[], dict[str, Any]] | None = None,
+                 server: str | None = None) -> tuple[dict[str, Any], Path]:
+        """A phase with py-spy on the backend (its CPU must weigh on every phase alike, or the churn's
+        answer p99 is set against a control that had that CPU to spare), and the profile's path."""
+        with Sampler(up.pid, bed.workdir / f"backend-profile-{label}.txt", rate=PROFILE_RATE) as spy:
+            return phase(up, mix, length, qps, bed.workdir, label, {**lab, "py-spy": spy.spy_pid}, during,
+                         server=server), spy.out
+
+    busy, busy_profile = profiled("churn", seconds, partial(_changes, churn, seconds, rate))
+    busy_floor, _ = profiled("churn-floor", floor_seconds, partial(_changes, churn, floor_seconds, rate),
+                             floored)
     wrong = churn.wrong_answers()
     rss_end = rss_by_process(up.pid)
     # the backend's max gauges cover the last 10-20 s: the control must not start with the churn's
     time.sleep(2 * LAG_WINDOW)
-    # py-spy samples the control too: its CPU must weigh on both phases, or the churn's answer p99 is
-    # set against a control that had that CPU to spare
-    with Sampler(up.pid, bed.workdir / "backend-profile-control.txt", rate=PROFILE_RATE) as spy:
-        quiet_phase = phase(up, mix, seconds, qps, bed.workdir, "quiet", {**lab, "py-spy": spy.spy_pid})
-    changes = busy.pop("changes")
+    quiet_phase, quiet_profile = profiled("quiet", seconds)
+    quiet_floor, _ = profiled("quiet-floor", floor_seconds, server=floored)
+    changes = busy.pop("changes") + busy_floor.pop("changes")
     by_kind: dict[str, Any] = {}
     for kind in KINDS:
         times = [t for k, t in changes if k == kind and t is not None]
@@ -497,6 +513,7 @@ def run(bed: Bed, n: int = 10_000, seconds: float = 600.0, rate: float = 20.0,
         "gslbs": n,
         "seconds": seconds,
         "changes_per_second": rate,
+        "floor_seconds": floor_seconds,
         "changes": len(changes),
         "changes_timed_out": sum(1 for k, t in changes if t is None and k != "api_error"),
         "dnsperf_qps_target": round(qps),
@@ -505,6 +522,9 @@ def run(bed: Bed, n: int = 10_000, seconds: float = 600.0, rate: float = 20.0,
         "control_plane_nice": CONTROL_PLANE.nice,
         "answer_p99_ms": busy["dnsperf"]["p99_ms"],
         "answer_p99_ms_quiet": quiet_phase["dnsperf"]["p99_ms"],
+        # CoreDNS -> grpc -> grpc-floor at the same rate, with the churn going on and not
+        "answer_p99_ms_floor": busy_floor["dnsperf"]["p99_ms"],
+        "answer_p99_ms_floor_quiet": quiet_floor["dnsperf"]["p99_ms"],
         "loop_lag_max_ms": busy["loop_lag_max_ms"],
         "loop_lag_max_ms_quiet": quiet_phase["loop_lag_max_ms"],
         "loop_held_max_ms": busy["loop_held_max_ms"],
@@ -528,10 +548,13 @@ def run(bed: Bed, n: int = 10_000, seconds: float = 600.0, rate: float = 20.0,
         "wrong_examples": wrong[:10],
         "during_churn": busy,
         "control": quiet_phase,
-        "profile_during_churn": summary_rows(sampler.out, 15),
-        "profile_control": summary_rows(spy.out, 15),
+        "during_churn_floor": busy_floor,
+        "control_floor": quiet_floor,
+        "profile_during_churn": summary_rows(busy_profile, 15),
+        "profile_control": summary_rows(quiet_profile, 15),
     }
-    print(f"  churn: answer p99 {result['answer_p99_ms']} ms (quiet {result['answer_p99_ms_quiet']} ms), "
+    print(f"  churn: answer p99 {result['answer_p99_ms']} ms (quiet {result['answer_p99_ms_quiet']} ms; the "
+          f"floor {result['answer_p99_ms_floor']} ms, quiet {result['answer_p99_ms_floor_quiet']} ms), "
           f"loop lag max {result['loop_lag_max_ms']} ms, change -> answer p50 {all_ms['p50_ms']} ms "
           f"p99 {all_ms['p99_ms']} ms (from the API's acknowledgment: p50 {after['p50_ms']} ms, p99 "
           f"{after['p99_ms']} ms), RSS {result['rss_mib_start']} -> {result['rss_mib_end']} MiB, "

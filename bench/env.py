@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from bench.floor import Floor
 from lab.coredns import CoreDNS
 from lab.demo import install_crds
 from lab.kube import ControlPlane, Etcd, Pki
@@ -61,6 +62,10 @@ class Bed(contextlib.AbstractContextManager["Bed"]):
         c = self._add(CoreDNS(self.workdir, template, name=name, **values))
         c.start()
         return c
+
+    def floor(self) -> Floor:
+        """The grpc hop's floor (bench/floor.py), for a CoreDNS to forward to."""
+        return self._add(Floor(self.workdir)).start()
 
     def lbpool(self, services: Sequence[str]) -> LbPool:
         """The lab's MetalLB stand-in and gateway controller (GatewayClasses of lbpool's controllerName)."""

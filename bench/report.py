@@ -16,6 +16,8 @@ TARGETS = (
     ("c_grpc_cache", "(c) (b) with CoreDNS `cache`"),
     ("b_grpc_half_rate", "(b) at half its peak rate (`-Q`)"),
     ("a_file_same_rate", "(a) at that same rate (control)"),
+    ("f_floor", "(f) CoreDNS -> grpc -> `grpc-floor` (the hop's floor: one A record, no policy)"),
+    ("f_floor_same_rate", "(f) at (b)'s half-peak rate (the hop's floor)"),
 )
 
 GRPCIO_HISTORY = (
@@ -87,6 +89,14 @@ def _notes(res: dict[str, Any]) -> list[str]:
                 "fixed rate each query costs more than at the peak (fewer replies share a wake-up and a "
                 f"write), so dnsperf + CoreDNS + backend keep the {cores} cores {busy['b']:.0%} busy for (b) "
                 f"against {busy['a']:.0%} for (a), and queueing grows the tail.")
+        floor = t.get("f_floor_same_rate")
+        if floor:
+            out.append(
+                f"- The hop's floor: CoreDNS -> grpc -> `grpc-floor` (grpc-go answering one A record with no "
+                f"policy) at the same rate has p99 {floor['p99_ms']:.2f} ms (others: {_others(floor)}), "
+                f"and peaks at {float(t['f_floor']['qps']):,.0f} q/s against (b)'s "
+                f"{float(t['b_grpc']['qps']):,.0f}. What (b)'s tail has beyond (a)'s is the grpc hop on "
+                "these two cores, paid by any upstream; what it has beyond (f)'s is ours.")
         cached = t["c_grpc_cache"]["cpu_us_per_query"]["backend"]
         out.append(
             f"- (c): with `cache` the backend is asked about once per TTL per name ({cached:.1f} µs "
@@ -143,6 +153,11 @@ def _split(by_process: dict[str, float] | None, fmt: str = "{}") -> str:
     return ", ".join(f"{name} {fmt.format(v)}" for name, v in (by_process or {}).items() if v)
 
 
+def _upstream(r: dict[str, Any]) -> str:
+    """The grpc upstream's CPU per query: the backend's, or the floor's in (f)."""
+    return _cpu(r, "floor" if "floor" in (r.get("cpu_us_per_query") or {}) else "backend")
+
+
 def _servers_cpu(r: dict[str, Any]) -> float:
     """CPU µs per query of everything but the load generator."""
     return sum(v for k, v in (r.get("cpu_us_per_query") or {}).items() if k != "dnsperf")
@@ -161,7 +176,7 @@ def _throughput(t: dict[str, Any]) -> list[str]:
     a = float(t["a_file"]["qps"])
     lines = [
         "| target | queries/s (best round) | other rounds | vs (a) | lost | p50 ms | p99 ms "
-        "| CPU µs/query: backend | CoreDNS | dnsperf |",
+        "| CPU µs/query: backend (floor in (f)) | CoreDNS | dnsperf |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key, label in TARGETS:
@@ -169,7 +184,7 @@ def _throughput(t: dict[str, Any]) -> list[str]:
         if not r:
             continue
         lines.append(f"| {label} | {float(r['qps']):,.0f} | {_others(r)} | {float(r['qps']) / a:.2f} | "
-                     f"{r['lost']} | {_ms(r['p50_ms'])} | {_ms(r['p99_ms'])} | {_cpu(r, 'backend')} | "
+                     f"{r['lost']} | {_ms(r['p50_ms'])} | {_ms(r['p99_ms'])} | {_upstream(r)} | "
                      f"{_cpu(r, 'coredns')} | {_cpu(r, 'dnsperf')} |")
     return lines
 
@@ -189,8 +204,9 @@ def _sweep(t: dict[str, Any]) -> list[str]:
 def _cost(t: dict[str, Any]) -> str:
     """The qps ratio that CPU cost alone predicts: robust to other load, unlike queries/s."""
     a, b, c = (_servers_cpu(t[k]) for k in ("a_file", "b_grpc", "c_grpc_cache"))
+    floor = (f", (f) {_servers_cpu(t['f_floor']):.0f} µs (CoreDNS + the floor)" if "f_floor" in t else "")
     return (f"Server CPU per query (CoreDNS + backend, the part that does not depend on who else uses the "
-            f"machine): (a) {a:.0f} µs, (b) {b:.0f} µs, (c) {c:.0f} µs, so by cost alone (b)/(a) = "
+            f"machine): (a) {a:.0f} µs, (b) {b:.0f} µs, (c) {c:.0f} µs{floor}, so by cost alone (b)/(a) = "
             f"{a / b:.2f} and (c)/(a) = {a / c:.2f}.")
 
 
@@ -215,9 +231,12 @@ def _goals(res: dict[str, Any]) -> list[str]:
     if t:
         row("(b)/(a) queries/s", ">= 0.25", f"{t['ratio_uncached']:.3f}", t["ratio_uncached"] >= 0.25)
         row("(c)/(a) queries/s", ">= 0.90", f"{t['ratio_cached']:.3f}", t["ratio_cached"] >= 0.90)
-        half = t["b_grpc_half_rate"]
+        half, floor = t["b_grpc_half_rate"], t.get("f_floor_same_rate")
+        beside = (f"; the hop's floor (f) at that rate: {floor['p99_ms']:.2f} ms (others: {_others(floor)})"
+                  if floor else "")
         row("p99 at half of (b)'s peak rate", "<= 5 ms",
-            f"{half['p99_ms']:.2f} ms at {half['qps']:,.0f} q/s (best round; others: {_others(half)})",
+            f"{half['p99_ms']:.2f} ms at {half['qps']:,.0f} q/s (best round; others: {_others(half)})"
+            + beside,
             half["p99_ms"] <= 5)
     if s:
         row(f"first full sync, {s['services']:,} Services + {s['gslbs']:,} Gslbs", "< 20 s",
@@ -244,7 +263,9 @@ def _goals(res: dict[str, Any]) -> list[str]:
     c = res.get("churn") or {}
     if c:
         p99, quiet = c["answer_p99_ms"], c["answer_p99_ms_quiet"]
-        row("answer p99 under churn", "<= 2 x quiet and <= 5 ms", f"{p99} ms (quiet {quiet} ms)",
+        floor = (f"; the hop's floor (f) under the same churn: {c['answer_p99_ms_floor']} ms (quiet "
+                 f"{c['answer_p99_ms_floor_quiet']} ms)" if "answer_p99_ms_floor" in c else "")
+        row("answer p99 under churn", "<= 2 x quiet and <= 5 ms", f"{p99} ms (quiet {quiet} ms){floor}",
             p99 <= 2 * quiet and p99 <= 5)
         at_most("loop lag max under churn", c["loop_lag_max_ms"], 20, "ms")
         if "loop_held_max_ms" in c:
@@ -351,6 +372,8 @@ def _churn(c: dict[str, Any]) -> list[str]:
           f"{k['timed_out']} |"
           for kind, k in c["change_to_answer_by_kind"].items()),
     ]
+    if "during_churn_floor" in c:
+        lines += ["", *_churn_floor(c)]
     if dyn := c.get("service_create_dynamic_cluster_ip"):
         lines += ["", "The churn's Services bring their own ClusterIP: kube-apiserver picks one under a "
                   "single lock, held for an IPAddress write and two counts of every IPAddress. Before the "
@@ -360,6 +383,24 @@ def _churn(c: dict[str, Any]) -> list[str]:
         lines += ["", "The backend's time during the churn (py-spy, all threads):", "",
                   *_profile_table(c["profile_during_churn"][:12])]
     return lines
+
+
+def _churn_floor(c: dict[str, Any]) -> list[str]:
+    """The same dnsperf against CoreDNS -> grpc -> `grpc-floor`, each after (b)'s phase of the same kind."""
+    phases = {"(b), churn": c["during_churn"], "(f) floor, churn": c["during_churn_floor"],
+              "(b), control": c["control"], "(f) floor, control": c["control_floor"]}
+    return [
+        f"The hop's floor: after each phase above, the same dnsperf for {c['floor_seconds']:g} s against "
+        "CoreDNS -> grpc -> `grpc-floor` (bench/floor.py: grpc-go, one A record for every query, no "
+        "policy), the churn going on (its changes counted above) or not, and the backend doing its "
+        "control work alike. The floor's tail is what any upstream of the grpc plugin gets on these cores.",
+        "",
+        "| | answers/s | p50 / p99 / max ms | the two cores: busy, of which by process (cores) "
+        "| load average |",
+        "|---|---:|---:|---|---|",
+        *(f"| {name} | {p['dnsperf']['qps']:,.0f} | {p['dnsperf']['p50_ms']} / {p['dnsperf']['p99_ms']} / "
+          f"{p['dnsperf']['max_ms']} | {_cores(p)} | {p['loadavg']} |" for name, p in phases.items()),
+    ]
 
 
 def _burst(b: dict[str, Any]) -> list[str]:

@@ -2,7 +2,8 @@
 
 Each target gets a short warm-up, then dnsperf for the same fixed time; the backend's CPU time per query
 is its utime+stime over the run divided by the answered queries. Last, (b) again at half of its peak
-rate (dnsperf -Q), the latency a user sees on a loaded but not saturated server.
+rate (dnsperf -Q), the latency a user sees on a loaded but not saturated server. (f), CoreDNS -> grpc ->
+`grpc-floor` (bench/floor.py), runs beside (b) at the peak and at that rate: the hop's own cost.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from bench import dataset, dnsperf
 from bench.env import Bed
+from bench.floor import Floor
 from bench.objects import Api
 from bench.procstat import EXITED, cpu_by_process, loadavg, spent
 from lab.coredns import GRPC_TEMPLATE, CoreDNS
@@ -71,13 +73,15 @@ def load_dataset(bed: Bed) -> None:
 
 @dataclass
 class Setup:
-    """The three servers of one run over one backend, and dnsperf's input."""
+    """The servers of one run over one backend, the floor behind its own CoreDNS, and dnsperf's input."""
 
     backend: Backend
     uncached: CoreDNS
     split: CoreDNS
     ceiling: CoreDNS
     cached: CoreDNS
+    floor: Floor
+    floored: CoreDNS  # CoreDNS -> grpc -> the floor
     mix: Path
 
     @property
@@ -87,6 +91,10 @@ class Setup:
 
     def pids(self, coredns: CoreDNS) -> dict[str, int]:
         return {"backend": self.backend_pid, "coredns": coredns.process.pid or 0}
+
+    @property
+    def floor_pids(self) -> dict[str, int]:
+        return {"floor": self.floor.process.pid or 0, "coredns": self.floored.process.pid or 0}
 
 
 def setup(bed: Bed) -> Setup:
@@ -109,9 +117,11 @@ def setup(bed: Bed) -> Setup:
         diff = dataset.differences(want, dataset.answer_sets(other.address, questions))
         if diff:
             raise RuntimeError(f"{other.process.name} answers unlike the backend:\n" + "\n".join(diff))
+    floor = bed.floor()
+    floored = backend_stack(bed, floor.grpc, "coredns-floor")
     print(f"set-up {time.monotonic() - t0:.1f} s; {len(questions)} distinct questions, all three servers "
           f"give the same answers", flush=True)
-    return Setup(backend, uncached, split, ceiling, cached, mix)
+    return Setup(backend, uncached, split, ceiling, cached, floor, floored, mix)
 
 
 Target = tuple[str, dict[str, int], float | None]  # server, pids to account, rate limit
@@ -151,12 +161,15 @@ def run(bed: Bed, seconds: float, rounds: int = 3) -> dict[str, object]:
         "b_grpc": (s.uncached.address, s.pids(s.uncached), None),
         "b_grpc_split": (s.split.address, s.pids(s.split), None),
         "c_grpc_cache": (s.cached.address, s.pids(s.cached), None),
+        "f_floor": (s.floored.address, s.floor_pids, None),
     }, s.mix, each, rounds, out)
     b_peak = float(peak["b_grpc"]["qps"])  # type: ignore[arg-type]
-    # (a) at the same fixed rate is the control: the latency tail this machine gives any server then.
+    # (a) at the same fixed rate is the control: the latency tail this machine gives any server then;
+    # (f), the tail any upstream of the grpc plugin gets
     half = interleaved({"b_grpc_half_rate": (s.uncached.address, s.pids(s.uncached), b_peak / 2),
                         "a_file_same_rate": (s.ceiling.address, {"coredns": s.ceiling.process.pid or 0},
-                                             b_peak / 2)},
+                                             b_peak / 2),
+                        "f_floor_same_rate": (s.floored.address, s.floor_pids, b_peak / 2)},
                        s.mix, each, rounds, out)
     # Where p99 <= 5 ms holds: (b) at lower fixed rates, one round each.
     sweep = [measure(f"b_grpc_at_{share:.0%}", s.uncached.address, s.mix, each, s.pids(s.uncached), out,
@@ -173,5 +186,6 @@ def run(bed: Bed, seconds: float, rounds: int = 3) -> dict[str, object]:
         "ratio_uncached": round(b / a, 3),
         "ratio_cached": round(c / a, 3),
         "corefiles": {"a": s.ceiling.corefile_text, "b": s.uncached.corefile_text,
-                      "b2": s.split.corefile_text, "c": s.cached.corefile_text},
+                      "b2": s.split.corefile_text, "c": s.cached.corefile_text,
+                      "f": s.floored.corefile_text},
     }

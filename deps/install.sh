@@ -97,6 +97,18 @@ h2spec() {
   keep h2spec $H2SPEC_VERSION
 }
 
+# The bench's floor for the grpc hop (deps/floor: our own few lines on CoreDNS's pb package); its version is
+# its source's hash, so an edit rebuilds it.
+floor() {
+  local version
+  version=$(cat "$root"/deps/floor/{main.go,go.mod,go.sum} | sha256sum | cut -c1-12)
+  have grpc-floor "$version" && return 0
+  need_go
+  log "building grpc-floor $version (deps/floor)"
+  (cd "$root/deps/floor" && go build -o "$BIN/grpc-floor" .)
+  keep grpc-floor "$version"
+}
+
 kube() {
   local cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl) todo=() c
   for c in "${cmds[@]}"; do have "$c" $KUBE_VERSION || todo+=("k8s.io/kubernetes/cmd/$c"); done
@@ -146,9 +158,9 @@ venv() {
 
 what=${1:-all}
 case $what in
-  all) apt_packages; venv; coredns; kwok; etcd; h2spec; kube; gateway_api ;;
+  all) apt_packages; venv; coredns; kwok; etcd; h2spec; floor; kube; gateway_api ;;
   apt) apt_packages ;;
-  venv | coredns | kwok | etcd | h2spec | kube | gateway_api) $what ;;
-  *) log "usage: $0 [all|apt|venv|coredns|kwok|etcd|h2spec|kube|gateway_api]"; exit 2 ;;
+  venv | coredns | kwok | etcd | h2spec | floor | kube | gateway_api) $what ;;
+  *) log "usage: $0 [all|apt|venv|coredns|kwok|etcd|h2spec|floor|kube|gateway_api]"; exit 2 ;;
 esac
 log "ready: $(ls "$BIN" | tr '\n' ' ')"
