@@ -9,21 +9,12 @@ reader can tell how much of (b)'s tail is ours.
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 from lab.coredns import GO_RUNTIME
-from lab.proc import DATA_PLANE, Process, binary, free_port, wait_for
+from lab.proc import DATA_PLANE, Process, accepting, binary, free_port, wait_for
 
 START_TIMEOUT = 10.0
-
-
-def accepting(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 class Floor:
@@ -37,7 +28,7 @@ class Floor:
 
     def start(self) -> Floor:
         self.process.start()
-        wait_for(lambda: accepting("127.0.0.1", self.port), what=f"grpc-floor accepting on {self.grpc}",
+        wait_for(lambda: accepting(self.grpc), what=f"grpc-floor accepting on {self.grpc}",
                  timeout=START_TIMEOUT, watch=[self.process], interval=0.05)
         return self
 

@@ -15,14 +15,13 @@ import argparse
 import asyncio
 import contextlib
 import json
-import socket
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lab.proc import PYTHON, ROOT, Process, kill_pidfile, wait_for
+from lab.proc import PYTHON, ROOT, Process, accepting, kill_pidfile, wait_for
 
 if TYPE_CHECKING:
     from lab.run import ClusterSpec
@@ -50,12 +49,6 @@ async def serve(host: str, port: int, name: str) -> None:
     print(f"serving {name} on {host}:{port}", flush=True)
     async with server:
         await server.serve_forever()
-
-
-def accepting(address: str) -> bool:
-    host, port = address.rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=1):
-        return True
 
 
 class DataPlane:

@@ -338,6 +338,13 @@ def free_port(host: str = "127.0.0.1") -> int:
     raise StartupError(f"no free port on {host}")
 
 
+def accepting(address: str) -> bool:
+    """True when a TCP connection to "host:port" is accepted (raises while nothing listens)."""
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=1):
+        return True
+
+
 def port_free(host: str, port: int) -> bool:
     for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
         with socket.socket(socket.AF_INET, kind) as s:
