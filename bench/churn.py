@@ -64,7 +64,7 @@ from bench.procstat import (
 from bench.profile import Sampler
 from bench.profile import summary as summary_rows
 from bench.scale import NS, Loaded, addresses, lb_ip, load, summary, wait_quiet
-from lab.coredns import GRPC_TEMPLATE
+from bench.throughput import backend_stack
 from lab.kube import CONTROL_PLANE
 from lab.proc import wait_for
 
@@ -475,8 +475,7 @@ def run(bed: Bed, n: int = 10_000, seconds: float = 600.0, rate: float = 20.0,
     mix = bed.workdir / "churn-queries.txt"
     _mix(mix, n, n)
     churn = Churn(up.api, Lookup(up.server), up, spare, free_cluster_ips(up.api, spare))
-    floored = bed.coredns(GRPC_TEMPLATE, "coredns-floor", zones=(dataset.ZONE, dataset.GSLB_ZONE),
-                          grpc=bed.floor().grpc).address
+    floored = backend_stack(bed, bed.floor().grpc, "coredns-floor").address
     lab = {name: pid for name, pid in bed.pids().items() if pid != up.pid}
     floor_seconds = round(FLOOR_SHARE * seconds, 1)
 

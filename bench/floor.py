@@ -21,8 +21,7 @@ class Floor:
     """One `grpc-floor` process; `grpc` is the "host:port" a grpc plugin forwards to."""
 
     def __init__(self, workdir: Path, name: str = "grpc-floor") -> None:
-        self.port = free_port()
-        self.grpc = f"127.0.0.1:{self.port}"
+        self.grpc = f"127.0.0.1:{free_port()}"
         self.process = Process(name, [binary("grpc-floor"), self.grpc], workdir / f"{name}.log",
                                env=GO_RUNTIME, plane=DATA_PLANE)
 

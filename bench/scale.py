@@ -49,7 +49,7 @@ from bench.procstat import (
 )
 from bench.profile import Sampler
 from bench.profile import summary as summary_rows
-from lab.coredns import GRPC_TEMPLATE
+from bench.throughput import backend_stack
 from lab.proc import wait_for
 from lab.sidecar import Backend
 
@@ -155,8 +155,7 @@ def load(bed: Bed, n: int, n_gslbs: int, before_start: Callable[[Api], None] = l
     lab_wait = time.monotonic() - t_lab
     print(f"  the lab's control plane quiet after {lab_wait:.0f} s more ({lab_quiet})", flush=True)
     backend = bed.backend(dataset.BACKEND_FLAGS, name="backend-scale", start=False)
-    coredns = bed.coredns(GRPC_TEMPLATE, "coredns-scale", zones=(dataset.ZONE, dataset.GSLB_ZONE),
-                          grpc=backend.grpc)
+    coredns = backend_stack(bed, backend.grpc, "coredns-scale")
     server = coredns.address
     lab = bed.pids()
     lab0, machine0 = cpu_of(lab), machine_busy_seconds()

@@ -61,6 +61,7 @@ def measure(label: str, server: str, mix: Path, seconds: float, pids: dict[str, 
 
 
 def backend_stack(bed: Bed, upstreams: str, name: str, template: str = GRPC_TEMPLATE) -> CoreDNS:
+    """CoreDNS serving the bench's two zones through its grpc plugin to `upstreams` (backends, the floor)."""
     return bed.coredns(template, name, zones=(dataset.ZONE, dataset.GSLB_ZONE), grpc=upstreams)
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from bench.dataset import GSLB_ZONE, ZONE
 from bench.env import Bed
-from lab.coredns import GRPC_TEMPLATE
+from bench.throughput import backend_stack
 from lab.dig import dig
 
 
@@ -18,8 +18,7 @@ from lab.dig import dig
 def floored(tmp_path: Path) -> Iterator[str]:
     """CoreDNS -> grpc -> grpc-floor; its DNS address."""
     with Bed(workdir=tmp_path) as bed:
-        floor = bed.floor()
-        yield bed.coredns(GRPC_TEMPLATE, "coredns-floor", zones=(ZONE, GSLB_ZONE), grpc=floor.grpc).address
+        yield backend_stack(bed, bed.floor().grpc, "coredns-floor").address
 
 
 def test_the_floor_answers_every_a_question_with_its_one_record(floored: str) -> None:
